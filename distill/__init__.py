@@ -1,0 +1,3 @@
+"""distill: config-driven knowledge distillation for language models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,38 @@
+"""OmegaConf resolvers the configs use."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from omegaconf import OmegaConf
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def auto_precision(accelerator: str = "auto") -> str:
+    """bf16 autocast where the hardware runs it natively (CPU included), else fp32."""
+    use_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    if use_gpu:
+        return "bf16-mixed" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if _cpu_has_bf16() else "32-true"
+
+
+def wandb_offline() -> bool:
+    """wandb logs offline unless a key is configured (env var or ``wandb login``)."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
+        return False
+    netrc = os.path.expanduser("~/.netrc")
+    return not (os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read())
+
+
+def register() -> None:
+    OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
+    OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)

@@ -1,0 +1,30 @@
+"""``distill-train``: the main job. With no arguments it runs ``experiment=quickstart``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from distill.cli.errors import run_with_one_line_errors
+from distill.cli.resolvers import register
+
+register()
+CONFIG_DIR = os.environ.get("DISTILL_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "configs"))
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _app(cfg: DictConfig) -> float:
+    from distill.pipeline import train  # heavy imports after Hydra has parsed the command line
+
+    return train(cfg)
+
+
+def main() -> None:
+    run_with_one_line_errors(_app, "distill-train")
+
+
+if __name__ == "__main__":
+    main()

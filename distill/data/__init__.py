@@ -1,0 +1,1 @@
+"""Data: sources -> split -> tokenizer -> packed blocks -> DataModule."""

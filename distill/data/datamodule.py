@@ -1,0 +1,125 @@
+"""The DataModule: documents -> seeded split -> tokenizer -> cached packed blocks -> loaders."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from distill.cache import cached_dir, fingerprint, text_fingerprint
+from distill.data.packing import pack, tokenize
+from distill.data.sources import Document
+from distill.data.split import split_documents
+from distill.data.tokenizer import load_tokenizer, train_bpe
+from distill.errors import DistillError
+
+
+class BlockDataset(Dataset):
+    """Rows of a packed ``[n, seq_len + 1]`` array as (inputs, targets)."""
+
+    def __init__(self, blocks: np.ndarray):
+        self.blocks = torch.from_numpy(blocks.astype(np.int64))
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.blocks[i]
+        return row[:-1], row[1:]
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        source: Callable[[], list[Document]],
+        seq_len: int = 256,
+        batch_size: int = 8,
+        val_fraction: float = 0.05,
+        seed: int = 0,
+        vocab_size: int = 4096,
+        max_val_blocks: int | None = 64,
+        cache_dir: str = ".cache",
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        if seq_len < 2 or batch_size < 1:
+            raise DistillError(f"data.seq_len must be >= 2 and data.batch_size >= 1 (got {seq_len}, {batch_size})")
+        self.source, self.seq_len, self.batch_size = source, seq_len, batch_size
+        self.val_fraction, self.seed, self.vocab_size = val_fraction, seed, vocab_size
+        self.max_val_blocks, self.cache_dir, self.num_workers = max_val_blocks, cache_dir, num_workers
+        self.train_docs: list[Document] = []
+        self.val_docs: list[Document] = []
+        self.tokenizer = None
+        self.train_blocks = self.val_blocks = None
+
+    # -- steps the pipeline calls in order, each cheap to repeat ------------------
+    def load_documents(self) -> None:
+        docs = self.source()
+        if not docs:
+            raise DistillError("the corpus is empty: no non-empty documents were found in the data source")
+        self.train_docs, self.val_docs = split_documents(docs, self.val_fraction, self.seed)
+        self.data_key = fingerprint(
+            text_fingerprint([d.text for d in self.train_docs]), text_fingerprint([d.text for d in self.val_docs])
+        )
+
+    def train_tokenizer(self) -> Path:
+        """Byte-level BPE on the training split, cached by the split's content and vocab size."""
+        key = fingerprint("bpe-v1", self.data_key, self.vocab_size)
+        texts = [d.text for d in self.train_docs]
+        return cached_dir(self.cache_dir, "tokenizers", key, lambda tmp: train_bpe(texts, self.vocab_size, tmp))
+
+    def use_tokenizer(self, tokenizer_path: str | Path) -> None:
+        self.tokenizer = load_tokenizer(tokenizer_path)
+        self.tokenizer_key = fingerprint(sorted(self.tokenizer.get_vocab().items()))
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_blocks is not None:
+            return
+        key = fingerprint("pack-v1", self.data_key, self.tokenizer_key, self.seq_len)
+        path = cached_dir(self.cache_dir, "packed", key, self._pack_into)
+        self.train_blocks = np.load(path / "train.npy")
+        self.val_blocks = np.load(path / "val.npy")[: self.max_val_blocks]
+        if len(self.train_blocks) < self.batch_size or len(self.val_blocks) < 1:
+            raise DistillError(
+                f"the corpus is too small: {len(self.train_blocks)} train / {len(self.val_blocks)} validation "
+                f"blocks of {self.seq_len + 1} tokens for batch size {self.batch_size} (lower data.seq_len or add data)"
+            )
+
+    def _pack_into(self, tmp: Path) -> None:
+        for name, docs in (("train", self.train_docs), ("val", self.val_docs)):
+            tokens = tokenize([d.text for d in docs], self.tokenizer)
+            np.save(tmp / f"{name}.npy", pack(tokens, self.seq_len))
+
+    # -- loaders ----------------------------------------------------------------
+    @property
+    def tokens_per_batch(self) -> int:
+        return self.batch_size * self.seq_len
+
+    def train_dataloader(self) -> DataLoader:
+        gen = torch.Generator().manual_seed(self.seed)
+        return DataLoader(
+            BlockDataset(self.train_blocks), batch_size=self.batch_size, shuffle=True, drop_last=True,
+            generator=gen, num_workers=self.num_workers,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(BlockDataset(self.val_blocks), batch_size=self.batch_size, num_workers=self.num_workers)
+
+
+def from_stdlib(max_docs: int | None = None, **kwargs) -> TextDataModule:
+    """The embedded default corpus: this Python's standard library sources."""
+    from distill.data.sources import stdlib_documents
+
+    return TextDataModule(source=lambda: stdlib_documents(max_docs), **kwargs)
+
+
+def from_files(paths: list[str], text_field: str = "text", max_docs: int | None = None, **kwargs) -> TextDataModule:
+    """Local text / JSONL / Parquet files or a ``save_to_disk`` dataset."""
+    from distill.data.sources import file_documents
+
+    paths = list(paths) if paths is not None else []
+    return TextDataModule(source=lambda: file_documents(paths, text_field, max_docs), **kwargs)

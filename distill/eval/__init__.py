@@ -1,0 +1,1 @@
+"""Evaluation: perplexity, agreement, size, report."""

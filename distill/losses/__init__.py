@@ -1,0 +1,1 @@
+"""Loss functions: pure tensor functions plus their fused, chunked forms."""

@@ -1,0 +1,28 @@
+"""A student loaded from a local HF checkpoint; its tokenizer must be the teacher's."""
+
+from __future__ import annotations
+
+from transformers import AutoTokenizer, PreTrainedModel
+
+from distill.errors import DistillError
+from distill.teacher.load import load_causal_lm
+
+
+def _vocab(path: str, what: str) -> dict:
+    try:
+        return AutoTokenizer.from_pretrained(path).get_vocab()
+    except Exception as e:
+        raise DistillError(f"{what}: cannot load a tokenizer from {path} ({type(e).__name__})") from e
+
+
+def pretrained_student(teacher: PreTrainedModel, vocab_size: int, path: str) -> PreTrainedModel:
+    # The teacher is always loaded from a directory that also holds its tokenizer.
+    teacher_vocab = _vocab(teacher.name_or_path, "teacher")
+    student_vocab = _vocab(path, "student.path")
+    if student_vocab != teacher_vocab:
+        differ = len(set(teacher_vocab.items()) ^ set(student_vocab.items()))
+        raise DistillError(
+            f"teacher and student vocabularies differ ({len(teacher_vocab)} vs {len(student_vocab)} tokens, "
+            f"{differ} entries differ): distillation needs one shared tokenizer"
+        )
+    return load_causal_lm(path, what="student.path")

@@ -1,0 +1,1 @@
+"""Teachers: a frozen LightningModule around an HF causal LM."""

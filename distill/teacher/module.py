@@ -1,0 +1,30 @@
+"""The frozen teacher.
+
+It stays in eval mode with no gradients, is never handed to the optimizer, and its
+forward always runs under ``no_grad``. The DistillationModule holds it outside its
+registered children, so it is also absent from the student's checkpoints.
+"""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from transformers import PreTrainedModel
+
+
+class Teacher(L.LightningModule):
+    def __init__(self, model: PreTrainedModel):
+        super().__init__()
+        self.model = model
+        self.freeze()  # eval() + requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Teacher":
+        return super().train(False)  # a teacher never leaves eval mode (no dropout)
+
+    @torch.no_grad()
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+    @property
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
