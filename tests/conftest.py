@@ -1,0 +1,40 @@
+"""Shared fixtures: offline hub, an isolated cache, and a helper to run the CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["WANDB_MODE"] = "offline"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache per test session, so the smoke teacher is trained once and reused."""
+    return tmp_path_factory.mktemp("distill-cache")
+
+
+def run_cli(args: list[str], cache: Path, prog: str = "distill-train", timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run a console script as a user would, in a subprocess, with the test cache."""
+    env = {**os.environ, "DISTILL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0"}
+    module = {"distill-train": "distill.cli.train"}[prog]
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.fixture(scope="session")
+def smoke_run(tmp_path_factory, cache_dir) -> Path:
+    """One ``experiment=smoke`` run shared by the tests that inspect its outputs."""
+    out = tmp_path_factory.mktemp("smoke-run")
+    proc = run_cli(["experiment=smoke", f"hydra.run.dir={out}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
