@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from transformers import AutoConfig
 
 from distill.cache import cached_dir, fingerprint
 from distill.callbacks.history import LossHistory
@@ -26,6 +27,7 @@ from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.report import gap_closed, plot_curves, write_markdown
 from distill.losses.kd import KDLoss
+from distill.student.pretrained import check_same_vocab
 from distill.student.scratch import build_llama
 from distill.teacher.load import check_model_dir, load_causal_lm
 from distill.teacher.module import Teacher
@@ -73,8 +75,21 @@ def prepare_data(cfg: DictConfig):
     dm.load_documents()
     tokenizer_dir = cfg.teacher.path or dm.train_tokenizer()
     dm.use_tokenizer(tokenizer_dir)
+    check_vocab_early(cfg, dm.tokenizer)
     dm.setup("fit")
     return dm
+
+
+def check_vocab_early(cfg: DictConfig, tokenizer) -> None:
+    """Vocabulary mismatches, from configs and tokenizers alone, before packing data or training."""
+    if cfg.teacher.path:
+        rows = AutoConfig.from_pretrained(cfg.teacher.path).vocab_size
+        if rows < len(tokenizer):
+            raise DistillError(
+                f"vocabulary mismatch: the teacher predicts {rows} tokens but its tokenizer has {len(tokenizer)}"
+            )
+    if cfg.student.get("path"):
+        check_same_vocab(tokenizer.get_vocab(), cfg.student.path)
 
 
 def prepare_teacher(cfg: DictConfig, dm, vocab_size: int):
@@ -122,15 +137,21 @@ def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_ste
     callbacks = [meter, history]
     extra = {"max_steps": max_steps or cfg.trainer.max_steps}
     if main_run:
-        callbacks += [instantiate(c) for c in cfg.callbacks.values() if c is not None]
-        extra["logger"] = [instantiate(lg) for lg in cfg.logger.values() if lg is not None] or False
+        callbacks += instantiate_all(cfg.callbacks)
+        extra["logger"] = instantiate_all(cfg.logger) or False
     else:
         # Teacher and control runs keep only the progress bar: they neither log nor checkpoint.
-        callbacks += [instantiate(c) for k, c in cfg.callbacks.items() if c is not None and k == "progress_bar"]
+        callbacks += instantiate_all({k: c for k, c in cfg.callbacks.items() if k == "progress_bar"})
         extra.update(logger=False, enable_checkpointing=False)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, **extra)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path if main_run else None)
     return trainer, meter, history.rows
+
+
+def instantiate_all(group) -> list:
+    """Objects from a dict-of-configs group; entries without ``_target_`` (leftover overrides of a
+    preset that was switched off, e.g. ``callbacks=none`` under an experiment that tunes one) are skipped."""
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
 
 
 def autocast_dtype(precision: str) -> torch.dtype | None:

@@ -17,8 +17,13 @@ CONFIG_DIR = os.environ.get("DISTILL_CONFIG_DIR", str(Path(__file__).resolve().p
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _app(cfg: DictConfig) -> float:
+    import logging
+
     from distill.pipeline import train  # heavy imports after Hydra has parsed the command line
 
+    # Lightning installs its own console handler; Hydra's root handlers already print and
+    # write train.log, so drop Lightning's to avoid every line appearing twice.
+    logging.getLogger("lightning.pytorch").handlers.clear()
     return train(cfg)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import json
+import os
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +30,9 @@ def stdlib_documents(max_docs: int | None = None) -> list[Document]:
     root = Path(sysconfig.get_paths()["stdlib"])
     files = sorted(p for p in root.rglob("*.py") if not _STDLIB_SKIP_PARTS & set(p.relative_to(root).parts))
     docs = []
-    for path in files[:max_docs] if max_docs else files:
+    for path in files:
+        if max_docs is not None and len(docs) >= max_docs:
+            break
         text = path.read_text(encoding="utf-8", errors="replace")
         if text.strip():
             docs.append(Document(str(path.relative_to(root)), text))
@@ -43,13 +46,17 @@ def file_documents(paths: list[str], text_field: str = "text", max_docs: int | N
     if not paths:
         raise DistillError("data.paths is empty: give at least one file, glob or dataset directory")
     docs: list[Document] = []
+    seen: set[str] = set()  # a file matched by two patterns is read once, so it cannot land in both splits
     for pattern in paths:
         matches = sorted(glob.glob(str(Path(pattern).expanduser()), recursive=True))
         if not matches:
             raise DistillError(f"data.paths: nothing matches {pattern!r}")
         for match in matches:
+            if os.path.realpath(match) in seen:
+                continue
+            seen.add(os.path.realpath(match))
             docs.extend(_read_path(Path(match), text_field))
-            if max_docs and len(docs) >= max_docs:
+            if max_docs is not None and len(docs) >= max_docs:
                 return docs[:max_docs]
     return docs
 
@@ -81,7 +88,7 @@ def _read_jsonl(path: Path, text_field: str) -> list[Document]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DistillError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                raise DistillError(f"{path}:{lineno}: not valid JSON Lines, one object per line ({e.msg})") from None
             if not isinstance(record, dict) or text_field not in record:
                 raise DistillError(f"{path}:{lineno}: record has no field {text_field!r} (set data.text_field)")
             texts.append(record[text_field])
@@ -92,12 +99,14 @@ def _parquet_column(path: Path, text_field: str) -> list:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path, columns=[text_field])
-    except (KeyError, ValueError) as e:
-        raise DistillError(f"{path}: no column {text_field!r} (set data.text_field)") from e
+        names = pq.read_schema(path).names
+        if text_field not in names:
+            raise DistillError(f"{path}: no column {text_field!r} (set data.text_field; columns: {names})")
+        return pq.read_table(path, columns=[text_field]).column(text_field).to_pylist()
+    except DistillError:
+        raise
     except Exception as e:  # pyarrow raises its own types for corrupt files
         raise DistillError(f"{path}: cannot read Parquet ({type(e).__name__}: {e})") from e
-    return table.column(text_field).to_pylist()
 
 
 def _read_saved_dataset(path: Path, text_field: str) -> list[Document]:

@@ -15,14 +15,17 @@ def _vocab(path: str, what: str) -> dict:
         raise DistillError(f"{what}: cannot load a tokenizer from {path} ({type(e).__name__})") from e
 
 
-def pretrained_student(teacher: PreTrainedModel, vocab_size: int, path: str) -> PreTrainedModel:
-    # The teacher is always loaded from a directory that also holds its tokenizer.
-    teacher_vocab = _vocab(teacher.name_or_path, "teacher")
-    student_vocab = _vocab(path, "student.path")
+def check_same_vocab(teacher_vocab: dict, student_path: str) -> None:
+    student_vocab = _vocab(student_path, "student.path")
     if student_vocab != teacher_vocab:
         differ = len(set(teacher_vocab.items()) ^ set(student_vocab.items()))
         raise DistillError(
             f"teacher and student vocabularies differ ({len(teacher_vocab)} vs {len(student_vocab)} tokens, "
             f"{differ} entries differ): distillation needs one shared tokenizer"
         )
+
+
+def pretrained_student(teacher: PreTrainedModel, vocab_size: int, path: str) -> PreTrainedModel:
+    # The teacher is always loaded from a directory that also holds its tokenizer.
+    check_same_vocab(_vocab(teacher.name_or_path, "teacher"), path)
     return load_causal_lm(path, what="student.path")

@@ -1,0 +1,205 @@
+"""Every config composes and its objects instantiate (torchtune: a test that composes every experiment)."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from distill.cli.resolvers import register
+from distill.data.datamodule import TextDataModule
+from distill.losses.kd import KDLoss
+from distill.student.scratch import build_llama
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+LOGGERS = sorted(p.stem for p in (CONFIG_DIR / "logger").glob("*.yaml"))
+DEBUGS = sorted(p.stem for p in (CONFIG_DIR / "debug").glob("*.yaml"))
+STUDENTS = sorted(p.stem for p in (CONFIG_DIR / "student").glob("*.yaml"))
+
+
+@pytest.fixture
+def out_dir(tmp_path, monkeypatch) -> Path:
+    """A run dir for ``paths.output_dir`` plus an isolated cache and an offline wandb with no key."""
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a wandb key
+    register()
+    yield tmp_path / "run"
+    HydraConfig.instance().cfg = None
+
+
+def compose_train(out_dir: Path, *overrides: str):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=[f"hydra.runtime.output_dir={out_dir}", *overrides], return_hydra_config=True
+        )
+    HydraConfig.instance().set_config(cfg)  # so ${hydra:runtime.output_dir} resolves as in a run
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher():
+    return build_llama(vocab_size=128, hidden_size=32, num_layers=4, num_heads=2, max_seq_len=16, eos_token_id=0)
+
+
+def test_the_expected_groups_exist():
+    assert {"quickstart", "smoke"} <= set(EXPERIMENTS)
+    assert {"csv", "tensorboard", "wandb", "none"} <= set(LOGGERS)
+    assert {"default", "profiler"} <= set(DEBUGS)
+    assert {"pretrained", "pruned", "scratch"} <= set(STUDENTS)
+
+
+def test_default_is_quickstart(out_dir):
+    cfg = compose_train(out_dir)
+    assert cfg.task_name == "quickstart"
+    assert cfg.paths.output_dir == str(out_dir)
+    assert cfg.trainer.max_steps == 400
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_instantiates(name, out_dir, tiny_teacher):
+    cfg = compose_train(out_dir, f"experiment={name}")
+    # every interpolation resolves (resolvers, ${hydra:...}, env) and nothing is left missing
+    resolved = {k: OmegaConf.to_container(cfg[k], resolve=True, throw_on_missing=True)
+                for k in cfg if k != "hydra" and OmegaConf.is_config(cfg[k])}
+    assert resolved["trainer"]["precision"] in ("bf16-mixed", "32-true")
+    assert cfg.paths.output_dir == str(out_dir)
+    assert cfg.paths.cache_dir == str(out_dir.parent / "cache")
+    assert cfg.optimized_metric == "student.val_ppl"
+
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, TextDataModule)
+    assert dm.seq_len == cfg.data.seq_len and dm.batch_size == cfg.data.batch_size
+    assert dm.cache_dir == cfg.paths.cache_dir
+
+    loss = instantiate(cfg.loss)
+    assert isinstance(loss, KDLoss) and loss.temperature == cfg.loss.temperature
+    logits = torch.randn(2, 3, 128)
+    terms = loss(logits, torch.randn(2, 3, 128), torch.randint(0, 128, (2, 3)))
+    assert torch.isfinite(terms["loss"]) and set(terms) == {"loss", "kl", "ce"}
+
+    make_student = instantiate(cfg.student)
+    assert isinstance(make_student, functools.partial)
+    student = make_student(teacher=tiny_teacher, vocab_size=128)
+    assert student.config.num_hidden_layers < tiny_teacher.config.num_hidden_layers
+
+    callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
+    assert callbacks
+    loggers = [instantiate(lg) for lg in cfg.logger.values() if lg is not None]
+    trainer = instantiate(cfg.trainer, logger=False, callbacks=callbacks)
+    assert trainer.max_steps == cfg.trainer.max_steps
+    assert trainer.default_root_dir == str(out_dir)
+    assert all(Path(lg.save_dir) == out_dir for lg in loggers)
+
+    checkpoint = next(c for c in callbacks if type(c).__name__ == "ModelCheckpoint")
+    assert Path(checkpoint.dirpath) == out_dir / "checkpoints"
+
+
+def test_smoke_is_tiny(out_dir):
+    cfg = compose_train(out_dir, "experiment=smoke")
+    assert cfg.trainer.max_steps <= 50 and cfg.data.max_docs <= 100
+    assert cfg.teacher.scratch.max_steps <= 50 and cfg.teacher.scratch.hidden_size <= 128
+
+
+def test_files_data_composes_with_smoke(out_dir, tmp_path):
+    data = tmp_path / "d.jsonl"
+    cfg = compose_train(out_dir, "experiment=smoke", "data=files", f"data.paths=[{data}]", "data.text_field=content")
+    dm = instantiate(cfg.data)
+    assert isinstance(dm, TextDataModule)
+    assert cfg.data.max_docs == 40 and cfg.data.seq_len == 64  # smoke's sizes apply to the files source too
+    assert list(cfg.data.paths) == [str(data)]
+
+
+@pytest.mark.parametrize("name", LOGGERS)
+def test_logger_presets_instantiate(name, out_dir):
+    cfg = compose_train(out_dir, "experiment=smoke", f"logger={name}")
+    loggers = {key: instantiate(lg) for key, lg in cfg.logger.items() if lg is not None}
+    if name == "none":
+        assert loggers == {}
+        return
+    assert set(loggers) == {name}
+    logger = loggers[name]
+    assert Path(logger.save_dir) == out_dir
+    expected = {"csv": "CSVLogger", "tensorboard": "TensorBoardLogger", "wandb": "WandbLogger"}[name]
+    assert type(logger).__name__ == expected
+    if name == "wandb":
+        assert cfg.logger.wandb.offline is True  # no key anywhere: logs locally
+        assert logger._offline is True
+        assert logger._wandb_init["name"] == "smoke" and logger._wandb_init["project"] == "distill"
+    trainer = instantiate(cfg.trainer, logger=list(loggers.values()))
+    assert trainer.loggers and type(trainer.loggers[0]).__name__ == expected
+
+
+def test_wandb_goes_online_with_a_key(out_dir, monkeypatch):
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    cfg = compose_train(out_dir, "logger=wandb")
+    assert cfg.logger.wandb.offline is False
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_callbacks_none_leaves_nothing_to_instantiate(experiment, out_dir):
+    """An experiment may tune a callback that callbacks=none switched off: the leftover is skipped."""
+    from distill.pipeline import instantiate_all
+
+    cfg = compose_train(out_dir, f"experiment={experiment}", "callbacks=none", "logger=none")
+    assert instantiate_all(cfg.callbacks) == []
+    assert instantiate_all(cfg.logger) == []
+    full = compose_train(out_dir, f"experiment={experiment}")
+    assert {type(c).__name__ for c in instantiate_all(full.callbacks)} == {
+        "ModelCheckpoint", "RichProgressBar", "LearningRateMonitor"
+    }
+
+
+@pytest.mark.parametrize("preset", ["cpu", "ddp"])
+def test_trainer_presets_instantiate(preset, out_dir):
+    cfg = compose_train(out_dir, "experiment=smoke", f"trainer={preset}")
+    assert cfg.trainer.precision in ("bf16-mixed", "32-true")  # no GPU on these machines' CPU path
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert trainer.max_steps == 20  # the experiment still applies over the preset
+    if preset == "cpu":
+        assert cfg.trainer.accelerator == "cpu" and trainer.num_devices == 1
+    else:
+        assert cfg.trainer.strategy == "ddp" and cfg.trainer.devices == 2
+        assert type(trainer.strategy).__name__ == "DDPStrategy" and trainer.num_devices == 2
+
+
+def test_trainer_gpu_preset_composes(out_dir):
+    cfg = compose_train(out_dir, "experiment=smoke", "trainer=gpu")
+    assert cfg.trainer.accelerator == "gpu" and cfg.trainer.devices == 1
+    assert cfg.trainer.precision in ("bf16-mixed", "16-mixed")
+
+
+@pytest.mark.parametrize("name", DEBUGS)
+def test_debug_configs(name, out_dir):
+    cfg = compose_train(out_dir, "experiment=quickstart", f"debug={name}")
+    assert cfg.task_name == "debug" and cfg.control is False
+    assert cfg.trainer.max_steps == 5 and cfg.teacher.scratch.max_steps == 5  # debug overrides the experiment
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert trainer.max_steps == 5 and trainer.limit_val_batches == 1
+    if name == "profiler":
+        assert type(trainer.profiler).__name__ == "SimpleProfiler"
+
+
+@pytest.mark.parametrize("name", STUDENTS)
+def test_student_presets(name, out_dir, tiny_teacher, tmp_path):
+    overrides = ["experiment=smoke", f"student={name}"]
+    if name == "pretrained":
+        overrides.append(f"student.path={tmp_path / 'model'}")
+    cfg = compose_train(out_dir, *overrides)
+    make_student = instantiate(cfg.student)
+    assert isinstance(make_student, functools.partial)
+    if name == "pretrained":
+        assert make_student.keywords["path"] == str(tmp_path / "model")
+        return
+    student = make_student(teacher=tiny_teacher, vocab_size=128)
+    assert student.get_output_embeddings().weight.shape[0] == 128
+    if name == "pruned":
+        assert student.config.num_hidden_layers == 2
