@@ -54,6 +54,7 @@ def train(cfg: DictConfig) -> float:
     trainer, meter, history = fit(cfg, module, dm, main_run=True)
     baseline, baseline_history = None, []
     if cfg.control:
+        torch.manual_seed(cfg.seed)
         baseline = type(student)(student.config)  # same architecture, fresh random init
         control_module = DistillationModule(baseline, loss, vocab_size, **optim_args(cfg))
         _, _, baseline_history = fit(cfg, control_module, dm, main_run=False)
@@ -62,7 +63,7 @@ def train(cfg: DictConfig) -> float:
 
     metrics = measure(cfg, dm, vocab_size, teacher_model, student, baseline, meter, trainer.strategy.root_device)
     export_student(student, dm.tokenizer, out / "student")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_markdown(metrics, out / "report.md")
     plot_curves({"teacher (from scratch)": teacher_history, "student (distilled)": history, "control": baseline_history},
                 out / "report.png")
@@ -182,6 +183,13 @@ def measure(cfg, dm, vocab_size, teacher, student, baseline, meter: Throughput, 
     if closed is not None:
         metrics["gap_closed"] = closed
     return metrics
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write via a temp file and rename, so a crash never leaves a half-written file."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def export_student(student, tokenizer, path: Path) -> None:

@@ -43,15 +43,26 @@ def write_markdown(metrics: dict, path: Path, title: str = "Distillation report"
     path.write_text("\n".join(lines))
 
 
+def _ema(values, alpha: float = 0.1) -> list[float]:
+    out, acc = [], values[0]
+    for v in values:
+        acc = (1 - alpha) * acc + alpha * v
+        out.append(acc)
+    return out
+
+
 def plot_curves(histories: dict[str, list[dict]], path: Path) -> None:
     """One panel per run (teacher, student, control), one line per logged loss term."""
     runs = {name: rows for name, rows in histories.items() if rows}
     fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(5 * max(1, len(runs)), 3.6), squeeze=False)
     for ax, (name, rows) in zip(axes[0], runs.items()):
         terms = sorted({k for r in rows for k in r if k != "step"})
+        if len(terms) == 2 and "train/loss" in terms:  # CE-only run: the total is the CE term
+            terms.remove("train/loss")
         for term in terms:
-            pts = [(r["step"], r[term]) for r in rows if term in r]
-            ax.plot(*zip(*pts), label=term.removeprefix("train/"), linewidth=1)
+            steps, values = zip(*[(r["step"], r[term]) for r in rows if term in r])
+            (line,) = ax.plot(steps, values, linewidth=0.6, alpha=0.35)
+            ax.plot(steps, _ema(values), color=line.get_color(), linewidth=1.5, label=term.removeprefix("train/"))
         ax.set_title(name)
         ax.set_xlabel("step")
         ax.set_yscale("log")
