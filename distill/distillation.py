@@ -53,14 +53,14 @@ class DistillationModule(L.LightningModule):
         return self.teacher(input_ids)[..., : self.vocab_size]
 
     def training_step(self, batch, batch_idx):
-        inputs, targets = batch
+        inputs, targets = batch[0], batch[1]
         terms = self.loss(self.student_logits(inputs), self.teacher_logits(inputs), targets)
         self.log("train/loss", terms["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
         return terms["loss"]
 
     def validation_step(self, batch, batch_idx):
-        inputs, targets = batch
+        inputs, targets = batch[0], batch[1]
         terms = self.loss(self.student_logits(inputs), self.teacher_logits(inputs), targets)
         self.log_dict({f"val/{k}": v for k, v in terms.items()}, prog_bar=False)
 

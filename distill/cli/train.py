@@ -23,7 +23,8 @@ def _app(cfg: DictConfig) -> float:
 
     # Lightning installs its own console handler; Hydra's root handlers already print and
     # write train.log, so drop Lightning's to avoid every line appearing twice.
-    logging.getLogger("lightning.pytorch").handlers.clear()
+    for name in ("lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).handlers.clear()
     return train(cfg)
 
 

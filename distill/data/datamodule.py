@@ -19,7 +19,9 @@ from distill.errors import DistillError
 
 
 class BlockDataset(Dataset):
-    """Rows of a packed ``[n, seq_len + 1]`` array as (inputs, targets)."""
+    """Rows of a packed ``[n, seq_len + 1]`` array as (inputs, targets, row index).
+
+    The row index lets an offline teacher cache look up the same block's teacher outputs."""
 
     def __init__(self, blocks: np.ndarray):
         self.blocks = torch.from_numpy(blocks.astype(np.int64))
@@ -27,9 +29,9 @@ class BlockDataset(Dataset):
     def __len__(self) -> int:
         return len(self.blocks)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         row = self.blocks[i]
-        return row[:-1], row[1:]
+        return row[:-1], row[1:], i
 
 
 class TextDataModule(L.LightningDataModule):

@@ -32,8 +32,8 @@ def evaluate(
         m.eval()
     device = torch.device(device)
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
-    for inputs, targets in loader:
-        inputs, targets = inputs.to(device), targets.to(device)
+    for batch in loader:
+        inputs, targets = batch[0].to(device), batch[1].to(device)
         with amp:
             logits = {n: m(input_ids=inputs, use_cache=False).logits[..., :vocab_size].float() for n, m in models.items()}
         ref_top1 = logits[reference].argmax(-1) if reference in logits else None
