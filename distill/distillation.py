@@ -1,33 +1,53 @@
-"""The LightningModule: receives a built student, an optional frozen teacher and a loss.
+"""The LightningModule: receives a built student, an optional teacher backend and an objective.
 
 Without a teacher it is plain next-token training (CE only), the one code path that
-trains a teacher from scratch, a from-scratch student and the control.
+trains a teacher from scratch, a from-scratch student and the control. The teacher is
+either live (a frozen ``Teacher`` run on each batch) or an offline top-k cache looked up
+by the batch's packed-row index; the objective never knows which.
 """
 
 from __future__ import annotations
 
 import math
+import random
 
 import lightning as L
 import torch
 from torch import nn
 
-from distill.losses.kd import KDLoss
+from distill.losses.objective import Objective, Outputs
 from distill.teacher.module import Teacher
+
+
+def model_outputs(model: nn.Module, input_ids: torch.Tensor, vocab_size: int, objective: Objective) -> Outputs:
+    """Run an HF causal LM for what ``objective`` needs: logits, or the final hidden state and
+    LM head (fused loss, no logits ever built), plus hidden states / attention maps."""
+    extra = dict(output_hidden_states=objective.needs_hidden_states, output_attentions=objective.needs_attentions,
+                 use_cache=False)
+    if objective.fused_linear:
+        out = model.base_model(input_ids=input_ids, **extra)
+        head = model.get_output_embeddings()
+        return Outputs(last_hidden=out.last_hidden_state, head_weight=head.weight, head_bias=head.bias,
+                       hidden_states=out.hidden_states, attentions=out.attentions, vocab_size=vocab_size)
+    out = model(input_ids=input_ids, **extra)
+    # Embedding rows past the tokenizer (padding to a round size) are never targets.
+    return Outputs(logits=out.logits[..., :vocab_size], hidden_states=out.hidden_states, attentions=out.attentions,
+                   vocab_size=vocab_size)
 
 
 class DistillationModule(L.LightningModule):
     def __init__(
         self,
         student: nn.Module,
-        loss: KDLoss,
+        loss: Objective,
         vocab_size: int,
-        teacher: Teacher | None = None,
+        teacher=None,
         lr: float = 1e-3,
         weight_decay: float = 0.01,
         warmup_steps: int = 0,
         max_steps: int = 1000,
         min_lr_ratio: float = 0.1,
+        seed: int = 0,
     ):
         super().__init__()
         self.student, self.loss = student, loss
@@ -37,36 +57,77 @@ class DistillationModule(L.LightningModule):
         self.vocab_size = vocab_size
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.max_steps, self.min_lr_ratio = max_steps, min_lr_ratio
+        self._coin = random.Random(seed)  # on-policy batch choice: reproducible, independent of torch's RNG
 
     def _apply(self, fn, *args, **kwargs):
-        if self.teacher is not None:
+        if isinstance(self.teacher, nn.Module):
             self.teacher._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
 
-    def student_logits(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # Embedding rows past the tokenizer (padding to a round size) are never targets.
-        return self.student(input_ids=input_ids, use_cache=False).logits[..., : self.vocab_size]
+    @property
+    def live_teacher(self) -> bool:
+        return isinstance(self.teacher, Teacher)
 
-    def teacher_logits(self, input_ids: torch.Tensor) -> torch.Tensor | None:
+    def student_outputs(self, input_ids: torch.Tensor) -> Outputs:
+        return model_outputs(self.student, input_ids, self.vocab_size, self.loss)
+
+    def teacher_outputs(self, input_ids: torch.Tensor, rows: torch.Tensor | None) -> Outputs | None:
         if self.teacher is None:
             return None
-        return self.teacher(input_ids)[..., : self.vocab_size]
+        if self.live_teacher:
+            with torch.no_grad():
+                return model_outputs(self.teacher.model, input_ids, self.vocab_size, self.loss)
+        return Outputs(logits=self.teacher.outputs(rows, device=input_ids.device), vocab_size=self.vocab_size)
 
     def training_step(self, batch, batch_idx):
         inputs, targets = batch[0], batch[1]
-        terms = self.loss(self.student_logits(inputs), self.teacher_logits(inputs), targets)
+        rows = batch[2] if len(batch) > 2 else None
+        mask = None
+        on_policy = self.live_teacher and self.loss.on_policy.lmbda > 0 and self._coin.random() < self.loss.on_policy.lmbda
+        if on_policy:
+            inputs, targets, mask = self.sample_from_student(inputs)
+        terms = self.loss(self.student_outputs(inputs), self.teacher_outputs(inputs, rows), targets, mask)
         self.log("train/loss", terms["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
+        if self.loss.on_policy.lmbda > 0:
+            self.log("train/on_policy", float(on_policy))
         return terms["loss"]
 
+    @torch.no_grad()
+    def sample_from_student(self, inputs: torch.Tensor):
+        """On-policy batch (GKD): keep the first ``seq_len - max_new_tokens`` tokens as the prompt,
+        let the student continue it, and distill only on the sampled tokens. There is no ground
+        truth for them, so CE is off for this batch (labels all ignored), as in GKD."""
+        spec = self.loss.on_policy
+        seq_len = inputs.shape[1]
+        new = min(spec.max_new_tokens, seq_len - 1)
+        prompt = inputs[:, : seq_len + 1 - new]
+        was_training = self.student.training
+        self.student.eval()
+        sampled = self.student.generate(
+            input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new,
+            do_sample=spec.temperature > 0, temperature=spec.temperature or None, top_k=0, top_p=1.0,
+            pad_token_id=0, use_cache=True,
+        )
+        self.student.train(was_training)
+        seq = sampled[:, : seq_len + 1]
+        mask = torch.zeros(seq.shape[0], seq_len, dtype=torch.bool, device=seq.device)
+        mask[:, prompt.shape[1] - 1:] = True  # positions whose next token was sampled
+        return seq[:, :-1], torch.full_like(seq[:, 1:], -100), mask
+
     def validation_step(self, batch, batch_idx):
+        # Student CE only: the report's perplexities come from a full evaluation after training,
+        # and validating never needs the teacher (nor a cache of the validation split).
         inputs, targets = batch[0], batch[1]
-        terms = self.loss(self.student_logits(inputs), self.teacher_logits(inputs), targets)
-        self.log_dict({f"val/{k}": v for k, v in terms.items()}, prog_bar=False)
+        logits = self.student(input_ids=inputs, use_cache=False).logits[..., : self.vocab_size]
+        ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+        self.log("val/ce", ce, prog_bar=False)
 
     def configure_optimizers(self):
-        decay = [p for p in self.student.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in self.student.parameters() if p.requires_grad and p.ndim < 2]
+        # The objective's own parameters (hidden-state projections) train with the student.
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.ndim >= 2]
+        no_decay = [p for p in params if p.ndim < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.lr, betas=(0.9, 0.95),

@@ -26,10 +26,12 @@ from distill.distillation import DistillationModule
 from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.report import gap_closed, plot_curves, write_markdown
-from distill.losses.kd import KDLoss
+from distill.losses.objective import Objective, ce_only
+from distill.losses.representation import require_eager_attention
 from distill.student.pretrained import check_same_vocab
 from distill.student.scratch import build_llama
 from distill.teacher.load import check_model_dir, load_causal_lm
+from distill.teacher.cache import CachedTeacher, TeacherCache
 from distill.teacher.module import Teacher
 
 log = logging.getLogger(__name__)
@@ -39,29 +41,34 @@ def train(cfg: DictConfig) -> float:
     """Run the configured pipeline; returns ``cfg.optimized_metric`` (for sweeps)."""
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.teacher.path:
-        check_model_dir(cfg.teacher.path)  # fail before any data work
+    backend = teacher_backend(cfg)
     loss = instantiate(cfg.loss)
+    check_setup(cfg, backend, loss)  # fail before any data work
     L.seed_everything(cfg.seed, workers=True)
 
     dm = prepare_data(cfg)
     vocab_size = len(dm.tokenizer)
-    teacher_model, teacher_history = prepare_teacher(cfg, dm, vocab_size)
-    student = instantiate(cfg.student)(teacher=teacher_model, vocab_size=vocab_size)
-    check_vocab(vocab_size, teacher=teacher_model, student=student)
+    teacher, teacher_model, teacher_history = prepare_teacher_backend(cfg, dm, vocab_size, backend)
+    student = build_student(cfg, teacher_model, vocab_size, dm.tokenizer)
+    live_model = teacher_model if backend == "live" else None
+    if backend == "cache" and teacher_model is not None:
+        log.info("teacher weights were read only to initialise the pruned student; the teacher is never run")
+        teacher_model = None
+    use_eager_attention(cfg, loss, student=student, teacher=live_model)
+    loss.bind(student, live_model)
 
-    module = DistillationModule(student, loss, vocab_size, teacher=Teacher(teacher_model), **optim_args(cfg))
+    module = DistillationModule(student, loss, vocab_size, teacher=teacher, seed=cfg.seed, **optim_args(cfg))
     trainer, meter, history = fit(cfg, module, dm, main_run=True)
     baseline, baseline_history = None, []
-    if cfg.control:
+    if cfg.control and backend != "none":
         torch.manual_seed(cfg.seed)
         baseline = type(student)(student.config)  # same architecture, fresh random init
-        control_module = DistillationModule(baseline, loss, vocab_size, **optim_args(cfg))
+        control_module = DistillationModule(baseline, ce_only(), vocab_size, **optim_args(cfg))
         _, _, baseline_history = fit(cfg, control_module, dm, main_run=False)
     if not trainer.is_global_zero:
         return float("nan")
 
-    metrics = measure(cfg, dm, vocab_size, teacher_model, student, baseline, meter, trainer.strategy.root_device)
+    metrics = measure(cfg, dm, vocab_size, live_model, teacher, student, baseline, meter, trainer.strategy.root_device)
     export_student(student, dm.tokenizer, out / "student")
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_markdown(metrics, out / "report.md")
@@ -71,10 +78,86 @@ def train(cfg: DictConfig) -> float:
     return metrics[cfg.optimized_metric]
 
 
+def teacher_backend(cfg: DictConfig) -> str:
+    backend = cfg.teacher.get("backend", "live")
+    if backend not in ("live", "cache", "none"):
+        raise DistillError(f"teacher.backend must be live, cache or none, got {backend!r}")
+    return backend
+
+
+def student_needs_teacher(cfg: DictConfig) -> bool:
+    # Pruned students are cut out of the teacher's weights; scratch and pretrained ones are not.
+    return str(cfg.student.get("_target_", "")).startswith("distill.student.prune")
+
+
+def check_setup(cfg: DictConfig, backend: str, loss: Objective) -> None:
+    """Combinations that cannot work, named in one line before any data or model work."""
+    if cfg.teacher.get("path"):
+        check_model_dir(cfg.teacher.path)
+    if backend == "none":
+        if student_needs_teacher(cfg):
+            raise DistillError("teacher=none has no teacher to prune the student from: use student=scratch or student=pretrained")
+        if loss.distills_logits or loss.needs_hidden_states or loss.needs_attentions:
+            log.info("teacher=none: training on the data with CE only (the teacher's knowledge is in the responses)")
+    if backend == "cache":
+        needs_live = [name for name, on in (("on-policy sampling (loss.on_policy.lmbda > 0)", loss.on_policy.lmbda > 0),
+                                            ("hidden-state terms", loss.needs_hidden_states),
+                                            ("attention terms", loss.needs_attentions),
+                                            ("loss.fused_linear", loss.fused_linear)) if on]
+        if needs_live:
+            raise DistillError(f"{needs_live[0]} needs a live teacher, but teacher=cache stores only top-k log-probabilities")
+
+
+def prepare_teacher_backend(cfg: DictConfig, dm, vocab_size: int, backend: str):
+    """Returns (teacher backend for the module, teacher model or None, teacher training history)."""
+    if backend == "none":
+        log.info("teacher: none (black-box: the data is the teacher)")
+        return None, None, []
+    if backend == "cache":
+        cached = CachedTeacher(open_teacher_cache(cfg, dm))
+        log.info("teacher: offline cache %s (top-%d); no teacher model is loaded or run",
+                 cfg.teacher.cache_dir, cached.cache.top_k)
+        model = None
+        if student_needs_teacher(cfg):
+            model, _ = prepare_teacher(cfg, dm, vocab_size)
+        return cached, model, []
+    model, history = prepare_teacher(cfg, dm, vocab_size)
+    return Teacher(model), model, history
+
+
+def open_teacher_cache(cfg: DictConfig, dm) -> TeacherCache:
+    expect = {"tokenizer_key": dm.tokenizer_key, "data_key": dm.data_key, "seq_len": dm.seq_len,
+              "vocab_size": len(dm.tokenizer), "num_rows": {"train": len(dm.train_blocks)}}
+    return TeacherCache(cfg.teacher.cache_dir, expect=expect)
+
+
+def build_student(cfg: DictConfig, teacher_model, vocab_size: int, tokenizer):
+    student = instantiate(cfg.student)(teacher=teacher_model, vocab_size=vocab_size)
+    check_vocab(vocab_size, teacher=teacher_model, student=student)
+    if student.config.eos_token_id is None:  # a student built without a teacher: the tokenizer's EOS
+        for c in (student.config, student.generation_config):
+            c.eos_token_id = c.bos_token_id = c.pad_token_id = tokenizer.eos_token_id
+    return student
+
+
+def use_eager_attention(cfg: DictConfig, loss: Objective, **models) -> None:
+    """Attention maps exist only under eager attention: switch to it (``attn_implementation=auto``),
+    or refuse a configuration that asks for another implementation."""
+    if not loss.needs_attentions:
+        return
+    wanted = cfg.get("attn_implementation", "auto")
+    if wanted not in ("auto", "eager"):
+        raise DistillError(f"attention-map distillation needs attn_implementation=eager, got {wanted!r}")
+    for name, model in models.items():
+        if model is not None:
+            model.set_attn_implementation("eager")
+            require_eager_attention(model, name)
+
+
 def prepare_data(cfg: DictConfig):
     dm = instantiate(cfg.data)
     dm.load_documents()
-    tokenizer_dir = cfg.teacher.path or dm.train_tokenizer()
+    tokenizer_dir = cfg.teacher.get("path") or dm.train_tokenizer()
     dm.use_tokenizer(tokenizer_dir)
     check_vocab_early(cfg, dm.tokenizer)
     dm.setup("fit")
@@ -83,7 +166,7 @@ def prepare_data(cfg: DictConfig):
 
 def check_vocab_early(cfg: DictConfig, tokenizer) -> None:
     """Vocabulary mismatches, from configs and tokenizers alone, before packing data or training."""
-    if cfg.teacher.path:
+    if cfg.teacher.get("path"):
         rows = AutoConfig.from_pretrained(cfg.teacher.path).vocab_size
         if rows < len(tokenizer):
             raise DistillError(
@@ -95,7 +178,7 @@ def check_vocab_early(cfg: DictConfig, tokenizer) -> None:
 
 def prepare_teacher(cfg: DictConfig, dm, vocab_size: int):
     """Load ``teacher.path``, or train a Llama from scratch on the corpus (cached by what made it)."""
-    if cfg.teacher.path:
+    if cfg.teacher.get("path"):
         return load_causal_lm(cfg.teacher.path), []
     spec = OmegaConf.to_container(cfg.teacher.scratch, resolve=True)
     key = fingerprint("teacher-v1", spec, dm.data_key, dm.tokenizer_key, dm.seq_len, dm.batch_size, cfg.seed,
@@ -105,7 +188,7 @@ def prepare_teacher(cfg: DictConfig, dm, vocab_size: int):
     def build(tmp: Path) -> None:
         arch = {k: spec[k] for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")}
         model = build_llama(vocab_size, max_seq_len=dm.seq_len, eos_token_id=dm.tokenizer.eos_token_id, **arch)
-        module = DistillationModule(model, KDLoss(), vocab_size, lr=spec["lr"], weight_decay=spec["weight_decay"],
+        module = DistillationModule(model, ce_only(), vocab_size, lr=spec["lr"], weight_decay=spec["weight_decay"],
                                     warmup_steps=spec["warmup_steps"], max_steps=spec["max_steps"])
         log.info("training the teacher from scratch (%.2fM params, %d steps)", num_params(model) / 1e6, spec["max_steps"])
         _, _, rows = fit(cfg, module, dm, main_run=False, max_steps=spec["max_steps"])
@@ -121,6 +204,8 @@ def prepare_teacher(cfg: DictConfig, dm, vocab_size: int):
 def check_vocab(vocab_size: int, **models) -> None:
     """Every model must have an output row for every token; extra padding rows are trimmed."""
     for name, model in models.items():
+        if model is None:
+            continue
         rows = model.get_output_embeddings().weight.shape[0]
         if rows < vocab_size:
             raise DistillError(
@@ -159,15 +244,19 @@ def autocast_dtype(precision: str) -> torch.dtype | None:
     return {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}.get(str(precision))
 
 
-def measure(cfg, dm, vocab_size, teacher, student, baseline, meter: Throughput, device) -> dict:
-    models = {"teacher": teacher, "student": student}
-    if baseline is not None:
-        models["baseline"] = baseline
-    for model in models.values():
-        model.to(device)
-    results = evaluate(models, dm.val_dataloader(), vocab_size, device=device,
+def measure(cfg, dm, vocab_size, teacher_model, teacher, student, baseline, meter: Throughput, device) -> dict:
+    """Validation metrics of every model; with a cached teacher its numbers come from the cache
+    (written by distill-cache) and agreement is against its stored top-1 on the validation split."""
+    models = {"teacher": teacher_model, "student": student, "baseline": baseline}
+    models = {name: m.to(device) for name, m in models.items() if m is not None}
+    reference_top1 = None
+    if isinstance(teacher, CachedTeacher) and teacher.has_split("val"):
+        reference_top1 = lambda rows: teacher.outputs(rows, split="val").indices[..., 0]  # noqa: E731 (stored best first)
+    results = evaluate(models, dm.val_dataloader(), vocab_size, device=device, reference_top1=reference_top1,
                        autocast_dtype=autocast_dtype(cfg.trainer.precision))
     metrics = {}
+    if isinstance(teacher, CachedTeacher):
+        metrics.update({k: v for k, v in teacher.cache.manifest.get("extra", {}).items() if k.startswith("teacher.")})
     for name, model in models.items():
         metrics[f"{name}.params"] = num_params(model)
         metrics.update({f"{name}.{k}": v for k, v in results[name].items()})
@@ -176,9 +265,12 @@ def measure(cfg, dm, vocab_size, teacher, student, baseline, meter: Throughput, 
         "train.tokens_per_s": meter.tokens_per_s,
         "train.wall_s": meter.wall_s,
         "train.steps": cfg.trainer.max_steps,
-        "student.params_ratio": metrics["student.params"] / metrics["teacher.params"],
-        "val.tokens": len(dm.val_blocks) * dm.seq_len,
+        "val.tokens": results["student"]["tokens"],
     })
+    for name in models:
+        metrics.pop(f"{name}.tokens", None)
+    if "teacher.params" in metrics:
+        metrics["student.params_ratio"] = metrics["student.params"] / metrics["teacher.params"]
     closed = gap_closed(metrics)
     if closed is not None:
         metrics["gap_closed"] = closed

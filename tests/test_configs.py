@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from distill.cli.resolvers import register
 from distill.data.datamodule import TextDataModule
-from distill.losses.kd import KDLoss
+from distill.losses.objective import Objective, Outputs
 from distill.student.scratch import build_llama
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -81,10 +81,10 @@ def test_experiment_composes_and_instantiates(name, out_dir, tiny_teacher):
     assert dm.cache_dir == cfg.paths.cache_dir
 
     loss = instantiate(cfg.loss)
-    assert isinstance(loss, KDLoss) and loss.temperature == cfg.loss.temperature
+    assert isinstance(loss, Objective) and loss.temperature == cfg.loss.temperature
     logits = torch.randn(2, 3, 128)
-    terms = loss(logits, torch.randn(2, 3, 128), torch.randint(0, 128, (2, 3)))
-    assert torch.isfinite(terms["loss"]) and set(terms) == {"loss", "kl", "ce"}
+    terms = loss(Outputs(logits=logits), Outputs(logits=torch.randn(2, 3, 128)), torch.randint(0, 128, (2, 3)))
+    assert torch.isfinite(terms["loss"]) and set(terms) == {"loss", "forward_kl", "ce"}
 
     make_student = instantiate(cfg.student)
     assert isinstance(make_student, functools.partial)
@@ -203,3 +203,22 @@ def test_student_presets(name, out_dir, tiny_teacher, tmp_path):
     assert student.get_output_embeddings().weight.shape[0] == 128
     if name == "pruned":
         assert student.config.num_hidden_layers == 2
+
+
+LOSSES = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_loss_presets_compose_and_instantiate(name, out_dir):
+    cfg = compose_train(out_dir, f"loss={name}", "loss.temperature=2.0")
+    loss = instantiate(cfg.loss)
+    assert isinstance(loss, Objective) and loss.temperature == 2.0
+    assert {"forward_kl", "reverse_kl", "jsd", "tvd", "hidden", "attention"} & {t for t, w in loss.weights.items() if w > 0}
+
+
+@pytest.mark.parametrize("name", ["live", "cache", "none"])
+def test_teacher_backends_compose(name, out_dir):
+    cfg = compose_train(out_dir, f"teacher={name}")
+    assert cfg.teacher.backend == name
+    if name == "cache":
+        assert cfg.teacher.top_k == 64 and cfg.teacher.cache_dir.startswith(cfg.paths.cache_dir)

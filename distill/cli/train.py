@@ -15,16 +15,20 @@ register()
 CONFIG_DIR = os.environ.get("DISTILL_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "configs"))
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def _app(cfg: DictConfig) -> float:
+def quiet_lightning() -> None:
+    """Lightning installs its own console handler; Hydra's root handlers already print and
+    write the job log, so drop Lightning's to avoid every line appearing twice."""
     import logging
 
-    from distill.pipeline import train  # heavy imports after Hydra has parsed the command line
-
-    # Lightning installs its own console handler; Hydra's root handlers already print and
-    # write train.log, so drop Lightning's to avoid every line appearing twice.
     for name in ("lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def _app(cfg: DictConfig) -> float:
+    from distill.pipeline import train  # heavy imports after Hydra has parsed the command line
+
+    quiet_lightning()
     return train(cfg)
 
 

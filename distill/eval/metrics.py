@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,8 +23,13 @@ def evaluate(
     reference: str = "teacher",
     device: str | torch.device = "cpu",
     autocast_dtype: torch.dtype | None = None,
+    reference_top1: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Returns ``{name: {"val_ppl": ..., "top1_agreement": ...}}``; agreement is against ``reference``."""
+    """Returns ``{name: {"val_ppl", "top1_agreement", "tokens"}}`` over target tokens (-100 = not a target).
+
+    Agreement is against model ``reference``, or against ``reference_top1(row_index)`` (the
+    stored top-1 of a cached teacher) when given.
+    """
     nll = {name: 0.0 for name in models}
     agree = {name: 0 for name in models}
     count = 0
@@ -34,19 +40,24 @@ def evaluate(
     amp = torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     for batch in loader:
         inputs, targets = batch[0].to(device), batch[1].to(device)
+        valid = targets != -100
         with amp:
             logits = {n: m(input_ids=inputs, use_cache=False).logits[..., :vocab_size].float() for n, m in models.items()}
-        ref_top1 = logits[reference].argmax(-1) if reference in logits else None
+        if reference_top1 is not None:
+            ref_top1 = reference_top1(batch[2]).to(device)
+        else:
+            ref_top1 = logits[reference].argmax(-1) if reference in logits else None
         for name, lg in logits.items():
-            nll[name] += F.cross_entropy(lg.flatten(0, 1), targets.flatten(), reduction="sum").item()
+            nll[name] += F.cross_entropy(lg.flatten(0, 1), targets.flatten(), reduction="sum", ignore_index=-100).item()
             if ref_top1 is not None:
-                agree[name] += (lg.argmax(-1) == ref_top1).sum().item()
-        count += targets.numel()
+                agree[name] += ((lg.argmax(-1) == ref_top1) & valid).sum().item()
+        count += int(valid.sum())
     for name, m in models.items():
         m.train(was_training[name])
+    has_reference = reference_top1 is not None or reference in models
     out = {}
     for name in models:
-        out[name] = {"val_ppl": math.exp(nll[name] / count)}
-        if reference in models and name != reference:
-            out[name]["top1_agreement"] = agree[name] / count
+        out[name] = {"val_ppl": math.exp(nll[name] / max(1, count)), "tokens": count}
+        if has_reference and name != reference:
+            out[name]["top1_agreement"] = agree[name] / max(1, count)
     return out

@@ -38,6 +38,8 @@ def build_llama(
     return LlamaForCausalLM(config)
 
 
-def scratch_student(teacher: PreTrainedModel, vocab_size: int, **arch) -> LlamaForCausalLM:
-    """A from-scratch Llama student that shares the teacher's vocabulary."""
-    return build_llama(vocab_size=vocab_size, eos_token_id=teacher.config.eos_token_id, **arch)
+def scratch_student(teacher: PreTrainedModel | None, vocab_size: int, **arch) -> LlamaForCausalLM:
+    """A from-scratch Llama student that shares the teacher's vocabulary (no teacher needed:
+    with teacher=none or a cache the pipeline fills in the tokenizer's EOS)."""
+    eos = teacher.config.eos_token_id if teacher is not None else None
+    return build_llama(vocab_size=vocab_size, eos_token_id=eos, **arch)

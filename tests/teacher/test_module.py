@@ -1,7 +1,7 @@
 import torch
 
 from distill.distillation import DistillationModule
-from distill.losses.kd import KDLoss
+from distill.losses.objective import Objective
 from distill.student.prune import every_other_layer
 from distill.student.scratch import build_llama
 from distill.teacher.module import Teacher
@@ -11,7 +11,7 @@ def _module():
     torch.manual_seed(0)
     teacher_model = build_llama(vocab_size=100, hidden_size=32, num_layers=2, num_heads=2)
     student = every_other_layer(teacher_model)
-    return DistillationModule(student, KDLoss(1.0, 0.5, 2.0), vocab_size=100, teacher=Teacher(teacher_model)), teacher_model
+    return DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}, temperature=2.0), vocab_size=100, teacher=Teacher(teacher_model)), teacher_model
 
 
 def test_teacher_is_frozen_and_stays_in_eval_mode():

@@ -1,0 +1,325 @@
+"""The offline teacher cache: on-disk format, manifest checks and the reader.
+
+``distill-cache`` runs the teacher once and stores, per token, its top-k log-probabilities,
+so training with ``teacher=cache`` loads no teacher model. Layout of a cache directory::
+
+    manifest.json                      what was cached, with which teacher/tokenizer/data
+    train/shard-00000.values.npy       [rows, seq_len, k] float16 log-probs, best first
+    train/shard-00000.indices.npy      [rows, seq_len, k] token ids, narrowest int type
+    val/...                            same, when the validation split was cached
+
+Shard ``s`` of a split holds its packed rows ``[s * shard_rows, (s + 1) * shard_rows)``.
+Each file is written under a temporary name and renamed (indices first, values last),
+so a shard whose two files both exist is complete; that is how a restarted writer skips
+finished work and how the reader tells a finished cache from an interrupted one.
+The writer lives in ``distill.callbacks.cache_writer``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from distill.cache import fingerprint
+from distill.errors import DistillError
+from distill.teacher.outputs import SparseTeacher
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+VALUE_DTYPE = "float16"
+# Fields that define a cache's content: a writer refuses to resume into a cache whose
+# manifest differs in any of them (``extra`` is free-form and may change).
+IDENTITY_FIELDS = (
+    "format_version", "teacher_key", "tokenizer_key", "data_key", "top_k", "temperature",
+    "vocab_size", "seq_len", "shard_rows", "value_dtype", "index_dtype", "splits",
+)
+# What a mismatch in each field means to a user, for the reader's one-line refusal.
+_FIELD_MEANING = {
+    "data_key": "data", "seq_len": "data", "num_rows": "data",
+    "tokenizer_key": "tokenizer", "vocab_size": "tokenizer",
+    "teacher_key": "teacher", "top_k": "settings", "temperature": "settings",
+}
+
+
+# -- format helpers (shared with the writer) ----------------------------------------
+def index_dtype_for(vocab_size: int) -> np.dtype:
+    """The narrowest integer type holding every token id ``0 .. vocab_size - 1``."""
+    if vocab_size <= 1 << 8:
+        return np.dtype(np.uint8)
+    if vocab_size <= 1 << 16:
+        return np.dtype(np.uint16)
+    return np.dtype(np.int32)
+
+
+def bytes_per_token(top_k: int, vocab_size: int) -> int:
+    return top_k * (np.dtype(VALUE_DTYPE).itemsize + index_dtype_for(vocab_size).itemsize)
+
+
+def num_shards(num_rows: int, shard_rows: int) -> int:
+    return -(-num_rows // shard_rows)
+
+
+def shard_paths(cache_dir: str | Path, split: str, shard: int) -> tuple[Path, Path]:
+    """(values, indices) file paths of one shard."""
+    base = Path(cache_dir) / split / f"shard-{shard:05d}"
+    return base.with_name(base.name + ".values.npy"), base.with_name(base.name + ".indices.npy")
+
+
+def shard_done(cache_dir: str | Path, split: str, shard: int) -> bool:
+    return all(p.is_file() for p in shard_paths(cache_dir, split, shard))
+
+
+def all_shards(manifest: dict) -> list[tuple[str, int]]:
+    return [(split, s) for split, info in manifest["splits"].items() for s in range(info["num_shards"])]
+
+
+def missing_shards(cache_dir: str | Path, manifest: dict) -> list[tuple[str, int]]:
+    return [(split, s) for split, s in all_shards(manifest) if not shard_done(cache_dir, split, s)]
+
+
+def build_manifest(
+    *, keys: dict, top_k: int, temperature: float, vocab_size: int, seq_len: int,
+    split_rows: dict[str, int], shard_rows: int, extra: dict | None = None,
+) -> dict:
+    missing = {"teacher_key", "tokenizer_key", "data_key"} - set(keys)
+    if missing:
+        raise ValueError(f"keys must name {sorted(missing)}")
+    return {
+        "format_version": FORMAT_VERSION,
+        "teacher_key": str(keys["teacher_key"]),
+        "tokenizer_key": str(keys["tokenizer_key"]),
+        "data_key": str(keys["data_key"]),
+        "top_k": int(top_k),
+        "temperature": float(temperature),
+        "vocab_size": int(vocab_size),
+        "seq_len": int(seq_len),
+        "shard_rows": int(shard_rows),
+        "value_dtype": VALUE_DTYPE,
+        "index_dtype": index_dtype_for(vocab_size).name,
+        "bytes_per_token": bytes_per_token(top_k, vocab_size),
+        "splits": {name: {"num_rows": int(n), "num_shards": num_shards(n, shard_rows)}
+                   for name, n in split_rows.items()},
+        "extra": dict(extra or {}),
+    }
+
+
+def read_manifest(cache_dir: str | Path) -> dict | None:
+    """The manifest, or None if there is none; a corrupt one is a user-facing error."""
+    path = Path(cache_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise DistillError(f"teacher cache {cache_dir} has an unreadable {MANIFEST} ({e}); delete the directory "
+                           "and rerun distill-cache") from e
+
+
+def write_manifest(cache_dir: str | Path, manifest: dict) -> None:
+    """Atomic: a temp file in the same directory, then a rename."""
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".partial", dir=cache_dir)
+    with os.fdopen(fd, "w") as f:
+        f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, cache_dir / MANIFEST)
+
+
+def teacher_fingerprint(model_or_dir: str | Path | nn.Module) -> str:
+    """A hash that changes when the teacher does.
+
+    For a model directory: its ``config.json`` plus the names and sizes of its weight
+    files (cheap even for a 70B model). For an in-memory model: its config and the bytes
+    of its state dict (meant for the small from-scratch teachers; pass the directory of
+    a large one)."""
+    if isinstance(model_or_dir, (str, Path)):
+        p = Path(model_or_dir).expanduser()
+        config = (p / "config.json").read_text() if (p / "config.json").is_file() else ""
+        weights = sorted((f.name, f.stat().st_size) for f in p.iterdir()
+                         if f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf"))
+        return fingerprint("teacher-dir-v1", config, weights)
+    import hashlib
+
+    model = getattr(model_or_dir, "model", model_or_dir)  # a Teacher LightningModule wraps the HF model
+    h = hashlib.sha256()
+    config = getattr(model, "config", None)
+    if config is not None:
+        cfg = {k: v for k, v in config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous().reshape(-1)
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+# -- the reader -------------------------------------------------------------------
+class TeacherCache:
+    """A finished cache, checked against what the run expects, read through memory maps.
+
+    ``expect`` holds manifest fields the run knows (``tokenizer_key``, ``data_key``,
+    ``seq_len``, ``vocab_size``, ...); ``num_rows`` may be ``{split: rows}``, the rows the run
+    will look up (the cache must hold at least these). Shards are opened lazily and kept
+    open in a small LRU, so a cache of thousands of shards does not exhaust file handles.
+    """
+
+    def __init__(self, cache_dir: str | Path, expect: dict[str, Any] | None = None, max_open_shards: int = 128):
+        self.cache_dir = Path(cache_dir).expanduser()
+        manifest = read_manifest(self.cache_dir) if self.cache_dir.is_dir() else None
+        if manifest is None:
+            raise DistillError(f"no teacher cache at {self.cache_dir}: run distill-cache first")
+        version = manifest.get("format_version")
+        if version != FORMAT_VERSION:
+            raise DistillError(f"teacher cache {self.cache_dir} has format version {version}; this distill reads "
+                               f"version {FORMAT_VERSION} (rebuild it with distill-cache)")
+        self.manifest = manifest
+        self._check_expect(expect or {})
+        missing = missing_shards(self.cache_dir, manifest)
+        if missing:
+            total = len(all_shards(manifest))
+            raise DistillError(f"teacher cache {self.cache_dir} is incomplete: {len(missing)} of {total} shards are "
+                               "missing (rerun distill-cache to finish it)")
+        self.index_dtype = np.dtype(manifest["index_dtype"])
+        self.max_open_shards = max_open_shards
+        self._open: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
+
+    def _check_expect(self, expect: dict[str, Any]) -> None:
+        m = self.manifest
+        for key, want in expect.items():
+            if key == "num_rows":
+                for split, rows in want.items():
+                    have = m["splits"].get(split, {}).get("num_rows", 0)
+                    if have < rows:
+                        what = "no" if split not in m["splits"] else f"{have}"
+                        raise DistillError(
+                            f"teacher cache {self.cache_dir} was built for different data ({what} {split} rows, "
+                            f"{rows} needed); rebuild it with distill-cache")
+                continue
+            if key not in m:
+                raise ValueError(f"unknown teacher cache field {key!r}")
+            if m[key] != want:
+                meaning = _FIELD_MEANING.get(key, "settings")
+                what = {"data": "different data", "tokenizer": "a different tokenizer",
+                        "teacher": "a different teacher"}.get(meaning, "different settings")
+                raise DistillError(f"teacher cache {self.cache_dir} was built for {what} ({key} {m[key]!r}, "
+                                   f"expected {want!r}); rebuild it with distill-cache")
+
+    # -- properties -------------------------------------------------------------
+    @property
+    def top_k(self) -> int:
+        return self.manifest["top_k"]
+
+    @property
+    def temperature(self) -> float:
+        return self.manifest["temperature"]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.manifest["vocab_size"]
+
+    @property
+    def seq_len(self) -> int:
+        return self.manifest["seq_len"]
+
+    @property
+    def bytes_per_token(self) -> int:
+        return bytes_per_token(self.top_k, self.vocab_size)
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.manifest["splits"])
+
+    def num_rows(self, split: str = "train") -> int:
+        return self.manifest["splits"][split]["num_rows"]
+
+    # -- reading ----------------------------------------------------------------
+    def _shard(self, split: str, shard: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (split, shard)
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key]
+        values_path, indices_path = shard_paths(self.cache_dir, split, shard)
+        values, indices = np.load(values_path, mmap_mode="r"), np.load(indices_path, mmap_mode="r")
+        info, m = self.manifest["splits"][split], self.manifest
+        rows = min(m["shard_rows"], info["num_rows"] - shard * m["shard_rows"])
+        shape = (rows, m["seq_len"], m["top_k"])
+        if values.shape != shape or indices.shape != shape or indices.dtype != self.index_dtype:
+            raise DistillError(f"teacher cache {self.cache_dir} has a damaged shard {values_path.name} "
+                               f"(shape {values.shape}, expected {shape}); delete it and rerun distill-cache")
+        self._open[key] = (values, indices)
+        if len(self._open) > self.max_open_shards:
+            self._open.popitem(last=False)
+        return values, indices
+
+    def lookup(self, rows: Tensor | np.ndarray | list[int], split: str = "train",
+               device: torch.device | str | None = None) -> SparseTeacher:
+        """Teacher outputs of packed rows (any order, any shards): logprobs float32, indices long,
+        both ``[B, seq_len, k]``. With ``device``, the compact float16 / narrow-int arrays travel
+        and are widened there (2-4x less host-to-device traffic)."""
+        values, indices = self.gather(rows, split)
+        values, indices = torch.from_numpy(values), torch.from_numpy(indices)
+        if device is not None and torch.device(device).type != "cpu":
+            values = values.pin_memory().to(device, non_blocking=True)
+            indices = indices.pin_memory().to(device, non_blocking=True)
+        return SparseTeacher(values.float(), indices.long())
+
+    def gather(self, rows: Tensor | np.ndarray | list[int], split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+        """The stored arrays (float16 values, narrow-int indices) of packed rows: one
+        fancy-indexed read per shard touched, no per-row Python loop."""
+        if split not in self.manifest["splits"]:
+            raise DistillError(f"teacher cache {self.cache_dir} has no {split!r} split (it has "
+                               f"{', '.join(self.splits) or 'none'}); rebuild it with distill-cache")
+        r = rows.detach().cpu().numpy() if isinstance(rows, Tensor) else np.asarray(rows)
+        r = r.astype(np.int64, copy=False).reshape(-1)
+        n = self.num_rows(split)
+        if r.size and (r.min() < 0 or r.max() >= n):
+            bad = int(r.max() if r.max() >= n else r.min())
+            raise IndexError(f"row {bad} is outside the teacher cache's {split} split ({n} rows)")
+        shape = (r.size, self.seq_len, self.top_k)
+        values = np.empty(shape, np.float16)
+        indices = np.empty(shape, self.index_dtype)
+        shard_of, offset = np.divmod(r, self.manifest["shard_rows"])
+        for shard in np.unique(shard_of):
+            pos = np.flatnonzero(shard_of == shard)
+            pos = pos[np.argsort(offset[pos], kind="stable")]  # read each shard front to back
+            v, i = self._shard(split, int(shard))
+            values[pos] = v[offset[pos]]
+            indices[pos] = i[offset[pos]]
+        return values, indices
+
+    def __getstate__(self) -> dict:
+        # Memory maps do not pickle (DDP spawn, dataloader workers); reopen lazily instead.
+        state = self.__dict__.copy()
+        state["_open"] = OrderedDict()
+        return state
+
+
+class CachedTeacher:
+    """What the training module holds instead of a teacher model: row indices in,
+    ``SparseTeacher`` out. Deliberately not an ``nn.Module``: it has no parameters, nothing
+    to move, checkpoint or optimize."""
+
+    def __init__(self, cache: TeacherCache):
+        self.cache = cache
+
+    @property
+    def top_k(self) -> int:
+        return self.cache.top_k
+
+    @property
+    def temperature(self) -> float:
+        return self.cache.temperature
+
+    def has_split(self, split: str) -> bool:
+        return split in self.cache.manifest["splits"]
+
+    def outputs(self, row_index: Tensor, split: str = "train", device: torch.device | str | None = None) -> SparseTeacher:
+        return self.cache.lookup(row_index, split, device=device)

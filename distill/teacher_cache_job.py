@@ -1,0 +1,42 @@
+"""The body of ``distill-cache``: run the teacher once over the training data, keep its top-k.
+
+Same data, tokenizer and teacher as the ``distill-train`` runs that will read the cache
+(the same config tree, with ``teacher=cache``). The teacher's own validation numbers go into
+the manifest, so training from the cache can report them without loading the teacher.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from distill.callbacks.cache_writer import write_teacher_cache
+from distill.errors import DistillError
+from distill.eval.metrics import evaluate, num_params
+from distill.pipeline import autocast_dtype, prepare_data, prepare_teacher, teacher_backend
+from distill.teacher.cache import teacher_fingerprint
+
+log = logging.getLogger(__name__)
+
+
+def build_cache(cfg: DictConfig) -> Path:
+    if teacher_backend(cfg) != "cache":
+        raise DistillError("distill-cache writes an offline teacher cache: run it with teacher=cache")
+    dm = prepare_data(cfg)
+    vocab_size = len(dm.tokenizer)
+    model, _ = prepare_teacher(cfg, dm, vocab_size)
+    trainer_kwargs = {k: cfg.trainer[k] for k in ("accelerator", "devices", "precision") if k in cfg.trainer}
+    device = "cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu"
+    scores = evaluate({"teacher": model.to(device)}, dm.val_dataloader(), vocab_size, device=device,
+                      autocast_dtype=autocast_dtype(cfg.trainer.precision))["teacher"]
+    keys = {"teacher_key": teacher_fingerprint(model), "tokenizer_key": dm.tokenizer_key, "data_key": dm.data_key}
+    path = write_teacher_cache(
+        model, {"train": dm.train_blocks, "val": dm.val_blocks}, cfg.teacher.cache_dir,
+        top_k=cfg.teacher.top_k, temperature=cfg.teacher.temperature, vocab_size=vocab_size, keys=keys,
+        shard_rows=cfg.teacher.shard_rows, micro_batch=cfg.teacher.micro_batch, trainer_kwargs=trainer_kwargs,
+        extra={"teacher.params": num_params(model), "teacher.val_ppl": scores["val_ppl"]},
+    )
+    log.info("teacher cache ready: %s", path)
+    return path

@@ -1,0 +1,40 @@
+"""Every loss preset trains through the CLI and logs each of its terms."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+TERMS = {
+    "reverse_kl": {"train/reverse_kl", "train/ce"},
+    "jsd": {"train/jsd", "train/ce"},
+    "tvd": {"train/tvd", "train/ce"},
+    "gkd": {"train/jsd", "train/on_policy"},
+    "hidden": {"train/forward_kl", "train/hidden"},
+    "attention": {"train/forward_kl", "train/attention"},
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", sorted(TERMS))
+def test_loss_preset_runs_and_logs_terms(loss, cache_dir, tmp_path):
+    proc = run_cli(["experiment=smoke", f"loss={loss}", "control=false", "trainer.max_steps=6",
+                    "trainer.val_check_interval=6", f"hydra.run.dir={tmp_path}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert TERMS[loss] <= set(header)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["student.val_ppl"] > 1
+
+
+def test_scheduled_temperature_is_applied_and_logged(cache_dir, tmp_path):
+    proc = run_cli(["experiment=smoke", "control=false", "trainer.max_steps=6", "trainer.val_check_interval=6",
+                    "trainer.log_every_n_steps=1",
+                    "+callbacks.loss_schedules.schedules.temperature={kind: linear, start: 3.0, end: 1.0}",
+                    f"hydra.run.dir={tmp_path}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
+    col = lines[0].split(",").index("schedule/temperature")
+    values = [float(row.split(",")[col]) for row in lines[1:] if row.split(",")[col]]
+    assert values[0] == 3.0 and values[-1] == 1.0 and values == sorted(values, reverse=True)

@@ -1,0 +1,60 @@
+"""distill-cache + distill-train teacher=cache, end to end at smoke sizes."""
+
+import json
+
+import pytest
+
+from tests.conftest import run_cli
+
+SMOKE = ["experiment=smoke", "control=false"]
+
+
+@pytest.fixture(scope="module")
+def teacher_cache(tmp_path_factory, cache_dir):
+    where = tmp_path_factory.mktemp("teacher-cache") / "cache"
+    run_dir = tmp_path_factory.mktemp("cache-run")
+    proc = run_cli([*SMOKE, f"teacher.cache_dir={where}", "teacher.shard_rows=64", f"hydra.run.dir={run_dir}"],
+                   cache_dir, prog="distill-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return where
+
+
+def test_cache_has_manifest_shards_and_teacher_numbers(teacher_cache):
+    manifest = json.loads((teacher_cache / "manifest.json").read_text())
+    assert manifest["top_k"] == 64 and manifest["extra"]["teacher.val_ppl"] > 1
+    assert list((teacher_cache / "train").glob("shard-*.values.npy"))
+
+
+def test_rerun_skips_finished_shards(teacher_cache, cache_dir, tmp_path):
+    proc = run_cli([*SMOKE, f"teacher.cache_dir={teacher_cache}", "teacher.shard_rows=64", f"hydra.run.dir={tmp_path}"],
+                   cache_dir, prog="distill-cache")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "0 written now" in proc.stdout + proc.stderr
+
+
+def test_sweep_from_cache_never_runs_the_teacher(teacher_cache, cache_dir, tmp_path):
+    proc = run_cli([*SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "-m", "optim.lr=1e-3,2e-3",
+                    f"hydra.sweep.dir={tmp_path}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    logs = proc.stdout + proc.stderr
+    assert logs.count("no teacher model is loaded or run") == 2
+    assert "training the teacher" not in logs
+    for job in ("0", "1"):
+        metrics = json.loads((tmp_path / job / "metrics.json").read_text())
+        assert metrics["teacher.val_ppl"] > 1 and 0 <= metrics["student.top1_agreement"] <= 1
+    header = (tmp_path / "0" / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"train/forward_kl", "train/ce"} <= set(header)
+
+
+def test_cache_for_other_data_is_refused(teacher_cache, cache_dir, tmp_path):
+    proc = run_cli([*SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "data.max_docs=30",
+                    f"hydra.run.dir={tmp_path}"], cache_dir)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("distill-train: error:") and "cache" in last
+
+
+def test_live_only_terms_are_refused_with_a_cache(teacher_cache, cache_dir, tmp_path):
+    proc = run_cli([*SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "loss=gkd",
+                    f"hydra.run.dir={tmp_path}"], cache_dir)
+    assert proc.returncode != 0 and "needs a live teacher" in proc.stderr.strip().splitlines()[-1]
