@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 import lightning as L
+from lightning.pytorch.callbacks import LearningRateMonitor
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -22,6 +23,7 @@ from transformers import AutoConfig
 from distill.cache import cached_dir, fingerprint
 from distill.callbacks.history import LossHistory
 from distill.callbacks.throughput import Throughput
+from distill.data.seqkd import seqkd_datamodule
 from distill.distillation import DistillationModule
 from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
@@ -30,8 +32,8 @@ from distill.losses.objective import Objective, ce_only
 from distill.losses.representation import require_eager_attention
 from distill.student.pretrained import check_same_vocab
 from distill.student.scratch import build_llama
+from distill.teacher.cache import CachedTeacher, TeacherCache, teacher_fingerprint
 from distill.teacher.load import check_model_dir, load_causal_lm
-from distill.teacher.cache import CachedTeacher, TeacherCache
 from distill.teacher.module import Teacher
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ def train(cfg: DictConfig) -> float:
     dm = prepare_data(cfg)
     vocab_size = len(dm.tokenizer)
     teacher, teacher_model, teacher_history = prepare_teacher_backend(cfg, dm, vocab_size, backend)
+    if cfg.get("seq_kd") and cfg.seq_kd.enabled:
+        dm = sequence_kd_data(cfg, dm, teacher_model, backend)
     student = build_student(cfg, teacher_model, vocab_size, dm.tokenizer)
     live_model = teacher_model if backend == "live" else None
     if backend == "cache" and teacher_model is not None:
@@ -123,6 +127,20 @@ def prepare_teacher_backend(cfg: DictConfig, dm, vocab_size: int, backend: str):
         return cached, model, []
     model, history = prepare_teacher(cfg, dm, vocab_size)
     return Teacher(model), model, history
+
+
+def sequence_kd_data(cfg: DictConfig, dm, teacher_model, backend: str):
+    """Swap the training data for the teacher's own continuations (generated once, cached)."""
+    if backend != "live":
+        raise DistillError("seq_kd.enabled needs a live teacher to generate continuations (teacher=live)")
+    spec = cfg.seq_kd
+    log.info("sequence-level KD: teacher continuations of %s training blocks", spec.max_examples or len(dm.train_blocks))
+    return seqkd_datamodule(
+        dm, teacher_model, teacher_key=teacher_fingerprint(cfg.teacher.get("path") or teacher_model),
+        prompt_tokens=spec.prompt_tokens, new_tokens=spec.new_tokens, temperature=spec.temperature, seed=cfg.seed,
+        batch_size=spec.batch_size, max_examples=spec.max_examples, cache_dir=cfg.paths.cache_dir,
+        device="cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu",
+    )
 
 
 def open_teacher_cache(cfg: DictConfig, dm) -> TeacherCache:
@@ -223,8 +241,10 @@ def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_ste
     callbacks = [meter, history]
     extra = {"max_steps": max_steps or cfg.trainer.max_steps}
     if main_run:
-        callbacks += instantiate_all(cfg.callbacks)
-        extra["logger"] = instantiate_all(cfg.logger) or False
+        loggers = instantiate_all(cfg.logger)
+        callbacks += [c for c in instantiate_all(cfg.callbacks)
+                      if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
+        extra["logger"] = loggers or False
     else:
         # Teacher and control runs keep only the progress bar: they neither log nor checkpoint.
         callbacks += instantiate_all({k: c for k, c in cfg.callbacks.items() if k == "progress_bar"})

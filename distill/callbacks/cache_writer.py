@@ -80,9 +80,10 @@ class TopKTeacher(L.LightningModule):
             if self.temperature != 1.0:
                 logits = logits / self.temperature
             v, i = torch.log_softmax(logits, dim=-1).topk(self.top_k, dim=-1)
-            values.append(v.half().cpu())
+            values.append(v.cpu())
             indices.append(i.cpu())
-        return torch.cat(values).numpy(), torch.cat(indices).numpy()
+        # Joined in numpy: torch.cat of float16 under a bf16 autocast context is refused by torch.
+        return np.concatenate([v.numpy() for v in values]).astype(np.float16), np.concatenate([i.numpy() for i in indices])
 
 
 class TeacherCacheWriter(BasePredictionWriter):

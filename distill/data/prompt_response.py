@@ -59,7 +59,10 @@ class Example:
 
 
 def prompt_response_examples(
-    paths: list[str] | str, prompt_field: str = "prompt", response_field: str = "response", max_examples: int | None = None
+    paths: list[str] | str,
+    prompt_field: str = "prompt",
+    response_field: str = "response",
+    max_examples: int | None = None,
 ) -> list[Example]:
     """Examples from local JSONL / Parquet files or ``save_to_disk`` datasets (globs expanded)."""
     paths = [paths] if isinstance(paths, str) else list(paths or [])
@@ -168,6 +171,7 @@ def split_examples(examples: list[Example], val_fraction: float, seed: int) -> t
 
 
 def check_template(template: str) -> str:
+    """Fail at config time, not mid-tokenization, on a template that cannot format a prompt."""
     try:
         probe = template.format(prompt="\0")
     except (KeyError, IndexError, ValueError) as e:
@@ -203,7 +207,8 @@ def build_rows(
         rows.append(ids + [pad_id] * (width - len(ids)))
         targets.append(labels[1:])
     stats["kept"] = len(rows)
-    return np.asarray(rows, dtype=np.int64).reshape(-1, width), np.asarray(targets, dtype=np.int64).reshape(-1, seq_len), stats
+    rows_arr = np.asarray(rows, dtype=np.int64).reshape(-1, width)
+    return rows_arr, np.asarray(targets, dtype=np.int64).reshape(-1, seq_len), stats
 
 
 # -- serving ------------------------------------------------------------------------------------------------

@@ -145,7 +145,7 @@ class SeqKDDataModule(L.LightningDataModule):
         self.train_blocks, self.train_targets = rows, targets
         self.val_blocks = base.val_blocks
         self.tokenizer, self.tokenizer_key = base.tokenizer, base.tokenizer_key
-        # A new data key: anything cached per (data, row) — e.g. offline teacher outputs — must not reuse the base's.
+        # A new data key: anything cached per (data, row), e.g. offline teacher outputs, must not reuse the base's.
         self.data_key = fingerprint(base.data_key, "seqkd", key)
         self.seq_len = base.seq_len
         if rows.shape[1] != self.seq_len + 1 or targets.shape != (len(rows), self.seq_len):

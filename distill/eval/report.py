@@ -31,7 +31,9 @@ def write_markdown(metrics: dict, path: Path, title: str = "Distillation report"
             f"| {label} | {params / 1e6:.2f}M | {metrics[f'{key}.val_ppl']:.3f} | "
             + (f"{agree:.3f} |" if agree is not None else "— |")
         )
-    lines += ["", f"- student / teacher parameters: {metrics['student.params'] / metrics['teacher.params']:.3f}"]
+    lines.append("")
+    if "teacher.params" in metrics:
+        lines.append(f"- student / teacher parameters: {metrics['student.params'] / metrics['teacher.params']:.3f}")
     closed = gap_closed(metrics)
     if closed is not None:
         lines.append(f"- perplexity gap closed, (control − student) / (control − teacher): {closed:.3f}")

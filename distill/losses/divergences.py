@@ -25,8 +25,9 @@ student on a smaller outcome space, chosen by ``tail`` (see ``distill.teacher.ou
   With k = V there is no tail outcome and the result equals the dense teacher exactly.
 - ``"renormalize"``: the teacher's k probabilities are rescaled to sum to 1 (p̂). Forward KL
   uses the student's full-vocabulary log-softmax gathered at the k tokens, as DistillKit
-  does: Σ p̂·(log p̂ − log q_T[k]). It is not 0 when the student equals the teacher (its
-  minimum is −log Σp_k·T²) and it pushes the student's mass into the top-k. Reverse KL,
+  does: Σ p̂·(log p̂ − log q_T[k]). It is not 0 when the student equals the teacher (it is
+  then −T²·log Σ_k p_T, the tempered teacher's top-k mass) and it pushes the student's mass
+  into the top-k. Reverse KL,
   JSD and TVD renormalize the student over the same k tokens too, so they are 0 for
   identical models and give no gradient to the student's other tokens.
 
@@ -184,9 +185,10 @@ def logit_chunk(s: Tensor, t: Teacher, y: Tensor, m: Tensor, coef: dict[str, flo
     x = s.float()  # never modified in place: it is ``s`` itself when s is float32
     if not isinstance(t, SparseTeacher) and set(divs) <= {"forward_kl"}:
         return _forward_kl_ce(x, t, y, m, coef, temperature, want_grad)
-    if isinstance(t, SparseTeacher):
+    sums, grad = {}, None
+    if isinstance(t, SparseTeacher) and divs:
         sums, grad = _sparse_divergences(x, t, m, divs, temperature, beta, tail, want_grad)
-    else:
+    elif divs:
         sums, grad = _dense_divergences(x, t, m, divs, temperature, beta, want_grad)
     if "ce" in coef:
         sums["ce"], g = _cross_entropy(x, y, coef["ce"], want_grad)
@@ -208,7 +210,7 @@ def _forward_kl_ce(x, t, y, m, coef, T, want_grad):
     if "ce" in coef:
         sums["ce"] = -torch.where(valid, log_q.gather(-1, target).squeeze(-1), 0.0).sum()
     w_ce = (coef.get("ce", 0.0) * valid).unsqueeze(-1)  # per-row CE coefficient
-    q = log_q.exp() if want_grad or t is not None else None
+    q = log_q.exp() if want_grad else None
     g = None
     if t is not None and "forward_kl" in coef:
         log_p = F.log_softmax(t.float() / T if T != 1 else t.float(), dim=-1)
@@ -444,7 +446,7 @@ def _check_shapes(s, teacher, labels, mask):
     if labels.shape != tokens or (mask is not None and mask.shape != tokens):
         raise DistillError(f"labels/mask shape {tuple(labels.shape)} does not match student logits {tuple(s.shape)}")
     if isinstance(teacher, SparseTeacher) and (teacher.shape[:-1] != tokens or teacher.indices.shape != teacher.shape):
-        raise DistillError(f"sparse teacher shape {tuple(teacher.shape)} does not match student logits {tuple(s.shape)}")
+        raise DistillError(f"sparse teacher {tuple(teacher.shape)} does not match student logits {tuple(s.shape)}")
     if isinstance(teacher, Tensor) and teacher.shape != s.shape:
         raise DistillError(f"teacher logits {tuple(teacher.shape)} do not match student logits {tuple(s.shape)} "
                            "(trim the teacher to the student's vocabulary first)")

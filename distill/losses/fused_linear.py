@@ -45,7 +45,7 @@ def fused_linear_loss(
     temperature: float = 1.0,
     beta: float = 0.5,
     vocab_size: int | None = None,
-    chunk_size: int = 1024,
+    chunk_size: int = 256,
     student_bias: Tensor | None = None,
     teacher_bias: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:

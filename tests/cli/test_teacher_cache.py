@@ -33,7 +33,7 @@ def test_rerun_skips_finished_shards(teacher_cache, cache_dir, tmp_path):
 
 
 def test_sweep_from_cache_never_runs_the_teacher(teacher_cache, cache_dir, tmp_path):
-    proc = run_cli([*SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "-m", "optim.lr=1e-3,2e-3",
+    proc = run_cli(["-m", *SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "optim.lr=1e-3,2e-3",
                     f"hydra.sweep.dir={tmp_path}"], cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = proc.stdout + proc.stderr

@@ -93,8 +93,8 @@ class _Tok:
 
 
 def test_seqkd_datamodule_serves_cached_continuations(tmp_path: Path, model, blocks):
-    base = SimpleNamespace(train_blocks=blocks, val_blocks=blocks[:2], tokenizer=_Tok(), tokenizer_key="k", data_key="d",
-                           seq_len=16, batch_size=2, seed=0, num_workers=0, cache_dir=str(tmp_path),
+    base = SimpleNamespace(train_blocks=blocks, val_blocks=blocks[:2], tokenizer=_Tok(), tokenizer_key="k",
+                           data_key="d", seq_len=16, batch_size=2, seed=0, num_workers=0, cache_dir=str(tmp_path),
                            val_dataloader=lambda: "base val loader")
     kw = dict(teacher_key="teacher", prompt_tokens=P, new_tokens=N)
     dm = seqkd_datamodule(base, model, **kw)
