@@ -19,7 +19,6 @@ available runs it on CPU, hence this plain-PyTorch version.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 from dataclasses import dataclass, field
 
@@ -27,10 +26,8 @@ import torch
 from torch import Tensor
 
 from distill.errors import DistillError
-from distill.losses.kd import IGNORE_INDEX, _chunk
-
-TERMS = ("forward_kl", "reverse_kl", "jsd", "tvd", "ce")
-DIVERGENCES = tuple(term for term in TERMS if term != "ce")
+from distill.losses.divergences import DIVERGENCES, TERMS, logit_chunk
+from distill.losses.kd import IGNORE_INDEX
 
 
 def fused_linear_loss(
@@ -129,14 +126,13 @@ def _run_chunks(h, w, b, th, tw, tb, labels, mask, spec: _Spec, needs):
     student = _Head.cut(w, b, spec.vocab, spec.dtypes[0])
     teacher = None if th is None else _Head.cut(tw, tb, spec.vocab, spec.dtypes[1])
     grads = _Grads(h2, w, b, spec.vocab, needs) if spec.want_grad else None
-    chunk_fn = logit_chunk_fn()
     sums = dict.fromkeys(spec.weights, 0.0)
     for lo in range(0, h2.shape[0], spec.chunk):
         rows = slice(lo, lo + spec.chunk)
         h_rows = h2[rows].to(student.weight.dtype)
         s = student.logits(h_rows)
         t = None if teacher is None else teacher.logits(th2[rows])
-        part, g = chunk_fn(s, t, labels[rows], mask[rows], spec.coef, temperature=spec.temperature,
+        part, g = logit_chunk(s, t, labels[rows], mask[rows], spec.coef, temperature=spec.temperature,
                            beta=spec.beta, want_grad=grads is not None)
         del s, t  # free the chunk's logits before the gradient matmuls allocate
         sums = {term: sums[term] + part[term] for term in sums}
@@ -207,43 +203,6 @@ class _Grads:
         return [gh, gw, gb]
 
 
-def logit_chunk_fn():
-    """The chunk engine: ``distill.losses.divergences.logit_chunk`` once that module exists,
-    else ``kd_logit_chunk_standin`` (forward KL and CE only)."""
-    if importlib.util.find_spec("distill.losses.divergences") is None:
-        return kd_logit_chunk_standin
-    from distill.losses.divergences import logit_chunk
-
-    return logit_chunk
-
-
-def kd_logit_chunk_standin(s, t, y, m, coef, *, temperature=1.0, beta=0.5, tail="bucket", want_grad=True):
-    """Stand-in for ``divergences.logit_chunk`` built on ``kd._chunk``: forward_kl and ce with dense teachers.
-
-    Same contract: ``sums[term]`` over the chunk's tokens (forward KL × T² over ``m``, CE
-    over labelled tokens) and ``grad = d(Σ coef·sums)/ds`` in float32 (or ``None``).
-    """
-    unsupported = set(coef) - {"forward_kl", "ce"}
-    if unsupported:
-        raise DistillError(f"loss terms {sorted(unsupported)} need distill.losses.divergences, which is missing")
-    if t is not None and not isinstance(t, Tensor):
-        raise DistillError("the kd stand-in chunk function takes dense teacher logits only")
-    ce_w, kl_w, T = coef.get("ce", 0.0), coef.get("forward_kl", 0.0), temperature
-    labelled = y != IGNORE_INDEX
-    if t is None or "forward_kl" not in coef:
-        _, ce, g = _chunk(s, None, y, labelled, 0.0, ce_w, T, want_grad)
-        return {term: ce for term in coef}, g
-    if torch.equal(m, labelled):
-        kl, ce, g = _chunk(s, t, y, labelled, kl_w, ce_w, T, want_grad)
-    else:  # distill and label masks differ: one pass each
-        kl, _, g = _chunk(s, t, torch.zeros_like(y), m, kl_w, 0.0, T, want_grad)
-        _, ce, g_ce = _chunk(s, None, y, labelled, 0.0, ce_w, T, want_grad)
-        if g is not None:
-            g += g_ce
-    sums = {"forward_kl": kl * T**2, "ce": ce}
-    return {term: sums[term] for term in coef}, g
-
-
 def _validate(h, w, th, tw, labels, mask, weights, temperature, beta, vocab_size, chunk_size, b, tb) -> _Spec:
     """Check shapes and options; the ``_Spec`` of the call."""
     _check_head("student", h, w, b)
@@ -298,8 +257,11 @@ def _check_weights(weights: dict[str, float], has_teacher: bool) -> dict[str, fl
         raise DistillError(f"unknown loss terms {sorted(unknown)}; known: {', '.join(TERMS)}")
     if any(not (math.isfinite(w) and w >= 0) for w in weights.values()):
         raise DistillError(f"loss weights must be finite and >= 0, got {weights}")
-    active = {term: float(w) for term, w in weights.items() if has_teacher or term == "ce"}
-    if not any(active.values()):
-        raise DistillError(f"no positive loss weight among {sorted(active) or 'no terms'}"
-                           + ("" if has_teacher else " (without a teacher only 'ce' counts)"))
-    return active
+    if not has_teacher:
+        needing = sorted(term for term in DIVERGENCES if weights.get(term, 0) > 0)
+        if needing:
+            raise DistillError(f"loss term(s) {needing} have weight > 0 but there is no teacher")
+        weights = {term: w for term, w in weights.items() if term == "ce"}
+    if not any(weights.values()):
+        raise DistillError(f"loss weights must not be all 0, got {weights}")
+    return {term: float(w) for term, w in weights.items()}

@@ -1,0 +1,73 @@
+"""DistillationModule with each teacher backend, and on-policy (GKD) batches."""
+
+import torch
+
+from distill.distillation import DistillationModule
+from distill.losses.objective import Objective
+from distill.student.prune import every_other_layer
+from distill.student.scratch import build_llama
+from distill.teacher.module import Teacher
+from distill.teacher.outputs import SparseTeacher
+
+
+def _quiet(module):
+    module.logged = {}
+    module.log = lambda name, value, **k: module.logged.__setitem__(name, value)
+    module.log_dict = lambda d, **k: module.logged.update(d)
+    return module
+
+
+def _models():
+    torch.manual_seed(0)
+    teacher = build_llama(vocab_size=60, hidden_size=32, num_layers=2, num_heads=2, eos_token_id=0)
+    return teacher, every_other_layer(teacher)
+
+
+def test_on_policy_batch_distills_only_sampled_tokens():
+    teacher, student = _models()
+    obj = Objective({"jsd": 1.0, "ce": 0.5}, on_policy={"lmbda": 1.0, "max_new_tokens": 4, "temperature": 1.0})
+    module = _quiet(DistillationModule(student, obj, 60, teacher=Teacher(teacher)))
+    x = torch.randint(1, 60, (3, 13))
+    inputs, labels, mask = module.sample_from_student(x[:, :-1])
+    assert inputs.shape == (3, 12) and torch.equal(inputs[:, :8], x[:, :8])  # prompt kept
+    assert mask.sum(1).tolist() == [4, 4, 4] and mask[:, -4:].all()  # the 4 sampled tokens only
+    assert (labels == -100).all()  # no ground truth for sampled tokens: CE is off
+    loss = module.training_step((x[:, :-1], x[:, 1:], torch.arange(3)), 0)
+    assert module.logged["train/on_policy"] == 1.0 and module.logged["train/ce"] == 0
+    loss.backward()
+    assert any(p.grad is not None for p in student.parameters())
+    assert module.student.training  # generation put it back in train mode
+
+
+def test_off_policy_when_lambda_is_zero():
+    teacher, student = _models()
+    module = _quiet(DistillationModule(student, Objective({"jsd": 1.0, "ce": 0.5}), 60, teacher=Teacher(teacher)))
+    x = torch.randint(0, 60, (2, 9))
+    module.training_step((x[:, :-1], x[:, 1:], torch.arange(2)), 0)
+    assert "train/on_policy" not in module.logged and module.logged["train/ce"] > 0
+
+
+class _FakeCache:
+    """Row index -> top-k, like CachedTeacher: records which rows were asked for."""
+
+    def __init__(self, logprobs, indices):
+        self.logprobs, self.indices, self.asked = logprobs, indices, []
+
+    def outputs(self, rows, split="train", device=None):
+        self.asked.append(rows.tolist())
+        return SparseTeacher(self.logprobs[rows], self.indices[rows])
+
+
+def test_cached_teacher_is_looked_up_by_row_index():
+    teacher, student = _models()
+    x = torch.randint(0, 60, (5, 9))
+    with torch.no_grad():
+        lp, idx = torch.log_softmax(teacher(input_ids=x[:, :-1]).logits, -1).topk(60, -1)
+    cache = _FakeCache(lp, idx)
+    live = _quiet(DistillationModule(student, Objective({"forward_kl": 1.0}), 60, teacher=Teacher(teacher)))
+    cached = _quiet(DistillationModule(student, Objective({"forward_kl": 1.0}), 60, teacher=cache))
+    rows = torch.tensor([3, 1])
+    batch = (x[rows, :-1], x[rows, 1:], rows)
+    # k = vocab in bucket mode is exactly the live teacher
+    torch.testing.assert_close(cached.training_step(batch, 0), live.training_step(batch, 0), rtol=1e-5, atol=1e-6)
+    assert cache.asked == [[3, 1]]
