@@ -2,7 +2,7 @@
 
 Reference ("unavoidable"): a plain PyTorch loop doing what no distillation framework can
 skip: the teacher's forward (no_grad) plus the student's CE training step (forward,
-backward, AdamW). Measured: ``distill``'s real DistillationModule + KDLoss under a Lightning
+backward, AdamW). Measured: ``distill``'s real DistillationModule + Objective under a Lightning
 Trainer, and a naive (unfused, full-vocab float32) KL for comparison. All in one process,
 interleaved rounds, medians reported. Prints ratios; the goal is framework/reference >= 0.85.
 
@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from distill.cli.resolvers import auto_precision
 from distill.distillation import DistillationModule
-from distill.losses.kd import KDLoss, forward_kl
+from distill.losses.divergences import forward_kl
+from distill.losses.objective import Objective
 from distill.student.prune import every_other_layer
 from distill.student.scratch import build_llama
 from distill.teacher.module import Teacher
@@ -84,7 +85,7 @@ def plain_loop(args, kl: bool) -> float:
 
 def framework(args) -> float:
     teacher, student = make_models(args)
-    module = DistillationModule(student, KDLoss(1.0, 0.5, 1.0), args.vocab, teacher=Teacher(teacher), lr=1e-4,
+    module = DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}), args.vocab, teacher=Teacher(teacher), lr=1e-4,
                                 max_steps=args.warmup + args.steps)
     data = batches(args, args.warmup + args.steps)
     loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=args.batch)

@@ -5,16 +5,17 @@ At a Llama-3 vocabulary (128,256) the logits of a 4,096-token batch take 2 GiB i
 float32, and a plain "project, log-softmax, KL, CE, backward" keeps several such
 tensors alive at once. Here the student's and the teacher's hidden states are projected
 one chunk of tokens at a time; each chunk's loss sums and its gradient with respect to
-the student logits come from the chunk function (``logit_chunk``, float32 softmax math),
+the student logits come from ``divergences.logit_chunk`` (float32 softmax math),
 and that gradient is pushed through the LM head immediately::
 
     grad_hidden[chunk] = g @ W        grad_W += gᵀ @ hidden[chunk]        grad_b += Σ g
 
 all during the forward pass, so the backward pass only scales the stored gradients by
 ``grad_output``. Peak memory is then the gradients of the inputs plus a few
-``[chunk × vocab]`` buffers. This is the trick of Liger-Kernel's fused linear
-cross-entropy / JSD / KL losses, which are Triton kernels (CUDA/ROCm/XPU only); nothing
-available runs it on CPU, hence this plain-PyTorch version.
+``[chunk × vocab]`` buffers: at 4,096 tokens × 1,024 × 128,256 in fp32, 1.3 GiB instead
+of the naive 14 GiB, and faster (``benchmarks/fused_linear_memory.py``). This is the trick
+of Liger-Kernel's fused linear cross-entropy / JSD / KL losses, which are Triton kernels
+(CUDA/ROCm/XPU only); nothing available runs it on CPU, hence this plain-PyTorch version.
 """
 
 from __future__ import annotations
@@ -46,17 +47,22 @@ def fused_linear_loss(
     student_bias: Tensor | None = None,
     teacher_bias: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """``Σ weights[term] · mean(term)`` of the LM heads' logits, without materializing them.
+    """``Σ weights[term] · mean(term)`` over the LM heads' logits, never materializing them.
 
-    student_hidden ``[..., H_s]`` is the final hidden state (after the final norm),
-    student_weight ``[V_s, H_s]`` the LM head; only its first ``vocab_size`` rows are real
-    vocabulary (the rest is padding: zero logits' worth of nothing, zero gradient).
-    The teacher pair (``[..., H_t]``, ``[V_t, H_t]``) is frozen, or both ``None`` for CE
-    only, in which case the divergence terms are dropped. ``labels`` ``[...]`` (-100 =
-    ignored) drive CE, averaged over labelled tokens; ``mask`` ``[...]`` bool picks the
-    tokens to distill (default: the labelled ones), and divergences (× T²) are averaged
-    over those. Returns ``(loss, parts)``: a float32 scalar and the detached mean of
-    every weighted term. Matmuls run in the inputs' dtype, softmax math in float32.
+    student_hidden ``[..., H_s]``: the final hidden state (after the final norm);
+    student_weight ``[V_s, H_s]``: the LM head. Only its first ``vocab_size`` rows
+    (default: all) are vocabulary; the rest is padding and gets zero gradient.
+    teacher_hidden / teacher_weight ``[..., H_t]`` / ``[V_t, H_t]``: the frozen teacher
+    (no gradients), or both ``None`` for CE only (divergences must then have weight 0).
+    ``V_t ≠ V_s`` needs an explicit ``vocab_size``. Terms are those of
+    ``distill.losses.divergences`` (forward_kl, reverse_kl, jsd, tvd, ce), with the same
+    definitions: divergences (× T²) averaged over ``mask`` ``[...]`` (bool; default:
+    labelled tokens), CE over ``labels`` ≠ -100. Returns ``(loss, parts)``: a float32
+    scalar and the detached mean of every term in ``weights``.
+
+    Matmuls run in the inputs' dtype (the autocast dtype under autocast), softmax math in
+    float32. Peak memory beyond the gradients themselves: a few ``[chunk_size × V]`` float32
+    buffers (256 × 128,256 → ~125 MiB each).
     """
     spec = _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, mask, weights,
                      temperature, beta, vocab_size, chunk_size, student_bias, teacher_bias)
