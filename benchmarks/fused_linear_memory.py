@@ -11,10 +11,12 @@ a small warm-up step runs, then RSS is recorded, the peak counter is reset (writ
 loss is VmHWM − RSS before (gradient buffers of the hidden state and the LM head
 included, in both variants). Values and gradients are saved and compared in the parent.
 Wall time and process CPU time are both printed: on a shared machine the wall time of a
-run can swing by 2× while its CPU time stays within a few percent. Prints ratios; asserts nothing. The goal (at Llama-3's vocabulary, fp32): peak ≤ 25% of
-naive, time ≤ 1.3× naive, relative error ≤ 1e-5.
+run can swing by 2× while its CPU time stays within a few percent. Prints ratios; asserts
+nothing. The goal (at Llama-3's vocabulary, fp32): peak ≤ 25% of naive, time ≤ 1.3× naive,
+relative error ≤ 1e-5. Measured on 2 CPU cores at the default sizes: naive 14,038 MiB,
+87 s; fused (chunk 256) 1,267 MiB, 53 s: peak 0.09×, time 0.61×, errors < 1e-6.
 
-    python benchmarks/fused_linear_memory.py                      # 4,096 × 1,024 × 128,256 fp32 (naive peak ~10 GiB)
+    python benchmarks/fused_linear_memory.py    # 4,096 × 1,024 × 128,256 fp32: needs ~16 GiB free, ~3 min
     python benchmarks/fused_linear_memory.py --tokens 512 --vocab 32000 --chunk-size 128   # quick check
     python benchmarks/fused_linear_memory.py --variants fused --chunk-size 512              # one variant only
 """
@@ -34,7 +36,7 @@ from pathlib import Path
 import torch
 
 from distill.losses.fused_linear import fused_linear_loss
-from distill.losses.kd import IGNORE_INDEX, cross_entropy, forward_kl
+from distill.losses.divergences import IGNORE_INDEX, cross_entropy, forward_kl
 
 MiB = 2**20
 
@@ -147,8 +149,8 @@ def main(argv=None) -> None:
         for v in variants:
             results[v] = run_variant(v, argv, Path(tmp) / f"{v}.pt")
             r = results[v]
-            print(f"  {v:6s} peak {r['peak_mib']:9.1f} MiB   time {r['seconds']:7.2f} s (cpu {r['cpu_seconds']:.2f} s)   "
-                  f"(inputs {r['inputs_mib']:.0f} MiB, loss {r['loss']:.6f})", flush=True)
+            print(f"  {v:6s} peak {r['peak_mib']:9.1f} MiB   time {r['seconds']:7.2f} s "
+                  f"(cpu {r['cpu_seconds']:.2f} s)   (inputs {r['inputs_mib']:.0f} MiB, loss {r['loss']:.6f})", flush=True)
         if {"naive", "fused"} <= set(results):
             report(results, Path(tmp))
 

@@ -40,8 +40,8 @@ tempered as one outcome, which is exact at T = 1, keeps a divergence of 0 for id
 models at any T, and equals the dense loss when k = V. (Forward KL in "renormalize" mode
 keeps DistillKit's full-vocabulary student at T.)
 
-``chunked_logit_loss`` computes the weighted sum fused and chunked over tokens, like
-``kd.kd_ce_loss``: float32 one chunk at a time, keeping only the gradient with respect to
+``chunked_logit_loss`` computes the weighted sum fused and chunked over tokens: float32
+one chunk at a time, keeping only the gradient with respect to
 the student logits. ``logit_chunk`` is the per-chunk kernel, also used by the fused
 linear loss. Every gradient is hand-derived, on the outcome space the two distributions
 are compared on (vocabulary, k or k+1), w.r.t. the student's tempered logits w there:
@@ -71,8 +71,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.errors import DistillError
-from distill.losses.kd import IGNORE_INDEX
 from distill.teacher.outputs import TAIL_MODES, SparseTeacher
+
+IGNORE_INDEX = -100  # label of tokens no loss looks at (padding, prompts), as in torch and HF
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
 TERMS = DIVERGENCES + ("ce",)
@@ -199,7 +200,7 @@ def logit_chunk(s: Tensor, t: Teacher, y: Tensor, m: Tensor, coef: dict[str, flo
 
 
 def _forward_kl_ce(x, t, y, m, coef, T, want_grad):
-    """Forward KL + CE in one fused pass: the default objective, the same arithmetic as ``kd._chunk``.
+    """Forward KL + CE in one fused pass: the default objective and the hot path.
 
     The gradient is c_ce·(q − onehot) + c_kl·T·(q_T − p), built in place in q.
     """

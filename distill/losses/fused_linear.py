@@ -25,10 +25,10 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from distill.errors import DistillError
-from distill.losses.divergences import DIVERGENCES, TERMS, logit_chunk
-from distill.losses.kd import IGNORE_INDEX
+from distill.losses.divergences import DIVERGENCES, IGNORE_INDEX, TERMS, logit_chunk
 
 
 def fused_linear_loss(
@@ -117,6 +117,7 @@ class _FusedLinearLoss(torch.autograd.Function):
         return loss, means
 
     @staticmethod
+    @once_differentiable  # the stored gradients are constants: no double backward
     def backward(ctx, grad_loss, _grad_means):
         grads, ctx.grads = ctx.grads, None  # drop ctx's reference so autograd can take the buffers over
         if grads is None:
@@ -139,7 +140,7 @@ def _run_chunks(h, w, b, th, tw, tb, labels, mask, spec: _Spec, needs):
         s = student.logits(h_rows)
         t = None if teacher is None else teacher.logits(th2[rows])
         part, g = logit_chunk(s, t, labels[rows], mask[rows], spec.coef, temperature=spec.temperature,
-                           beta=spec.beta, want_grad=grads is not None)
+                              beta=spec.beta, want_grad=grads is not None)
         del s, t  # free the chunk's logits before the gradient matmuls allocate
         sums = {term: sums[term] + part[term] for term in sums}
         if grads is not None:

@@ -6,8 +6,7 @@ import torch.nn.functional as F
 
 from distill.errors import DistillError
 from distill.losses import divergences as D
-from distill.losses.divergences import DIVERGENCES, chunked_logit_loss, logit_chunk
-from distill.losses.kd import IGNORE_INDEX, kd_ce_loss
+from distill.losses.divergences import DIVERGENCES, IGNORE_INDEX, chunked_logit_loss, logit_chunk
 from distill.teacher.outputs import SparseTeacher
 
 V, K = 97, 8
@@ -131,18 +130,6 @@ def test_combined_weights_are_the_weighted_sum_of_single_terms(kind):
         expected, g_expected = expected + w * single, g_expected + w * g_single
     torch.testing.assert_close(loss, expected)
     torch.testing.assert_close(g, g_expected, rtol=1e-5, atol=1e-7)
-
-
-@pytest.mark.parametrize("T", [1.0, 2.0])
-def test_default_objective_matches_kd_module(T):
-    s, te, y, _ = _inputs(4)
-    (loss, parts), g = _value_and_grad(
-        lambda x: chunked_logit_loss(x, te, y, weights={"forward_kl": 0.6, "ce": 0.4}, temperature=T, chunk_size=5), s)
-    (kd, kl, ce), g_kd = _value_and_grad(lambda x: kd_ce_loss(x, te, y, 0.6, 0.4, T, chunk_size=5), s)
-    torch.testing.assert_close(loss, kd)
-    torch.testing.assert_close(parts["forward_kl"], kl)
-    torch.testing.assert_close(parts["ce"], ce)
-    torch.testing.assert_close(g, g_kd)
 
 
 @pytest.mark.parametrize("T", [1.0, 2.0])

@@ -7,7 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from distill.errors import DistillError
 from distill.losses.divergences import chunked_logit_loss
 from distill.losses.fused_linear import fused_linear_loss
-from distill.losses.kd import IGNORE_INDEX, cross_entropy, forward_kl
+from distill.losses.divergences import IGNORE_INDEX, cross_entropy, forward_kl
 
 B, N, H_S, H_T, V = 2, 23, 16, 12, 37  # 46 tokens: no chunk size below divides it
 V_S, V_T = V + 5, V + 3  # LM-head rows past the vocabulary are padding
