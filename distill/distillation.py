@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from distill.losses.objective import Objective, Outputs
+from distill.student.lora import backbone
 from distill.teacher.module import Teacher
 
 
@@ -25,7 +26,7 @@ def model_outputs(model: nn.Module, input_ids: torch.Tensor, vocab_size: int, ob
     extra = dict(output_hidden_states=objective.needs_hidden_states, output_attentions=objective.needs_attentions,
                  use_cache=False)
     if objective.fused_linear:
-        out = model.base_model(input_ids=input_ids, **extra)
+        out = backbone(model)(input_ids=input_ids, **extra)
         head = model.get_output_embeddings()
         return Outputs(last_hidden=out.last_hidden_state, head_weight=head.weight, head_bias=head.bias,
                        hidden_states=out.hidden_states, attentions=out.attentions, vocab_size=vocab_size)

@@ -18,7 +18,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from transformers import AutoConfig
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from distill.cache import cached_dir, fingerprint
 from distill.callbacks.history import LossHistory
@@ -30,8 +30,10 @@ from distill.eval.metrics import evaluate, num_params
 from distill.eval.report import gap_closed, plot_curves, write_markdown
 from distill.losses.objective import Objective, ce_only
 from distill.losses.representation import require_eager_attention
+from distill.student.lora import AdaLoraAllocator, apply_lora, is_adalora, merge_lora
 from distill.student.pretrained import check_same_vocab
 from distill.student.scratch import build_llama
+from distill.student.sparsity import bake_masks, masked_modules, verify_sparsity
 from distill.teacher.cache import CachedTeacher, TeacherCache, teacher_fingerprint
 from distill.teacher.load import check_model_dir, load_causal_lm
 from distill.teacher.module import Teacher
@@ -53,7 +55,12 @@ def train(cfg: DictConfig) -> float:
     teacher, teacher_model, teacher_history = prepare_teacher_backend(cfg, dm, vocab_size, backend)
     if cfg.get("seq_kd") and cfg.seq_kd.enabled:
         dm = sequence_kd_data(cfg, dm, teacher_model, backend)
-    student = build_student(cfg, teacher_model, vocab_size, dm.tokenizer)
+    student = build_student(cfg, teacher_model, vocab_size, dm)
+    save_pruning_report(student, out)
+    control_config = student.config  # the control is the student's architecture, without adapters
+    _, lora = student_spec(cfg)
+    if lora:
+        student = apply_lora(student, **lora, total_steps=cfg.trainer.max_steps)
     live_model = teacher_model if backend == "live" else None
     if backend == "cache" and teacher_model is not None:
         log.info("teacher weights were read only to initialise the pruned student; the teacher is never run")
@@ -66,12 +73,13 @@ def train(cfg: DictConfig) -> float:
     baseline, baseline_history = None, []
     if cfg.control and backend != "none":
         torch.manual_seed(cfg.seed)
-        baseline = type(student)(student.config)  # same architecture, fresh random init
+        baseline = AutoModelForCausalLM.from_config(control_config)  # same architecture, fresh random init
         control_module = DistillationModule(baseline, ce_only(), vocab_size, **optim_args(cfg))
         _, _, baseline_history = fit(cfg, control_module, dm, main_run=False)
     if not trainer.is_global_zero:
         return float("nan")
 
+    student = finalize_student(student)
     metrics = measure(cfg, dm, vocab_size, live_model, teacher, student, baseline, meter, trainer.strategy.root_device)
     export_student(student, dm.tokenizer, out / "student")
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
@@ -89,9 +97,13 @@ def teacher_backend(cfg: DictConfig) -> str:
     return backend
 
 
+# Builders that cut the student out of the teacher's weights (scratch and pretrained ones do not).
+STUDENTS_FROM_TEACHER = ("distill.student.prune.", "distill.student.depth.", "distill.student.width.",
+                         "distill.student.sparsity.", "distill.student.moe.")
+
+
 def student_needs_teacher(cfg: DictConfig) -> bool:
-    # Pruned students are cut out of the teacher's weights; scratch and pretrained ones are not.
-    return str(cfg.student.get("_target_", "")).startswith("distill.student.prune")
+    return str(cfg.student.get("_target_", "")).startswith(STUDENTS_FROM_TEACHER)
 
 
 def check_setup(cfg: DictConfig, backend: str, loss: Objective) -> None:
@@ -149,12 +161,39 @@ def open_teacher_cache(cfg: DictConfig, dm) -> TeacherCache:
     return TeacherCache(cfg.teacher.cache_dir, expect=expect)
 
 
-def build_student(cfg: DictConfig, teacher_model, vocab_size: int, tokenizer):
-    student = instantiate(cfg.student)(teacher=teacher_model, vocab_size=vocab_size)
+def student_spec(cfg: DictConfig) -> tuple[dict, dict | None]:
+    """The builder's config, and the LoRA block when adapters are on (``student.lora.r > 0``)."""
+    spec = OmegaConf.to_container(cfg.student, resolve=True)
+    lora = spec.pop("lora", None)
+    return spec, (lora if lora and lora.get("r") else None)
+
+
+def build_student(cfg: DictConfig, teacher_model, vocab_size: int, dm):
+    """The student as its builder makes it (pruned, scratch, ...), before any adapters."""
+    spec, _ = student_spec(cfg)
+    tokenizer = dm.tokenizer
+    student = instantiate(spec)(teacher=teacher_model, vocab_size=vocab_size, train_blocks=dm.train_blocks)
     check_vocab(vocab_size, teacher=teacher_model, student=student)
     if student.config.eos_token_id is None:  # a student built without a teacher: the tokenizer's EOS
         for c in (student.config, student.generation_config):
             c.eos_token_id = c.bos_token_id = c.pad_token_id = tokenizer.eos_token_id
+    return student
+
+
+def save_pruning_report(student, out: Path) -> None:
+    report = getattr(student, "pruning_report", None)
+    if report:
+        write_atomic(out / "pruning_report.json", json.dumps(report, indent=2, default=str) + "\n")
+
+
+def finalize_student(student):
+    """The plain HF model to evaluate and export: LoRA merged, sparsity masks baked into the
+    weights (and the sparsity pattern checked again after training)."""
+    student = merge_lora(student)
+    report = getattr(student, "pruning_report", None) or {}
+    if next(masked_modules(student), None) is not None:
+        bake_masks(student)
+        verify_sparsity(student, report.get("sparsity"))
     return student
 
 
@@ -239,6 +278,8 @@ def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_ste
     """Train ``module`` with the configured Trainer; only the main (distillation) run logs and checkpoints."""
     meter, history = Throughput(), LossHistory()
     callbacks = [meter, history]
+    if is_adalora(module.student):
+        callbacks.append(AdaLoraAllocator())
     extra = {"max_steps": max_steps or cfg.trainer.max_steps}
     if main_run:
         loggers = instantiate_all(cfg.logger)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -15,6 +16,7 @@ from omegaconf import OmegaConf
 from distill.cli.resolvers import register
 from distill.data.datamodule import TextDataModule
 from distill.losses.objective import Objective, Outputs
+from distill.pipeline import student_spec
 from distill.student.scratch import build_llama
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -54,7 +56,8 @@ def test_the_expected_groups_exist():
     assert {"quickstart", "smoke"} <= set(EXPERIMENTS)
     assert {"csv", "tensorboard", "wandb", "none"} <= set(LOGGERS)
     assert {"default", "profiler"} <= set(DEBUGS)
-    assert {"pretrained", "pruned", "scratch"} <= set(STUDENTS)
+    assert {"pretrained", "scratch", "every_other_layer", "depth", "width", "wanda", "magnitude",
+            "moe_upcycle"} <= set(STUDENTS)
 
 
 def test_default_is_quickstart(out_dir):
@@ -86,9 +89,9 @@ def test_experiment_composes_and_instantiates(name, out_dir, tiny_teacher):
     terms = loss(Outputs(logits=logits), Outputs(logits=torch.randn(2, 3, 128)), torch.randint(0, 128, (2, 3)))
     assert torch.isfinite(terms["loss"]) and set(terms) == {"loss", "forward_kl", "ce"}
 
-    make_student = instantiate(cfg.student)
+    make_student = instantiate(student_spec(cfg)[0])
     assert isinstance(make_student, functools.partial)
-    student = make_student(teacher=tiny_teacher, vocab_size=128)
+    student = make_student(teacher=tiny_teacher, vocab_size=128, train_blocks=None)
     assert student.config.num_hidden_layers < tiny_teacher.config.num_hidden_layers
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
@@ -194,15 +197,18 @@ def test_student_presets(name, out_dir, tiny_teacher, tmp_path):
     if name == "pretrained":
         overrides.append(f"student.path={tmp_path / 'model'}")
     cfg = compose_train(out_dir, *overrides)
-    make_student = instantiate(cfg.student)
+    spec, lora = student_spec(cfg)
+    assert lora is None and cfg.student.lora.r == 0  # adapters are off unless student.lora.r > 0
+    make_student = instantiate(spec)
     assert isinstance(make_student, functools.partial)
     if name == "pretrained":
         assert make_student.keywords["path"] == str(tmp_path / "model")
         return
-    student = make_student(teacher=tiny_teacher, vocab_size=128)
+    blocks = np.random.default_rng(0).integers(0, 128, size=(16, 17))
+    student = make_student(teacher=tiny_teacher, vocab_size=128, train_blocks=blocks)
     assert student.get_output_embeddings().weight.shape[0] == 128
-    if name == "pruned":
-        assert student.config.num_hidden_layers == 2
+    if name in ("every_other_layer", "depth"):
+        assert student.config.num_hidden_layers == tiny_teacher.config.num_hidden_layers // 2
 
 
 LOSSES = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))

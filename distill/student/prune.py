@@ -48,7 +48,8 @@ def keep_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
     return student.to(next(teacher.parameters()).dtype)
 
 
-def every_other_layer(teacher: PreTrainedModel, vocab_size: int | None = None, offset: int = 0) -> PreTrainedModel:
+def every_other_layer(teacher: PreTrainedModel, vocab_size: int | None = None, train_blocks=None,
+                      offset: int = 0) -> PreTrainedModel:
     """Keep layers offset, offset+2, ... (DistilBERT keeps every other layer of BERT)."""
     n = teacher.config.num_hidden_layers
     if n < 2:
