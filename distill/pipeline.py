@@ -173,6 +173,7 @@ def build_student(cfg: DictConfig, teacher_model, vocab_size: int, dm):
     spec, _ = student_spec(cfg)
     tokenizer = dm.tokenizer
     student = instantiate(spec)(teacher=teacher_model, vocab_size=vocab_size, train_blocks=dm.train_blocks)
+    student.requires_grad_(True).train()  # builders that copy the (frozen, eval-mode) teacher copy that too
     check_vocab(vocab_size, teacher=teacher_model, student=student)
     if student.config.eos_token_id is None:  # a student built without a teacher: the tokenizer's EOS
         for c in (student.config, student.generation_config):
