@@ -186,6 +186,9 @@ def logit_chunk(s: Tensor, t: Teacher, y: Tensor, m: Tensor, coef: dict[str, flo
     x = s.float()  # never modified in place: it is ``s`` itself when s is float32
     if not isinstance(t, SparseTeacher) and set(divs) <= {"forward_kl"}:
         return _forward_kl_ce(x, t, y, m, coef, temperature, want_grad)
+    if (isinstance(t, SparseTeacher) and set(divs) == {"forward_kl"} and tail == "bucket" and temperature == 1
+            and t.indices.shape[-1] < x.shape[-1]):
+        return _bucket_forward_kl_ce(x, t, y, m, coef, want_grad)
     sums, grad = {}, None
     if isinstance(t, SparseTeacher) and divs:
         sums, grad = _sparse_divergences(x, t, m, divs, temperature, beta, tail, want_grad)
@@ -230,6 +233,42 @@ def _forward_kl_ce(x, t, y, m, coef, T, want_grad):
     if g is not None and "ce" in coef:
         g.scatter_add_(-1, target, -w_ce)
     return sums, g
+
+
+def _bucket_forward_kl_ce(x, teacher, y, m, coef, want_grad):
+    """Bucket-mode forward KL at T = 1 (+ CE) with one vocabulary-sized buffer: the offline
+    cache's hot path, which must cost about what CE alone costs. Same values as
+    ``_bucket_divergences``; the gradient on the student logits is q − p on the k tokens and
+    q·(1 − p_tail/q_tail) on all others (p: the teacher's k+1 probabilities)."""
+    lp, idx = _sanitize(teacher, m)
+    c_kl, c_ce = coef["forward_kl"], coef.get("ce")
+    log_q = F.log_softmax(x, dim=-1)
+    log_qk = log_q.gather(-1, idx)
+    sums = {}
+    valid = y != IGNORE_INDEX
+    target = torch.where(valid, y, 0).unsqueeze(-1)
+    if c_ce is not None:
+        sums["ce"] = -(log_q.gather(-1, target).squeeze(-1) * valid).sum()
+    q = log_q.exp_()
+    q_k = log_qk.exp()
+    # Student mass outside the top-k as a sum of the small probabilities themselves (no 1 − Σ
+    # cancellation): zero the k entries, sum, put them back.
+    q_tail = q.scatter_(-1, idx, 0.0).sum(-1, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny)
+    q.scatter_(-1, idx, q_k)
+    p_tail = (-torch.expm1(torch.logsumexp(lp, dim=-1, keepdim=True))).clamp(min=TAIL_EPS)
+    log_p = F.log_softmax(torch.cat([lp, p_tail.log()], -1), dim=-1)
+    p = log_p.exp()
+    kl = (p * (log_p - torch.cat([log_qk, q_tail.log()], -1))).sum(-1)
+    sums["forward_kl"] = torch.where(m, kl, 0.0).sum()
+    if not want_grad:
+        return sums, None
+    kl_w = (c_kl * m).unsqueeze(-1)
+    ratio = p[:, -1:] / q_tail
+    row = kl_w * (1 - ratio) + ((c_ce or 0.0) * valid).unsqueeze(-1)
+    grad = q.mul_(row).scatter_add_(-1, idx, kl_w * (q_k * ratio - p[:, :-1]))
+    if c_ce is not None:
+        grad.scatter_add_(-1, target, (-c_ce * valid).unsqueeze(-1).to(grad.dtype))
+    return sums, grad
 
 
 def _cross_entropy(x, y, c, want_grad):
