@@ -30,10 +30,14 @@ def model_outputs(model: nn.Module, input_ids: torch.Tensor, vocab_size: int, ob
         head = model.get_output_embeddings()
         return Outputs(last_hidden=out.last_hidden_state, head_weight=head.weight, head_bias=head.bias,
                        hidden_states=out.hidden_states, attentions=out.attentions, vocab_size=vocab_size)
+    moe = model.training and hasattr(model.config, "router_aux_loss_coef")  # a mixture-of-experts student
+    if moe:
+        extra["output_router_logits"] = True
     out = model(input_ids=input_ids, **extra)
     # Embedding rows past the tokenizer (padding to a round size) are never targets.
     return Outputs(logits=out.logits[..., :vocab_size], hidden_states=out.hidden_states, attentions=out.attentions,
-                   vocab_size=vocab_size)
+                   vocab_size=vocab_size,
+                   router_aux=out.aux_loss * model.config.router_aux_loss_coef if moe else None)
 
 
 class DistillationModule(L.LightningModule):

@@ -71,3 +71,21 @@ def test_cached_teacher_is_looked_up_by_row_index():
     # k = vocab in bucket mode is exactly the live teacher
     torch.testing.assert_close(cached.training_step(batch, 0), live.training_step(batch, 0), rtol=1e-5, atol=1e-6)
     assert cache.asked == [[3, 1]]
+
+
+def test_moe_student_adds_its_load_balancing_loss():
+    from distill.student.moe import moe_upcycle
+
+    teacher, _ = _models()
+    student = moe_upcycle(teacher, 60, experts_per_token=1)
+    module = _quiet(DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}), 60, teacher=Teacher(teacher)))
+    module.train()
+    x = torch.randint(0, 60, (2, 9))
+    loss = module.training_step((x[:, :-1], x[:, 1:], torch.arange(2)), 0)
+    aux = module.logged["train/router_aux"]
+    assert aux > 0
+    torch.testing.assert_close(loss.detach(), module.logged["train/forward_kl"] + 0.5 * module.logged["train/ce"] + aux)
+    loss.backward()
+    # with top-1 routing only the balancing loss reaches the router
+    routers = [p for n, p in student.named_parameters() if "gate" in n and "experts" not in n]
+    assert routers and all(p.grad is not None and p.grad.abs().sum() > 0 for p in routers)

@@ -37,6 +37,7 @@ class Outputs:
     hidden_states: tuple[Tensor, ...] | None = None  # HF output_hidden_states (embeddings first)
     attentions: tuple[Tensor, ...] | None = None  # HF output_attentions
     vocab_size: int | None = None  # tokens of the tokenizer: LM-head rows past it are padding
+    router_aux: Tensor | None = None  # an MoE student's load-balancing loss, already × its router_aux_loss_coef
 
 
 @dataclass
@@ -145,6 +146,9 @@ class Objective(nn.Module):
                 value = term(s_feats, t_feats, token_mask)
                 loss = self.weights[name] * value if loss is None else loss + self.weights[name] * value
                 parts[name] = value.detach()
+        if student.router_aux is not None:  # keeps an MoE student's experts in use (Switch / Mixtral)
+            loss = loss + student.router_aux
+            parts["router_aux"] = student.router_aux.detach()
         return {"loss": loss, **parts}
 
     def _logit_terms(self, student, teacher, labels, mask, weights):
