@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.cache import cached_dir, fingerprint, text_fingerprint
 from distill.data.datamodule import TextDataModule
-from distill.data.sources import Document
+from distill.data.sources import Document, jsonl_records
 from distill.data.split import split_documents
 from distill.data.tokenizer import train_bpe
 from distill.errors import DistillError
@@ -113,19 +113,7 @@ _HINT = "set data.prompt_field / data.response_field"
 
 
 def _read_jsonl(path: Path, fields: tuple[str, str]) -> list[Example]:
-    examples = []
-    with path.open(encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DistillError(f"{path}:{lineno}: not valid JSON Lines, one object per line ({e.msg})") from None
-            if not isinstance(record, dict):
-                raise DistillError(f"{path}:{lineno}: not a JSON object")
-            examples.append(_example(f"{path}:{lineno}", record, fields, _HINT))
-    return examples
+    return [_example(f"{path}:{lineno}", record, fields, _HINT) for lineno, record in jsonl_records(path)]
 
 
 def _columns(path: Path, names: list[str], fields: tuple[str, str], read: Callable[[], dict]) -> list[Example]:

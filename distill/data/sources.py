@@ -79,8 +79,9 @@ def _records(path: Path, texts: list) -> list[Document]:
     return [Document(f"{path}#{i}", t) for i, t in enumerate(texts) if isinstance(t, str) and t.strip()]
 
 
-def _read_jsonl(path: Path, text_field: str) -> list[Document]:
-    texts = []
+def jsonl_records(path: Path):
+    """``(line number, object)`` per non-empty line of a JSON Lines file; a line that is not a JSON
+    object is one clear error naming the file and line."""
     with path.open(encoding="utf-8", errors="replace") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -89,9 +90,17 @@ def _read_jsonl(path: Path, text_field: str) -> list[Document]:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DistillError(f"{path}:{lineno}: not valid JSON Lines, one object per line ({e.msg})") from None
-            if not isinstance(record, dict) or text_field not in record:
-                raise DistillError(f"{path}:{lineno}: record has no field {text_field!r} (set data.text_field)")
-            texts.append(record[text_field])
+            if not isinstance(record, dict):
+                raise DistillError(f"{path}:{lineno}: not a JSON object")
+            yield lineno, record
+
+
+def _read_jsonl(path: Path, text_field: str) -> list[Document]:
+    texts = []
+    for lineno, record in jsonl_records(path):
+        if text_field not in record:
+            raise DistillError(f"{path}:{lineno}: record has no field {text_field!r} (set data.text_field)")
+        texts.append(record[text_field])
     return _records(path, texts)
 
 

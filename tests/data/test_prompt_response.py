@@ -83,7 +83,7 @@ def test_jsonl_parquet_and_saved_dataset_read_the_same(tmp_path):
 
 def test_bad_rows_are_one_line_errors_with_their_location(tmp_path):
     jsonl = _write_jsonl(tmp_path / "bad.jsonl", [RECORDS[0], {"prompt": "hi"}])
-    with pytest.raises(DistillError, match=rf"bad\.jsonl:2: record has no field 'response'") as e:
+    with pytest.raises(DistillError, match=r"bad\.jsonl:2: record has no field 'response'") as e:
         prompt_response_examples([str(jsonl)])
     assert "\n" not in str(e.value)
     parquet = _write_parquet(tmp_path / "bad.parquet", [RECORDS[0], {**RECORDS[1], "response": None}])

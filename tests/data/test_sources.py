@@ -167,7 +167,7 @@ def test_jsonl_missing_text_field(tmp_path):
 def test_jsonl_non_object_record(tmp_path):
     path = tmp_path / "list.jsonl"
     path.write_text('["not", "an", "object"]\n')
-    with pytest.raises(DistillError, match="no field 'text'"):
+    with pytest.raises(DistillError, match="list.jsonl:1: not a JSON object"):
         file_documents([str(path)])
 
 
