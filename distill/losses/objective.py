@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from distill.errors import DistillError
+from distill.losses.divergences import chunked_logit_loss
+from distill.losses.fused_linear import fused_linear_loss
+from distill.losses.representation import AttentionLoss, HiddenStateLoss, layer_pairs
 from distill.teacher.outputs import TAIL_MODES, SparseTeacher
 
 LOGIT_TERMS = ("forward_kl", "reverse_kl", "jsd", "tvd", "ce")
@@ -109,8 +112,6 @@ class Objective(nn.Module):
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> "Objective":
         """Build the representation terms for these models (projections sized to their widths)."""
-        from distill.losses.representation import AttentionLoss, HiddenStateLoss, layer_pairs
-
         if (self.needs_hidden_states or self.needs_attentions) and teacher is None:
             raise DistillError("hidden-state and attention terms need a live teacher model (teacher=live)")
         s_cfg = student.config
@@ -151,13 +152,9 @@ class Objective(nn.Module):
         return {"loss": loss, **parts}
 
     def _logit_terms(self, student, teacher, labels, mask, weights):
-        from distill.losses.divergences import chunked_logit_loss
-
         t_logits = None if teacher is None else teacher.logits
         common = dict(weights=weights, temperature=self.temperature, beta=self.beta)
         if self.fused_linear:
-            from distill.losses.fused_linear import fused_linear_loss
-
             if isinstance(t_logits, SparseTeacher):
                 raise DistillError("loss.fused_linear needs a live teacher; the cached top-k is already sparse")
             return fused_linear_loss(
