@@ -38,3 +38,16 @@ def test_scheduled_temperature_is_applied_and_logged(cache_dir, tmp_path):
     col = lines[0].split(",").index("schedule/temperature")
     values = [float(row.split(",")[col]) for row in lines[1:] if row.split(",")[col]]
     assert values[0] == 3.0 and values[-1] == 1.0 and values == sorted(values, reverse=True)
+
+
+@pytest.mark.slow
+def test_fused_linear_loss_trains_like_the_chunked_one(cache_dir, tmp_path):
+    """Same objective, LM head fused into the loss: the same student within bf16 noise."""
+    ppl = {}
+    for fused in ("false", "true"):
+        out = tmp_path / fused
+        proc = run_cli(["experiment=smoke", "control=false", f"loss.fused_linear={fused}", f"hydra.run.dir={out}"],
+                       cache_dir)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ppl[fused] = json.loads((out / "metrics.json").read_text())["student.val_ppl"]
+    assert ppl["true"] == pytest.approx(ppl["false"], rel=0.02)
