@@ -5,17 +5,22 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+import logging
+
 import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from distill.cache import cached_dir, fingerprint, text_fingerprint
+from distill.data.filters.runner import ExecutorSpec, filter_documents
 from distill.data.packing import pack, tokenize
-from distill.data.sources import Document
+from distill.data.sources import Document, Skips, require_documents
 from distill.data.split import split_documents
 from distill.data.tokenizer import load_tokenizer, train_bpe
 from distill.errors import DistillError
+
+log = logging.getLogger(__name__)
 
 
 class BlockDataset(Dataset):
@@ -46,6 +51,13 @@ class TextDataModule(L.LightningDataModule):
         max_val_blocks: int | None = 64,
         cache_dir: str = ".cache",
         num_workers: int = 0,
+        filters: dict | None = None,
+        executor: str = "local",
+        filter_tasks: int = 4,
+        filter_workers: int = -1,
+        keep_excluded: bool = False,
+        slurm: dict | None = None,
+        skips: Skips | None = None,
     ):
         super().__init__()
         if seq_len < 2 or batch_size < 1:
@@ -53,6 +65,14 @@ class TextDataModule(L.LightningDataModule):
         self.source, self.seq_len, self.batch_size = source, seq_len, batch_size
         self.val_fraction, self.seed, self.vocab_size = val_fraction, seed, vocab_size
         self.max_val_blocks, self.cache_dir, self.num_workers = max_val_blocks, cache_dir, num_workers
+        # quality filters (data/filters=...), applied to the training split only: every run is
+        # evaluated on the same held-out documents whatever it filtered
+        self.filters = {k: v for k, v in (filters or {}).items() if v is not None}
+        self.filter_executor = ExecutorSpec(executor, filter_tasks, filter_workers, dict(slurm or {}))
+        self.keep_excluded = keep_excluded
+        self.skips = skips if skips is not None else Skips()
+        self.filter_stats: dict | None = None
+        self.tokenizer_path: str | None = None
         self.train_docs: list[Document] = []
         self.val_docs: list[Document] = []
         self.tokenizer = None
@@ -60,9 +80,9 @@ class TextDataModule(L.LightningDataModule):
 
     # -- steps the pipeline calls in order, each cheap to repeat ------------------
     def load_documents(self) -> None:
-        docs = self.source()
-        if not docs:
-            raise DistillError("the corpus is empty: no non-empty documents were found in the data source")
+        docs = require_documents(self.source(), self.skips, "the data source")
+        if self.skips:
+            log.warning("data: skipped %d bad input(s): %s", sum(self.skips.values()), self.skips.summary())
         self.train_docs, self.val_docs = split_documents(docs, self.val_fraction, self.seed)
         self.data_key = fingerprint(
             text_fingerprint([d.text for d in self.train_docs]), text_fingerprint([d.text for d in self.val_docs])
@@ -75,8 +95,29 @@ class TextDataModule(L.LightningDataModule):
         return cached_dir(self.cache_dir, "tokenizers", key, lambda tmp: train_bpe(texts, self.vocab_size, tmp))
 
     def use_tokenizer(self, tokenizer_path: str | Path) -> None:
+        self.tokenizer_path = str(tokenizer_path)
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.tokenizer_key = fingerprint(sorted(self.tokenizer.get_vocab().items()))
+
+    def apply_filters(self, teacher_path: str | None = None, device: str = "cpu") -> dict | None:
+        """Run the quality filters over the training documents (cached by data and filter settings);
+        the packed blocks are rebuilt from what they keep. Returns the filter stats."""
+        if not self.filters:
+            return None
+        result = filter_documents(
+            self.train_docs, self.filters, input_key=self.data_key, cache_dir=self.cache_dir,
+            executor=self.filter_executor, keep_excluded=self.keep_excluded, tokenizer_path=self.tokenizer_path,
+            teacher_path=teacher_path, device=device, seed=self.seed, source_skipped=dict(self.skips),
+        )
+        kept = list(result.documents())
+        if not kept:
+            raise DistillError(f"the filters dropped every training document ({result.stats['input']} in): "
+                               f"loosen data/filters (stats: {result.stats['stages']})")
+        log.info("filters kept %d of %d training documents", len(kept), result.stats["input"])
+        self.train_docs, self.filter_stats = kept, result.stats
+        self.data_key = fingerprint(self.data_key, "filtered", result.key)
+        self.train_blocks = self.val_blocks = None  # repack from the kept documents
+        return result.stats
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_blocks is not None:
@@ -116,7 +157,8 @@ def from_stdlib(max_docs: int | None = None, **kwargs) -> TextDataModule:
     """The embedded default corpus: this Python's standard library sources."""
     from distill.data.sources import stdlib_documents
 
-    return TextDataModule(source=lambda: stdlib_documents(max_docs), **kwargs)
+    skips = Skips()
+    return TextDataModule(source=lambda: stdlib_documents(max_docs, skips), skips=skips, **kwargs)
 
 
 def from_files(paths: list[str], text_field: str = "text", max_docs: int | None = None, **kwargs) -> TextDataModule:
@@ -124,4 +166,5 @@ def from_files(paths: list[str], text_field: str = "text", max_docs: int | None 
     from distill.data.sources import file_documents
 
     paths = list(paths) if paths is not None else []
-    return TextDataModule(source=lambda: file_documents(paths, text_field, max_docs), **kwargs)
+    skips = Skips()
+    return TextDataModule(source=lambda: file_documents(paths, text_field, max_docs, skips), skips=skips, **kwargs)

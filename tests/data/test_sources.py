@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.data.sources import Document, file_documents, stdlib_documents
+from distill.data.sources import Skips, Document, file_documents, stdlib_documents
 from distill.errors import DistillError
 
 TEXTS = ["def f():\n    return 1\n", "class A:\n    pass\n", "print('hello world')\n"]
@@ -146,14 +146,22 @@ def test_max_docs_stops_within_a_file(tmp_path):
 # -- errors -------------------------------------------------------------------------------------------------
 
 
-def test_malformed_json_line_names_file_and_line(tmp_path):
+def test_malformed_json_line_is_skipped_and_counted(tmp_path):
     path = tmp_path / "bad.jsonl"
-    path.write_text(json.dumps({"text": "ok"}) + "\n" + '{"text": "unterminated\n')
+    path.write_text(json.dumps({"text": "ok"}) + "\n" + '{"text": "unterminated\n' + '["a list"]\n')
+    skips = Skips()
+    docs = file_documents([str(path)], skips=skips)
+    assert [d.text for d in docs] == ["ok"]
+    assert skips["malformed_json"] == 2 and skips.first["malformed_json"] == f"{path}:2"
+
+
+def test_only_bad_lines_is_one_clear_error_naming_reason_and_place(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"text": "unterminated\n')
     with pytest.raises(DistillError) as exc:
         file_documents([str(path)])
     msg = str(exc.value)
-    assert f"{path}:2" in msg
-    assert "JSON" in msg
+    assert "no valid documents" in msg and "malformed_json: 1" in msg and f"{path}:1" in msg
 
 
 def test_jsonl_missing_text_field(tmp_path):
@@ -164,11 +172,23 @@ def test_jsonl_missing_text_field(tmp_path):
     assert f"{path}:1" in msg and "'text'" in msg and "data.text_field" in msg
 
 
-def test_jsonl_non_object_record(tmp_path):
-    path = tmp_path / "list.jsonl"
-    path.write_text('["not", "an", "object"]\n')
-    with pytest.raises(DistillError, match="list.jsonl:1: not a JSON object"):
-        file_documents([str(path)])
+def test_every_kind_of_bad_record_is_skipped_and_counted(tmp_path, monkeypatch):
+    import distill.data.sources as sources
+
+    monkeypatch.setattr(sources, "MAX_DOC_BYTES", 1000)
+    path = tmp_path / "mixed.jsonl"
+    lines = [json.dumps({"text": "good one"}).encode(), json.dumps({"text": ""}).encode(),
+             json.dumps({"body": "no text field"}).encode(), b'{"text": "bad bytes \xff\xfe"}',
+             json.dumps({"text": "x" * 5000}).encode(), b"{not json", json.dumps({"text": "good two"}).encode()]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00 not utf-8")
+    (tmp_path / "blank.txt").write_text("   \n")
+    skips = Skips()
+    docs = file_documents([str(path), str(tmp_path / "*.txt")], skips=skips)
+    assert [d.text for d in docs] == ["good one", "good two"]
+    assert skips["empty"] == 2 and skips["undecodable"] == 2 and skips["too_large"] == 1
+    assert skips["malformed_json"] == 1 and skips["missing_field 'text' (set data.text_field)"] == 1
+    assert docs[1].id == f"{path}#6"  # ids count every non-blank line, so they do not shift
 
 
 def test_parquet_missing_column(tmp_path):
@@ -176,14 +196,16 @@ def test_parquet_missing_column(tmp_path):
     with pytest.raises(DistillError) as exc:
         file_documents([str(path)], text_field="text")
     msg = str(exc.value)
-    assert str(path) in msg and "no column 'text'" in msg
+    assert str(path) in msg and "missing_field 'text'" in msg and "content" in msg
 
 
-def test_corrupt_parquet(tmp_path):
-    path = tmp_path / "corrupt.parquet"
-    path.write_bytes(b"this is not parquet at all")
-    with pytest.raises(DistillError, match="cannot read Parquet"):
-        file_documents([str(path)])
+def test_corrupt_parquet_is_skipped_beside_good_files(tmp_path):
+    (tmp_path / "corrupt.parquet").write_bytes(b"this is not parquet at all")
+    _write_parquet(tmp_path / "good.parquet", {"text": TEXTS})
+    skips = Skips()
+    docs = file_documents([str(tmp_path / "*.parquet")], skips=skips)
+    assert len(docs) == len([t for t in TEXTS if t.strip()])
+    assert sum(n for reason, n in skips.items() if reason.startswith("unreadable_file")) == 1
 
 
 def test_saved_dataset_missing_column(tmp_path):

@@ -1,0 +1,107 @@
+"""The contract between the filter runner and the filters it runs.
+
+A *stage* is one named entry of ``data.filters`` (``code``, ``dedup``, ``teacher_ppl`` ...). The
+runner streams the corpus through datatrove passes (reader -> steps -> sharded writer). A stage
+contributes per-document datatrove steps to a pass; a stage that needs to see the whole corpus
+first (deduplication, a percentile band) also has ``prepare``, which the runner calls on the
+materialised output of everything before it and which may run its own datatrove executors
+through ``ctx.run``.
+
+Why not plain datatrove: datatrove gives the blocks, executors, per-reason stats and skipping of
+finished tasks; it has no notion of a named, configurable filter that may need a global pass, nor
+of the run's tokenizer and teacher, which model-based filters need. This module adds only that.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from datatrove.data import Document
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.filters.base_filter import BaseFilter
+
+
+@dataclass
+class FilterContext:
+    """What a stage may use. ``run(steps, name)`` runs ``[reader over input_dir] + steps`` with the
+    configured executor (local processes or SLURM) over ``tasks`` shards and returns when done;
+    reruns skip shards that finished before."""
+
+    work_dir: Path                       # scratch space of this stage (kept across reruns)
+    tasks: int                           # shards of every pass
+    run: Callable[[list[PipelineStep], str, Path], None]  # (steps, pass name, input_dir)
+    tokenizer_path: str | None = None    # the run's tokenizer (chars/token, model scoring)
+    teacher_path: str | None = None      # the run's teacher (a Hugging Face causal-LM dir)
+    device: str = "cpu"
+    seed: int = 0
+    extra: dict = field(default_factory=dict)
+
+
+class FilterStage:
+    """One named filter. Subclasses override ``steps`` and, for a global pass, ``prepare``."""
+
+    name: str = "filter"
+    needs_prepare: bool = False  # True: the runner materialises the corpus, then calls prepare
+    uses_model: bool = False     # True: the pass runs in one process (the model uses every core)
+
+    def prepare(self, ctx: FilterContext, input_dir: Path) -> None:
+        """Global work over every document in ``input_dir`` (sharded JSONL written by the runner)."""
+
+    def steps(self, ctx: FilterContext) -> list[PipelineStep]:
+        raise NotImplementedError
+
+    def config(self) -> dict:
+        """What identifies this stage's result (goes into the filtered dataset's cache key)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+class Streaming(FilterStage):
+    """A stage of per-document blocks only, e.g. the datatrove Gopher / C4 / FineWeb filters."""
+
+    def __init__(self, name: str, steps: list[PipelineStep]):
+        self.name = name
+        self._steps = list(steps)
+
+    def steps(self, ctx: FilterContext) -> list[PipelineStep]:
+        return self._steps
+
+    def config(self) -> dict:
+        return {"name": self.name, "steps": [repr_step(s) for s in self._steps]}
+
+
+def repr_step(step: PipelineStep) -> dict:
+    """A stable description of a block: its class and its scalar settings."""
+    scalars = {k: v for k, v in sorted(vars(step).items())
+               if isinstance(v, (int, float, str, bool, type(None), tuple, list)) and not k.startswith("_")
+               and k not in ("stats",)}
+    return {"class": f"{type(step).__module__}.{type(step).__qualname__}", **{k: str(v) for k, v in scalars.items()}}
+
+
+class DecisionFilter(BaseFilter):
+    """Drops the documents a ``prepare`` pass decided to drop.
+
+    ``decisions`` is a JSON file ``{doc_id: reason}`` listing only dropped documents; every other
+    document is kept. Global filters (percentile bands, classifiers trained once) write it."""
+
+    name = "decision"
+
+    def __init__(self, decisions: str | Path, exclusion_writer=None):
+        super().__init__(exclusion_writer)
+        self.decisions_path = str(decisions)
+        self._decisions: dict[str, str] | None = None
+
+    def filter(self, doc: Document) -> bool | tuple[bool, str]:
+        if self._decisions is None:
+            self._decisions = json.loads(Path(self.decisions_path).read_text())
+        reason = self._decisions.get(doc.id)
+        return True if reason is None else (False, reason)
+
+
+def write_decisions(path: Path, decisions: dict[str, str]) -> None:
+    """Write ``{doc_id: reason}`` atomically (a rerun never reads half a file)."""
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(decisions))
+    tmp.replace(path)

@@ -1,0 +1,1 @@
+"""Trainer plugins: quantization (QLoRA, QAT) applied through ``Trainer(plugins=...)``."""
