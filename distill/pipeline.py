@@ -23,6 +23,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from distill.cache import cached_dir, fingerprint
 from distill.callbacks.history import LossHistory
 from distill.callbacks.throughput import Throughput
+from distill.data.filters.summary import markdown_table
 from distill.data.seqkd import seqkd_datamodule
 from distill.distillation import DistillationModule
 from distill.errors import DistillError
@@ -52,7 +53,9 @@ def train(cfg: DictConfig) -> float:
 
     dm = prepare_data(cfg)
     vocab_size = len(dm.tokenizer)
-    teacher, teacher_model, teacher_history = prepare_teacher_backend(cfg, dm, vocab_size, backend)
+    teacher_model, teacher_history = load_teacher_model(cfg, dm, vocab_size, backend)
+    filter_stats = filter_training_data(cfg, dm, teacher_model)  # the teacher is given; the student's data is filtered
+    teacher = teacher_for_module(cfg, dm, teacher_model, backend)
     if cfg.get("seq_kd") and cfg.seq_kd.enabled:
         dm = sequence_kd_data(cfg, dm, teacher_model, backend)
     student = build_student(cfg, teacher_model, vocab_size, dm)
@@ -81,13 +84,24 @@ def train(cfg: DictConfig) -> float:
 
     student = finalize_student(student)
     metrics = measure(cfg, dm, vocab_size, live_model, teacher, student, baseline, meter, trainer.strategy.root_device)
+    metrics["data.train_tokens_available"] = int(dm.train_blocks.size)  # after any filters: the budget's pool
+    if filter_stats:
+        metrics["data.filter_kept_fraction"] = filter_stats["kept_fraction"]
     export_student(student, dm.tokenizer, out / "student")
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    write_markdown(metrics, out / "report.md")
+    write_markdown(metrics, out / "report.md", sections=report_sections(filter_stats))
     plot_curves({"teacher (from scratch)": teacher_history, "student (distilled)": history, "control": baseline_history},
                 out / "report.png")
     log.info("metrics: %s", json.dumps(metrics))
     return metrics[cfg.optimized_metric]
+
+
+def report_sections(filter_stats: dict | None) -> list[list[str]]:
+    sections = []
+    if filter_stats:
+        sections.append(["## Data filters (training split)", "", *markdown_table(filter_stats),
+                         "", "Per-filter details: `filter_stats.json`."])
+    return sections
 
 
 def teacher_backend(cfg: DictConfig) -> str:
@@ -124,21 +138,51 @@ def check_setup(cfg: DictConfig, backend: str, loss: Objective) -> None:
             raise DistillError(f"{needs_live[0]} needs a live teacher, but teacher=cache stores only top-k log-probabilities")
 
 
-def prepare_teacher_backend(cfg: DictConfig, dm, vocab_size: int, backend: str):
-    """Returns (teacher backend for the module, teacher model or None, teacher training history)."""
+def load_teacher_model(cfg: DictConfig, dm, vocab_size: int, backend: str):
+    """The teacher model when this run needs its weights: to run it (live), or to prune the student
+    from it (any backend). Returns (model or None, its from-scratch training history)."""
+    if backend == "live" or (backend == "cache" and student_needs_teacher(cfg)):
+        return prepare_teacher(cfg, dm, vocab_size)
+    return None, []
+
+
+def teacher_for_module(cfg: DictConfig, dm, model, backend: str):
+    """What the DistillationModule queries: the live teacher, the offline cache, or nothing."""
     if backend == "none":
         log.info("teacher: none (black-box: the data is the teacher)")
-        return None, None, []
+        return None
     if backend == "cache":
         cached = CachedTeacher(open_teacher_cache(cfg, dm))
         log.info("teacher: offline cache %s (top-%d); no teacher model is loaded or run",
                  cfg.teacher.cache_dir, cached.cache.top_k)
-        model = None
-        if student_needs_teacher(cfg):
-            model, _ = prepare_teacher(cfg, dm, vocab_size)
-        return cached, model, []
-    model, history = prepare_teacher(cfg, dm, vocab_size)
-    return Teacher(model), model, history
+        return cached
+    return Teacher(model)
+
+
+def filter_training_data(cfg: DictConfig, dm, teacher_model) -> dict | None:
+    """Run ``data/filters`` over the training split (cached), repack, and keep the stats in the run dir.
+    Model-based filters score with the teacher: its directory is ``teacher.path`` or the cached
+    from-scratch teacher (trained on the unfiltered data, as a given teacher would have been)."""
+    if not getattr(dm, "filters", None):
+        return None
+    teacher_path = cfg.teacher.get("path") or (teacher_model.name_or_path if teacher_model is not None else None)
+    if teacher_path is None and filters_need_teacher(dm.filters) and teacher_backend(cfg) != "none":
+        teacher_path = prepare_teacher(cfg, dm, len(dm.tokenizer))[0].name_or_path
+    stats = dm.apply_filters(teacher_path=teacher_path, device=device_of(cfg))
+    dm.setup("fit")
+    out = Path(cfg.paths.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "filter_stats.json", json.dumps(stats, indent=2) + "\n")
+    return stats
+
+
+def filters_need_teacher(filters: dict) -> bool:
+    return any(getattr(stage, "scores_with_teacher", False) and getattr(stage, "model_path", None) is None
+               for stage in filters.values())
+
+
+def device_of(cfg: DictConfig) -> str:
+    return "cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu"
 
 
 def sequence_kd_data(cfg: DictConfig, dm, teacher_model, backend: str):
@@ -151,7 +195,7 @@ def sequence_kd_data(cfg: DictConfig, dm, teacher_model, backend: str):
         dm, teacher_model, teacher_key=teacher_fingerprint(cfg.teacher.get("path") or teacher_model),
         prompt_tokens=spec.prompt_tokens, new_tokens=spec.new_tokens, temperature=spec.temperature, seed=cfg.seed,
         batch_size=spec.batch_size, max_examples=spec.max_examples, cache_dir=cfg.paths.cache_dir,
-        device="cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu",
+        device=device_of(cfg),
     )
 
 
@@ -239,7 +283,8 @@ def prepare_teacher(cfg: DictConfig, dm, vocab_size: int):
     if cfg.teacher.get("path"):
         return load_causal_lm(cfg.teacher.path), []
     spec = OmegaConf.to_container(cfg.teacher.scratch, resolve=True)
-    key = fingerprint("teacher-v1", spec, dm.data_key, dm.tokenizer_key, dm.seq_len, dm.batch_size, cfg.seed,
+    # the unfiltered data's key: data filters change what the student sees, never the teacher
+    key = fingerprint("teacher-v1", spec, getattr(dm, "source_key", dm.data_key), dm.tokenizer_key, dm.seq_len, dm.batch_size, cfg.seed,
                       cfg.trainer.precision)
     history: list[dict] = []
 

@@ -87,6 +87,7 @@ class TextDataModule(L.LightningDataModule):
         self.data_key = fingerprint(
             text_fingerprint([d.text for d in self.train_docs]), text_fingerprint([d.text for d in self.val_docs])
         )
+        self.source_key = self.data_key  # before any filter: what a from-scratch teacher is trained on
 
     def train_tokenizer(self) -> Path:
         """Byte-level BPE on the training split, cached by the split's content and vocab size."""

@@ -233,6 +233,12 @@ class PromptResponseDataModule(TextDataModule):
         self.train_targets = self.val_targets = None
         self.stats: dict = {}
 
+    def apply_filters(self, teacher_path: str | None = None, device: str = "cpu") -> dict | None:
+        if self.filters:
+            raise DistillError("data/filters work on text corpora (data=stdlib or data=files), "
+                               "not on prompt/response examples: use data/filters=none")
+        return None
+
     def load_documents(self) -> None:
         examples = self.source()
         if not examples:

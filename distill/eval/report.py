@@ -19,7 +19,9 @@ def gap_closed(metrics: dict) -> float | None:
     return (c - s) / (c - t) if c != t else None
 
 
-def write_markdown(metrics: dict, path: Path, title: str = "Distillation report") -> None:
+def write_markdown(metrics: dict, path: Path, title: str = "Distillation report",
+                   sections: list[list[str]] = ()) -> None:
+    """The report: models table, ratios, cost; then any extra ``sections`` (filters, quantization)."""
     rows = [("teacher", "teacher"), ("student (distilled)", "student"), ("control (scratch, CE only)", "baseline")]
     lines = [f"# {title}", "", "| model | params | val ppl | top-1 agreement with teacher |", "|---|---:|---:|---:|"]
     for label, key in rows:
@@ -41,6 +43,8 @@ def write_markdown(metrics: dict, path: Path, title: str = "Distillation report"
         f"- distillation: {metrics['train.tokens']:,} tokens in {metrics['train.wall_s']:.1f} s "
         f"({metrics['train.tokens_per_s']:,.0f} tokens/s)"
     )
+    for section in sections:
+        lines += ["", *section]
     lines += ["", "![loss curves](report.png)", ""]
     path.write_text("\n".join(lines))
 

@@ -75,6 +75,7 @@ def filter_documents(docs: Iterable[Document], stages: dict[str, FilterStage], *
                      seed: int = 0, source_skipped: dict | None = None) -> FilterResult:
     """Filter ``docs`` through ``stages`` (in order); returns the cached result."""
     executor = executor or ExecutorSpec()
+    quiet_datatrove()
     stages = {name: stage for name, stage in stages.items() if stage is not None}
     key = fingerprint(FORMAT, input_key, [(n, s.config()) for n, s in stages.items()], tokenizer_path,
                       teacher_path, keep_excluded)
@@ -91,6 +92,37 @@ def filter_documents(docs: Iterable[Document], stages: dict[str, FilterStage], *
     stats = plan.stats(n_in, count_docs(out_dir), source_skipped or {})
     publish(work, out_dir, final, stats, keep_excluded)
     return FilterResult(final / "docs", stats, key)
+
+
+def quiet_datatrove() -> None:
+    """datatrove prints every task's full stats to the console at INFO; in a training run that buries
+    the run's own log. Keep its warnings and errors on the console, everything in its per-task log
+    files (as datatrove does), and our own one-line summary. ``DISTILL_FILTER_VERBOSE=1``: all of it.
+    Done by replacing datatrove's ``add_task_logger`` because that function resets loguru in every task."""
+    if os.environ.get("DISTILL_FILTER_VERBOSE") == "1":
+        return
+    import sys
+
+    import datatrove.executor.base as base
+    from loguru import logger
+
+    def console() -> None:
+        logger.remove()
+        logger.add(sys.stderr, level="WARNING", format="datatrove | {level} | {message}")
+
+    def add_task_logger(logging_dir, rank: int, local_rank: int = 0, node_rank: int = -1):
+        console()
+        logfile = logging_dir.open(f"logs/task_{rank:05d}.log", "w")
+        logger.add(logfile, level="DEBUG")
+        return logfile
+
+    def close_task_logger(logfile) -> None:  # datatrove's resets the console logger to DEBUG
+        logger.complete()
+        console()
+        logfile.close()
+
+    base.add_task_logger, base.close_task_logger = add_task_logger, close_task_logger
+    console()
 
 
 # -- input ------------------------------------------------------------------------------------------------
@@ -166,6 +198,7 @@ class Plan:
                     JsonlWriter(str(out))]
         self.passes.append((name, [(stage, len(steps)) for stage, steps in stages]))
         self.execute(pipeline, name, one_process=uses_model)
+        out.mkdir(parents=True, exist_ok=True)  # the writer creates nothing when every document was dropped
         return out
 
     def _runner(self, stage_name: str, stage: FilterStage):

@@ -259,6 +259,7 @@ class TeacherPerplexity(FilterStage):
     name = "teacher_ppl"
     needs_prepare = True
     uses_model = True
+    scores_with_teacher = True  # no model_path: the run's teacher scores
 
     def __init__(self, low_percentile: float = 10.0, high_percentile: float = 90.0, model_path: str | None = None,
                  batch_size: int = 8, max_tokens: int = 512, bf16: bool = False):
@@ -321,6 +322,7 @@ class ReferenceRatio(FilterStage):
     name = "reference_ratio"
     needs_prepare = True
     uses_model = True
+    scores_with_teacher = True
 
     def __init__(self, reference_path: str | None = None, keep_fraction: float = 0.5, model_path: str | None = None,
                  batch_size: int = 8, max_tokens: int = 512, bf16: bool = False):

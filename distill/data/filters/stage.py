@@ -73,11 +73,20 @@ class Streaming(FilterStage):
 
 
 def repr_step(step: PipelineStep) -> dict:
-    """A stable description of a block: its class and its scalar settings."""
+    """A stable description of a block: its class and its scalar settings. Collections of strings
+    are sorted: datatrove builds some from sets (FineWeb's ``stop_chars``), whose order changes
+    from process to process with hash randomisation, and the description is a cache key."""
     scalars = {k: v for k, v in sorted(vars(step).items())
-               if isinstance(v, (int, float, str, bool, type(None), tuple, list)) and not k.startswith("_")
-               and k not in ("stats",)}
-    return {"class": f"{type(step).__module__}.{type(step).__qualname__}", **{k: str(v) for k, v in scalars.items()}}
+               if isinstance(v, (int, float, str, bool, type(None), tuple, list, set, frozenset))
+               and not k.startswith("_") and k not in ("stats",)}
+    return {"class": f"{type(step).__module__}.{type(step).__qualname__}",
+            **{k: _stable_str(v) for k, v in scalars.items()}}
+
+
+def _stable_str(v) -> str:
+    if isinstance(v, (tuple, list, set, frozenset)) and all(isinstance(x, str) for x in v):
+        return str(sorted(v))
+    return str(v)
 
 
 class DecisionFilter(BaseFilter):
