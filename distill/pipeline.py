@@ -69,10 +69,15 @@ def train(cfg: DictConfig) -> float:
         log.info("teacher weights were read only to initialise the pruned student; the teacher is never run")
         teacher_model = None
     use_eager_attention(cfg, loss, student=student, teacher=live_model)
+    plugin = quant_plugin(cfg)
+    estimate = log_memory_estimate(cfg, student, live_model, plugin, dm, vocab_size)
+    teacher_quant = quantize_live_teacher(cfg, live_model, dm, vocab_size)
     loss.bind(student, live_model)
 
     module = DistillationModule(student, loss, vocab_size, teacher=teacher, seed=cfg.seed, **optim_args(cfg))
-    trainer, meter, history = fit(cfg, module, dm, main_run=True)
+    if plugin is not None:
+        plugin.convert_module(module)  # quantize now: fails before training, and a resumed checkpoint fits it
+    trainer, meter, history = fit(cfg, module, dm, main_run=True, plugin=plugin)
     baseline, baseline_history = None, []
     if cfg.control and backend != "none":
         torch.manual_seed(cfg.seed)
@@ -82,26 +87,110 @@ def train(cfg: DictConfig) -> float:
     if not trainer.is_global_zero:
         return float("nan")
 
-    student = finalize_student(student)
+    student = finalize_quantized(student, plugin)
     metrics = measure(cfg, dm, vocab_size, live_model, teacher, student, baseline, meter, trainer.strategy.root_device)
     metrics["data.train_tokens_available"] = int(dm.train_blocks.size)  # after any filters: the budget's pool
     if filter_stats:
         metrics["data.filter_kept_fraction"] = filter_stats["kept_fraction"]
+    metrics.update(teacher_quant)
+    metrics["memory.estimate_bytes"] = estimate["total"]
+    if meter.peak_bytes is not None:
+        metrics[f"train.peak_{meter.peak_kind}_bytes"] = meter.peak_bytes
+        if meter.start_bytes is not None:  # CPU: what training added over the process at its start
+            metrics["train.rss_growth_bytes"] = meter.peak_bytes - meter.start_bytes
     export_student(student, dm.tokenizer, out / "student")
+    if plugin is not None:
+        metrics.update(plugin.export_extra(student, out))
+        metrics["quant"] = plugin.report()
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-    write_markdown(metrics, out / "report.md", sections=report_sections(filter_stats))
+    write_markdown(metrics, out / "report.md", sections=report_sections(filter_stats, metrics))
     plot_curves({"teacher (from scratch)": teacher_history, "student (distilled)": history, "control": baseline_history},
                 out / "report.png")
     log.info("metrics: %s", json.dumps(metrics))
     return metrics[cfg.optimized_metric]
 
 
-def report_sections(filter_stats: dict | None) -> list[list[str]]:
+def report_sections(filter_stats: dict | None, metrics: dict) -> list[list[str]]:
     sections = []
     if filter_stats:
         sections.append(["## Data filters (training split)", "", *markdown_table(filter_stats),
                          "", "Per-filter details: `filter_stats.json`."])
-    return sections
+    sections.append(quant_section(metrics))
+    return [s for s in sections if s]
+
+
+def quant_section(metrics: dict) -> list[str]:
+    lines = []
+    if "quant" in metrics:
+        q = metrics["quant"]
+        lines += [f"- student quantization: `{q['quant']}`"
+                  + (f", {q.get('quantized_layers', q.get('layers_quantized'))} layers quantized" if q else "")]
+        skipped = q.get("skipped") or q.get("layers_skipped")
+        if skipped:
+            lines.append(f"- layers left in full precision (listed, not silently skipped): {', '.join(map(str, skipped))}")
+        for key, label in (("quant.packed_bytes", "packed low-bit checkpoint"), ("quant.hf_bytes", "HF export")):
+            if key in metrics:
+                lines.append(f"- {label}: {metrics[key] / 1e6:.2f} MB on disk")
+    if "teacher.memory_bytes" in metrics:
+        lines.append(f"- teacher loaded in `{metrics['teacher.load_in']}`: {metrics['teacher.memory_bytes'] / 1e6:.2f} MB "
+                     f"(was {metrics['teacher.memory_bytes_unquantized'] / 1e6:.2f} MB, "
+                     f"{metrics['teacher.memory_saved_bytes'] / 1e6:.2f} MB saved); teacher val ppl "
+                     f"{metrics['teacher.val_ppl_unquantized']:.3f} -> {metrics['teacher.val_ppl']:.3f}")
+    measured = ""
+    if "train.peak_cuda_bytes" in metrics:
+        measured = f", measured peak {metrics['train.peak_cuda_bytes'] / 2**20:.1f} MiB (CUDA allocated)"
+    elif "train.rss_growth_bytes" in metrics:
+        measured = (f", measured: the process's resident memory grew by {metrics['train.rss_growth_bytes'] / 2**20:.1f}"
+                    f" MiB during training (peak {metrics['train.peak_rss_bytes'] / 2**20:.1f} MiB, libraries included)")
+    lines.append(f"- training memory: estimated {metrics['memory.estimate_bytes'] / 2**20:.1f} MiB before launch{measured}")
+    return ["## Quantization and memory", "", *lines]
+
+
+def quant_plugin(cfg: DictConfig):
+    """The ``quant=`` preset as a Lightning precision plugin wrapping ``trainer.precision``; None for none."""
+    spec = cfg.get("quant")
+    if not spec or "_target_" not in spec:
+        return None
+    return instantiate(spec, precision=str(cfg.trainer.get("precision") or "32-true"), device=device_of(cfg))
+
+
+def log_memory_estimate(cfg: DictConfig, student, teacher_model, plugin, dm, vocab_size: int) -> dict:
+    from distill.plugins.memory import estimate_memory, format_estimate
+
+    estimate = estimate_memory(student, teacher_model, batch_size=dm.batch_size, seq_len=dm.seq_len,
+                               precision=str(cfg.trainer.get("precision")), quant=plugin.name if plugin else "none",
+                               teacher_load_in=cfg.teacher.get("load_in"), vocab_size=vocab_size)
+    log.info("%s", format_estimate(estimate))
+    return estimate
+
+
+def quantize_live_teacher(cfg: DictConfig, model, dm, vocab_size: int) -> dict:
+    """``teacher.load_in=bf16|8bit|4bit``: store the live teacher in less memory; returns the memory
+    saved and its validation perplexity before and after, for the report."""
+    load_in = cfg.teacher.get("load_in")
+    if model is None or load_in in (None, "fp32"):
+        return {}
+    from distill.plugins.quantized_teacher import model_memory_bytes, quantize_teacher
+
+    device = device_of(cfg)
+    before = evaluate({"teacher": model.to(device)}, dm.val_dataloader(), vocab_size, device=device,
+                      autocast_dtype=autocast_dtype(cfg.trainer.precision))["teacher"]["val_ppl"]
+    memory_before = model_memory_bytes(model)
+    quantize_teacher(model, load_in, device)
+    memory = model_memory_bytes(model)
+    return {"teacher.load_in": str(load_in), "teacher.memory_bytes_unquantized": memory_before,
+            "teacher.memory_bytes": memory, "teacher.memory_saved_bytes": memory_before - memory,
+            "teacher.val_ppl_unquantized": before}
+
+
+def finalize_quantized(student, plugin):
+    """``finalize_student`` with the quantization plugin's own finalize in its place in the order."""
+    if plugin is not None and plugin.finalize_before_merge:
+        student = plugin.finalize(student)
+    student = finalize_student(student)
+    if plugin is not None and not plugin.finalize_before_merge:
+        student = plugin.finalize(student)
+    return student
 
 
 def teacher_backend(cfg: DictConfig) -> str:
@@ -320,8 +409,10 @@ def optim_args(cfg: DictConfig) -> dict:
     return dict(cfg.optim, max_steps=cfg.trainer.max_steps)
 
 
-def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_steps: int | None = None):
-    """Train ``module`` with the configured Trainer; only the main (distillation) run logs and checkpoints."""
+def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_steps: int | None = None,
+        plugin=None):
+    """Train ``module`` with the configured Trainer; only the main (distillation) run logs, checkpoints
+    and quantizes (a quantization plugin replaces ``trainer.precision``, which it wraps)."""
     meter, history = Throughput(), LossHistory()
     callbacks = [meter, history]
     if is_adalora(module.student):
@@ -336,6 +427,8 @@ def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_ste
         # Teacher and control runs keep only the progress bar: they neither log nor checkpoint.
         callbacks += instantiate_all({k: c for k, c in cfg.callbacks.items() if k == "progress_bar"})
         extra.update(logger=False, enable_checkpointing=False)
+    if plugin is not None:
+        extra.update(plugins=[plugin], precision=None)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, **extra)
     trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path if main_run else None)
     return trainer, meter, history.rows

@@ -1,10 +1,33 @@
-"""Tokens per second on the progress bar, plus totals for metrics.json."""
+"""Tokens per second on the progress bar, plus totals (and peak memory) for metrics.json."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import lightning as L
+import torch
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak resident memory (Linux: ``5`` to /proc/self/clear_refs), so the
+    peak read at the end is the training loop's own, not a teacher trained earlier in the process."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def proc_status_bytes(field: str) -> int | None:
+    """``VmHWM`` (peak resident set) or ``VmRSS`` (current) of this process, in bytes."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
 class Throughput(L.Callback):
@@ -14,9 +37,17 @@ class Throughput(L.Callback):
         self.wall_s = 0.0
         self._rate = None
         self._start = self._last = None
+        self.peak_bytes: int | None = None  # CUDA: max allocated; CPU: peak resident set of the process
+        self.peak_kind = "none"
+        self.start_bytes: int | None = None
 
     def on_train_start(self, trainer, pl_module):
         self.tokens, self._rate = 0, None
+        self._cuda = trainer.strategy.root_device.type == "cuda"
+        if self._cuda:
+            torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
+        self._rss = not self._cuda and reset_peak_rss()
+        self.start_bytes = proc_status_bytes("VmRSS") if self._rss else None  # libraries, data, models
         self._start = self._last = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -30,6 +61,10 @@ class Throughput(L.Callback):
 
     def on_train_end(self, trainer, pl_module):
         self.wall_s = time.perf_counter() - self._start
+        if self._cuda:
+            self.peak_bytes, self.peak_kind = torch.cuda.max_memory_allocated(trainer.strategy.root_device), "cuda"
+        elif self._rss:
+            self.peak_bytes, self.peak_kind = proc_status_bytes("VmHWM"), "rss"
 
     @property
     def tokens_per_s(self) -> float:

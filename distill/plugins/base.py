@@ -33,6 +33,9 @@ class QuantPlugin(Precision):
     """Delegates precision to ``inner``; subclasses quantize the student in ``quantize``."""
 
     name = "none"
+    # True: ``finalize`` needs the student as trained (adapters unmerged, e.g. QLoRA dequantizes its
+    # base before merging); False: it gets the finished plain model (masks baked, adapters merged).
+    finalize_before_merge = False
 
     def __init__(self, precision: str | None = "32-true", device: str = "cpu"):
         super().__init__()

@@ -20,12 +20,16 @@ CPU), and we don't write our own:
 from __future__ import annotations
 
 import copy
+import logging
 
 from torch import nn
 from torchao.quantization import quantize_
 
 from distill.plugins.export import SCALE_DTYPE
-from distill.plugins.qat import Plan, Scheme, named, plan_layers, round_scales, verify_quantized
+from distill.plugins.qat import (Plan, QATPlugin, Scheme, dequantized_copy, named, plan_layers, round_scales,
+                                 verify_quantized)
+
+log = logging.getLogger(__name__)
 
 
 def ptq_rtn(model: nn.Module, weight_bits: int = 4, group_size: int | None = 32, activations: str | None = "int8", *,
@@ -49,3 +53,25 @@ def apply_rtn(model: nn.Module, scheme: Scheme, plan: Plan) -> None:
         quantize_(model, scheme.embedding_config(), filter_fn=named(set(plan.embeddings)))
     round_scales(model, SCALE_DTYPE)
     verify_quantized(model, scheme, plan)
+
+
+class PTQPlugin(QATPlugin):
+    """``quant=ptq_int8_int4|ptq_int8_int2``: the baseline QAT must beat. Training sees no fake
+    quantization; ``finalize`` applies round-to-nearest in the same scheme to the trained student,
+    and the exports and report are QAT's, so the two runs differ only in training."""
+
+    def quantize(self, student: nn.Module) -> None:
+        # plan now, so a group size that does not fit fails before training, not after
+        self.plan = plan_layers(student, self.scheme, quantize_embeddings=self.quantize_embeddings,
+                                quantize_lm_head=self.quantize_lm_head, skip_indivisible=self.skip_indivisible)
+        self.name = self.scheme.name.replace("qat_", "ptq_", 1)
+        log.info("PTQ %s: training in full precision; %d linear layer(s) rounded to nearest after training",
+                 self.name, len(self.plan.linears))
+
+    def finalize(self, student: nn.Module) -> nn.Module:
+        if self.plan is None:
+            raise RuntimeError("PTQPlugin.finalize before quantize")
+        self.quantized = copy.deepcopy(student)
+        apply_rtn(self.quantized, self.scheme, self.plan)
+        self.quantized.eval()
+        return dequantized_copy(self.quantized).eval()

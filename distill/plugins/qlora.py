@@ -197,6 +197,7 @@ class QLoRAPlugin(QuantPlugin):
     """Trains LoRA adapters on a 4-bit (NF4) frozen base; see the module docstring."""
 
     name = "qlora"
+    finalize_before_merge = True
 
     def __init__(self, precision: str | None = "32-true", device: str = "cpu", quant_type: str = "nf4",
                  double_quant: bool = True, compute_dtype: str = "bfloat16", export: str = "merged"):
