@@ -156,10 +156,14 @@ def quant_plugin(cfg: DictConfig):
 
 def log_memory_estimate(cfg: DictConfig, student, teacher_model, plugin, dm, vocab_size: int) -> dict:
     from distill.plugins.memory import estimate_memory, format_estimate
+    from distill.plugins.quantized_teacher import LOAD_IN
 
+    load_in = cfg.teacher.get("load_in")
+    if load_in is not None and str(load_in).lower() not in LOAD_IN:  # one line, not the estimate's ValueError
+        raise DistillError(f"teacher.load_in must be one of {', '.join(LOAD_IN)}, got {load_in!r}")
     estimate = estimate_memory(student, teacher_model, batch_size=dm.batch_size, seq_len=dm.seq_len,
                                precision=str(cfg.trainer.get("precision")), quant=plugin.name if plugin else "none",
-                               teacher_load_in=cfg.teacher.get("load_in"), vocab_size=vocab_size)
+                               teacher_load_in=load_in, vocab_size=vocab_size)
     log.info("%s", format_estimate(estimate))
     return estimate
 

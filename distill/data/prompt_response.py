@@ -227,17 +227,14 @@ class PromptResponseDataModule(TextDataModule):
 
     def __init__(self, source: Callable[[], list[Example]], template: str = DEFAULT_TEMPLATE, **kwargs):
         super().__init__(source=source, **kwargs)
+        if self.filters:  # at config time, before any teacher or data work
+            raise DistillError("data/filters work on text corpora (data=stdlib or data=files), "
+                               "not on prompt/response examples: use data/filters=none")
         self.template = check_template(template)
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
         self.train_targets = self.val_targets = None
         self.stats: dict = {}
-
-    def apply_filters(self, teacher_path: str | None = None, device: str = "cpu") -> dict | None:
-        if self.filters:
-            raise DistillError("data/filters work on text corpora (data=stdlib or data=files), "
-                               "not on prompt/response examples: use data/filters=none")
-        return None
 
     def load_documents(self) -> None:
         examples = self.source()

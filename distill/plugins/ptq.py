@@ -60,11 +60,16 @@ class PTQPlugin(QATPlugin):
     quantization; ``finalize`` applies round-to-nearest in the same scheme to the trained student,
     and the exports and report are QAT's, so the two runs differ only in training."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # named from the start: the memory estimate, logged before ``quantize``, reads the name
+        # (a "qat_" name would count fake-quantized weight copies that PTQ training never makes)
+        self.name = self.scheme.name.replace("qat_", "ptq_", 1)
+
     def quantize(self, student: nn.Module) -> None:
         # plan now, so a group size that does not fit fails before training, not after
         self.plan = plan_layers(student, self.scheme, quantize_embeddings=self.quantize_embeddings,
                                 quantize_lm_head=self.quantize_lm_head, skip_indivisible=self.skip_indivisible)
-        self.name = self.scheme.name.replace("qat_", "ptq_", 1)
         log.info("PTQ %s: training in full precision; %d linear layer(s) rounded to nearest after training",
                  self.name, len(self.plan.linears))
 

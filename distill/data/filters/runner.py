@@ -35,7 +35,7 @@ from distill.data.sources import Document
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
-FORMAT = "filtered-v1"
+FORMAT = "filtered-v2"  # v2: the code filter gets the run's tokenizer (v1 results skipped chars/token)
 
 
 @dataclass
@@ -77,8 +77,12 @@ def filter_documents(docs: Iterable[Document], stages: dict[str, FilterStage], *
     executor = executor or ExecutorSpec()
     quiet_datatrove()
     stages = {name: stage for name, stage in stages.items() if stage is not None}
+    # the teacher is part of the result only where a stage scores with it: distill-filter (which has no
+    # teacher unless a filter needs one) and distill-train (which always has one) must share the key
+    scored_by_teacher = any(getattr(s, "scores_with_teacher", False) and getattr(s, "model_path", None) is None
+                            for s in stages.values())
     key = fingerprint(FORMAT, input_key, [(n, s.config()) for n, s in stages.items()], tokenizer_path,
-                      teacher_path, keep_excluded)
+                      teacher_path if scored_by_teacher else None, keep_excluded)
     final = Path(cache_dir).expanduser() / "filtered" / key
     if (final / "filter_stats.json").is_file():
         log.info("filtered data: cached %s", final)
@@ -157,6 +161,15 @@ def count_docs(folder: Path) -> int:
     return n
 
 
+def has_docs(folder: Path) -> bool:
+    """Whether any shard in ``folder`` holds a document (reads at most one line per shard)."""
+    for path in folder.glob("*.jsonl.gz"):
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            if f.readline():
+                return True
+    return False
+
+
 def reader(folder: Path) -> JsonlReader:
     return JsonlReader(str(folder), glob_pattern="*.jsonl.gz")
 
@@ -170,20 +183,27 @@ class Plan:
     def __init__(self, work: Path, executor: ExecutorSpec, keep_excluded: bool):
         self.work, self.executor, self.keep_excluded = work, executor, keep_excluded
         self.passes: list[tuple[str, list[tuple[str, int]]]] = []  # (pass name, [(stage, n steps)])
+        self.skipped: list[str] = []  # stages after a pass that kept nothing: they saw no documents
+        self.stage_dirs: dict[str, Path] = {}
 
     def run_stages(self, stages: dict[str, FilterStage], input_dir: Path, ctx_args: dict) -> Path:
         pending: list[tuple[str, list]] = []
         uses_model = False
         current = input_dir
-        for name, stage in stages.items():
+        for i, (name, stage) in enumerate(stages.items()):
+            if stage.needs_prepare and pending:  # materialise what the earlier stages keep, then prepare on it
+                current = self._pass(f"pass{len(self.passes)}", current, pending, uses_model)
+                pending, uses_model = [], False
+            if not has_docs(current):  # an earlier pass dropped everything: nothing to prepare on or to read
+                log.info("filters: no documents left before %s; it and the stages after it are skipped", name)
+                self.skipped = list(stages)[i:]
+                return current
             ctx = FilterContext(work_dir=self.work / "stages" / name, run=self._runner(name, stage), **ctx_args)
             ctx.work_dir.mkdir(parents=True, exist_ok=True)
+            self.stage_dirs[name] = ctx.work_dir
             if getattr(stage, "bind_tokenizer", None) and ctx.tokenizer_path:
                 stage.bind_tokenizer(ctx.tokenizer_path)
             if stage.needs_prepare:
-                if pending:  # materialise what the earlier stages keep, then prepare on it
-                    current = self._pass(f"pass{len(self.passes)}", current, pending, uses_model)
-                    pending, uses_model = [], False
                 log.info("filter %s: preparing over the whole corpus", name)
                 stage.prepare(ctx, current)
             steps = stage.steps(ctx)
@@ -240,6 +260,11 @@ class Plan:
             for stage, n_steps in members:
                 own, per_step = per_step[:n_steps], per_step[n_steps:]
                 stages[stage] = stage_stats(own)
+                details = stage_details(self.stage_dirs.get(stage))
+                if details:
+                    stages[stage]["details"] = details
+        for stage in self.skipped:
+            stages[stage] = stage_stats([])
         return {"input": n_in, "kept": n_out, "dropped": n_in - n_out,
                 "kept_fraction": n_out / n_in if n_in else 0.0, "stages": stages,
                 "source_skipped": dict(source_skipped), "executor": self.executor.kind,
@@ -256,6 +281,19 @@ def merged_step_stats(logs: Path) -> list[dict[str, float]]:
             for k, v in step["stats"].items():
                 merged[i][k] = merged[i].get(k, 0) + (v["total"] if isinstance(v, dict) else v)
     return merged
+
+
+def stage_details(work_dir: Path | None) -> dict:
+    """What a global stage recorded about itself (the perplexity band's edges, the classifier head's
+    fit): its small JSON files other than the per-document decisions, kept in the stats because the
+    work dir is removed once the result is published."""
+    if work_dir is None:
+        return {}
+    details = {}
+    for path in sorted(work_dir.glob("*.json")):
+        if not path.stem.startswith("decisions") and path.stat().st_size < 64_000:
+            details[path.stem] = json.loads(path.read_text())
+    return details
 
 
 def stage_stats(steps: list[dict]) -> dict:

@@ -68,6 +68,14 @@ class Streaming(FilterStage):
     def steps(self, ctx: FilterContext) -> list[PipelineStep]:
         return self._steps
 
+    def bind_tokenizer(self, path: str | None) -> "Streaming":
+        """Give the run's tokenizer to the blocks that take one (the code filter's chars/token rule);
+        the runner calls this on the stage, which would otherwise never reach its blocks."""
+        for step in self._steps:
+            if hasattr(step, "bind_tokenizer"):
+                step.bind_tokenizer(path)
+        return self
+
     def config(self) -> dict:
         return {"name": self.name, "steps": [repr_step(s) for s in self._steps]}
 
