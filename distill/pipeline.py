@@ -31,6 +31,8 @@ from distill.eval.metrics import evaluate, num_params
 from distill.eval.report import gap_closed, plot_curves, write_markdown
 from distill.losses.objective import Objective, ce_only
 from distill.losses.representation import require_eager_attention
+from distill.quantization import (check_load_in, log_memory_estimate, quant_plugin, quant_section,
+                                  quantize_teacher_for_run)
 from distill.student.lora import AdaLoraAllocator, apply_lora, is_adalora, merge_lora
 from distill.student.pretrained import check_same_vocab
 from distill.student.scratch import build_llama
@@ -69,8 +71,9 @@ def train(cfg: DictConfig) -> float:
         log.info("teacher weights were read only to initialise the pruned student; the teacher is never run")
         teacher_model = None
     use_eager_attention(cfg, loss, student=student, teacher=live_model)
-    plugin = quant_plugin(cfg)
-    estimate = log_memory_estimate(cfg, student, live_model, plugin, dm, vocab_size)
+    plugin = quant_plugin(cfg.get("quant"), cfg.trainer.get("precision"), device_of(cfg))
+    estimate = log_memory_estimate(student, live_model, plugin, dm, cfg.trainer.get("precision"),
+                                   cfg.teacher.get("load_in"), vocab_size)
     teacher_quant = quantize_live_teacher(cfg, live_model, dm, vocab_size)
     loss.bind(student, live_model)
 
@@ -119,72 +122,15 @@ def report_sections(filter_stats: dict | None, metrics: dict) -> list[list[str]]
     return [s for s in sections if s]
 
 
-def quant_section(metrics: dict) -> list[str]:
-    lines = []
-    if "quant" in metrics:
-        q = metrics["quant"]
-        lines += [f"- student quantization: `{q['quant']}`"
-                  + (f", {q.get('quantized_layers', q.get('layers_quantized'))} layers quantized" if q else "")]
-        skipped = q.get("skipped") or q.get("layers_skipped")
-        if skipped:
-            lines.append(f"- layers left in full precision (listed, not silently skipped): {', '.join(map(str, skipped))}")
-        for key, label in (("quant.packed_bytes", "packed low-bit checkpoint"), ("quant.hf_bytes", "HF export")):
-            if key in metrics:
-                lines.append(f"- {label}: {metrics[key] / 1e6:.2f} MB on disk")
-    if "teacher.memory_bytes" in metrics:
-        lines.append(f"- teacher loaded in `{metrics['teacher.load_in']}`: {metrics['teacher.memory_bytes'] / 1e6:.2f} MB "
-                     f"(was {metrics['teacher.memory_bytes_unquantized'] / 1e6:.2f} MB, "
-                     f"{metrics['teacher.memory_saved_bytes'] / 1e6:.2f} MB saved); teacher val ppl "
-                     f"{metrics['teacher.val_ppl_unquantized']:.3f} -> {metrics['teacher.val_ppl']:.3f}")
-    measured = ""
-    if "train.peak_cuda_bytes" in metrics:
-        measured = f", measured peak {metrics['train.peak_cuda_bytes'] / 2**20:.1f} MiB (CUDA allocated)"
-    elif "train.rss_growth_bytes" in metrics:
-        measured = (f", measured: the process's resident memory grew by {metrics['train.rss_growth_bytes'] / 2**20:.1f}"
-                    f" MiB during training (peak {metrics['train.peak_rss_bytes'] / 2**20:.1f} MiB, libraries included)")
-    lines.append(f"- training memory: estimated {metrics['memory.estimate_bytes'] / 2**20:.1f} MiB before launch{measured}")
-    return ["## Quantization and memory", "", *lines]
-
-
-def quant_plugin(cfg: DictConfig):
-    """The ``quant=`` preset as a Lightning precision plugin wrapping ``trainer.precision``; None for none."""
-    spec = cfg.get("quant")
-    if not spec or "_target_" not in spec:
-        return None
-    return instantiate(spec, precision=str(cfg.trainer.get("precision") or "32-true"), device=device_of(cfg))
-
-
-def log_memory_estimate(cfg: DictConfig, student, teacher_model, plugin, dm, vocab_size: int) -> dict:
-    from distill.plugins.memory import estimate_memory, format_estimate
-    from distill.plugins.quantized_teacher import LOAD_IN
-
-    load_in = cfg.teacher.get("load_in")
-    if load_in is not None and str(load_in).lower() not in LOAD_IN:  # one line, not the estimate's ValueError
-        raise DistillError(f"teacher.load_in must be one of {', '.join(LOAD_IN)}, got {load_in!r}")
-    estimate = estimate_memory(student, teacher_model, batch_size=dm.batch_size, seq_len=dm.seq_len,
-                               precision=str(cfg.trainer.get("precision")), quant=plugin.name if plugin else "none",
-                               teacher_load_in=load_in, vocab_size=vocab_size)
-    log.info("%s", format_estimate(estimate))
-    return estimate
-
-
 def quantize_live_teacher(cfg: DictConfig, model, dm, vocab_size: int) -> dict:
-    """``teacher.load_in=bf16|8bit|4bit``: store the live teacher in less memory; returns the memory
-    saved and its validation perplexity before and after, for the report."""
-    load_in = cfg.teacher.get("load_in")
-    if model is None or load_in in (None, "fp32"):
-        return {}
-    from distill.plugins.quantized_teacher import model_memory_bytes, quantize_teacher
-
+    """``teacher.load_in``: the live teacher stored in less memory, scored on validation before."""
     device = device_of(cfg)
-    before = evaluate({"teacher": model.to(device)}, dm.val_dataloader(), vocab_size, device=device,
-                      autocast_dtype=autocast_dtype(cfg.trainer.precision))["teacher"]["val_ppl"]
-    memory_before = model_memory_bytes(model)
-    quantize_teacher(model, load_in, device)
-    memory = model_memory_bytes(model)
-    return {"teacher.load_in": str(load_in), "teacher.memory_bytes_unquantized": memory_before,
-            "teacher.memory_bytes": memory, "teacher.memory_saved_bytes": memory_before - memory,
-            "teacher.val_ppl_unquantized": before}
+
+    def val_ppl(m) -> float:
+        return evaluate({"teacher": m.to(device)}, dm.val_dataloader(), vocab_size, device=device,
+                        autocast_dtype=autocast_dtype(cfg.trainer.precision))["teacher"]["val_ppl"]
+
+    return quantize_teacher_for_run(model, cfg.teacher.get("load_in"), device, val_ppl)
 
 
 def finalize_quantized(student, plugin):
@@ -217,6 +163,7 @@ def check_setup(cfg: DictConfig, backend: str, loss: Objective) -> None:
     """Combinations that cannot work, named in one line before any data or model work."""
     if cfg.teacher.get("path"):
         check_model_dir(cfg.teacher.path)
+    check_load_in(cfg.teacher.get("load_in"))
     if backend == "none":
         if student_needs_teacher(cfg):
             raise DistillError("teacher=none has no teacher to prune the student from: use student=scratch or student=pretrained")

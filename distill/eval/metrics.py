@@ -12,7 +12,13 @@ from torch.utils.data import DataLoader
 
 
 def num_params(model: torch.nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    """Parameters as the model defines them: a bitsandbytes 4-bit weight counts its unpacked shape
+    (its storage holds two values per uint8 element)."""
+    total = 0
+    for p in model.parameters():
+        state = getattr(p, "quant_state", None)
+        total += state.shape.numel() if state is not None and hasattr(state, "shape") else p.numel()
+    return total
 
 
 @torch.no_grad()

@@ -270,8 +270,8 @@ class QLoRAPlugin(QuantPlugin):
             write_adapters(*self._adapters, target)
         else:
             raise DistillError("quant=qlora export=adapters: no LoRA adapters to export (finalize saw none)")
-        return {"adapters_dir": str(target),
-                "adapters_bytes": sum(f.stat().st_size for f in target.iterdir() if f.is_file())}
+        return {"quant.adapters_dir": target.name,  # relative to the run dir: the run dir can move
+                "quant.adapters_bytes": sum(f.stat().st_size for f in target.iterdir() if f.is_file())}
 
     def report(self) -> dict:
         return {"quant": self.name, "quant_type": self.quant_type, "double_quant": self.double_quant,

@@ -252,7 +252,7 @@ def test_finalize_gives_a_plain_model_with_the_same_logits(fitted, tmp_path):
     model.eval()
     with torch.no_grad():
         qlora_logits = model(input_ids=x, use_cache=False).logits
-    assert plugin.export_extra(model, tmp_path / "before")["adapters_bytes"] > 0  # from the PEFT model
+    assert plugin.export_extra(model, tmp_path / "before")["quant.adapters_bytes"] > 0  # from the PEFT model
     final = plugin.finalize(model)
     assert not isinstance(final, PeftModel) and not linear4bit_layers(final)
     assert all(p.dtype == torch.float32 for p in final.parameters())
