@@ -125,8 +125,11 @@ def pack_entry(name: str, t, bits: int, group_size: int | None, scale_dtype, ten
     if asymmetric:
         tensors[f"{name}.zeros"] = t.zero_point.to(torch.int8 if t.zero_point.dtype == torch.int8
                                                    else scale_dtype).contiguous()
+    # torchao's int8 dynamic per-token activation rounding is part of the quantized forward:
+    # recorded so that load_packed reproduces it (a save_pretrained export cannot carry it)
+    activations = "int8_per_token_asym" if getattr(t, "activation_quantization", None) is not None else None
     return {"shape": list(t.shape), "bits": bits, "block": block, "zero_point": asymmetric,
-            "scale_dtype": str(scale_dtype)}
+            "scale_dtype": str(scale_dtype), "activations": activations}
 
 
 def tied_keys(model: nn.Module, state: dict) -> dict:
@@ -149,7 +152,8 @@ def tied_keys(model: nn.Module, state: dict) -> dict:
 
 def load_packed(out_dir: str | Path, config_dir: str | Path | None = None, dtype: torch.dtype = torch.float32):
     """A plain HF causal LM from a packed checkpoint: quantized weights dequantized exactly
-    (fp32 by default), the rest from bf16. ``config_dir`` defaults to ``out_dir``."""
+    (fp32 by default), the rest from bf16, int8 activation rounding restored where the quantized
+    model had it. ``config_dir`` defaults to ``out_dir``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     out_dir = Path(out_dir)
@@ -171,7 +175,20 @@ def load_packed(out_dir: str | Path, config_dir: str | Path | None = None, dtype
     if missing or unexpected:
         raise ValueError(f"packed checkpoint does not match the config: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
+    add_activation_quantization(model, manifest)
     return model.eval()
+
+
+def add_activation_quantization(model: nn.Module, manifest: dict) -> None:
+    """The int8 activation rounding of the quantized linears, as forward pre-hooks (what QAT and PTQ
+    evaluated), so the loaded model computes what was measured."""
+    from distill.plugins.qat import quantize_activations  # qat imports this module
+
+    modules = dict(model.named_modules())
+    for name, e in manifest["quantized"].items():
+        module = modules.get(name.rsplit(".", 1)[0])
+        if e.get("activations") and isinstance(module, nn.Linear):
+            module.register_forward_pre_hook(quantize_activations)
 
 
 def dir_size_bytes(path: str | Path) -> int:

@@ -81,3 +81,29 @@ def test_wrong_bits_are_refused(tmp_path):
     with pytest.raises(ValueError, match="not int2"):
         save_packed(quantized, tmp_path, 2, 32)
     assert qrange(4) == (-8, 7) and qrange(2) == (-2, 1)
+
+
+def test_loaded_linears_compute_the_quantized_forward(tmp_path):
+    """int8 activation rounding is part of the quantized forward: load_packed restores it, so each
+    loaded linear computes what torchao's quantized linear computes (and a plain dequantized
+    linear does not)."""
+    model = student()
+    quantized = ptq_rtn(model, weight_bits=4, group_size=32, activations="int8")
+    save_packed(quantized, tmp_path, 4, 32)
+    assert all(e["activations"] for e in json.loads((tmp_path / MANIFEST).read_text())["quantized"].values())
+    loaded = load_packed(tmp_path)
+    x = torch.randn(2, 5, 128, generator=torch.Generator().manual_seed(0))
+    name = linear_names(model)[0]
+    with torch.no_grad():
+        expected = quantized.get_submodule(name)(x)
+        got = loaded.get_submodule(name)(x)
+        plain = torch.nn.functional.linear(x, loaded.get_submodule(name).weight)
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(plain, expected, atol=1e-4, rtol=1e-4)
+
+
+def test_weight_only_checkpoint_adds_no_activation_rounding(tmp_path):
+    quantized = ptq_rtn(student(), weight_bits=4, group_size=32, activations=None)
+    save_packed(quantized, tmp_path, 4, 32)
+    loaded = load_packed(tmp_path)
+    assert not any(m._forward_pre_hooks for m in loaded.modules())
