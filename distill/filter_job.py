@@ -32,10 +32,12 @@ def run_filters(cfg: DictConfig) -> dict:
     if teacher_path is None and filters_need_teacher(dm.filters) and teacher_backend(cfg) != "none":
         dm.setup("fit")  # a from-scratch teacher trains on the packed (unfiltered) data
         teacher_path = prepare_teacher(cfg, dm, len(dm.tokenizer))[0].name_or_path
-    stats = dm.apply_filters(teacher_path=teacher_path, device=device_of(cfg))
+    stats = dm.apply_filters(teacher_path=teacher_path, device=device_of(cfg), require_kept=False)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "filter_stats.json", json.dumps(stats, indent=2) + "\n")
     print_table(stats)
     log.info("filter stats: %s", out / "filter_stats.json")
+    if stats["kept"] == 0:  # reported above, and an error: a training run on this would have no data
+        raise DistillError(f"the filters dropped every training document ({stats['input']} in): loosen data/filters")
     return stats

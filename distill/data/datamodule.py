@@ -100,9 +100,10 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.tokenizer_key = fingerprint(sorted(self.tokenizer.get_vocab().items()))
 
-    def apply_filters(self, teacher_path: str | None = None, device: str = "cpu") -> dict | None:
+    def apply_filters(self, teacher_path: str | None = None, device: str = "cpu", require_kept: bool = True) -> dict | None:
         """Run the quality filters over the training documents (cached by data and filter settings);
-        the packed blocks are rebuilt from what they keep. Returns the filter stats."""
+        the packed blocks are rebuilt from what they keep. Returns the filter stats. An empty result
+        is an error unless ``require_kept`` is False (distill-filter reports it first)."""
         if not self.filters:
             return None
         result = filter_documents(
@@ -111,7 +112,7 @@ class TextDataModule(L.LightningDataModule):
             teacher_path=teacher_path, device=device, seed=self.seed, source_skipped=dict(self.skips),
         )
         kept = list(result.documents())
-        if not kept:
+        if not kept and require_kept:
             raise DistillError(f"the filters dropped every training document ({result.stats['input']} in): "
                                f"loosen data/filters (stats: {result.stats['stages']})")
         log.info("filters kept %d of %d training documents", len(kept), result.stats["input"])

@@ -108,3 +108,14 @@ def test_filters_that_drop_everything_stop_the_run(cache_dir, tmp_path):
     proc = run_cli(["experiment=smoke", *NO_TEACHER, "data/filters=web", f"hydra.run.dir={tmp_path}"], cache_dir)
     assert_one_line_error(proc, "distill-train", "the filters dropped every training document (36 in)")
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_distill_filter_reports_a_pipeline_that_drops_everything(cache_dir, tmp_path):
+    """distill-filter still prints and saves the stats (which filter dropped what), then fails."""
+    proc = run_cli(["experiment=smoke", "data/filters=web", f"hydra.run.dir={tmp_path}"], cache_dir,
+                   prog="distill-filter")
+    assert_one_line_error(proc, "distill-filter", "the filters dropped every training document (36 in)")
+    assert "gopher_below_alpha_threshold" in proc.stdout  # the table, before the error
+    stats = json.loads((tmp_path / "filter_stats.json").read_text())
+    assert stats["kept"] == 0 and stats["input"] == 36
+    assert sum(stats["stages"]["web"]["dropped"].values()) == 36
