@@ -126,14 +126,15 @@ def activation_bytes(model: nn.Module, batch_size: int, seq_len: int, precision:
 
 
 def teacher_bytes(teacher: nn.Module, load_in: str | None) -> float:
-    """The frozen teacher's weights at its load precision (quantized loading covers the decoder
-    linear weights; embeddings, norms and the head stay 16-bit)."""
+    """The frozen teacher's weights at its load precision. A float precision (fp32, bf16) casts every
+    parameter; 8-bit and 4-bit loading cover the decoder linear weights only, and the embeddings,
+    norms and head stay in the dtype they were loaded in (as ``quantize_teacher`` leaves them)."""
     if load_in is None:
         return model_bytes(teacher)
     rate = LOAD_BYTES.get(str(load_in).lower())
     if rate is None:
         raise ValueError(f"unknown teacher load precision {load_in!r}: one of {', '.join(LOAD_BYTES)}")
-    return model_bytes(teacher, rate, max(rate, 2))
+    return model_bytes(teacher, rate, rate if rate >= 2 else None)
 
 
 def format_estimate(d: dict) -> str:

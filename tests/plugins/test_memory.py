@@ -100,3 +100,15 @@ def test_format_is_a_short_table():
     text = format_estimate(est)
     assert text.splitlines()[0] == "estimated training memory"
     assert "total" in text.splitlines()[-1] and "MiB" in text and len(text.splitlines()) == 8
+
+
+@pytest.mark.parametrize("load_in", ["bf16", "8bit", "4bit"])
+def test_teacher_estimate_matches_the_quantized_teacher(load_in):
+    """The estimate of a quantized teacher is what quantize_teacher actually leaves in memory."""
+    from distill.plugins.quantized_teacher import model_memory_bytes, quantize_teacher
+
+    student, teacher = llama(), llama(hidden_size=256)
+    estimate = estimate_memory(student, teacher, teacher_load_in=load_in, batch_size=2, seq_len=16,
+                               vocab_size=teacher.config.vocab_size)["teacher"]
+    actual = model_memory_bytes(quantize_teacher(teacher, load_in))
+    assert abs(estimate - actual) / actual < 0.1, (estimate, actual)
