@@ -19,5 +19,9 @@ run teacher_ppl_low 'data/filters=[teacher_ppl]' data.filters.teacher_ppl.low_pe
     data.filters.teacher_ppl.high_percentile=70
 # MiniPLM's reference: here the unfiltered run's distilled student (same tokenizer, 4 of 8 layers)
 run reference_ratio 'data/filters=[reference_ratio]' data.filters.reference_ratio.reference_path="$OUT/none/student"
+# MiniPLM's own choice: a small LM trained from scratch on the same data (CE only, same tokenizer)
+run reference_model teacher=none student=scratch student.preset=1m
+run reference_ratio_scratch 'data/filters=[reference_ratio]' \
+    data.filters.reference_ratio.reference_path="$OUT/reference_model/student"
 # prose heuristics on a code corpus: expected to remove almost everything (shown, not hidden)
 distill-filter 'data/filters=[web]' hydra.run.dir="$OUT/web_filter_only" 2>&1 | tail -14

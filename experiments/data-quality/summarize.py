@@ -12,7 +12,8 @@ ROWS = [
     ("code_dedup", "code + dedup"),
     ("teacher_ppl", "teacher perplexity band 10–90%"),
     ("teacher_ppl_low", "teacher perplexity 0–70% (drop the hardest)"),
-    ("reference_ratio", "reference ratio, top 50% (MiniPLM)"),
+    ("reference_ratio", "reference ratio, top 50%; reference: the distilled student"),
+    ("reference_ratio_scratch", "reference ratio, top 50%; reference: a 1M LM from scratch (MiniPLM)"),
 ]
 
 
