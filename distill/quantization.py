@@ -42,7 +42,10 @@ def log_memory_estimate(student, teacher_model, plugin, dm, precision, load_in, 
 def quantize_teacher_for_run(model, load_in, device: str, val_ppl: Callable) -> dict:
     """``teacher.load_in=bf16|8bit|4bit``: store the live teacher in less memory; returns the memory
     saved and its validation perplexity before (``val_ppl(model)``), for metrics and the report."""
-    if model is None or load_in in (None, "fp32"):
+    if load_in in (None, "fp32"):
+        return {}
+    if model is None:
+        log.warning("teacher.load_in=%s has no effect: this run has no live teacher", load_in)
         return {}
     from distill.plugins.quantized_teacher import model_memory_bytes, quantize_teacher
 
