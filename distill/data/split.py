@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import random
 
 from distill.data.sources import Document
@@ -17,3 +18,10 @@ def split_documents(docs: list[Document], val_fraction: float, seed: int) -> tup
     random.Random(seed).shuffle(order)
     n_val = min(len(order) - 1, max(1, round(len(order) * val_fraction)))
     return order[n_val:], order[:n_val]
+
+
+def in_validation(doc_id: str, val_fraction: float, seed: int) -> bool:
+    """The streaming split: a document is in validation when a seeded hash of its id falls below
+    ``val_fraction``, decided one document at a time (``split_documents`` needs every id first)."""
+    digest = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < val_fraction
