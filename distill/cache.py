@@ -23,11 +23,34 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
+class TextHasher:
+    """``text_fingerprint`` one text at a time (a stream split into two hashes in one pass)."""
+
+    def __init__(self):
+        self.h = hashlib.sha256()
+
+    def add(self, text: str) -> None:
+        self.h.update(hashlib.sha256(text.encode("utf-8", "surrogatepass")).digest())
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()[:16]
+
+
 def text_fingerprint(texts: list[str]) -> str:
-    h = hashlib.sha256()
+    h = TextHasher()
     for t in texts:
-        h.update(hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest())
-    return h.hexdigest()[:16]
+        h.add(t)
+    return h.hexdigest()
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temp file and rename, so a crash (or a rerun reading it) never sees half a file."""
+    tmp = path.with_name(path.name + ".partial")
+    if isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    os.replace(tmp, path)
 
 
 def cached_dir(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], None]) -> Path:

@@ -7,7 +7,6 @@ Writes ``filter_stats.json`` to the run dir and prints the table.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from omegaconf import DictConfig
 
 from distill.data.filters.summary import print_table
 from distill.errors import DistillError
-from distill.pipeline import filters_need_teacher, prepare_teacher, teacher_backend, write_atomic, device_of
+from distill.pipeline import run_data_filters
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +27,9 @@ def run_filters(cfg: DictConfig) -> dict:
         raise DistillError("distill-filter: no filters configured: choose some, e.g. data/filters=[code,dedup]")
     dm.load_documents()
     dm.use_tokenizer(cfg.teacher.get("path") or dm.train_tokenizer())
-    teacher_path = cfg.teacher.get("path")
-    if teacher_path is None and filters_need_teacher(dm.filters) and teacher_backend(cfg) != "none":
-        dm.setup("fit")  # a from-scratch teacher trains on the packed (unfiltered) data
-        teacher_path = prepare_teacher(cfg, dm, len(dm.tokenizer))[0].name_or_path
-    stats = dm.apply_filters(teacher_path=teacher_path, device=device_of(cfg), require_kept=False)
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "filter_stats.json", json.dumps(stats, indent=2) + "\n")
+    stats = run_data_filters(cfg, dm, require_kept=False)  # the stats are saved and shown even if nothing is kept
     print_table(stats)
-    log.info("filter stats: %s", out / "filter_stats.json")
+    log.info("filter stats: %s", Path(cfg.paths.output_dir) / "filter_stats.json")
     if stats["kept"] == 0:  # reported above, and an error: a training run on this would have no data
         raise DistillError(f"the filters dropped every training document ({stats['input']} in): loosen data/filters")
     return stats

@@ -20,9 +20,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from distill.cache import cached_dir, fingerprint
+from distill.cache import cached_dir, fingerprint, write_atomic
 from distill.callbacks.history import LossHistory
 from distill.callbacks.throughput import Throughput
+from distill.data.filters.stage import scores_with_run_teacher
 from distill.data.filters.summary import markdown_table
 from distill.data.seqkd import seqkd_datamodule
 from distill.distillation import DistillationModule
@@ -200,25 +201,27 @@ def teacher_for_module(cfg: DictConfig, dm, model, backend: str):
 
 
 def filter_training_data(cfg: DictConfig, dm, teacher_model) -> dict | None:
-    """Run ``data/filters`` over the training split (cached), repack, and keep the stats in the run dir.
-    Model-based filters score with the teacher: its directory is ``teacher.path`` or the cached
-    from-scratch teacher (trained on the unfiltered data, as a given teacher would have been)."""
+    """Run ``data/filters`` over the training split (cached) and repack from what they keep."""
     if not getattr(dm, "filters", None):
         return None
-    teacher_path = cfg.teacher.get("path") or (teacher_model.name_or_path if teacher_model is not None else None)
-    if teacher_path is None and filters_need_teacher(dm.filters) and teacher_backend(cfg) != "none":
-        teacher_path = prepare_teacher(cfg, dm, len(dm.tokenizer))[0].name_or_path
-    stats = dm.apply_filters(teacher_path=teacher_path, device=device_of(cfg))
+    stats = run_data_filters(cfg, dm, teacher_model)
     dm.setup("fit")
+    return stats
+
+
+def run_data_filters(cfg: DictConfig, dm, teacher_model=None, require_kept: bool = True) -> dict:
+    """The filters over ``dm``'s training split, their stats kept in the run dir (``filter_stats.json``).
+    Model-based filters score with the teacher: its directory is ``teacher.path`` or the cached
+    from-scratch teacher (trained on the unfiltered data, as a given teacher would have been)."""
+    teacher_path = cfg.teacher.get("path") or (teacher_model.name_or_path if teacher_model is not None else None)
+    if teacher_path is None and scores_with_run_teacher(dm.filters.values()) and teacher_backend(cfg) != "none":
+        dm.setup("fit")  # a from-scratch teacher trains on the packed, unfiltered data (no-op once packed)
+        teacher_path = prepare_teacher(cfg, dm, len(dm.tokenizer))[0].name_or_path
+    stats = dm.apply_filters(teacher_path=teacher_path, device=device_of(cfg), require_kept=require_kept)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "filter_stats.json", json.dumps(stats, indent=2) + "\n")
     return stats
-
-
-def filters_need_teacher(filters: dict) -> bool:
-    return any(getattr(stage, "scores_with_teacher", False) and getattr(stage, "model_path", None) is None
-               for stage in filters.values())
 
 
 def device_of(cfg: DictConfig) -> str:
@@ -324,8 +327,8 @@ def prepare_teacher(cfg: DictConfig, dm, vocab_size: int):
         return load_causal_lm(cfg.teacher.path), []
     spec = OmegaConf.to_container(cfg.teacher.scratch, resolve=True)
     # the unfiltered data's key: data filters change what the student sees, never the teacher
-    key = fingerprint("teacher-v1", spec, getattr(dm, "source_key", dm.data_key), dm.tokenizer_key, dm.seq_len, dm.batch_size, cfg.seed,
-                      cfg.trainer.precision)
+    key = fingerprint("teacher-v1", spec, getattr(dm, "source_key", dm.data_key), dm.tokenizer_key, dm.seq_len,
+                      dm.batch_size, cfg.seed, cfg.trainer.precision)
     history: list[dict] = []
 
     def build(tmp: Path) -> None:
@@ -426,13 +429,6 @@ def measure(cfg, dm, vocab_size, teacher_model, teacher, student, baseline, mete
     if closed is not None:
         metrics["gap_closed"] = closed
     return metrics
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file and rename, so a crash never leaves a half-written file."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def export_student(student, tokenizer, path: Path) -> None:

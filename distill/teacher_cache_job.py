@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 from distill.callbacks.cache_writer import write_teacher_cache
 from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
-from distill.pipeline import autocast_dtype, filter_training_data, prepare_data, prepare_teacher, teacher_backend
+from distill.pipeline import autocast_dtype, device_of, filter_training_data, prepare_data, prepare_teacher, teacher_backend
 from distill.teacher.cache import teacher_fingerprint
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def build_cache(cfg: DictConfig) -> Path:
     model, _ = prepare_teacher(cfg, dm, vocab_size)
     filter_training_data(cfg, dm, model)  # the cache covers exactly the blocks the students will train on
     trainer_kwargs = {k: cfg.trainer[k] for k in ("accelerator", "devices", "precision") if k in cfg.trainer}
-    device = "cuda" if cfg.trainer.get("accelerator") in ("gpu", "cuda") else "cpu"
+    device = device_of(cfg)
     scores = evaluate({"teacher": model.to(device)}, dm.val_dataloader(), vocab_size, device=device,
                       autocast_dtype=autocast_dtype(cfg.trainer.precision))["teacher"]
     keys = {"teacher_key": teacher_fingerprint(model), "tokenizer_key": dm.tokenizer_key, "data_key": dm.data_key}

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 from typing import Callable, Iterator
 
-import hashlib
 import logging
 
 import lightning as L
@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from distill.cache import cached_dir, fingerprint, text_fingerprint
+from distill.cache import TextHasher, cached_dir, fingerprint, text_fingerprint
 from distill.data.filters.runner import ExecutorSpec, filter_documents
 from distill.data.packing import pack, pack_to_npy, tokenize
 from distill.data.sources import Document, Skips, require_documents
@@ -103,8 +103,7 @@ class TextDataModule(L.LightningDataModule):
         if self.streaming:
             return self._load_streaming()
         docs = require_documents(self.source(), self.skips, "the data source")
-        if self.skips:
-            log.warning("data: skipped %d bad input(s): %s", sum(self.skips.values()), self.skips.summary())
+        self._warn_skips()
         self.train_docs, self.val_docs = split_documents(docs, self.val_fraction, self.seed)
         self.data_key = fingerprint(
             text_fingerprint([d.text for d in self.train_docs]), text_fingerprint([d.text for d in self.val_docs])
@@ -114,17 +113,16 @@ class TextDataModule(L.LightningDataModule):
     def _load_streaming(self) -> None:
         """One pass over the source: validation documents kept (a small fraction), training documents
         only hashed and counted; ``train_docs`` reads them again from the source when iterated."""
-        hashes = {True: hashlib.sha256(), False: hashlib.sha256()}
+        hashes = {True: TextHasher(), False: TextHasher()}
         val, n_train = [], 0
         for doc in self.stream(self.skips):
             is_val = in_validation(doc.id, self.val_fraction, self.seed)
-            hashes[is_val].update(len(doc.text).to_bytes(8, "big") + doc.text.encode("utf-8", "surrogatepass"))
+            hashes[is_val].add(doc.text)
             if is_val:
                 val.append(doc)
             else:
                 n_train += 1
-        if self.skips:
-            log.warning("data: skipped %d bad input(s): %s", sum(self.skips.values()), self.skips.summary())
+        self._warn_skips()
         if n_train == 0 or not val:
             raise DistillError(f"the corpus is too small to split: {n_train} training and {len(val)} validation "
                                f"document(s) (data.val_fraction={self.val_fraction})")
@@ -135,6 +133,10 @@ class TextDataModule(L.LightningDataModule):
         self.data_key = fingerprint("stream-v1", hashes[False].hexdigest(), hashes[True].hexdigest())
         self.source_key = self.data_key
         log.info("data (streaming): %d training and %d validation documents", n_train, len(val))
+
+    def _warn_skips(self) -> None:
+        if self.skips:
+            log.warning("data: skipped %d bad input(s): %s", sum(self.skips.values()), self.skips.summary())
 
     def train_tokenizer(self) -> Path:
         """Byte-level BPE on the training split, cached by the split's content and vocab size."""
@@ -219,11 +221,9 @@ def from_files(paths: list[str], text_field: str = "text", max_docs: int | None 
     """Local text / JSONL / Parquet files or a ``save_to_disk`` dataset."""
     from distill.data.sources import file_documents
 
-    paths = list(paths) if paths is not None else []
-    from itertools import islice
-
     from distill.data.sources import iter_file_documents
 
+    paths = list(paths) if paths is not None else []
     skips = Skips()
     return TextDataModule(source=lambda: file_documents(paths, text_field, max_docs, skips), skips=skips,
                           stream=lambda s: islice(iter_file_documents(paths, text_field, s), max_docs), **kwargs)

@@ -21,8 +21,11 @@ def tokenize(texts: list[str], tokenizer: PreTrainedTokenizerBase, batch_size: i
         for doc in batch:
             ids.extend(doc)
             ids.append(eos)
-    dtype = np.int32 if len(tokenizer) < 2**31 else np.int64
-    return np.asarray(ids, dtype=dtype)
+    return np.asarray(ids, dtype=token_dtype(tokenizer))
+
+
+def token_dtype(tokenizer: PreTrainedTokenizerBase) -> type:
+    return np.int32 if len(tokenizer) < 2**31 else np.int64
 
 
 def pack(tokens: np.ndarray, seq_len: int) -> np.ndarray:
@@ -37,15 +40,14 @@ def pack_to_npy(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, seq_le
     """``pack(tokenize(texts))`` written to ``path`` (.npy) without holding the corpus or its tokens:
     documents are tokenized a batch at a time, whole blocks appended to a raw file, which is then
     copied into the .npy in chunks (loaded later with ``mmap_mode="r"``). Returns the block count."""
-    eos, block = tokenizer.eos_token_id, seq_len + 1
-    dtype = np.int32 if len(tokenizer) < 2**31 else np.int64
+    block = seq_len + 1
+    dtype = token_dtype(tokenizer)
     raw = path.with_suffix(".raw")
     carry = np.zeros(0, dtype=dtype)
     n_blocks = 0
     with open(raw, "wb") as f:
         for batch in _batches(texts, batch_size):
-            ids = [t for doc in tokenizer(batch, add_special_tokens=False)["input_ids"] for t in (*doc, eos)]
-            carry = np.concatenate([carry, np.asarray(ids, dtype=dtype)])
+            carry = np.concatenate([carry, tokenize(batch, tokenizer, batch_size)])
             whole = len(carry) // block * block
             f.write(carry[:whole].tobytes())
             n_blocks += whole // block

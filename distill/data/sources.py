@@ -18,6 +18,7 @@ import os
 import sysconfig
 from collections import Counter
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
 from typing import Iterator
 
@@ -76,11 +77,7 @@ def file_documents(paths: list[str], text_field: str = "text", max_docs: int | N
                    skips: Skips | None = None) -> list[Document]:
     """Documents from local text (.txt/.md/.py...), JSONL, Parquet files or a ``save_to_disk`` dataset."""
     skips = skips if skips is not None else Skips()
-    docs = []
-    for doc in iter_file_documents(paths, text_field, skips):
-        docs.append(doc)
-        if max_docs is not None and len(docs) >= max_docs:
-            break
+    docs = list(islice(iter_file_documents(paths, text_field, skips), max_docs))
     return require_documents(docs, skips, "data.paths")
 
 

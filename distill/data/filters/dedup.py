@@ -37,6 +37,7 @@ from datatrove.pipeline.dedup.minhash import (
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.utils.hashing import HashConfig, create_hash_func
 
+from distill.cache import write_atomic
 from distill.data.filters.stage import FilterContext, FilterStage, write_decisions
 
 
@@ -67,19 +68,13 @@ class RecordShard(PipelineStep):
         # written whole and renamed: a task killed midway leaves no file a rerun could trust
         buf = io.BytesIO()
         np.save(buf, np.asarray(hashes, dtype=np.uint64))
-        _atomic_write(out / f"{rank:05d}.hashes.npy", buf.getvalue())
-        _atomic_write(out / f"{rank:05d}.ids.json", json.dumps(ids).encode())
+        write_atomic(out / f"{rank:05d}.hashes.npy", buf.getvalue())
+        write_atomic(out / f"{rank:05d}.ids.json", json.dumps(ids).encode())
 
 
 def normalize(text: str) -> str:
     """Strip and collapse whitespace: re-indented or re-wrapped copies are still exact copies."""
     return " ".join(text.split())
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_bytes(data)
-    tmp.replace(path)
 
 
 class ShardDecisionFilter(BaseFilter):

@@ -30,7 +30,7 @@ from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
 from distill.cache import fingerprint
-from distill.data.filters.stage import FilterContext, FilterStage
+from distill.data.filters.stage import FilterContext, FilterStage, scores_with_run_teacher
 from distill.data.sources import Document
 from distill.errors import DistillError
 
@@ -79,10 +79,8 @@ def filter_documents(docs: Iterable[Document], stages: dict[str, FilterStage], *
     stages = {name: stage for name, stage in stages.items() if stage is not None}
     # the teacher is part of the result only where a stage scores with it: distill-filter (which has no
     # teacher unless a filter needs one) and distill-train (which always has one) must share the key
-    scored_by_teacher = any(getattr(s, "scores_with_teacher", False) and getattr(s, "model_path", None) is None
-                            for s in stages.values())
     key = fingerprint(FORMAT, input_key, [(n, s.config()) for n, s in stages.items()], tokenizer_path,
-                      teacher_path if scored_by_teacher else None, keep_excluded)
+                      teacher_path if scores_with_run_teacher(stages.values()) else None, keep_excluded)
     final = Path(cache_dir).expanduser() / "filtered" / key
     if (final / "filter_stats.json").is_file():
         log.info("filtered data: cached %s", final)

@@ -26,6 +26,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.batching import batched
 from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
 
+from distill.cache import write_atomic
 from distill.data.filters.stage import DecisionFilter, FilterContext, FilterStage, write_decisions
 from distill.errors import DistillError
 from distill.teacher.load import check_model_dir, load_causal_lm
@@ -117,9 +118,7 @@ def score_texts(model, tokenizer: PreTrainedTokenizerBase, texts: list[str], bat
 def write_json(path: Path, obj) -> None:
     """Atomic: a rerun that skips this shard never finds half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(obj))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(obj))
 
 
 def read_scores(scores_dir: Path, tasks: int) -> dict:

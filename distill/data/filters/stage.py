@@ -23,6 +23,8 @@ from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
+from distill.cache import write_atomic
+
 
 @dataclass
 class FilterContext:
@@ -56,6 +58,12 @@ class FilterStage:
     def config(self) -> dict:
         """What identifies this stage's result (goes into the filtered dataset's cache key)."""
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+
+def scores_with_run_teacher(stages) -> bool:
+    """Whether a stage scores documents with the run's teacher (no model of its own): then the run
+    needs the teacher's directory, and the teacher is part of the result's cache key."""
+    return any(getattr(s, "scores_with_teacher", False) and getattr(s, "model_path", None) is None for s in stages)
 
 
 class Streaming(FilterStage):
@@ -119,6 +127,4 @@ class DecisionFilter(BaseFilter):
 
 def write_decisions(path: Path, decisions: dict[str, str]) -> None:
     """Write ``{doc_id: reason}`` atomically (a rerun never reads half a file)."""
-    tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(json.dumps(decisions))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(decisions))
