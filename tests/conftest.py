@@ -26,7 +26,8 @@ def run_cli(args: list[str], cache: Path, prog: str = "distill-train", timeout: 
     """Run a console script as a user would, in a subprocess, with the test cache."""
     env = {**os.environ, "DISTILL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0"}
     module = {"distill-train": "distill.cli.train", "distill-cache": "distill.cli.cache",
-              "distill-prune": "distill.cli.prune", "distill-filter": "distill.cli.filter"}[prog]
+              "distill-prune": "distill.cli.prune", "distill-filter": "distill.cli.filter",
+              "distill-eval": "distill.cli.eval"}[prog]
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
     )

@@ -31,13 +31,16 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     reference_top1: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Returns ``{name: {"val_ppl", "top1_agreement", "tokens"}}`` over target tokens (-100 = not a target).
+    """Returns ``{name: {"val_ppl", "top1_agreement", "kl_to_teacher", "tokens"}}`` over target
+    tokens (-100 = not a target).
 
     Agreement is against model ``reference``, or against ``reference_top1(row_index)`` (the
-    stored top-1 of a cached teacher) when given.
+    stored top-1 of a cached teacher) when given. ``kl_to_teacher`` is KL(reference || model) in
+    nats per target token at temperature 1, only when the reference model itself is evaluated.
     """
     nll = {name: 0.0 for name in models}
     agree = {name: 0 for name in models}
+    kl = {name: 0.0 for name in models}
     count = 0
     was_training = {name: m.training for name, m in models.items()}
     for m in models.values():
@@ -53,10 +56,13 @@ def evaluate(
             ref_top1 = reference_top1(batch[2]).to(device)
         else:
             ref_top1 = logits[reference].argmax(-1) if reference in logits else None
+        ref_logp = logits[reference][valid].log_softmax(-1) if reference in logits else None
         for name, lg in logits.items():
             nll[name] += F.cross_entropy(lg.flatten(0, 1), targets.flatten(), reduction="sum", ignore_index=-100).item()
             if ref_top1 is not None:
                 agree[name] += ((lg.argmax(-1) == ref_top1) & valid).sum().item()
+            if ref_logp is not None and name != reference:
+                kl[name] += F.kl_div(lg[valid].log_softmax(-1), ref_logp, log_target=True, reduction="sum").item()
         count += int(valid.sum())
     for name, m in models.items():
         m.train(was_training[name])
@@ -66,4 +72,6 @@ def evaluate(
         out[name] = {"val_ppl": math.exp(nll[name] / max(1, count)), "tokens": count}
         if has_reference and name != reference:
             out[name]["top1_agreement"] = agree[name] / max(1, count)
+        if reference in models and name != reference:
+            out[name]["kl_to_teacher"] = kl[name] / max(1, count)
     return out

@@ -23,7 +23,8 @@ def write_markdown(metrics: dict, path: Path, title: str = "Distillation report"
                    sections: list[list[str]] = ()) -> None:
     """The report: models table, ratios, cost; then any extra ``sections`` (filters, quantization)."""
     rows = [("teacher", "teacher"), ("student (distilled)", "student"), ("control (scratch, CE only)", "baseline")]
-    lines = [f"# {title}", "", "| model | params | val ppl | top-1 agreement with teacher |", "|---|---:|---:|---:|"]
+    lines = [f"# {title}", "", "| model | params | val ppl | top-1 agreement with teacher | KL(teacher‖model) |",
+             "|---|---:|---:|---:|---:|"]
     for label, key in rows:
         if f"{key}.val_ppl" not in metrics:
             continue
@@ -32,6 +33,7 @@ def write_markdown(metrics: dict, path: Path, title: str = "Distillation report"
         lines.append(
             f"| {label} | {params / 1e6:.2f}M | {metrics[f'{key}.val_ppl']:.3f} | "
             + (f"{agree:.3f} |" if agree is not None else "— |")
+            + (f" {metrics[f'{key}.kl_to_teacher']:.4f} |" if f"{key}.kl_to_teacher" in metrics else " — |")
         )
     lines.append("")
     if "teacher.params" in metrics:
@@ -58,22 +60,46 @@ def _ema(values, alpha: float = 0.1) -> list[float]:
 
 
 def plot_curves(histories: dict[str, list[dict]], path: Path) -> None:
-    """One panel per run (teacher, student, control), one line per logged loss term."""
+    """Top row: one panel per run (teacher, student, control), one line per logged loss term.
+    Bottom row: the learning rate and the training throughput of every run, on shared axes."""
     runs = {name: rows for name, rows in histories.items() if rows}
-    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(5 * max(1, len(runs)), 3.6), squeeze=False)
+    cols = max(2, len(runs))
+    fig, axes = plt.subplots(2, cols, figsize=(5 * cols, 7.2), squeeze=False)
     for ax, (name, rows) in zip(axes[0], runs.items()):
-        terms = sorted({k for r in rows for k in r if k != "step"})
+        terms = sorted({k for r in rows for k in r if k.startswith("train/")})
         if len(terms) == 2 and "train/loss" in terms:  # CE-only run: the total is the CE term
             terms.remove("train/loss")
-        for term in terms:
-            steps, values = zip(*[(r["step"], r[term]) for r in rows if term in r])
-            (line,) = ax.plot(steps, values, linewidth=0.6, alpha=0.35)
-            ax.plot(steps, _ema(values), color=line.get_color(), linewidth=1.5, label=term.removeprefix("train/"))
-        ax.set_title(name)
-        ax.set_xlabel("step")
+        _plot_series(ax, rows, {t: t.removeprefix("train/") for t in terms}, smooth=True)
+        ax.set_title(f"{name}: loss terms")
         ax.set_yscale("log")
-        ax.legend()
-        ax.grid(alpha=0.3)
+    for ax in axes[0][len(runs):]:
+        ax.axis("off")
+    for ax, (key, title) in zip(axes[1], (("lr", "learning rate"), ("tokens_per_s", "throughput (tokens/s)"))):
+        _plot_series(ax, [], {})
+        for name, rows in runs.items():
+            if any(key in r for r in rows):
+                _plot_series(ax, rows, {key: name}, smooth=False)
+        ax.set_title(title)
+    for ax in axes[1][2:]:
+        ax.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _plot_series(ax, rows: list[dict], keys: dict[str, str], smooth: bool = False) -> None:
+    """``keys``: metric -> legend label; smoothed curves keep the raw values faintly behind them."""
+    for key, label in keys.items():
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if not points:
+            continue
+        steps, values = zip(*points)
+        if smooth:
+            (line,) = ax.plot(steps, values, linewidth=0.6, alpha=0.35)
+            ax.plot(steps, _ema(values), color=line.get_color(), linewidth=1.5, label=label)
+        else:
+            ax.plot(steps, values, linewidth=1.2, label=label)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend()

@@ -1,0 +1,51 @@
+"""distill-eval as a user runs it, on the smoke run's student and its cached teacher."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.eval.test_compare import model_dir
+
+
+@pytest.mark.slow
+def test_eval_compares_teacher_and_student_on_the_training_split(smoke_run, cache_dir, tmp_path):
+    metrics = json.loads((smoke_run / "metrics.json").read_text())
+    teacher = metrics["teacher.path"]  # the cached smoke teacher
+    proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path}",
+                    f"models={{teacher: {teacher}, student: {smoke_run / 'student'}}}",
+                    "speed.batches=1", "speed.new_tokens=4", "generation.max_new_tokens=8"], cache_dir, prog="distill-eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["reference"] == "teacher" and list(result["models"]) == ["teacher", "student"]
+    student = result["models"]["student"]
+    # the same validation split and tokenization as the training run: the same numbers
+    assert math.isclose(student["val_ppl"], metrics["student.val_ppl"], rel_tol=1e-3)
+    assert math.isclose(result["models"]["teacher"]["val_ppl"], metrics["teacher.val_ppl"], rel_tol=1e-3)
+    assert math.isclose(student["top1_agreement"], metrics["student.top1_agreement"], abs_tol=0.01)
+    assert student["kl_to_teacher"] > 0
+    assert student["params"] == metrics["student.params"] and student["params_x"] > 1
+    assert student["size_bytes"] == metrics["student.size_bytes"]
+    for key in ("scoring_tokens_per_s", "gen_tokens_per_s", "ms_per_token", "ttft_ms"):
+        assert student[key] > 0, key
+    assert len(result["samples"]["student"]) == 3
+    table = (tmp_path / "eval.md").read_text()
+    assert "| student |" in table and "| teacher |" in table and table.splitlines()[0] in proc.stdout
+
+
+def test_eval_refuses_models_with_different_tokenizers(cache_dir, tmp_path):
+    a, b = model_dir(tmp_path / "a", 300), model_dir(tmp_path / "b", 280)
+    proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path / 'out'}", f"models=[{a},{b}]"], cache_dir,
+                   prog="distill-eval")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith("distill-eval: error: models a and b have different tokenizers")
+    assert not (tmp_path / "out" / "eval.json").exists()
+
+
+def test_eval_names_a_missing_model(cache_dir, tmp_path):
+    proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path}", f"models=[{tmp_path / 'nope'}]"], cache_dir,
+                   prog="distill-eval")
+    assert proc.returncode == 2 and "models.nope does not exist" in proc.stderr
