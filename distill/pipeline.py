@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -22,10 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from distill.cache import cached_dir, clean_leftovers, fingerprint, partial_name, write_atomic
-from distill.callbacks import preemption
-from distill.callbacks.resume import ExactResume
-from distill.checkpoint_io import AtomicCheckpointIO
+from distill.cache import cached_dir, fingerprint, write_atomic
 from distill.callbacks.history import LossHistory
 from distill.callbacks.throughput import Throughput
 from distill.data.filters.stage import scores_with_run_teacher
@@ -39,15 +35,11 @@ from distill.eval.report import gap_closed, plot_curves, write_markdown
 from distill.eval.speed import scoring_throughput
 from distill.losses.objective import Objective, ce_only
 from distill.losses.representation import require_eager_attention
-from distill.run_info import log_run_info, run_info, write_run_info
 from distill.quantization import (check_load_in, log_memory_estimate, quant_plugin, quant_section,
                                   quantize_teacher_for_run)
-from distill.safety import (check_device, check_memory_fits, check_numbers, check_write_paths, is_rank_zero,
-                            set_load_policy, pretrained_kwargs)
 from distill.student.lora import AdaLoraAllocator, apply_lora, is_adalora, merge_lora
 from distill.student.pretrained import check_same_vocab
 from distill.student.scratch import build_llama
-from distill.strategies import data_parallel_size, is_main_process, unsharded
 from distill.student.sparsity import bake_masks, masked_modules, verify_sparsity
 from distill.teacher.cache import CachedTeacher, TeacherCache, teacher_fingerprint
 from distill.teacher.load import check_model_dir, load_causal_lm
@@ -61,12 +53,9 @@ def train(cfg: DictConfig) -> float:
     start = time.perf_counter()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_run_info(cfg, out)  # config, git commit, package versions (secrets masked)
-    preemption.watch(out)  # under SLURM: checkpoint + requeue on SIGUSR1/USR2/TERM (main fit only)
     backend = teacher_backend(cfg)
     loss = instantiate(cfg.loss)
     check_setup(cfg, backend, loss)  # fail before any data work
-    clean_run_dir(out)
     L.seed_everything(cfg.seed, workers=True)
 
     dm = prepare_data(cfg)
@@ -90,7 +79,6 @@ def train(cfg: DictConfig) -> float:
     plugin = quant_plugin(cfg.get("quant"), cfg.trainer.get("precision"), device_of(cfg))
     estimate = log_memory_estimate(student, live_model, plugin, dm, cfg.trainer.get("precision"),
                                    cfg.teacher.get("load_in"), vocab_size)
-    check_memory_fits(estimate["total"], device_of(cfg), cfg.memory.get("available_bytes"), cfg.memory.force)
     teacher_quant = quantize_live_teacher(cfg, live_model, dm, vocab_size)
     loss.bind(student, live_model)
 
@@ -104,16 +92,12 @@ def train(cfg: DictConfig) -> float:
         baseline = AutoModelForCausalLM.from_config(control_config)  # same architecture, fresh random init
         control_module = DistillationModule(baseline, ce_only(), vocab_size, **optim_args(cfg))
         _, _, baseline_history = fit(cfg, control_module, dm, main_run=False)
-    # FSDP2 sharded these in place: gather their full weights (every rank takes part) to evaluate and export
-    student, baseline, live_model = unsharded(student), unsharded(baseline), unsharded(live_model)
     if not trainer.is_global_zero:
         return float("nan")
 
     student = finalize_quantized(student, plugin)
     metrics = measure(cfg, dm, vocab_size, live_model, teacher, student, baseline, meter, trainer.strategy.root_device)
     metrics["data.train_tokens_available"] = int(dm.train_blocks.size)  # after any filters: the budget's pool
-    # where the teacher's outputs came from, and whether this run trained a teacher (sweep reports)
-    metrics["teacher.source"], metrics["teacher.trained_in_run"] = backend, bool(teacher_history)
     if filter_stats:
         metrics["data.filter_kept_fraction"] = filter_stats["kept_fraction"]
     metrics.update(teacher_quant)
@@ -186,10 +170,6 @@ def student_needs_teacher(cfg: DictConfig) -> bool:
 
 def check_setup(cfg: DictConfig, backend: str, loss: Objective) -> None:
     """Combinations that cannot work, named in one line before any data or model work."""
-    set_load_policy(cfg.get("allow_pickle", False), cfg.get("trust_remote_code", False))
-    check_numbers(cfg)
-    check_device(cfg)
-    check_write_paths(cfg)
     if cfg.teacher.get("path"):
         check_model_dir(cfg.teacher.path)
     check_load_in(cfg.teacher.get("load_in"))
@@ -215,22 +195,15 @@ def load_teacher_model(cfg: DictConfig, dm, vocab_size: int, backend: str):
     return None, []
 
 
-def clean_run_dir(out: Path) -> None:
-    """Remove what a killed earlier attempt in this run dir left half-written (a resumed run reuses it)."""
-    if is_rank_zero():
-        for leftover in clean_leftovers(out):
-            log.warning("removed an incomplete file left by a killed run: %s", leftover)
-
-
 def teacher_for_module(cfg: DictConfig, dm, model, backend: str):
     """What the DistillationModule queries: the live teacher, the offline cache, or nothing."""
     if backend == "none":
         log.info("teacher: none (black-box: the data is the teacher)")
         return None
     if backend == "cache":
-        cached = CachedTeacher(open_teacher_cache(cfg, dm), read_top_k=cfg.teacher.get("read_top_k"))
+        cached = CachedTeacher(open_teacher_cache(cfg, dm))
         log.info("teacher: offline cache %s (top-%d); no teacher model is loaded or run",
-                 cfg.teacher.cache_dir, cached.top_k)
+                 cfg.teacher.cache_dir, cached.cache.top_k)
         return cached
     return Teacher(model)
 
@@ -255,8 +228,7 @@ def run_data_filters(cfg: DictConfig, dm, teacher_model=None, require_kept: bool
     stats = dm.apply_filters(teacher_path=teacher_path, device=device_of(cfg), require_kept=require_kept)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if is_main_process():  # every rank filters (the same, cached); one writes
-        write_atomic(out / "filter_stats.json", json.dumps(stats, indent=2) + "\n")
+    write_atomic(out / "filter_stats.json", json.dumps(stats, indent=2) + "\n")
     return stats
 
 
@@ -306,7 +278,7 @@ def build_student(cfg: DictConfig, teacher_model, vocab_size: int, dm):
 
 def save_pruning_report(student, out: Path) -> None:
     report = getattr(student, "pruning_report", None)
-    if report and is_main_process():
+    if report:
         write_atomic(out / "pruning_report.json", json.dumps(report, indent=2, default=str) + "\n")
 
 
@@ -348,7 +320,7 @@ def prepare_data(cfg: DictConfig):
 def check_vocab_early(cfg: DictConfig, tokenizer) -> None:
     """Vocabulary mismatches, from configs and tokenizers alone, before packing data or training."""
     if cfg.teacher.get("path"):
-        rows = AutoConfig.from_pretrained(cfg.teacher.path, **pretrained_kwargs()).vocab_size
+        rows = AutoConfig.from_pretrained(cfg.teacher.path).vocab_size
         if rows < len(tokenizer):
             raise DistillError(
                 f"vocabulary mismatch: the teacher predicts {rows} tokens but its tokenizer has {len(tokenizer)}"
@@ -364,7 +336,7 @@ def prepare_teacher(cfg: DictConfig, dm, vocab_size: int):
     spec = OmegaConf.to_container(cfg.teacher.scratch, resolve=True)
     # the unfiltered data's key: data filters change what the student sees, never the teacher
     key = fingerprint("teacher-v1", spec, getattr(dm, "source_key", dm.data_key), dm.tokenizer_key, dm.seq_len,
-                      dm.batch_size, cfg.seed, cfg.trainer.precision, *data_parallel_key(cfg))
+                      dm.batch_size, cfg.seed, cfg.trainer.precision)
     history: list[dict] = []
 
     def build(tmp: Path) -> None:
@@ -375,20 +347,12 @@ def prepare_teacher(cfg: DictConfig, dm, vocab_size: int):
         log.info("training the teacher from scratch (%.2fM params, %d steps)", num_params(model) / 1e6, spec["max_steps"])
         _, _, rows = fit(cfg, module, dm, main_run=False, max_steps=spec["max_steps"])
         history.extend(rows)
-        model = unsharded(model)  # FSDP2: full weights; every rank saves the same into its own tmp (atomic rename)
         model.save_pretrained(tmp)
         dm.tokenizer.save_pretrained(tmp)
 
     path = cached_dir(cfg.paths.cache_dir, "teachers", key, build)
     log.info("teacher: %s", path)
     return load_causal_lm(path, what="cached teacher"), history
-
-
-def data_parallel_key(cfg: DictConfig) -> list:
-    """Processes sharing the data, for cache keys: a teacher trained by 2 ranks saw twice the batch.
-    Empty for one process, so single-process keys are unchanged."""
-    size = data_parallel_size(cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1))
-    return [] if size == 1 else [f"data_parallel={size}"]
 
 
 def check_vocab(vocab_size: int, **models) -> None:
@@ -417,12 +381,7 @@ def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_ste
         callbacks.append(AdaLoraAllocator())
     extra = {"max_steps": max_steps or cfg.trainer.max_steps}
     if main_run:
-        # atomic checkpoints, loaded without pickle; RNG and mid-epoch data position saved for exact resume
-        callbacks.append(ExactResume())
-        callbacks += preemption.callbacks()
-        extra["plugins"] = [AtomicCheckpointIO(allow_pickle=cfg.get("allow_pickle", False))]
         loggers = instantiate_all(cfg.logger)
-        log_run_info(loggers, run_info(cfg))
         callbacks += [c for c in instantiate_all(cfg.callbacks)
                       if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
         extra["logger"] = loggers or False
@@ -431,10 +390,9 @@ def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_ste
         callbacks += instantiate_all({k: c for k, c in cfg.callbacks.items() if k == "progress_bar"})
         extra.update(logger=False, enable_checkpointing=False)
     if plugin is not None:
-        extra.update(plugins=[*extra.get("plugins", []), plugin], precision=None)
+        extra.update(plugins=[plugin], precision=None)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, **extra)
-    ckpt_path = preemption.resume_path(cfg.paths.output_dir, cfg.ckpt_path) if main_run else None
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path if main_run else None)
     return trainer, meter, history.rows
 
 
@@ -488,11 +446,11 @@ def measure(cfg, dm, vocab_size, teacher_model, teacher, student, baseline, mete
 
 def export_student(student, tokenizer, path: Path) -> None:
     """HF format (safetensors) with the tokenizer; written to a temp dir first so no half export remains."""
-    tmp = partial_name(path)
+    tmp = path.with_name(path.name + ".partial")
     student.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    old = partial_name(path.with_name(path.name + ".old"))
-    if path.exists():  # moved aside, not deleted, until the new export is in place
-        os.replace(path, old)
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
     os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
