@@ -69,6 +69,14 @@ class DistillationModule(L.LightningModule):
             self.teacher._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
 
+    def configure_model(self) -> None:
+        """Under FSDP2 (``trainer=fsdp``, Lightning's ModelParallelStrategy) shard the student, and
+        the teacher if the strategy says so (``distill/strategies.py``); a no-op otherwise."""
+        if self.device_mesh is not None:
+            from distill.strategies import shard_distillation_module
+
+            shard_distillation_module(self, self.device_mesh, getattr(self.trainer.strategy, "shard_teacher", False))
+
     @property
     def live_teacher(self) -> bool:
         return isinstance(self.teacher, Teacher)

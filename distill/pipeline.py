@@ -40,6 +40,7 @@ from distill.quantization import (check_load_in, log_memory_estimate, quant_plug
 from distill.student.lora import AdaLoraAllocator, apply_lora, is_adalora, merge_lora
 from distill.student.pretrained import check_same_vocab
 from distill.student.scratch import build_llama
+from distill.strategies import after_rank_zero, data_parallel_size, is_main_process, unsharded
 from distill.student.sparsity import bake_masks, masked_modules, verify_sparsity
 from distill.teacher.cache import CachedTeacher, TeacherCache, teacher_fingerprint
 from distill.teacher.load import check_model_dir, load_causal_lm
@@ -92,6 +93,8 @@ def train(cfg: DictConfig) -> float:
         baseline = AutoModelForCausalLM.from_config(control_config)  # same architecture, fresh random init
         control_module = DistillationModule(baseline, ce_only(), vocab_size, **optim_args(cfg))
         _, _, baseline_history = fit(cfg, control_module, dm, main_run=False)
+    # FSDP2 sharded these in place: gather their full weights (every rank takes part) to evaluate and export
+    student, baseline, live_model = unsharded(student), unsharded(baseline), unsharded(live_model)
     if not trainer.is_global_zero:
         return float("nan")
 
@@ -228,7 +231,8 @@ def run_data_filters(cfg: DictConfig, dm, teacher_model=None, require_kept: bool
     stats = dm.apply_filters(teacher_path=teacher_path, device=device_of(cfg), require_kept=require_kept)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "filter_stats.json", json.dumps(stats, indent=2) + "\n")
+    if is_main_process():  # every rank filters (the same, cached); one writes
+        write_atomic(out / "filter_stats.json", json.dumps(stats, indent=2) + "\n")
     return stats
 
 
@@ -278,7 +282,7 @@ def build_student(cfg: DictConfig, teacher_model, vocab_size: int, dm):
 
 def save_pruning_report(student, out: Path) -> None:
     report = getattr(student, "pruning_report", None)
-    if report:
+    if report and is_main_process():
         write_atomic(out / "pruning_report.json", json.dumps(report, indent=2, default=str) + "\n")
 
 
@@ -336,7 +340,7 @@ def prepare_teacher(cfg: DictConfig, dm, vocab_size: int):
     spec = OmegaConf.to_container(cfg.teacher.scratch, resolve=True)
     # the unfiltered data's key: data filters change what the student sees, never the teacher
     key = fingerprint("teacher-v1", spec, getattr(dm, "source_key", dm.data_key), dm.tokenizer_key, dm.seq_len,
-                      dm.batch_size, cfg.seed, cfg.trainer.precision)
+                      dm.batch_size, cfg.seed, cfg.trainer.precision, *data_parallel_key(cfg))
     history: list[dict] = []
 
     def build(tmp: Path) -> None:
@@ -347,12 +351,21 @@ def prepare_teacher(cfg: DictConfig, dm, vocab_size: int):
         log.info("training the teacher from scratch (%.2fM params, %d steps)", num_params(model) / 1e6, spec["max_steps"])
         _, _, rows = fit(cfg, module, dm, main_run=False, max_steps=spec["max_steps"])
         history.extend(rows)
+        model = unsharded(model)  # FSDP2: full weights; every rank saves the same into its own tmp (atomic rename)
         model.save_pretrained(tmp)
         dm.tokenizer.save_pretrained(tmp)
 
-    path = cached_dir(cfg.paths.cache_dir, "teachers", key, build)
+    final = Path(cfg.paths.cache_dir).expanduser() / "teachers" / key
+    path = cached_dir(cfg.paths.cache_dir, "teachers", key, after_rank_zero(build, final))  # rank 0 saves it
     log.info("teacher: %s", path)
     return load_causal_lm(path, what="cached teacher"), history
+
+
+def data_parallel_key(cfg: DictConfig) -> list:
+    """Processes sharing the data, for cache keys: a teacher trained by 2 ranks saw twice the batch.
+    Empty for one process, so single-process keys are unchanged."""
+    size = data_parallel_size(cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1))
+    return [] if size == 1 else [f"data_parallel={size}"]
 
 
 def check_vocab(vocab_size: int, **models) -> None:
