@@ -8,8 +8,10 @@ scores one model on benchmark tasks; it has no teacher-relative metrics (agreeme
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
+import subprocess
 from pathlib import Path
 
 import torch
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from distill.cache import write_atomic
 from distill.errors import DistillError
+from distill.eval import lm_eval_task
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.speed import generation_latency, scoring_throughput, size_on_disk
 from distill.teacher.load import check_model_dir, load_causal_lm
@@ -101,6 +104,9 @@ def run_eval(cfg: DictConfig) -> dict:
     if reference not in paths:
         raise DistillError(f"reference {reference!r} is not one of the models: {list(paths)}")
     check_shared_tokenizer(paths)
+    harness = cfg.lm_eval
+    if harness.run and importlib.util.find_spec("lm_eval") is None:
+        raise DistillError("lm_eval.run=true needs lm-evaluation-harness: pip install 'distill[eval]' (or lm_eval)")
     device, amp = torch.device(device_of(cfg)), autocast_dtype(cfg.trainer.precision)
 
     dm = instantiate(cfg.data)  # the training run's data config: the same split, packing and val blocks
@@ -127,12 +133,14 @@ def run_eval(cfg: DictConfig) -> dict:
         rows[name] = row
         texts[name] = samples(model, dm.tokenizer, prompts, cfg.generation.max_new_tokens, device, cfg.seed)
     add_ratios(rows, reference)
+    harness_commands = run_harness(harness, dm, paths, rows, out_dir, device.type)
     result = {
         "reference": reference, "models": rows, "samples": texts,
         "data": {"val_tokens": quality[reference]["tokens"], "val_blocks": len(dm.val_blocks), "seq_len": dm.seq_len,
                  "speed_batches": len(batches), "speed_batch_size": dm.batch_size},
         "device": device_name(device), "precision": str(cfg.trainer.precision),
         "settings": OmegaConf.to_container(cfg.speed, resolve=True),
+        "lm_eval_commands": harness_commands,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "eval.json", json.dumps(result, indent=2) + "\n")
@@ -140,6 +148,31 @@ def run_eval(cfg: DictConfig) -> dict:
     write_atomic(out_dir / "eval.md", markdown)
     print(markdown)
     return result
+
+
+def run_harness(harness: DictConfig, dm, paths: dict[str, Path], rows: dict[str, dict], out_dir: Path,
+                device: str) -> dict[str, str]:
+    """Local lm-evaluation-harness tasks from the validation documents (always written, cheap), and
+    the ``lm_eval`` command for each model; with ``lm_eval.run=true`` the commands run and their
+    metrics join the rows as ``lm_eval.<task>.<metric>``."""
+    tasks_dir = out_dir / "lm_eval_tasks"
+    tasks = lm_eval_task.write_tasks([d.text for d in dm.val_docs], tasks_dir, max_docs=harness.max_docs,
+                                     max_chars=harness.max_chars, max_items=harness.max_items, seed=harness.seed)
+    commands = {}
+    for name, path in paths.items():
+        results_dir = out_dir / "lm_eval" / name.replace("/", "_")
+        cmd = lm_eval_task.lm_eval_command(path, tasks, tasks_dir, results_dir, device, harness.batch_size)
+        commands[name] = lm_eval_task.shell(cmd)
+        if not harness.run:
+            continue
+        log.info("lm-evaluation-harness on %s: %s", name, commands[name])
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise DistillError(f"lm_eval failed on {name} (exit {proc.returncode}): "
+                               f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+        for task, metrics in lm_eval_task.read_results(results_dir).items():
+            rows[name].update({f"lm_eval.{task}.{k}": v for k, v in metrics.items()})
+    return commands
 
 
 def add_ratios(rows: dict[str, dict], reference: str) -> None:
@@ -167,6 +200,13 @@ def to_markdown(result: dict) -> str:
         cells = [fmt(row[k]) if k in row else "—" for k, _, fmt in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['params_x']:.2f} | {row['speed_x']:.2f} |")
     d = result["data"]
+    harness = sorted({k for row in result["models"].values() for k in row if k.startswith("lm_eval.")})
+    if harness:
+        lines += ["", "## lm-evaluation-harness (local tasks from the validation split)", "",
+                  "| model | " + " | ".join(k.removeprefix("lm_eval.") for k in harness) + " |",
+                  "|---|" + "---:|" * len(harness)]
+        for name, row in result["models"].items():
+            lines.append(f"| {name} | " + " | ".join(f"{row[k]:.4g}" if k in row else "—" for k in harness) + " |")
     lines += ["", f"Validation: {d['val_tokens']:,} target tokens ({d['val_blocks']} blocks of {d['seq_len']}). "
               f"Speed on {result['device']}, {result['precision']}: scoring over {d['speed_batches']} validation "
               f"batches of {d['speed_batch_size']}; generation greedy, batch 1, {result['settings']['new_tokens']} "
@@ -175,4 +215,7 @@ def to_markdown(result: dict) -> str:
         lines += [f"### {name}", ""]
         for item in items:
             lines += ["```", item["prompt"] + item["completion"], "```", ""]
+    if result.get("lm_eval_commands"):
+        lines += ["## lm-evaluation-harness commands", "", "```bash",
+                  *result["lm_eval_commands"].values(), "```", ""]
     return "\n".join(lines)

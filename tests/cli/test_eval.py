@@ -49,3 +49,16 @@ def test_eval_names_a_missing_model(cache_dir, tmp_path):
     proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path}", f"models=[{tmp_path / 'nope'}]"], cache_dir,
                    prog="distill-eval")
     assert proc.returncode == 2 and "models.nope does not exist" in proc.stderr
+
+
+@pytest.mark.slow
+def test_lm_eval_harness_scores_the_exported_student_on_local_tasks(smoke_run, cache_dir, tmp_path):
+    pytest.importorskip("lm_eval")
+    proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path}", f"models=[{smoke_run / 'student'}]",
+                    "lm_eval.run=true", "lm_eval.max_docs=2", "lm_eval.max_items=8", "speed.batches=1",
+                    "speed.new_tokens=2", "generation.max_new_tokens=2"], cache_dir, prog="distill-eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads((tmp_path / "eval.json").read_text())["models"]["student"]
+    assert row["lm_eval.distill_ppl.bits_per_byte"] > 0
+    assert 0 <= row["lm_eval.distill_next_line.acc"] <= 1
+    assert "lm_eval --model hf" in (tmp_path / "eval.md").read_text()
