@@ -35,6 +35,7 @@ from distill.eval.report import gap_closed, plot_curves, write_markdown
 from distill.eval.speed import scoring_throughput
 from distill.losses.objective import Objective, ce_only
 from distill.losses.representation import require_eager_attention
+from distill.run_info import log_run_info, run_info, write_run_info
 from distill.quantization import (check_load_in, log_memory_estimate, quant_plugin, quant_section,
                                   quantize_teacher_for_run)
 from distill.student.lora import AdaLoraAllocator, apply_lora, is_adalora, merge_lora
@@ -54,6 +55,7 @@ def train(cfg: DictConfig) -> float:
     start = time.perf_counter()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    write_run_info(cfg, out)  # config, git commit, package versions (secrets masked)
     backend = teacher_backend(cfg)
     loss = instantiate(cfg.loss)
     check_setup(cfg, backend, loss)  # fail before any data work
@@ -101,6 +103,8 @@ def train(cfg: DictConfig) -> float:
     student = finalize_quantized(student, plugin)
     metrics = measure(cfg, dm, vocab_size, live_model, teacher, student, baseline, meter, trainer.strategy.root_device)
     metrics["data.train_tokens_available"] = int(dm.train_blocks.size)  # after any filters: the budget's pool
+    # where the teacher's outputs came from, and whether this run trained a teacher (sweep reports)
+    metrics["teacher.source"], metrics["teacher.trained_in_run"] = backend, bool(teacher_history)
     if filter_stats:
         metrics["data.filter_kept_fraction"] = filter_stats["kept_fraction"]
     metrics.update(teacher_quant)
@@ -204,9 +208,9 @@ def teacher_for_module(cfg: DictConfig, dm, model, backend: str):
         log.info("teacher: none (black-box: the data is the teacher)")
         return None
     if backend == "cache":
-        cached = CachedTeacher(open_teacher_cache(cfg, dm))
+        cached = CachedTeacher(open_teacher_cache(cfg, dm), read_top_k=cfg.teacher.get("read_top_k"))
         log.info("teacher: offline cache %s (top-%d); no teacher model is loaded or run",
-                 cfg.teacher.cache_dir, cached.cache.top_k)
+                 cfg.teacher.cache_dir, cached.top_k)
         return cached
     return Teacher(model)
 
@@ -395,6 +399,7 @@ def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_ste
     extra = {"max_steps": max_steps or cfg.trainer.max_steps}
     if main_run:
         loggers = instantiate_all(cfg.logger)
+        log_run_info(loggers, run_info(cfg))
         callbacks += [c for c in instantiate_all(cfg.callbacks)
                       if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
         extra["logger"] = loggers or False

@@ -27,12 +27,26 @@ def auto_precision(accelerator: str = "auto") -> str:
 
 def wandb_offline() -> bool:
     """wandb logs offline unless a key is configured (env var or ``wandb login``)."""
+    if os.environ.get("WANDB_MODE") in ("offline", "disabled", "dryrun"):
+        return True  # an explicit offline mode wins over a configured key
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE") == "online":
         return False
     netrc = os.path.expanduser("~/.netrc")
     return not (os.path.exists(netrc) and "api.wandb.ai" in open(netrc).read())
 
 
+def sweep_group() -> str | None:
+    """The W&B group of a run: its sweep (``<task>/<sweep dir name>``) under multirun, else none."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    sweep = os.path.abspath(HydraConfig.get().sweep.dir)
+    return f"{os.path.basename(os.path.dirname(sweep))}/{os.path.basename(sweep)}"
+
+
 def register() -> None:
+    OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
     OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
     OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)

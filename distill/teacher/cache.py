@@ -307,12 +307,17 @@ class CachedTeacher:
     ``SparseTeacher`` out. Deliberately not an ``nn.Module``: it has no parameters, nothing
     to move, checkpoint or optimize."""
 
-    def __init__(self, cache: TeacherCache):
+    def __init__(self, cache: TeacherCache, read_top_k: int | None = None):
         self.cache = cache
+        # Entries are stored best first, so the first k of a top-64 cache are exactly a top-k cache:
+        # one cache serves a sweep over k.
+        if read_top_k is not None and not 1 <= read_top_k <= cache.top_k:
+            raise DistillError(f"teacher.read_top_k must be between 1 and the cache's top_k {cache.top_k} (got {read_top_k})")
+        self.read_top_k = read_top_k
 
     @property
     def top_k(self) -> int:
-        return self.cache.top_k
+        return self.read_top_k or self.cache.top_k
 
     @property
     def temperature(self) -> float:
@@ -322,4 +327,7 @@ class CachedTeacher:
         return split in self.cache.manifest["splits"]
 
     def outputs(self, row_index: Tensor, split: str = "train", device: torch.device | str | None = None) -> SparseTeacher:
-        return self.cache.lookup(row_index, split, device=device)
+        out = self.cache.lookup(row_index, split, device=device)
+        if self.read_top_k and self.read_top_k < self.cache.top_k:
+            out = SparseTeacher(out.logprobs[..., :self.read_top_k], out.indices[..., :self.read_top_k])
+        return out
