@@ -8,8 +8,13 @@ MB = 1e6
 MIB = 2**20
 
 
+HERE = Path(__file__).resolve().parent
+
+
 def load(out: Path, run: str) -> dict | None:
+    """``OUT/<run>/metrics.json`` of a fresh run, else the copy committed here (``metrics_<run>.json``)."""
     path = out / run / "metrics.json"
+    path = path if path.exists() else HERE / f"metrics_{run}.json"
     return json.loads(path.read_text()) if path.exists() else None
 
 
@@ -60,5 +65,36 @@ def main(out: Path) -> None:
               f"{m['teacher.val_ppl_unquantized']:.3f} → {m['teacher.val_ppl']:.3f} | {m['student.val_ppl']:.2f} |")
 
 
+def plot(out: Path, path: Path = HERE / "results.png") -> None:
+    """Validation perplexity against size on disk: full precision, PTQ and QAT at int4 and int2."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = load(out, "full")
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.scatter([hf_bf16_bytes(full) / MB], [full["student.val_ppl"]], color="black", label="full precision (bf16)")
+    for kind, color in (("ptq", "tab:red"), ("qat", "tab:blue")):
+        runs = [m for m in (load(out, f"{kind}_int8_int{b}") for b in (4, 2)) if m]
+        xs, ys = [m["quant.packed_bytes"] / MB for m in runs], [m["student.val_ppl"] for m in runs]
+        ax.plot(xs, ys, "o-", color=color, label=kind.upper())
+        for m, x, y in zip(runs, xs, ys):
+            ax.annotate(f"int{m['quant']['weight_bits']}", (x, y), textcoords="offset points", xytext=(6, 4))
+    ax.axhline(full["teacher.val_ppl"], color="gray", linestyle="--", linewidth=0.8, label="teacher (fp32)")
+    ax.set_xlabel("student size on disk (MB)")
+    ax.set_ylabel("validation perplexity")
+    ax.set_title("Quantized students: QAT vs PTQ (int8 activations)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 if __name__ == "__main__":
-    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/exp_quant"))
+    # no argument: the metrics committed here (what the runs wrote); --plot also writes results.png
+    args = [a for a in sys.argv[1:] if a != "--plot"]
+    main(Path(args[0] if args else "/nonexistent"))
+    if "--plot" in sys.argv:
+        plot(Path(args[0] if args else "/nonexistent"))
