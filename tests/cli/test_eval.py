@@ -62,3 +62,17 @@ def test_lm_eval_harness_scores_the_exported_student_on_local_tasks(smoke_run, c
     assert row["lm_eval.distill_ppl.bits_per_byte"] > 0
     assert 0 <= row["lm_eval.distill_next_line.acc"] <= 1
     assert "lm_eval --model hf" in (tmp_path / "eval.md").read_text()
+
+
+def test_every_run_reports_its_compression(smoke_run):
+    m = json.loads((smoke_run / "metrics.json").read_text())
+    assert m["compression.params_x"] == m["teacher.params"] / m["student.params"] > 1
+    assert m["compression.size_x"] == m["teacher.size_bytes"] / m["student.size_bytes"] > 1
+    assert m["compression.speed_x"] == m["student.scoring_tokens_per_s"] / m["teacher.scoring_tokens_per_s"]
+    assert m["compression.ppl_delta"] == m["student.val_ppl"] - m["teacher.val_ppl"]
+    assert m["teacher.forward_tokens"] == m["train.tokens"]  # live teacher: one forward per training token
+    assert m["teacher.forward_flops"] == 2 * m["teacher.params"] * m["train.tokens"]
+    assert m["run.wall_s"] > m["train.wall_s"] > 0
+    assert m["student.kl_to_teacher"] > 0
+    report = (smoke_run / "report.md").read_text()
+    assert "## Compression" in report and "FLOPs" in report and "| parameters |" in report
