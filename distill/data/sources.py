@@ -12,6 +12,7 @@ pattern that matches nothing, a directory that is not a dataset) are still error
 
 from __future__ import annotations
 
+import ast
 import glob
 import json
 import os
@@ -61,16 +62,72 @@ def require_documents(docs: list[Document], skips: Skips, what: str) -> list[Doc
 def stdlib_documents(max_docs: int | None = None, skips: Skips | None = None) -> list[Document]:
     """The Python standard library that ships with this interpreter, one document per .py file."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if not _STDLIB_SKIP_PARTS & set(p.relative_to(root).parts))
     skips = skips if skips is not None else Skips()
     docs = []
-    for path in files:
+    for path in _stdlib_files(root):
         if max_docs is not None and len(docs) >= max_docs:
             break
         text = _read_text(path, skips)
         if text is not None:
             docs.append(Document(str(path.relative_to(root)), text))
     return docs
+
+
+def docstring_documents(max_docs: int | None = None, min_chars: int = 20,
+                        skips: Skips | None = None) -> list[Document]:
+    """The natural-language text of the embedded corpus: every docstring of the standard library
+    (modules, classes, functions; read with ``ast``, so nothing is imported or run) and every topic
+    of ``pydoc_data.topics`` (the language reference that ``help()`` shows).
+
+    One document per docstring, id ``<file>::<qualified name>`` (``pydoc:<topic>`` for topics), so
+    a split keyed on the part before ``::`` keeps each file (and each topic) on one side.
+    ``max_docs`` limits the stdlib files read (sorted by path); docstrings shorter than
+    ``min_chars`` are dropped (``"Return self."`` says nothing about a sentence encoder).
+    """
+    skips = skips if skips is not None else Skips()
+    root = Path(sysconfig.get_paths()["stdlib"])
+    docs = []
+    for path in _stdlib_files(root)[:max_docs]:
+        source = _read_text(path, skips)
+        if source is None:
+            continue
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):  # a stdlib file for another Python version (lib2to3 fixtures...)
+            skips.add("unparsable", str(path))
+            continue
+        rel = path.relative_to(root)
+        docs += [Document(f"{rel}::{name}", text) for name, text in _docstrings(tree) if len(text) >= min_chars]
+    from pydoc_data.topics import topics
+
+    docs += [Document(f"pydoc:{name}", text.strip()) for name, text in sorted(topics.items())
+             if len(text.strip()) >= min_chars]
+    return require_documents(docs, skips, "the standard library's docstrings")
+
+
+def _docstrings(tree: ast.Module) -> Iterator[tuple[str, str]]:
+    """``(qualified name, cleaned docstring)`` of the module and every class and function in it."""
+    kinds = (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+
+    def walk(node, prefix: str):
+        for child in ast.iter_child_nodes(node):
+            if not isinstance(child, kinds):  # defs under if/try blocks count too
+                yield from walk(child, prefix)
+                continue
+            name = f"{prefix}{child.name}"
+            text = ast.get_docstring(child)
+            if text:
+                yield name, text
+            yield from walk(child, name + ".")
+
+    text = ast.get_docstring(tree)
+    if text:
+        yield "<module>", text
+    yield from walk(tree, "")
+
+
+def _stdlib_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.py") if not _STDLIB_SKIP_PARTS & set(p.relative_to(root).parts))
 
 
 def file_documents(paths: list[str], text_field: str = "text", max_docs: int | None = None,

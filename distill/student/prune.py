@@ -1,8 +1,8 @@
 """Depth pruning: keep a subset of the teacher's layers (DistilBERT-style initialisation).
 
-Works on any HF causal LM whose decoder layers sit in one ``nn.ModuleList`` (Llama,
-Qwen2, Mistral, GPT-2, ...): the student is built from the teacher's config with fewer
-layers and the kept layers' weights are copied across, renumbered.
+Works on any HF model whose blocks sit in one ``nn.ModuleList`` (Llama, Qwen2, Mistral,
+GPT-2 decoders; BERT encoders, ``encoder.layer``): the student is built from the teacher's
+config with fewer layers and the kept layers' weights are copied across, renumbered.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import copy
 import re
 
 from torch import nn
-from transformers import AutoModelForCausalLM, PreTrainedModel
+from transformers import PreTrainedModel
 
 from distill.errors import DistillError
 
@@ -34,7 +34,8 @@ def keep_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
     config.num_hidden_layers = len(keep)
     if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (Qwen2, Gemma...)
         config.layer_types = [config.layer_types[i] for i in keep]
-    student = AutoModelForCausalLM.from_config(config)
+    # the teacher's own class: a causal LM stays one, an encoder (BertModel, layers in encoder.layer) too
+    student = type(teacher)._from_config(config)
     new_index = {old: new for new, old in enumerate(sorted(keep))}
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.(.*)")
     state = {}
@@ -55,3 +56,13 @@ def every_other_layer(teacher: PreTrainedModel, vocab_size: int | None = None, t
     if n < 2:
         raise DistillError(f"the teacher has {n} layer(s); keeping every other layer needs at least 2")
     return keep_layers(teacher, list(range(offset % 2, n, 2)))
+
+
+def listed_layers(teacher: PreTrainedModel, vocab_size: int | None = None, train_blocks=None,
+                  layers: list[int] = (0, -2, -1)) -> PreTrainedModel:
+    """Keep the listed layers, in order; negative indices count from the end, as in Python.
+
+    The default, the first and the last two blocks, keeps both ends of the network: for the
+    MiniLM sentence encoder it starts closest to the teacher (experiments/minilm_embed)."""
+    n = teacher.config.num_hidden_layers
+    return keep_layers(teacher, [i + n if i < 0 else i for i in layers])
