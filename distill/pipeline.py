@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> float:
     """Run the configured pipeline; returns ``cfg.optimized_metric`` (for sweeps)."""
+    if cfg.get("task", "causal_lm") == "embedding":  # sentence encoders: their own flow, the same fit()
+        from distill.embedding.pipeline import train as train_embedding
+
+        return train_embedding(cfg)
     start = time.perf_counter()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
