@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -43,14 +45,54 @@ def text_fingerprint(texts: list[str]) -> str:
     return h.hexdigest()
 
 
+PARTIAL = ".partial"  # the suffix of every temporary file or dir that is renamed into place when complete
+
+
+def partial_name(path: Path) -> Path:
+    """``<name>.partial-<host>-<pid>``: unique per writer, and a leftover names the process that left it."""
+    return path.with_name(f"{path.name}{PARTIAL}-{socket.gethostname()}-{os.getpid()}")
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write via a temp file and rename, so a crash (or a rerun reading it) never sees half a file."""
-    tmp = path.with_name(path.name + ".partial")
-    if isinstance(data, bytes):
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data)
-    os.replace(tmp, path)
+    """Write via a temp file, flush it to disk and rename: a crash or a full disk leaves the previous
+    good file (or none), never half a file."""
+    path = Path(path)
+    tmp = partial_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data if isinstance(data, bytes) else data.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def is_stale(name: str) -> bool:
+    """A ``.partial-<host>-<pid>`` leftover whose writer is gone (same host, process not alive).
+    Leftovers of other hosts (a shared file system) are left alone: their writer may be running."""
+    m = re.search(re.escape(PARTIAL) + r"-(.+)-(\d+)(?:\.|$)", name)
+    if m is None or m.group(1) != socket.gethostname():
+        return False
+    try:
+        os.kill(int(m.group(2)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by another user
+        return False
+    return False  # alive
+
+
+def clean_leftovers(root: str | Path) -> list[Path]:
+    """Remove incomplete temporary files and dirs that killed writers left under ``root``; returns them."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.rglob(f"*{PARTIAL}-*") if is_stale(p.name)]
+    for p in found:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    return found
 
 
 def cached_dir(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path], None]) -> Path:
@@ -59,7 +101,8 @@ def cached_dir(cache_dir: str | Path, kind: str, key: str, build: Callable[[Path
     if final.is_dir():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    clean_leftovers(final.parent)  # builds of this kind that a killed process never finished
+    tmp = Path(tempfile.mkdtemp(prefix=partial_name(Path(f".{key}")).name + ".", dir=final.parent))
     try:
         build(tmp)
         os.replace(tmp, final)

@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from distill.errors import DistillError
 from distill.losses.objective import Objective, Outputs
 from distill.student.lora import backbone
 from distill.teacher.module import Teacher
@@ -40,6 +41,25 @@ def model_outputs(model: nn.Module, input_ids: torch.Tensor, vocab_size: int, ob
                    router_aux=out.aux_loss * model.config.router_aux_loss_coef if moe else None)
 
 
+class NonFiniteGuard:
+    """Counts steps skipped for a NaN/Inf loss or gradient; stops the run after ``max_bad`` in a row
+    (the weights were never updated by them, and the last checkpoint is left as it was)."""
+
+    def __init__(self, max_bad: int):
+        self.max_bad, self.skipped, self.in_a_row = max_bad, 0, 0
+
+    def bad(self, step: int, what: str, trainer=None) -> None:
+        self.skipped += 1
+        self.in_a_row += 1
+        if self.in_a_row >= self.max_bad:
+            ckpt = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "") or "none saved yet"
+            raise DistillError(f"{self.in_a_row} steps in a row had a non-finite {what} (last at step {step}, "
+                               f"{self.skipped} skipped in all): stopping; last good checkpoint: {ckpt}")
+
+    def good(self) -> None:
+        self.in_a_row = 0
+
+
 class DistillationModule(L.LightningModule):
     def __init__(
         self,
@@ -53,6 +73,7 @@ class DistillationModule(L.LightningModule):
         max_steps: int = 1000,
         min_lr_ratio: float = 0.1,
         seed: int = 0,
+        max_bad_steps: int = 10,
     ):
         super().__init__()
         self.student, self.loss = student, loss
@@ -63,6 +84,7 @@ class DistillationModule(L.LightningModule):
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.max_steps, self.min_lr_ratio = max_steps, min_lr_ratio
         self._coin = random.Random(seed)  # on-policy batch choice: reproducible, independent of torch's RNG
+        self.guard = NonFiniteGuard(max_bad_steps)
 
     def _apply(self, fn, *args, **kwargs):
         if isinstance(self.teacher, nn.Module):
@@ -100,6 +122,9 @@ class DistillationModule(L.LightningModule):
         if on_policy:
             inputs, targets, mask = self.sample_from_student(inputs)
         terms = self.loss(self.student_outputs(inputs), self.teacher_outputs(inputs, rows), targets, mask)
+        if not torch.isfinite(terms["loss"].detach()):
+            self.guard.bad(self.global_step, "loss", self.trainer)
+            return None  # Lightning skips backward and the optimizer step for this batch
         self.log("train/loss", terms["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
         if self.loss.on_policy.lmbda > 0:
@@ -135,6 +160,29 @@ class DistillationModule(L.LightningModule):
         logits = self.student(input_ids=inputs, use_cache=False).logits[..., : self.vocab_size]
         ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
         self.log("val/ce", ce, prog_bar=False)
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A non-finite gradient: drop every gradient, so the optimizer leaves the weights as they are."""
+        if self.trainer.precision == "16-mixed":
+            return  # fp16's grad scaler already skips steps with inf gradients (and tunes its scale on them)
+        grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    p.grad = None
+            self.guard.bad(self.global_step, "gradient", self.trainer)
+        else:
+            self.guard.good()
+        self.log("train/skipped_steps", float(self.guard.skipped))
+
+    def on_save_checkpoint(self, checkpoint) -> None:
+        checkpoint["distill_module"] = {"coin": self._coin.getstate(), "skipped": self.guard.skipped}
+
+    def on_load_checkpoint(self, checkpoint) -> None:
+        state = checkpoint.get("distill_module")
+        if state:
+            self._coin.setstate(state["coin"])
+            self.guard.skipped = state["skipped"]
 
     def configure_optimizers(self):
         # The objective's own parameters (hidden-state projections) train with the student.

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -21,7 +22,10 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from distill.cache import cached_dir, fingerprint, write_atomic
+from distill.cache import cached_dir, clean_leftovers, fingerprint, partial_name, write_atomic
+from distill.callbacks import preemption
+from distill.callbacks.resume import ExactResume
+from distill.checkpoint_io import AtomicCheckpointIO
 from distill.callbacks.history import LossHistory
 from distill.callbacks.throughput import Throughput
 from distill.data.filters.stage import scores_with_run_teacher
@@ -38,13 +42,15 @@ from distill.losses.representation import require_eager_attention
 from distill.run_info import log_run_info, run_info, write_run_info
 from distill.quantization import (check_load_in, log_memory_estimate, quant_plugin, quant_section,
                                   quantize_teacher_for_run)
+from distill.safety import (check_device, check_memory_fits, check_numbers, check_write_paths, is_rank_zero,
+                            set_load_policy, pretrained_kwargs)
 from distill.student.lora import AdaLoraAllocator, apply_lora, is_adalora, merge_lora
 from distill.student.pretrained import check_same_vocab
 from distill.student.scratch import build_llama
-from distill.strategies import after_rank_zero, data_parallel_size, is_main_process, unsharded
+from distill.strategies import after_rank_zero, check_strategy, data_parallel_size, is_main_process, unsharded
 from distill.student.sparsity import bake_masks, masked_modules, verify_sparsity
 from distill.teacher.cache import CachedTeacher, TeacherCache, teacher_fingerprint
-from distill.teacher.load import check_model_dir, load_causal_lm
+from distill.teacher.load import check_context, check_model_dir, check_tokenizer_dir, load_causal_lm
 from distill.teacher.module import Teacher
 
 log = logging.getLogger(__name__)
@@ -60,9 +66,11 @@ def train(cfg: DictConfig) -> float:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     write_run_info(cfg, out)  # config, git commit, package versions (secrets masked)
+    preemption.watch(out)  # under SLURM: checkpoint + requeue on SIGUSR1/USR2/TERM (main fit only)
     backend = teacher_backend(cfg)
     loss = instantiate(cfg.loss)
     check_setup(cfg, backend, loss)  # fail before any data work
+    clean_run_dir(out)
     L.seed_everything(cfg.seed, workers=True)
 
     dm = prepare_data(cfg)
@@ -86,6 +94,7 @@ def train(cfg: DictConfig) -> float:
     plugin = quant_plugin(cfg.get("quant"), cfg.trainer.get("precision"), device_of(cfg))
     estimate = log_memory_estimate(student, live_model, plugin, dm, cfg.trainer.get("precision"),
                                    cfg.teacher.get("load_in"), vocab_size)
+    check_memory_fits(estimate["total"], device_of(cfg), cfg.memory.get("available_bytes"), cfg.memory.force)
     teacher_quant = quantize_live_teacher(cfg, live_model, dm, vocab_size)
     loss.bind(student, live_model)
 
@@ -181,8 +190,18 @@ def student_needs_teacher(cfg: DictConfig) -> bool:
 
 def check_setup(cfg: DictConfig, backend: str, loss: Objective) -> None:
     """Combinations that cannot work, named in one line before any data or model work."""
+    check_strategy(cfg.trainer, loss)  # trainer=deepspeed where it cannot run; trainer=fsdp with the fused loss
+    set_load_policy(cfg.get("allow_pickle", False), cfg.get("trust_remote_code", False))
+    check_numbers(cfg)
+    check_device(cfg)
+    check_write_paths(cfg)
     if cfg.teacher.get("path"):
         check_model_dir(cfg.teacher.path)
+        check_tokenizer_dir(cfg.teacher.path)
+        check_context(cfg.teacher.path, cfg.data.get("seq_len"))
+    if cfg.student.get("path"):
+        check_model_dir(cfg.student.path, "student.path")
+        check_context(cfg.student.path, cfg.data.get("seq_len"), "student.path")
     check_load_in(cfg.teacher.get("load_in"))
     if backend == "none":
         if student_needs_teacher(cfg):
@@ -204,6 +223,13 @@ def load_teacher_model(cfg: DictConfig, dm, vocab_size: int, backend: str):
     if backend == "live" or (backend == "cache" and student_needs_teacher(cfg)):
         return prepare_teacher(cfg, dm, vocab_size)
     return None, []
+
+
+def clean_run_dir(out: Path) -> None:
+    """Remove what a killed earlier attempt in this run dir left half-written (a resumed run reuses it)."""
+    if is_rank_zero():
+        for leftover in clean_leftovers(out):
+            log.warning("removed an incomplete file left by a killed run: %s", leftover)
 
 
 def teacher_for_module(cfg: DictConfig, dm, model, backend: str):
@@ -332,7 +358,7 @@ def prepare_data(cfg: DictConfig):
 def check_vocab_early(cfg: DictConfig, tokenizer) -> None:
     """Vocabulary mismatches, from configs and tokenizers alone, before packing data or training."""
     if cfg.teacher.get("path"):
-        rows = AutoConfig.from_pretrained(cfg.teacher.path).vocab_size
+        rows = AutoConfig.from_pretrained(cfg.teacher.path, **pretrained_kwargs()).vocab_size
         if rows < len(tokenizer):
             raise DistillError(
                 f"vocabulary mismatch: the teacher predicts {rows} tokens but its tokenizer has {len(tokenizer)}"
@@ -402,6 +428,10 @@ def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_ste
         callbacks.append(AdaLoraAllocator())
     extra = {"max_steps": max_steps or cfg.trainer.max_steps}
     if main_run:
+        # atomic checkpoints, loaded without pickle; RNG and mid-epoch data position saved for exact resume
+        callbacks.append(ExactResume())
+        callbacks += preemption.callbacks()
+        extra["plugins"] = [AtomicCheckpointIO(allow_pickle=cfg.get("allow_pickle", False))]
         loggers = instantiate_all(cfg.logger)
         log_run_info(loggers, run_info(cfg))
         callbacks += [c for c in instantiate_all(cfg.callbacks)
@@ -412,9 +442,10 @@ def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_ste
         callbacks += instantiate_all({k: c for k, c in cfg.callbacks.items() if k == "progress_bar"})
         extra.update(logger=False, enable_checkpointing=False)
     if plugin is not None:
-        extra.update(plugins=[plugin], precision=None)
+        extra.update(plugins=[*extra.get("plugins", []), plugin], precision=None)
     trainer = instantiate(cfg.trainer, callbacks=callbacks, **extra)
-    trainer.fit(module, datamodule=dm, ckpt_path=cfg.ckpt_path if main_run else None)
+    ckpt_path = preemption.resume_path(cfg.paths.output_dir, cfg.ckpt_path) if main_run else None
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     return trainer, meter, history.rows
 
 
@@ -468,11 +499,11 @@ def measure(cfg, dm, vocab_size, teacher_model, teacher, student, baseline, mete
 
 def export_student(student, tokenizer, path: Path) -> None:
     """HF format (safetensors) with the tokenizer; written to a temp dir first so no half export remains."""
-    tmp = path.with_name(path.name + ".partial")
+    tmp = partial_name(path)
     student.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if path.exists():
-        import shutil
-
-        shutil.rmtree(path)
+    old = partial_name(path.with_name(path.name + ".old"))
+    if path.exists():  # moved aside, not deleted, until the new export is in place
+        os.replace(path, old)
     os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)

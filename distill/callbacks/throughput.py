@@ -40,9 +40,19 @@ class Throughput(L.Callback):
         self.peak_bytes: int | None = None  # CUDA: max allocated; CPU: peak resident set of the process
         self.peak_kind = "none"
         self.start_bytes: int | None = None
+        self._before = (0, 0.0)  # tokens and seconds of the attempts before a resume (from the checkpoint)
+
+    def state_dict(self) -> dict:
+        """Totals so far, so a resumed run reports the whole run's tokens and training time."""
+        now = time.perf_counter()
+        return {"tokens": self.tokens, "wall_s": self._before[1] + (now - self._start if self._start else 0.0)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._before = (int(state["tokens"]), float(state["wall_s"]))
+        self.tokens, self.wall_s = self._before  # also when the checkpoint was already at max_steps
 
     def on_train_start(self, trainer, pl_module):
-        self.tokens, self._rate = 0, None
+        self.tokens, self._rate = self._before[0], None
         self._cuda = trainer.strategy.root_device.type == "cuda"
         if self._cuda:
             torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
@@ -60,7 +70,7 @@ class Throughput(L.Callback):
         pl_module.log("tokens_per_s", self._rate, prog_bar=True, on_step=True, on_epoch=False, sync_dist=False)
 
     def on_train_end(self, trainer, pl_module):
-        self.wall_s = time.perf_counter() - self._start
+        self.wall_s = self._before[1] + time.perf_counter() - self._start
         if self._cuda:
             self.peak_bytes, self.peak_kind = torch.cuda.max_memory_allocated(trainer.strategy.root_device), "cuda"
         elif self._rss:

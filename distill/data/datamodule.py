@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from distill.cache import TextHasher, cached_dir, fingerprint, text_fingerprint
 from distill.data.filters.runner import ExecutorSpec, filter_documents
 from distill.data.packing import pack, pack_to_npy, tokenize
+from distill.data.sampler import eval_loader, train_loader
 from distill.data.sources import Document, Skips, require_documents
 from distill.data.split import in_validation, split_documents
 from distill.data.tokenizer import load_tokenizer, train_bpe
@@ -198,14 +199,10 @@ class TextDataModule(L.LightningDataModule):
         return self.batch_size * self.seq_len
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            BlockDataset(self.train_blocks), batch_size=self.batch_size, shuffle=True, drop_last=True,
-            generator=gen, num_workers=self.num_workers,
-        )
+        return train_loader(BlockDataset(self.train_blocks), self.batch_size, self.seed, self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(BlockDataset(self.val_blocks), batch_size=self.batch_size, num_workers=self.num_workers)
+        return eval_loader(BlockDataset(self.val_blocks), self.batch_size, self.seed, self.num_workers)
 
 
 def from_stdlib(max_docs: int | None = None, **kwargs) -> TextDataModule:

@@ -38,6 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from distill.cache import cached_dir, fingerprint, text_fingerprint
 from distill.data.datamodule import TextDataModule
 from distill.data.sources import Document, jsonl_records
+from distill.data.sampler import eval_loader, train_loader
 from distill.data.split import split_documents
 from distill.data.tokenizer import train_bpe
 from distill.errors import DistillError
@@ -302,15 +303,12 @@ class PromptResponseDataModule(TextDataModule):
                             name, s["skipped"], self.seq_len)
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            MaskedBlockDataset(self.train_blocks, self.train_targets), batch_size=self.batch_size, shuffle=True,
-            drop_last=True, generator=gen, num_workers=self.num_workers,
-        )
+        return train_loader(MaskedBlockDataset(self.train_blocks, self.train_targets), self.batch_size, self.seed,
+                            self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(MaskedBlockDataset(self.val_blocks, self.val_targets), batch_size=self.batch_size,
-                          num_workers=self.num_workers)
+        return eval_loader(MaskedBlockDataset(self.val_blocks, self.val_targets), self.batch_size, self.seed,
+                           self.num_workers)
 
 
 def _encode(tokenizer, texts: list[str], batch_size: int = 256) -> list[list[int]]:

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader
 
 from distill.cache import cached_dir, fingerprint
 from distill.data.prompt_response import IGNORE_INDEX, MaskedBlockDataset
+from distill.data.sampler import train_loader
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
@@ -162,11 +163,8 @@ class SeqKDDataModule(L.LightningDataModule):
         return self.batch_size * self.seq_len
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(self.seed)
-        return DataLoader(
-            MaskedBlockDataset(self.train_blocks, self.train_targets), batch_size=self.batch_size, shuffle=True,
-            drop_last=True, generator=gen, num_workers=self.num_workers,
-        )
+        return train_loader(MaskedBlockDataset(self.train_blocks, self.train_targets), self.batch_size, self.seed,
+                            self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self.base.val_dataloader()

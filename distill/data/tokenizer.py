@@ -11,6 +11,8 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+from distill.safety import pretrained_kwargs
+
 EOS = "<|endoftext|>"
 
 
@@ -31,7 +33,7 @@ def train_bpe(texts: list[str], vocab_size: int, out_dir: Path) -> None:
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    tok = AutoTokenizer.from_pretrained(str(path))
+    tok = AutoTokenizer.from_pretrained(str(path), **pretrained_kwargs())
     if tok.eos_token_id is None:
         raise ValueError(f"tokenizer at {path} has no EOS token; documents cannot be separated")
     return tok

@@ -5,12 +5,13 @@ from __future__ import annotations
 from transformers import AutoTokenizer, PreTrainedModel
 
 from distill.errors import DistillError
+from distill.safety import pretrained_kwargs
 from distill.teacher.load import load_causal_lm
 
 
 def _vocab(path: str, what: str) -> dict:
     try:
-        return AutoTokenizer.from_pretrained(path).get_vocab()
+        return AutoTokenizer.from_pretrained(path, **pretrained_kwargs()).get_vocab()
     except Exception as e:
         raise DistillError(f"{what}: cannot load a tokenizer from {path} ({type(e).__name__})") from e
 

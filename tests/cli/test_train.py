@@ -49,7 +49,7 @@ def test_loss_terms_are_logged_separately(smoke_run):
 
 
 def test_resume_from_last_checkpoint(smoke_run, cache_dir, tmp_path):
-    """ckpt_path=last continues the run: only the remaining steps are trained."""
+    """ckpt_path=last continues the run: only the remaining steps are trained, and the totals cover both."""
     out = tmp_path / "resumed"
     first = run_cli(["experiment=smoke", f"hydra.run.dir={out}", "trainer.max_steps=10", "control=false"], cache_dir)
     assert first.returncode == 0, first.stderr[-2000:]
@@ -58,7 +58,7 @@ def test_resume_from_last_checkpoint(smoke_run, cache_dir, tmp_path):
     )
     assert second.returncode == 0, second.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["train.tokens"] == 10 * 4 * 64
+    assert metrics["train.tokens"] == 20 * 4 * 64  # tokens of the first attempt come from the checkpoint
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == 20
     assert "baseline.val_ppl" not in metrics

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import logging
 import math
@@ -38,6 +39,7 @@ from torch import nn
 
 from distill.data.filters.scoring import CHARS_PER_TOKEN_CAP, ShardScorer, collate, length_batches, read_scores, write_json
 from distill.data.filters.stage import DecisionFilter, FilterContext, FilterStage, write_decisions
+from distill.cache import write_atomic
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
@@ -162,10 +164,10 @@ def train_head(embeddings: np.ndarray, scores, hidden: int = 0, epochs: int = 50
 
 
 def save_head(path: Path, head: Head, metrics: dict, key: str) -> None:
-    tmp = path.with_name(path.name + ".partial")
+    buf = io.BytesIO()
     torch.save({"state_dict": head.state_dict(), "dim": head.dim, "hidden": head.hidden, "metrics": metrics,
-                "key": key}, tmp)
-    tmp.replace(path)
+                "key": key}, buf)
+    write_atomic(path, buf.getvalue())
 
 
 def load_head(path: Path) -> tuple[Head, dict, str]:

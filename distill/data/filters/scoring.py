@@ -30,6 +30,7 @@ from distill.cache import write_atomic
 from distill.data.filters.stage import DecisionFilter, FilterContext, FilterStage, write_decisions
 from distill.errors import DistillError
 from distill.teacher.load import check_model_dir, load_causal_lm
+from distill.safety import pretrained_kwargs
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,7 @@ class LMScorer(ShardScorer):
 
     def load(self) -> None:
         if self._models is None:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path)
+            self._tokenizer = AutoTokenizer.from_pretrained(self.tokenizer_path, **pretrained_kwargs())
             self._models = [load_causal_lm(p, "filter model").to(self.device).eval() for p in self.model_paths]
             contexts = [getattr(m.config, "max_position_embeddings", None) or self.max_tokens for m in self._models]
             self._max_tokens = min([self.max_tokens, *contexts])
@@ -288,16 +289,16 @@ class TeacherPerplexity(FilterStage):
 def check_same_vocab(tokenizer_path: str, reference_path: str) -> None:
     """The reference must read the teacher's token ids: the same vocabulary if it ships a tokenizer,
     else an embedding table that covers every id of the teacher's tokenizer."""
-    teacher_vocab = AutoTokenizer.from_pretrained(tokenizer_path).get_vocab()
+    teacher_vocab = AutoTokenizer.from_pretrained(tokenizer_path, **pretrained_kwargs()).get_vocab()
     if has_tokenizer(reference_path):
-        ref_vocab = AutoTokenizer.from_pretrained(reference_path).get_vocab()
+        ref_vocab = AutoTokenizer.from_pretrained(reference_path, **pretrained_kwargs()).get_vocab()
         if ref_vocab != teacher_vocab:
             differ = len(set(ref_vocab.items()) ^ set(teacher_vocab.items()))
             raise DistillError(f"data.filters.reference_ratio: the reference model {reference_path} has a different "
                                f"vocabulary from the teacher's tokenizer {tokenizer_path} ({len(ref_vocab)} vs "
                                f"{len(teacher_vocab)} tokens, {differ} entries differ); it must share the tokenizer")
         return
-    rows = AutoConfig.from_pretrained(reference_path).vocab_size
+    rows = AutoConfig.from_pretrained(reference_path, **pretrained_kwargs()).vocab_size
     if rows < max(teacher_vocab.values()) + 1:
         raise DistillError(f"data.filters.reference_ratio: the reference model {reference_path} has {rows} embedding "
                            f"rows, fewer than the {len(teacher_vocab)} tokens of the teacher's tokenizer")
