@@ -82,6 +82,23 @@ def deepspeed_strategy(accelerator: str = "auto", **kwargs):
     return DeepSpeedStrategy(**kwargs)
 
 
+FUSED_UNDER_FSDP = ("loss.fused_linear does not work under trainer=fsdp (it reads the sharded LM head outside the "
+                    "forward): set loss.fused_linear=false or use trainer=ddp")
+
+
+def check_strategy(trainer_cfg, loss) -> None:
+    """Strategy presets that cannot run here, named in one line before any data or model work
+    (building a strategy object is cheap; Lightning builds its own from the same config later)."""
+    from hydra.utils import instantiate
+
+    spec = trainer_cfg.get("strategy")
+    if not hasattr(spec, "get") or "_target_" not in spec:
+        return  # a name Lightning resolves itself (auto, ddp, ...)
+    strategy = instantiate(spec)  # deepspeed_strategy raises here where it cannot run
+    if isinstance(strategy, FSDP2Strategy) and getattr(loss, "fused_linear", False):
+        raise DistillError(FUSED_UNDER_FSDP)
+
+
 def is_main_process() -> bool:
     """True on global rank 0. Valid before the process group exists too (read from the launcher's
     environment: torchrun's RANK, SLURM_PROCID, or Lightning's LOCAL_RANK / NODE_RANK), which is
@@ -168,8 +185,7 @@ def shard_distillation_module(module, mesh, shard_teacher: bool = False) -> None
     if module.loss.fused_linear:
         # The fused loss reads the LM head's weight outside the model's forward, where FSDP2 holds
         # only this rank's shard (and would never reduce-scatter its gradient).
-        raise DistillError("loss.fused_linear does not work under trainer=fsdp (it reads the sharded LM head "
-                           "outside the forward): set loss.fused_linear=false or use trainer=ddp")
+        raise DistillError(FUSED_UNDER_FSDP)
     dp_mesh = mesh["data_parallel"] if "data_parallel" in (mesh.mesh_dim_names or ()) else mesh
     shard_model(module.student, dp_mesh)
     if any(p.requires_grad for p in module.loss.parameters()):

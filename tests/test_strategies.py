@@ -1,0 +1,212 @@
+"""distill/strategies.py: the FSDP2 sharding plan and its full-weight gather (in a one-process gloo
+group, so they run in the fast tier), rank detection, the rank-0 cache builder, the preset checks."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import threading
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+from omegaconf import OmegaConf
+from torch import nn
+
+from distill import strategies
+from distill.distillation import DistillationModule
+from distill.errors import DistillError
+from distill.losses.objective import ce_only
+from distill.student.scratch import build_llama
+from distill.teacher.module import Teacher
+
+RANK_VARS = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+
+
+def tiny_llama(seed: int = 0, hidden: int = 32, layers: int = 2):
+    torch.manual_seed(seed)
+    return build_llama(64, max_seq_len=16, eos_token_id=0, hidden_size=hidden, num_layers=layers, num_heads=2,
+                       intermediate_size=64)
+
+
+@pytest.fixture
+def mesh():
+    """A one-process gloo group and its data-parallel mesh; torn down after the test."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        yield init_device_mesh("cpu", (1, 1), mesh_dim_names=("data_parallel", "tensor_parallel"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def no_rank_env(monkeypatch):
+    for var in RANK_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_shard_then_unsharded_gives_the_plain_model_back(mesh):
+    from torch.distributed.fsdp import FSDPModule
+
+    model, reference = tiny_llama(), tiny_llama()
+    strategies.shard_model(model, mesh["data_parallel"])
+    assert isinstance(model, FSDPModule)
+    assert isinstance(model.model.layers[0], FSDPModule)  # every transformer block is its own unit
+    assert type(model.model.layers[0].mlp.down_proj.weight.data).__name__ == "DTensor"
+
+    plain = strategies.unsharded(model)
+    assert plain is not model and not isinstance(plain, FSDPModule)
+    assert not any(p.is_meta or type(p.data).__name__ == "DTensor" for p in plain.parameters())
+    assert plain.lm_head.weight is plain.model.embed_tokens.weight  # the tie survives the gather
+    for (name, got), want in zip(plain.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
+    ids = torch.randint(0, 64, (2, 8))
+    torch.testing.assert_close(plain(input_ids=ids).logits, reference(input_ids=ids).logits)
+    assert strategies.unsharded(reference) is reference  # never sharded: unchanged
+
+
+def test_trained_shards_gather_to_the_trained_weights(mesh):
+    """One optimizer step on the sharded model: the gathered weights are the updated ones."""
+    model, reference = tiny_llama(), tiny_llama()
+    strategies.shard_model(model, mesh["data_parallel"])
+    ids = torch.randint(0, 64, (2, 8))
+    for m in (model, reference):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        m(input_ids=ids, labels=ids).loss.backward()
+        opt.step()
+    plain = strategies.unsharded(model)
+    for (name, got), want in zip(plain.state_dict().items(), reference.state_dict().values()):
+        torch.testing.assert_close(got, want, msg=name)
+
+
+def test_sharded_teacher_is_frozen_and_outside_the_optimizer(mesh):
+    from torch.distributed.fsdp import FSDPModule
+
+    teacher = Teacher(tiny_llama(seed=1))
+    module = DistillationModule(tiny_llama(), ce_only(), 64, teacher=teacher)
+    strategies.shard_distillation_module(module, mesh, shard_teacher=True)
+    assert isinstance(module.student, FSDPModule) and isinstance(teacher.model, FSDPModule)
+    assert not any(p.requires_grad for p in teacher.model.parameters())
+    optimized = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert optimized and not optimized & {id(p) for p in teacher.model.parameters()}
+    with torch.no_grad():
+        out = teacher.model(input_ids=torch.randint(0, 64, (1, 8))).logits
+    assert out.shape == (1, 8, 64) and out.grad_fn is None
+    strategies.shard_distillation_module(module, mesh, shard_teacher=True)  # a second configure_model: no-op
+
+
+def test_replicated_teacher_stays_plain(mesh):
+    from torch.distributed.fsdp import FSDPModule
+
+    teacher = Teacher(tiny_llama(seed=1))
+    module = DistillationModule(tiny_llama(), ce_only(), 64, teacher=teacher)
+    strategies.shard_distillation_module(module, mesh, shard_teacher=False)
+    assert isinstance(module.student, FSDPModule) and not isinstance(teacher.model, FSDPModule)
+
+
+def test_fused_linear_loss_is_refused_under_fsdp(mesh):
+    loss = ce_only()
+    loss.fused_linear = True
+    module = DistillationModule(tiny_llama(), loss, 64)
+    with pytest.raises(DistillError, match="fused_linear"):
+        strategies.shard_distillation_module(module, mesh)
+    with pytest.raises(DistillError, match="fused_linear"):
+        strategies.check_strategy(OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"}}), loss)
+
+
+def test_weightless_clone_has_no_weights_but_keeps_buffers():
+    model = tiny_llama()
+    clone = strategies.weightless_clone(model)
+    assert all(p.is_meta for p in clone.parameters())
+    assert clone.lm_head.weight is clone.model.embed_tokens.weight
+    for (name, b), (_, want) in zip(clone.named_buffers(), model.named_buffers()):
+        torch.testing.assert_close(b, want, msg=name)  # rotary frequencies: no state dict carries them
+
+
+def test_state_hash_sees_one_changed_weight():
+    a, b = tiny_llama(), tiny_llama()
+    assert strategies.state_hash(a) == strategies.state_hash(b)
+    with torch.no_grad():
+        b.model.layers[1].mlp.up_proj.weight[0, 0] += 1e-3
+    assert strategies.state_hash(a) != strategies.state_hash(b)
+
+
+@pytest.mark.parametrize("env, main", [
+    ({}, True), ({"RANK": "0"}, True), ({"RANK": "3"}, False), ({"SLURM_PROCID": "1"}, False),
+    ({"LOCAL_RANK": "1"}, False), ({"NODE_RANK": "1"}, False), ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
+    ({"RANK": "0", "LOCAL_RANK": "1"}, True),  # the global rank wins over the local one
+])
+def test_is_main_process_from_the_launcher_environment(no_rank_env, env, main):
+    for k, v in env.items():
+        no_rank_env.setenv(k, v)
+    assert strategies.is_main_process() is main
+
+
+@pytest.mark.parametrize("devices, nodes, size", [(1, 1, 1), (2, 1, 2), (4, 2, 8), ([0, 1], 1, 2), ("0,1,", 1, 2),
+                                                   ("2", 3, 6), ("auto", 1, "autox1"), (-1, 2, "-1x2")])
+def test_data_parallel_size(devices, nodes, size):
+    assert strategies.data_parallel_size(devices, nodes) == size
+
+
+def test_after_rank_zero_waits_for_rank_zeros_entry(tmp_path, no_rank_env):
+    built, final = [], tmp_path / "teachers" / "key"
+    no_rank_env.setenv("RANK", "1")
+    threading.Timer(0.3, lambda: final.mkdir(parents=True)).start()  # rank 0 publishing its entry
+    start = time.monotonic()
+    strategies.after_rank_zero(built.append, final)(tmp_path / "tmp")
+    assert built == [tmp_path / "tmp"] and final.is_dir() and time.monotonic() - start >= 0.2
+
+
+def test_after_rank_zero_names_a_missing_shared_cache(tmp_path, no_rank_env):
+    no_rank_env.setenv("RANK", "1")
+    with pytest.raises(DistillError, match="shared file system"):
+        strategies.after_rank_zero(lambda tmp: None, tmp_path / "never", timeout_s=0.3)(tmp_path / "tmp")
+
+
+def test_after_rank_zero_returns_at_once_on_rank_zero(tmp_path, no_rank_env):
+    built = []
+    strategies.after_rank_zero(built.append, tmp_path / "never")(tmp_path / "tmp")
+    assert built == [tmp_path / "tmp"]
+
+
+def test_deepspeed_preset_names_what_is_missing(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "deepspeed" else real(name, *a))
+    with pytest.raises(DistillError, match="'deepspeed' package"):
+        strategies.deepspeed_strategy(accelerator="gpu", stage=2)
+
+
+def test_deepspeed_preset_refuses_cpu(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a))
+    with pytest.raises(DistillError, match="CUDA GPUs only"):
+        strategies.deepspeed_strategy(accelerator="cpu", stage=2)
+
+
+def test_fsdp_preset_builds_the_strategy():
+    from hydra.utils import instantiate
+
+    cfg = OmegaConf.load(strategies.__file__.replace("distill/strategies.py", "configs/trainer/fsdp.yaml"))
+    strategy = instantiate(cfg.strategy)
+    assert isinstance(strategy, strategies.FSDP2Strategy) and strategy.shard_teacher is False
+    strategy.num_nodes = 2
+    strategy._parallel_devices = [torch.device("cpu")] * 3
+    # what setup_environment sizes before building the mesh: data parallel over all 6 processes
+    strategy._tensor_parallel_size = "auto"
+    strategy._data_parallel_size = "auto"
+    called = {}
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(strategies.ModelParallelStrategy, "setup_environment",
+                   lambda self: called.update(dp=self._data_parallel_size, tp=self._tensor_parallel_size))
+    try:
+        strategy.setup_environment()
+    finally:
+        monkey.undo()
+    assert called == {"dp": 6, "tp": 1}
