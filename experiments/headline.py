@@ -7,7 +7,9 @@ from the metrics files committed in that study's folder (what distill-train wrot
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -31,21 +33,37 @@ def quickstart() -> str | None:
 
 
 def losses() -> str | None:
-    live, cache = load("losses", "metrics_forward_kl.json"), load("losses", "metrics_cache_top64.json")
+    runs = {p.stem.removeprefix("metrics_"): json.loads(p.read_text())
+            for p in sorted((HERE / "losses").glob("metrics_*.json"))}
+    live, cache = runs.get("forward_kl"), runs.get("cache_top64")
     if not (live and cache):
         return None
-    return (f"offline top-64 teacher cache vs live teacher: val ppl {cache['student.val_ppl']:.2f} vs "
-            f"{live['student.val_ppl']:.2f}, at {cache['train.tokens_per_s']:,.0f} vs "
-            f"{live['train.tokens_per_s']:,.0f} training tokens/s (runs on a shared machine)")
+    name, best = min(runs.items(), key=lambda kv: kv[1]["student.val_ppl"])
+    return (f"best objective `{name}`: val ppl {best['student.val_ppl']:.2f} (forward KL {live['student.val_ppl']:.2f}); "
+            f"offline top-64 teacher cache vs live teacher: {cache['student.val_ppl']:.2f} vs "
+            f"{live['student.val_ppl']:.2f} with no teacher forward in training")
 
 
 def pruning() -> str | None:
-    m = load("pruning", "metrics_every_other_layer.json")
-    if not m:
+    runs = {p.stem.removeprefix("metrics_"): json.loads(p.read_text())
+            for p in sorted((HERE / "pruning").glob("metrics_*.json"))}
+    if "every_other_layer" not in runs:
         return None
-    return (f"every-other-layer student ({m['student.params'] / 1e6:.2f}M, {m['student.params_ratio']:.2f}× the "
-            f"teacher) distilled: val ppl {m['student.val_ppl']:.2f} vs {m['baseline.val_ppl']:.2f} for the same "
-            f"architecture from scratch at {m['train.steps']} steps")
+    control = runs["every_other_layer"]["baseline.val_ppl"]
+    reach = {}
+    for name in runs:  # first validation step at or below the control's final perplexity
+        curve = HERE / "pruning" / f"val_curve_{name}.csv"
+        if curve.exists():
+            rows = list(csv.DictReader(curve.open()))
+            reach[name] = next((int(r["step"]) + 1 for r in rows if r.get("val/ce") and
+                                math.exp(float(r["val/ce"])) <= control), None)
+    name, best = min(runs.items(), key=lambda kv: kv[1]["student.val_ppl"])
+    steps = [v for v in reach.values() if v]
+    text = (f"best student after {best['train.steps']} steps: `{name}`, val ppl {best['student.val_ppl']:.2f} "
+            f"(from-scratch control {control:.2f})")
+    if steps:
+        text += f"; every pruned student passes the control's final ppl within {min(steps)}–{max(steps)} steps"
+    return text
 
 
 def data_quality() -> str | None:

@@ -96,8 +96,6 @@ def samples(model, tokenizer, prompts: list[str], max_new_tokens: int, device, s
 
 
 def run_eval(cfg: DictConfig) -> dict:
-    from distill.pipeline import autocast_dtype, check_vocab, device_of
-
     out_dir = Path(cfg.paths.output_dir)
     paths = model_paths(cfg.models)
     reference = cfg.get("reference") or next(iter(paths))
@@ -107,6 +105,7 @@ def run_eval(cfg: DictConfig) -> dict:
     harness = cfg.lm_eval
     if harness.run and importlib.util.find_spec("lm_eval") is None:
         raise DistillError("lm_eval.run=true needs lm-evaluation-harness: pip install 'distill[eval]' (or lm_eval)")
+    from distill.pipeline import autocast_dtype, check_vocab, device_of  # heavy: after the one-line checks
     device, amp = torch.device(device_of(cfg)), autocast_dtype(cfg.trainer.precision)
 
     dm = instantiate(cfg.data)  # the training run's data config: the same split, packing and val blocks
