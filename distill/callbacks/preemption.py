@@ -52,9 +52,22 @@ def job_id() -> str | None:
     return os.environ.get("SLURM_JOB_ID")
 
 
+def job_state(jid: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", "-o", jid], capture_output=True, text=True).stdout
+    return next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "UNKNOWN")
+
+
 def requeue() -> bool:
+    """``scontrol requeue`` this job while it is still RUNNING. A job Slurm is already ending
+    (COMPLETING: ``scancel``, the time limit, Slurm's own preemption) is left to Slurm: ``scancel``
+    sends SIGTERM too, and Slurm accepts the requeue of a completing job (measured, 22.05), which
+    would make a job impossible to cancel."""
     jid = job_id()
     if not jid:
+        return False
+    state = job_state(jid)
+    if state != "RUNNING":
+        log.warning("job %s is %s (cancelled, timed out or ended by Slurm): not requeued", jid, state)
         return False
     proc = subprocess.run(["scontrol", "requeue", jid], capture_output=True, text=True)
     if proc.returncode != 0:
@@ -113,7 +126,7 @@ class Preemption(L.Callback):
             return
         name = signal.Signals(signum).name
         if self.in_fit:
-            log.warning("%s: checkpointing after this step, then requeueing", name)
+            log.warning("%s: checkpointing after this step, then requeueing the job", name)
             self.signalled = signum
             return
         # No training state to save here: requeue now, the restart redoes this part from its caches.
