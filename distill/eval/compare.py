@@ -22,7 +22,7 @@ from distill.cache import write_atomic
 from distill.errors import DistillError
 from distill.eval import lm_eval_task
 from distill.eval.metrics import evaluate, num_params
-from distill.eval.speed import generation_latency, scoring_throughput, size_on_disk
+from distill.eval.speed import generation_latency, median, scoring_throughput, size_on_disk
 from distill.teacher.load import check_model_dir, load_causal_lm
 
 log = logging.getLogger(__name__)
@@ -122,14 +122,17 @@ def run_eval(cfg: DictConfig) -> dict:
     batches = [b[0] for b in dm.val_dataloader()][: cfg.speed.batches]
     prompts = list(cfg.generation.prompts)
     prompt_ids = [dm.tokenizer(p, return_tensors="pt").input_ids for p in prompts]
+    timings = {name: [] for name in models}
+    for r in range(cfg.speed.rounds):  # rounds interleave the models, so machine noise hits them alike
+        for name, model in models.items():
+            log.info("timing %s (round %d of %d)", name, r + 1, cfg.speed.rounds)
+            t = {"scoring_tokens_per_s": scoring_throughput(model, batches, device, amp, warmup=cfg.speed.warmup)}
+            t.update(generation_latency(model, prompt_ids, cfg.speed.new_tokens, device, amp))
+            timings[name].append(t)
     rows, texts = {}, {}
     for name, model in models.items():
-        log.info("timing %s", name)
-        row = {"path": str(paths[name]), "params": num_params(model), "size_bytes": size_on_disk(paths[name]),
-               **quality[name]}
-        row["scoring_tokens_per_s"] = scoring_throughput(model, batches, device, amp, warmup=cfg.speed.warmup)
-        row.update(generation_latency(model, prompt_ids, cfg.speed.new_tokens, device, amp))
-        rows[name] = row
+        rows[name] = {"path": str(paths[name]), "params": num_params(model), "size_bytes": size_on_disk(paths[name]),
+                      **quality[name], **{k: median([t[k] for t in timings[name]]) for k in timings[name][0]}}
         texts[name] = samples(model, dm.tokenizer, prompts, cfg.generation.max_new_tokens, device, cfg.seed)
     add_ratios(rows, reference)
     harness_commands = run_harness(harness, dm, paths, rows, out_dir, device.type)
@@ -209,7 +212,8 @@ def to_markdown(result: dict) -> str:
     lines += ["", f"Validation: {d['val_tokens']:,} target tokens ({d['val_blocks']} blocks of {d['seq_len']}). "
               f"Speed on {result['device']}, {result['precision']}: scoring over {d['speed_batches']} validation "
               f"batches of {d['speed_batch_size']}; generation greedy, batch 1, {result['settings']['new_tokens']} "
-              f"new tokens, median over the prompts; after a warm-up.", "", "## Samples (greedy)", ""]
+              f"new tokens; medians over the prompts and {result['settings']['rounds']} rounds that interleave the models, "
+              f"each after a warm-up.", "", "## Samples (greedy)", ""]
     for name, items in result["samples"].items():
         lines += [f"### {name}", ""]
         for item in items:

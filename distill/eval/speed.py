@@ -84,12 +84,12 @@ def generation_latency(model, prompts: list[torch.Tensor], new_tokens: int = 32,
         firsts.append(first)
         steps.append(max(full - first, 0.0) / (new_tokens - 1))
     model.train(was_training)
-    ttft, per_token = _median(firsts), _median(steps)
+    ttft, per_token = median(firsts), median(steps)
     return {"ttft_ms": 1e3 * ttft, "ms_per_token": 1e3 * per_token,
             "gen_tokens_per_s": 1.0 / per_token if per_token > 0 else float("inf")}
 
 
-def _median(values: list[float]) -> float:
+def median(values: list[float]) -> float:
     s = sorted(values)
     mid = len(s) // 2
     return s[mid] if len(s) % 2 else (s[mid - 1] + s[mid]) / 2

@@ -17,7 +17,8 @@ def test_eval_compares_teacher_and_student_on_the_training_split(smoke_run, cach
     teacher = metrics["teacher.path"]  # the cached smoke teacher
     proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path}",
                     f"models={{teacher: {teacher}, student: {smoke_run / 'student'}}}",
-                    "speed.batches=1", "speed.new_tokens=4", "generation.max_new_tokens=8"], cache_dir, prog="distill-eval")
+                    "speed.batches=1", "speed.rounds=1", "speed.new_tokens=4", "generation.max_new_tokens=8"],
+                   cache_dir, prog="distill-eval")
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["reference"] == "teacher" and list(result["models"]) == ["teacher", "student"]
@@ -55,7 +56,7 @@ def test_eval_names_a_missing_model(cache_dir, tmp_path):
 def test_lm_eval_harness_scores_the_exported_student_on_local_tasks(smoke_run, cache_dir, tmp_path):
     pytest.importorskip("lm_eval")
     proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path}", f"models=[{smoke_run / 'student'}]",
-                    "lm_eval.run=true", "lm_eval.max_docs=2", "lm_eval.max_items=8", "speed.batches=1",
+                    "lm_eval.run=true", "lm_eval.max_docs=2", "lm_eval.max_items=8", "speed.batches=1", "speed.rounds=1",
                     "speed.new_tokens=2", "generation.max_new_tokens=2"], cache_dir, prog="distill-eval")
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((tmp_path / "eval.json").read_text())["models"]["student"]

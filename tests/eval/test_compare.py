@@ -48,7 +48,7 @@ def test_table_has_a_row_per_model_and_ratios_to_the_reference():
     assert rows["s"]["params_x"] == 4.0 and rows["s"]["speed_x"] == 3.0 and rows["s"]["gen_speed_x"] == 2.0
     result = {"reference": "t", "models": rows, "samples": {"s": [{"prompt": "def", "completion": " f():"}]},
               "data": {"val_tokens": 10, "val_blocks": 1, "seq_len": 10, "speed_batches": 1, "speed_batch_size": 1},
-              "device": "cpu", "precision": "32", "settings": {"new_tokens": 4}}
+              "device": "cpu", "precision": "32", "settings": {"new_tokens": 4, "rounds": 1}}
     md = to_markdown(result)
     assert "| s | 1.00M | 3.8 MiB | 12.000 | 0.500 | 0.2500 | 300 |" in md
     assert "| t | 4.00M |" in md and "| 4.00 | 3.00 |" in md
