@@ -190,7 +190,7 @@ def student_needs_teacher(cfg: DictConfig) -> bool:
 
 def check_setup(cfg: DictConfig, backend: str, loss: Objective) -> None:
     """Combinations that cannot work, named in one line before any data or model work."""
-    check_strategy(cfg.trainer, loss)  # trainer=deepspeed where it cannot run; trainer=fsdp with the fused loss
+    check_strategy(cfg.trainer, loss, cfg.get("quant"), cfg.teacher.get("load_in"))  # deepspeed/fsdp that cannot run
     set_load_policy(cfg.get("allow_pickle", False), cfg.get("trust_remote_code", False))
     check_numbers(cfg)
     check_device(cfg)

@@ -82,11 +82,15 @@ def deepspeed_strategy(accelerator: str = "auto", **kwargs):
     return DeepSpeedStrategy(**kwargs)
 
 
+# bitsandbytes keeps packed weights and their quantization state on its own Parameter subclasses,
+# which fully_shard replaces by plain DTensor shards (measured: "'Parameter' object has no attribute 'quant_state'")
+PACKED_PARAMS = ("Params4bit", "Int8Params")
+PACKED_UNDER_FSDP = "{what} (bitsandbytes-packed weights) cannot be sharded by trainer=fsdp: {fix}"
 FUSED_UNDER_FSDP = ("loss.fused_linear does not work under trainer=fsdp (it reads the sharded LM head outside the "
                     "forward): set loss.fused_linear=false or use trainer=ddp")
 
 
-def check_strategy(trainer_cfg, loss) -> None:
+def check_strategy(trainer_cfg, loss, quant=None, teacher_load_in=None) -> None:
     """Strategy presets that cannot run here, named in one line before any data or model work
     (building a strategy object is cheap; Lightning builds its own from the same config later)."""
     from hydra.utils import instantiate
@@ -95,8 +99,15 @@ def check_strategy(trainer_cfg, loss) -> None:
     if not hasattr(spec, "get") or "_target_" not in spec:
         return  # a name Lightning resolves itself (auto, ddp, ...)
     strategy = instantiate(spec)  # deepspeed_strategy raises here where it cannot run
-    if isinstance(strategy, FSDP2Strategy) and getattr(loss, "fused_linear", False):
+    if not isinstance(strategy, FSDP2Strategy):
+        return
+    if getattr(loss, "fused_linear", False):
         raise DistillError(FUSED_UNDER_FSDP)
+    if "qlora" in str((quant or {}).get("_target_", "")).lower():
+        raise DistillError(PACKED_UNDER_FSDP.format(what="quant=qlora", fix="use trainer=ddp"))
+    if strategy.shard_teacher and teacher_load_in in ("8bit", "4bit"):
+        raise DistillError(PACKED_UNDER_FSDP.format(what=f"teacher.load_in={teacher_load_in}",
+                                                    fix="set trainer.strategy.shard_teacher=false"))
 
 
 def is_main_process() -> bool:
@@ -159,10 +170,14 @@ def block_classes(model: nn.Module) -> set[str]:
     return names
 
 
-def shard_model(model: nn.Module, mesh, reshard_root: bool | None = None) -> nn.Module:
+def shard_model(model: nn.Module, mesh, reshard_root: bool | None = None, what: str = "the student",
+                fix: str = "use trainer=ddp") -> nn.Module:
     """``fully_shard`` every transformer block, then the rest (embeddings, final norm, head) as the
     root unit. Keeps a weightless plain clone first, for :func:`unsharded`."""
     from torch.distributed.fsdp import fully_shard
+
+    if any(type(p).__name__ in PACKED_PARAMS for p in model.parameters()):
+        raise DistillError(PACKED_UNDER_FSDP.format(what=what, fix=fix))
 
     _TEMPLATES[model] = weightless_clone(model)
     blocks = block_classes(model)
@@ -196,7 +211,8 @@ def shard_distillation_module(module, mesh, shard_teacher: bool = False) -> None
         teacher = module.teacher.model
         teacher.requires_grad_(False)
         # reshard the root after forward too: there is never a backward to keep it gathered for
-        shard_model(teacher, dp_mesh, reshard_root=True)
+        shard_model(teacher, dp_mesh, reshard_root=True, what="the teacher",
+                    fix="set trainer.strategy.shard_teacher=false")
         log.info("FSDP2: teacher sharded over %d ranks (inference only, no gradients)", dp_mesh.size())
     log.info("FSDP2: student sharded over %d ranks (%s)", dp_mesh.size(), ", ".join(sorted(block_classes(module.student))))
 

@@ -210,3 +210,29 @@ def test_fsdp_preset_builds_the_strategy():
     finally:
         monkey.undo()
     assert called == {"dp": 6, "tp": 1}
+
+
+@pytest.mark.parametrize("quant, load_in, shard_teacher, match", [
+    ({"_target_": "distill.plugins.qlora.QLoRAPlugin"}, None, False, "quant=qlora"),
+    (None, "8bit", True, "teacher.load_in=8bit"),
+])
+def test_fsdp_refuses_bitsandbytes_packed_weights_early(quant, load_in, shard_teacher, match):
+    trainer = OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy", "shard_teacher": shard_teacher}})
+    with pytest.raises(DistillError, match=match):
+        strategies.check_strategy(trainer, ce_only(), quant, load_in)
+
+
+def test_fsdp_allows_a_packed_teacher_it_does_not_shard():
+    trainer = OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy", "shard_teacher": False}})
+    strategies.check_strategy(trainer, ce_only(), None, "4bit")
+    strategies.check_strategy(OmegaConf.create({"strategy": "ddp"}), ce_only(), {"_target_": "x.QLoRAPlugin"}, "4bit")
+
+
+def test_shard_model_names_packed_weights(mesh):
+    class Params4bit(nn.Parameter):  # stands in for bitsandbytes' subclass (the check is by name)
+        pass
+
+    model = tiny_llama()
+    model.model.layers[0].mlp.up_proj.weight = Params4bit(model.model.layers[0].mlp.up_proj.weight.data)
+    with pytest.raises(DistillError, match="the teacher .*shard_teacher=false"):
+        strategies.shard_model(model, mesh["data_parallel"], what="the teacher", fix="set trainer.strategy.shard_teacher=false")
