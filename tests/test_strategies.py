@@ -236,3 +236,26 @@ def test_shard_model_names_packed_weights(mesh):
     model.model.layers[0].mlp.up_proj.weight = Params4bit(model.model.layers[0].mlp.up_proj.weight.data)
     with pytest.raises(DistillError, match="the teacher .*shard_teacher=false"):
         strategies.shard_model(model, mesh["data_parallel"], what="the teacher", fix="set trainer.strategy.shard_teacher=false")
+
+
+def test_hidden_state_projections_train_as_their_own_shard_unit(mesh):
+    """A narrower student: the objective's projections are trainable, so they get sharded (and their
+    gradients reduce-scattered) like the student's; one training step runs and updates them."""
+    from torch.distributed.fsdp import FSDPModule
+
+    from distill.losses.objective import Objective
+
+    teacher, student = tiny_llama(seed=1, hidden=64), tiny_llama(hidden=32, layers=1)
+    loss = Objective({"forward_kl": 1.0, "hidden": 1.0}, hidden={"metric": "mse"}).bind(student, teacher)
+    module = DistillationModule(student, loss, 64, teacher=Teacher(teacher))
+    strategies.shard_distillation_module(module, mesh, shard_teacher=True)
+    assert isinstance(module.loss, FSDPModule)
+    proj = module.loss.hidden_loss.projections[0].weight
+    assert type(proj.data).__name__ == "DTensor"
+    start = proj.full_tensor().clone()
+    ids = torch.randint(0, 64, (2, 9))
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    out = module.loss(module.student_outputs(ids[:, :-1]), module.teacher_outputs(ids[:, :-1], None), ids[:, 1:])
+    out["loss"].backward()
+    opt.step()
+    assert not torch.equal(proj.full_tensor(), start)
