@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -85,19 +86,26 @@ def redact_override(text: str, secrets: list[str]) -> str:
     return redact_text(text, secrets)
 
 
-class RedactingFilter(logging.Filter):
-    """Masks secret values in a record's final message (after %-formatting)."""
+ASSIGNMENT = re.compile(r"([+~]?[A-Za-z_][\w.]*)=(\S+)")
 
-    def __init__(self, secrets: list[str]):
+
+def mask_assignments(text: str) -> str:
+    """``a.api_key=VALUE`` anywhere in a line (Hydra logs each trial's overrides) -> ``a.api_key=***``."""
+    return ASSIGNMENT.sub(lambda m: f"{m[1]}={MASK}" if is_secret_name(m[1]) else m[0], text)
+
+
+class RedactingFilter(logging.Filter):
+    """Masks secret values and secret-named ``key=value`` pairs in a record's final message."""
+
+    def __init__(self, secrets: list[str] | None = None):
         super().__init__()
-        self.secrets = secrets
+        self.secrets = secret_values() if secrets is None else secrets
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            message = record.getMessage()
-            masked = redact_text(message, self.secrets)
-            if masked != message:
-                record.msg, record.args = masked, None
+        message = record.getMessage()
+        masked = mask_assignments(redact_text(message, self.secrets))
+        if masked != message:
+            record.msg, record.args = masked, None
         return True
 
 
@@ -109,12 +117,12 @@ def install_log_redaction() -> None:
             handler.addFilter(RedactingFilter(secrets))
 
 
-def scrub_yaml_files(directory: Path) -> None:
+def scrub_yaml_files(directory: Path, pattern: str = "*.yaml") -> None:
     """Rewrite the YAML files Hydra saved in ``directory`` with secrets masked."""
     from omegaconf import OmegaConf
 
     secrets = secret_values()
-    for path in sorted(Path(directory).glob("*.yaml")):
+    for path in sorted(Path(directory).glob(pattern)):
         data = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
         clean = redact(data, secrets)
         if clean != data:
@@ -123,15 +131,29 @@ def scrub_yaml_files(directory: Path) -> None:
             write_atomic(path, OmegaConf.to_yaml(OmegaConf.create(clean)))
 
 
+def redact_argv() -> None:
+    """Mask secrets in ``sys.argv`` once Hydra has parsed it: libraries record the command line
+    (wandb stores it with every run) and a literal ``api_key=...`` override would go with it."""
+    secrets = secret_values()
+    sys.argv[:] = [redact_override(arg, secrets) for arg in sys.argv]
+
+
 class ScrubSavedConfig(Callback):
     """Hydra callback: Hydra writes ``.hydra/{config,hydra,overrides}.yaml`` just before
     ``on_job_start``; mask secrets there before the task runs, and in every log line after."""
 
     def on_job_start(self, config, **kwargs: Any) -> None:
         install_log_redaction()
+        redact_argv()
         subdir = config.hydra.output_subdir
         if subdir is not None:
             scrub_yaml_files(Path(config.hydra.runtime.output_dir) / str(subdir))
+        if getattr(config.hydra.mode, "name", None) == "MULTIRUN":  # the launcher saved the sweep's config beside the trials
+            scrub_yaml_files(Path(config.hydra.sweep.dir), "multirun.yaml")
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
         install_log_redaction()
+        redact_argv()
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        scrub_yaml_files(Path(config.hydra.sweep.dir), "*.yaml")  # multirun.yaml, optimization_results.yaml

@@ -1,0 +1,108 @@
+"""hparams_search=kd_optuna end to end: an Optuna sweep over a teacher cache, resumed from its
+sqlite study, summarized by distill-report, with secrets in the environment that must appear in
+no file the sweep writes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+# Fewer documents than the smoke default: the cache (a teacher forward over the data) is the slow part.
+DATA = ["experiment=smoke", "data.max_docs=12"]
+SECRETS = {"HF_TOKEN": "hf_sweepSECRET0123456789", "WANDB_API_KEY": "wbSECRETkey0123456789abcdef",
+           "MY_DB_PASSWORD": "hunter2-sweep-secret"}
+LITERAL = "literalSECRETkey987"
+
+
+def sweep(sweep_dir, cache_dir, n_trials):
+    args = ["hparams_search=kd_optuna", *DATA, f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.n_trials={n_trials}",
+            "logger=all", "+hub.token=${oc.env:HF_TOKEN}", "+note=${oc.env:MY_DB_PASSWORD}", f"+hub.api_key={LITERAL}"]
+    old = {k: os.environ.get(k) for k in SECRETS}
+    os.environ.update(SECRETS)  # run_cli passes os.environ to the child
+    try:
+        proc = run_cli(args, cache_dir)
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def study_trials(sweep_dir):
+    import optuna
+
+    return optuna.load_study(study_name="kd_optuna", storage=f"sqlite:///{sweep_dir}/optuna.db").trials
+
+
+@pytest.fixture(scope="module")
+def first_sweep(tmp_path_factory, cache_dir):
+    cache_run = tmp_path_factory.mktemp("sweep-cache-run")
+    proc = run_cli([*DATA, f"hydra.run.dir={cache_run}"], cache_dir, prog="distill-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    sweep_dir = tmp_path_factory.mktemp("sweep") / "s"
+    proc = sweep(sweep_dir, cache_dir, n_trials=1)
+    return sweep_dir, proc
+
+
+def test_trial_has_its_own_run_dir_and_reads_the_cache(first_sweep):
+    sweep_dir, _ = first_sweep
+    metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    assert metrics["teacher.source"] == "cache" and metrics["teacher.trained_in_run"] is False
+    overrides = (sweep_dir / "0" / ".hydra" / "overrides.yaml").read_text()
+    for knob in ("optim.lr=", "loss.temperature=", "loss.weights.ce=", "teacher.read_top_k=", "student.target_params="):
+        assert knob in overrides
+    [trial] = study_trials(sweep_dir)
+    assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(metrics["student.val_ppl"])
+
+
+def test_run_info_and_wandb_group(first_sweep):
+    sweep_dir, _ = first_sweep
+    info = json.loads((sweep_dir / "0" / "run_info.json").read_text())
+    assert len(info["git"]["commit"]) == 40 and isinstance(info["git"]["dirty"], bool)
+    assert info["versions"]["torch"].startswith("2.") and "lightning" in info["versions"]
+    assert info["config"]["optim"]["lr"] > 0 and info["hydra"]["mode"] == "MULTIRUN"
+    assert info["config"]["logger"]["wandb"]["group"] == f"{sweep_dir.parent.name}/{sweep_dir.name}"
+    hparams = (sweep_dir / "0" / "csv" / "hparams.yaml").read_text()
+    assert info["git"]["commit"] in hparams and "versions/transformers" in hparams
+    assert list((sweep_dir / "0" / "tensorboard").glob("events.out.tfevents.*"))
+    assert list((sweep_dir / "0" / "wandb").glob("offline-run-*"))
+
+
+def test_no_secret_in_any_file_the_sweep_wrote(first_sweep):
+    sweep_dir, proc = first_sweep
+    secrets = [v.encode() for v in (*SECRETS.values(), LITERAL)]
+    leaks = [(str(p.relative_to(sweep_dir)), s.decode()) for p in sweep_dir.rglob("*") if p.is_file()
+             for s in secrets if s in p.read_bytes()]
+    # Known limit (README): hydra-optuna-sweeper stores command-line overrides that are not searched
+    # as trial attributes in the study database; a secret typed literally on the command line lands
+    # there. Secrets from the environment (also through ${oc.env:...}) do not.
+    assert leaks == [("optuna.db", LITERAL)]
+    assert not any(s.decode() in proc.stdout + proc.stderr for s in secrets)
+    # the interpolation is kept (it names the variable, not its value) and the literal is masked
+    config = (sweep_dir / "0" / ".hydra" / "config.yaml").read_text()
+    assert "${oc.env:HF_TOKEN}" in config and "api_key: '***'" in config
+
+
+def test_rerun_resumes_the_study_and_report_covers_every_trial(first_sweep, cache_dir, tmp_path):
+    sweep_dir, _ = first_sweep
+    before = (sweep_dir / "0" / "metrics.json").read_text()
+    sweep(sweep_dir, cache_dir, n_trials=2)
+    trials = study_trials(sweep_dir)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]  # 2 in all, not 1 + 2
+    assert trials[0].params != trials[1].params  # the finished trial was not proposed again
+    assert (sweep_dir / "0" / "metrics.json").read_text() == before  # its run dir untouched
+    assert (sweep_dir / "1+0" / "metrics.json").exists()
+
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run([sys.executable, "-m", "distill.cli.report", str(sweep_dir)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = (sweep_dir / "sweep_report.md").read_text()
+    rows = [ln for ln in report.splitlines() if ln.startswith("| 0 ") or ln.startswith("| 1+0 ")]
+    assert len(rows) == 2 and all("read from cache" in r and "trained here" not in r for r in rows)
+    assert (sweep_dir / "sweep_report.png").stat().st_size > 0
