@@ -52,7 +52,7 @@ node_names() { # the NodeName list of a cluster of $1 nodes
     if [ "$1" -eq 1 ]; then echo "$HOST"; else seq -f "n%g" 1 "$1" | paste -sd, -; fi
 }
 
-write_conf() { # $1 = number of nodes
+write_conf() { # $1 = number of nodes; writes $CONF.new
     local nodes=$1 cpus mem_mb
     cpus=$(nproc)
     # leave the OS a quarter of the memory; each simulated node gets an equal share of the rest
@@ -106,8 +106,7 @@ EOF
             done
         fi
         echo "PartitionName=debug Nodes=$(node_names "$nodes") Default=YES MaxTime=INFINITE State=UP"
-    } >"$CONF.tmp"
-    mv "$CONF.tmp" "$CONF"
+    } >"$CONF.new"
 }
 
 alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -148,14 +147,15 @@ wait_idle() { # until every node is usable; slurmd registers a few seconds after
     die "the cluster did not come up; logs in $LOGS"
 }
 
-configured_nodes() { [ -f "$CONF" ] && grep -F "$MARK" "$CONF" | grep -o 'nodes=[0-9]*' | cut -d= -f2 || true; }
-
 cmd_start() {
     local nodes=${1:-${DISTILL_SLURM_NODES:-1}}
     install_packages
-    if [ "$(configured_nodes)" != "$nodes" ]; then
-        cmd_stop quiet  # another shape (or nothing) was running: start over
-        write_conf "$nodes"
+    write_conf "$nodes"
+    if cmp -s "$CONF.new" "$CONF"; then
+        rm -f "$CONF.new"
+    else
+        cmd_stop quiet  # another configuration (or none) was running: start over with this one
+        mv "$CONF.new" "$CONF"
     fi
     start_munge
     start_daemons "$nodes"
