@@ -166,7 +166,9 @@ class DistillationModule(L.LightningModule):
         if self.trainer.precision == "16-mixed":
             return  # fp16's grad scaler already skips steps with inf gradients (and tunes its scale on them)
         grads = [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if grads and not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
+        if not grads:
+            return  # the batch's loss was skipped (training_step returned None): nothing to step on
+        if not torch.isfinite(torch.nn.utils.get_total_norm(grads)):
             for group in optimizer.param_groups:
                 for p in group["params"]:
                     p.grad = None

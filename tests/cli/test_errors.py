@@ -18,6 +18,13 @@ def _last_line(proc):
         (["student=nonexistent"], "student/nonexistent"),
         (["teacher.path=/no/such/model"], "teacher.path does not exist: /no/such/model"),
         (["loss.temperature=0"], "loss.temperature must be > 0"),
+        (["loss.temperature=-2"], "loss.temperature must be > 0"),
+        (["loss.weights.forward_kl=-1"], "loss weights must be >= 0"),
+        (["optim.lr=0"], "optim.lr must be > 0"),
+        (["optim.lr=-0.001"], "optim.lr must be > 0"),
+        (["trainer=gpu"], "no CUDA GPU is available"),
+        (["callbacks.model_checkpoint.dirpath=/tmp/distill-elsewhere"], "is outside the run dir"),
+        (["memory.available_bytes=1000"], "GiB is free"),
     ],
 )
 def test_config_and_path_errors(args, expected, cache_dir, tmp_path):
