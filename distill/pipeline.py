@@ -47,7 +47,8 @@ from distill.safety import (check_device, check_memory_fits, check_numbers, chec
 from distill.student.lora import AdaLoraAllocator, apply_lora, is_adalora, merge_lora
 from distill.student.pretrained import check_same_vocab
 from distill.student.scratch import build_llama
-from distill.strategies import after_rank_zero, check_strategy, data_parallel_size, is_main_process, unsharded
+from distill.strategies import (after_rank_zero, check_strategy, data_parallel_size, is_main_process,
+                                 launch_ranks_as_this_job, unsharded)
 from distill.student.sparsity import bake_masks, masked_modules, verify_sparsity
 from distill.teacher.cache import CachedTeacher, TeacherCache, teacher_fingerprint
 from distill.teacher.load import check_context, check_model_dir, check_tokenizer_dir, load_causal_lm
@@ -70,6 +71,7 @@ def train(cfg: DictConfig) -> float:
     backend = teacher_backend(cfg)
     loss = instantiate(cfg.loss)
     check_setup(cfg, backend, loss)  # fail before any data work
+    launch_ranks_as_this_job()  # under -m, Lightning's local ranks (ddp, fsdp) run this job, not the whole sweep
     clean_run_dir(out)
     L.seed_everything(cfg.seed, workers=True)
 

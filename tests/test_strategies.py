@@ -259,3 +259,26 @@ def test_hidden_state_projections_train_as_their_own_shard_unit(mesh):
     out["loss"].backward()
     opt.step()
     assert not torch.equal(proj.full_tensor(), start)
+
+
+def test_child_command_runs_this_job_not_the_sweep():
+    argv = ["-m", "--config-dir", "/my/configs", "-cn=train", "optim.lr=1e-3,2e-3", "trainer=ddp", "hydra.sweep.dir=/s"]
+    cmd = strategies.child_command(argv, ["optim.lr=0.002", "trainer=ddp"], "/s/1", local_rank=1)
+    assert cmd == ["--config-dir", "/my/configs", "-cn=train", "optim.lr=0.002", "trainer=ddp", 'hydra.run.dir="/s/1"',
+                   "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+
+
+def test_fresh_ranks_for_the_next_job_restore_the_launch_environment(monkeypatch):
+    monkeypatch.setattr(strategies, "_ENV_BEFORE_FIRST_JOB", None)
+    for var in strategies._LAUNCH_VARS:
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")  # the user's own setting survives
+    strategies.fresh_ranks_for_this_job()  # job 0: remembers the environment
+    monkeypatch.setenv("LOCAL_RANK", "0")  # what Lightning's launcher exported during job 0
+    monkeypatch.setenv("MASTER_PORT", "12345")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    strategies.fresh_ranks_for_this_job()  # job 1
+    import os
+
+    assert "LOCAL_RANK" not in os.environ and "MASTER_PORT" not in os.environ
+    assert os.environ["MASTER_ADDR"] == "10.0.0.1"

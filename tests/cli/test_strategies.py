@@ -97,3 +97,17 @@ def test_deepspeed_preset_fails_in_one_line_here(tmp_path, cache_dir):
     line = proc.stderr.strip().splitlines()[-1]
     assert line.startswith("distill-train: error: trainer=deepspeed") and ("'deepspeed' package" in line or "CUDA" in line)
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_ddp_in_a_local_multirun_runs_each_job_once(tmp_path, cache_dir):
+    """Lightning re-runs the command line for rank 1; under -m that must be this job, not the sweep."""
+    proc = run_ok(["-m", "trainer=ddp", *TWO_CPU, "trainer.max_steps=10", "optim.lr=1e-3,2e-3",
+                   f"hydra.sweep.dir={tmp_path}"], cache_dir)
+    assert (proc.stdout + proc.stderr).count("Launching 2 jobs") == 1
+    hashes = []
+    for job in ("0", "1"):
+        replicas = json.loads((tmp_path / job / "replicas.json").read_text())
+        assert replicas["identical"] and len(replicas["hashes"]) == 2
+        assert (tmp_path / job / "metrics.json").exists() and (tmp_path / job / "train_ddp_process_1.log").exists()
+        hashes.append(replicas["hashes"][0])
+    assert hashes[0] != hashes[1]  # two learning rates, two students
