@@ -133,6 +133,8 @@ def run_eval(cfg: DictConfig) -> dict:
     for name, model in models.items():
         rows[name] = {"path": str(paths[name]), "params": num_params(model), "size_bytes": size_on_disk(paths[name]),
                       **quality[name], **{k: median([t[k] for t in timings[name]]) for k in timings[name][0]}}
+        if rows[name]["ms_per_token"] > 0:  # from the median latency, so the two columns agree
+            rows[name]["gen_tokens_per_s"] = 1e3 / rows[name]["ms_per_token"]
         texts[name] = samples(model, dm.tokenizer, prompts, cfg.generation.max_new_tokens, device, cfg.seed)
     add_ratios(rows, reference)
     harness_commands = run_harness(harness, dm, paths, rows, out_dir, device.type)
