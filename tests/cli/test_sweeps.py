@@ -21,7 +21,7 @@ LITERAL = "literalSECRETkey987"
 
 def sweep(sweep_dir, cache_dir, n_trials):
     args = ["hparams_search=kd_optuna", *DATA, f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.n_trials={n_trials}",
-            "logger=all", "+hub.token=${oc.env:HF_TOKEN}", "+note=${oc.env:MY_DB_PASSWORD}", f"+hub.api_key={LITERAL}"]
+            "logger=[csv,tensorboard,wandb]", "+hub.token=${oc.env:HF_TOKEN}", "+note=${oc.env:MY_DB_PASSWORD}", f"+hub.api_key={LITERAL}"]
     old = {k: os.environ.get(k) for k in SECRETS}
     os.environ.update(SECRETS)  # run_cli passes os.environ to the child
     try:
