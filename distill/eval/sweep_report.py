@@ -72,7 +72,33 @@ def read_trial(run_dir: Path, name: str, overrides: list[str]) -> Trial:
     if trial.metrics is not None and not trial.ok:
         trial.problem = f"metrics.json lacks {PPL} or {PARAMS}"
     trial.extra["teacher"] = teacher_column(trial)
+    trial.extra["cache_dir"] = cache_dir_of(run_dir) if "cache" in trial.extra["teacher"] else None
     return trial
+
+
+def cache_dir_of(run_dir: Path) -> str | None:
+    """The teacher cache a trial read (its resolved config in run_info.json)."""
+    info = run_dir / "run_info.json"
+    if not info.exists():
+        return None
+    return (json.loads(info.read_text()).get("config", {}).get("teacher") or {}).get("cache_dir")
+
+
+def teacher_summary(trials: list[Trial]) -> list[str]:
+    """Where the teacher ran: in which trials, and which caches (written once by distill-cache) the others read."""
+    ran = [t.name for t in trials if t.metrics and (t.metrics.get("teacher.source") == "live"
+                                                    or t.metrics.get("teacher.trained_in_run"))]
+    lines = [f"Teacher run or trained in {len(ran)} of {len(trials)} trials" + (f" ({', '.join(ran)})." if ran else ".")]
+    for cache in sorted({t.extra["cache_dir"] for t in trials if t.extra.get("cache_dir")}):
+        readers = [t.name for t in trials if t.extra.get("cache_dir") == cache]
+        manifest = Path(cache) / "manifest.json"
+        what = ""
+        if manifest.exists():
+            m = json.loads(manifest.read_text())
+            rows = sum(split.get("num_rows", 0) for split in m.get("splits", {}).values())
+            what = f" (top-{m.get('top_k')}, {rows * m.get('seq_len', 0):,} tokens, written by distill-cache)"
+        lines.append(f"Teacher cache `{cache}`{what}: read by {len(readers)} trials.")
+    return lines
 
 
 def last_error(run_dir: Path) -> str | None:
@@ -147,6 +173,7 @@ def markdown(trials: list[Trial], sweep_dir: Path, study: dict | None = None) ->
                  "★ = Pareto-optimal (val perplexity ↓, parameters ↓, tokens/s ↑).")
     if shared:
         lines += ["", "Every trial: `" + " ".join(shared) + "`"]
+    lines += [""] + teacher_summary(trials)
     if study:
         lines += ["", f"Optuna best value: {fmt(study.get('best_value'))} with "
                       + ", ".join(f"`{k}={fmt(v, 3)}`" for k, v in (study.get('best_params') or {}).items())]

@@ -53,6 +53,7 @@ def test_report_lists_every_trial_and_failures(sweep):
     assert "ran (live)" in next(ln for ln in text.splitlines() if ln.startswith("| 3 "))
     assert "- `10`: no metrics.json: [x][ERROR] - RuntimeError: boom" in text
     assert "- `4`: no metrics.json: failed or unfinished" in text
+    assert "Teacher run or trained in 1 of 6 trials (3)." in text
 
 
 def test_cli_error_is_one_line(tmp_path, capsys):
