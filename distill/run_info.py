@@ -73,9 +73,18 @@ def run_info(cfg: DictConfig) -> dict[str, Any]:
         "platform": platform.platform(),
         "argv": sys.argv,
         "hydra": hydra_job(),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": resolved(cfg),
     }
     return redact(info)
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The config with interpolations resolved; as written where one cannot be resolved outside its
+    Hydra job (a record of the run must never stop the run)."""
+    try:
+        return OmegaConf.to_container(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - any resolver error
+        return OmegaConf.to_container(cfg, resolve=False)
 
 
 def write_run_info(cfg: DictConfig, out: Path) -> dict[str, Any]:
