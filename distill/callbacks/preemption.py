@@ -102,7 +102,7 @@ def resume_path(run_dir: str | Path, ckpt_path: str | None) -> str | None:
     if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) == 0:
         return None
     ckpts = Path(run_dir) / "checkpoints"
-    candidates = [p for p in (ckpts / CKPT_NAME, ckpts / "last.ckpt") if p.is_file()]
+    candidates = [p for p in (ckpts / CKPT_NAME, ckpts / "last.ckpt") if p.exists()]  # FSDP: a directory
     if not candidates:
         return None
     newest = max(candidates, key=lambda p: p.stat().st_mtime)
@@ -155,8 +155,8 @@ class Preemption(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         # Saved unconditionally: a job preempted later (control, evaluation, export) then resumes
         # a finished fit instead of training it again. One checkpoint per SLURM run.
-        self.in_fit = False
         trainer.save_checkpoint(self.ckpt_path)
+        self.in_fit = False  # after the save: a signal during it is answered below, not mid-write
         if self._any_rank_signalled(trainer):
             self._requeue_and_exit(trainer)
 
