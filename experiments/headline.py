@@ -103,11 +103,14 @@ STUDIES = [("quickstart", quickstart), ("losses", losses), ("pruning", pruning),
 
 
 def table() -> str:
+    """Known studies first, then any other folder with a README; a folder without one is not a study yet."""
+    known = dict(STUDIES)
+    others = sorted(p.name for p in HERE.iterdir() if p.is_dir() and p.name not in known)
     lines = ["| study | key result (from the study's committed metrics) |", "|---|---|"]
-    for study, result in STUDIES:
-        if not (HERE / study).is_dir():
+    for study in [*known, *others]:
+        if not (HERE / study / "README.md").exists():
             continue
-        text = result() or "see its README"
+        text = (known[study]() if study in known else None) or "see its README"
         lines.append(f"| [{study}](experiments/{study}/README.md) | {text} |")
     return "\n".join(lines)
 
