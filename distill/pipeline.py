@@ -129,13 +129,13 @@ def train(cfg: DictConfig) -> float:
         if meter.start_bytes is not None:  # CPU: what training added over the process at its start
             metrics["train.rss_growth_bytes"] = meter.peak_bytes - meter.start_bytes
     export_student(student, dm.tokenizer, out / "student")
+    if plugin is not None:
+        metrics.update(plugin.export_extra(student, out))
+        metrics["quant"] = plugin.report()
     manifest = teacher.cache.manifest if isinstance(teacher, CachedTeacher) else None
     metrics.update(compression_metrics(metrics, cfg.teacher.get("path") or getattr(live_model, "name_or_path", None),
                                        out / "student", teacher_forward_tokens(backend, meter.tokens, manifest),
                                        time.perf_counter() - start))
-    if plugin is not None:
-        metrics.update(plugin.export_extra(student, out))
-        metrics["quant"] = plugin.report()
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_markdown(metrics, out / "report.md", sections=report_sections(filter_stats, metrics))
     plot_curves({"teacher (from scratch)": teacher_history, "student (distilled)": history, "control": baseline_history},

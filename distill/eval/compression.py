@@ -22,7 +22,8 @@ def compression_metrics(metrics: dict, teacher_dir: str | Path | None, student_d
                         forward_tokens: int | None, run_wall_s: float | None) -> dict:
     """``compression.*`` ratios (teacher / student for params and size, student / teacher for speed:
     > 1 is better) and cost keys, from what ``metrics`` already holds; missing inputs are skipped."""
-    out: dict = {"student.size_bytes": size_on_disk(student_dir)}
+    # a quantized run ships its packed low-bit checkpoint: that is the student's size
+    out: dict = {"student.size_bytes": metrics.get("quant.packed_bytes") or size_on_disk(student_dir)}
     if teacher_dir is not None and Path(teacher_dir).is_dir():
         out["teacher.path"] = str(teacher_dir)
         out["teacher.size_bytes"] = size_on_disk(teacher_dir)
@@ -48,7 +49,8 @@ def compression_section(metrics: dict) -> list[str]:
     rows = [
         ("parameters", "compression.params_x", lambda m: f"{m['teacher.params'] / 1e6:.2f}M → {m['student.params'] / 1e6:.2f}M"),
         ("size on disk", "compression.size_x",
-         lambda m: f"{m['teacher.size_bytes'] / 2**20:.2f} → {m['student.size_bytes'] / 2**20:.2f} MiB"),
+         lambda m: f"{m['teacher.size_bytes'] / 2**20:.2f} → {m['student.size_bytes'] / 2**20:.2f} MiB"
+                   + (" (packed low-bit)" if "quant.packed_bytes" in m else "")),
         ("scoring speed", "compression.speed_x",
          lambda m: f"{m['teacher.scoring_tokens_per_s']:,.0f} → {m['student.scoring_tokens_per_s']:,.0f} tokens/s"),
     ]

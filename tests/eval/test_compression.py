@@ -41,3 +41,11 @@ def test_missing_inputs_are_left_out(tmp_path):
 def test_teacher_forward_tokens(backend, expected):
     manifest = {"seq_len": 64, "splits": {"train": {"num_rows": 2}, "val": {"num_rows": 1}}}
     assert teacher_forward_tokens(backend, 512, manifest) == expected
+
+
+def test_a_quantized_student_is_measured_by_its_packed_checkpoint(tmp_path):
+    t, s = _dirs(tmp_path)
+    metrics = {"teacher.params": 800, "student.params": 800, "quant.packed_bytes": 500}
+    out = compression_metrics(metrics, t, s, forward_tokens=None, run_wall_s=None)
+    assert out["student.size_bytes"] == 500 and out["compression.size_x"] == 8.0
+    assert "(packed low-bit)" in "\n".join(compression_section({**metrics, **out}))
