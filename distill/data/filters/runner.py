@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
-from distill.cache import fingerprint
+from distill.cache import clean_leftovers, fingerprint, partial_name
 from distill.data.filters.stage import FilterContext, FilterStage, scores_with_run_teacher
 from distill.data.sources import Document
 from distill.errors import DistillError
@@ -328,11 +328,15 @@ def run_on_slurm(pipeline: list, name: str, logs: Path, spec: ExecutorSpec) -> N
 
 
 def publish(work: Path, out_dir: Path, final: Path, stats: dict, keep_excluded: bool) -> None:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    clean_leftovers(final.parent)  # results a killed run never finished publishing
+    tmp = Path(tempfile.mkdtemp(prefix=partial_name(Path(f".{final.name}")).name + ".", dir=final.parent))
     os.replace(out_dir, tmp / "docs")
     if keep_excluded and (work / "excluded").is_dir():
         os.replace(work / "excluded", tmp / "excluded")
     (tmp / "filter_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
+    old = partial_name(final.with_name(final.name + ".old"))
+    if final.exists():  # moved aside, not deleted, until the new result is in place
+        os.replace(final, old)
     os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
