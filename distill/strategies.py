@@ -116,10 +116,14 @@ def is_main_process() -> bool:
     when a rank builds the student and writes its reports."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank() == 0
+    # a non-zero local or node rank is never global rank 0 (a child that Lightning started inside a
+    # one-task SLURM job inherits SLURM_PROCID=0 from its parent)
+    if any(os.environ.get(v, "0").strip() not in ("", "0") for v in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK")):
+        return False
     for var in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
         if os.environ.get(var, "").isdigit():
             return int(os.environ[var]) == 0
-    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("LOCAL_RANK", "NODE_RANK", "GROUP_RANK"))
+    return True
 
 
 def after_rank_zero(build: Callable[[Path], None], final: Path, timeout_s: float = 1800.0) -> Callable[[Path], None]:

@@ -141,7 +141,7 @@ def test_state_hash_sees_one_changed_weight():
 @pytest.mark.parametrize("env, main", [
     ({}, True), ({"RANK": "0"}, True), ({"RANK": "3"}, False), ({"SLURM_PROCID": "1"}, False),
     ({"LOCAL_RANK": "1"}, False), ({"NODE_RANK": "1"}, False), ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
-    ({"RANK": "0", "LOCAL_RANK": "1"}, True),  # the global rank wins over the local one
+    ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, False),  # Lightning's child in a one-task SLURM job
 ])
 def test_is_main_process_from_the_launcher_environment(no_rank_env, env, main):
     for k, v in env.items():
