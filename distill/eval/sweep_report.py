@@ -217,6 +217,9 @@ def plot(trials: list[Trial], path: Path) -> None:
         ax.legend(loc="best", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)
+    from matplotlib.ticker import EngFormatter
+
+    ax.xaxis.set_major_formatter(EngFormatter(places=0))  # 75k, 1M: full counts overlap
     ax.set_xlabel("student parameters")
     ax.set_ylabel("student validation perplexity")
     ax.set_title(f"{len(ok)} of {len(trials)} trials finished")
