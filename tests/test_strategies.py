@@ -190,12 +190,8 @@ def test_deepspeed_preset_refuses_cpu(monkeypatch):
         strategies.deepspeed_strategy(accelerator="cpu", stage=2)
 
 
-def test_fsdp_preset_builds_the_strategy():
-    from hydra.utils import instantiate
-
-    cfg = OmegaConf.load(strategies.__file__.replace("distill/strategies.py", "configs/trainer/fsdp.yaml"))
-    strategy = instantiate(cfg.strategy)
-    assert isinstance(strategy, strategies.FSDP2Strategy) and strategy.shard_teacher is False
+def test_fsdp_strategy_is_data_parallel_over_every_process():
+    strategy = strategies.FSDP2Strategy()
     strategy.num_nodes = 2
     strategy._parallel_devices = [torch.device("cpu")] * 3
     # what setup_environment sizes before building the mesh: data parallel over all 6 processes
@@ -282,3 +278,38 @@ def test_fresh_ranks_for_the_next_job_restore_the_launch_environment(monkeypatch
 
     assert "LOCAL_RANK" not in os.environ and "MASTER_PORT" not in os.environ
     assert os.environ["MASTER_ADDR"] == "10.0.0.1"
+
+
+def compose_trainer(tmp_path, *overrides):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from distill.cli.resolvers import register
+    from distill.cli.train import CONFIG_DIR
+
+    register()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra.runtime.output_dir={tmp_path}", "experiment=smoke", *overrides],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def test_fsdp_preset_makes_a_cpu_trainer(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_trainer(tmp_path, "trainer=fsdp", "trainer.accelerator=cpu", "trainer.num_nodes=1")
+    trainer = instantiate(cfg.trainer, logger=False)
+    assert isinstance(trainer.strategy, strategies.FSDP2Strategy) and trainer.num_devices == 2
+    assert trainer.max_steps == 20 and cfg.trainer.strategy.shard_teacher is False
+
+
+def test_deepspeed_preset_composes_and_says_why_it_cannot_run_here(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_trainer(tmp_path, "trainer=deepspeed")
+    assert cfg.trainer.strategy.accelerator == "gpu" and cfg.trainer.strategy.stage == 2
+    if not torch.cuda.is_available():
+        with pytest.raises(Exception, match="trainer=deepspeed") as info:  # Hydra wraps it; the CLI unwraps
+            instantiate(cfg.trainer.strategy)
+        assert isinstance(info.value.__cause__ or info.value, DistillError)
