@@ -85,6 +85,7 @@ def deepspeed_strategy(accelerator: str = "auto", **kwargs):
 # bitsandbytes keeps packed weights and their quantization state on its own Parameter subclasses,
 # which fully_shard replaces by plain DTensor shards (measured: "'Parameter' object has no attribute 'quant_state'")
 PACKED_PARAMS = ("Params4bit", "Int8Params")
+FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")
 PACKED_UNDER_FSDP = "{what} (bitsandbytes-packed weights) cannot be sharded by trainer=fsdp: {fix}"
 FUSED_UNDER_FSDP = ("loss.fused_linear does not work under trainer=fsdp (it reads the sharded LM head outside the "
                     "forward): set loss.fused_linear=false or use trainer=ddp")
@@ -101,6 +102,10 @@ def check_strategy(trainer_cfg, loss, quant=None, teacher_load_in=None) -> None:
     strategy = instantiate(spec)  # deepspeed_strategy raises here where it cannot run
     if not isinstance(strategy, FSDP2Strategy):
         return
+    precision = str(trainer_cfg.get("precision"))
+    if precision not in FSDP_PRECISIONS:  # Lightning's ModelParallelStrategy refuses the others
+        raise DistillError(f"trainer=fsdp supports trainer.precision {', '.join(FSDP_PRECISIONS)}, got {precision!r}: "
+                           "set trainer.precision=32-true (GPUs without bf16) or use trainer=ddp")
     if getattr(loss, "fused_linear", False):
         raise DistillError(FUSED_UNDER_FSDP)
     if "qlora" in str((quant or {}).get("_target_", "")).lower():

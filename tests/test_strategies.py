@@ -118,7 +118,8 @@ def test_fused_linear_loss_is_refused_under_fsdp(mesh):
     with pytest.raises(DistillError, match="fused_linear"):
         strategies.shard_distillation_module(module, mesh)
     with pytest.raises(DistillError, match="fused_linear"):
-        strategies.check_strategy(OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"}}), loss)
+        strategies.check_strategy(OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"},
+                                                    "precision": "32-true"}), loss)
 
 
 def test_weightless_clone_has_no_weights_but_keeps_buffers():
@@ -213,13 +214,15 @@ def test_fsdp_strategy_is_data_parallel_over_every_process():
     (None, "8bit", True, "teacher.load_in=8bit"),
 ])
 def test_fsdp_refuses_bitsandbytes_packed_weights_early(quant, load_in, shard_teacher, match):
-    trainer = OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy", "shard_teacher": shard_teacher}})
+    trainer = OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy", "shard_teacher": shard_teacher},
+                                "precision": "32-true"})
     with pytest.raises(DistillError, match=match):
         strategies.check_strategy(trainer, ce_only(), quant, load_in)
 
 
 def test_fsdp_allows_a_packed_teacher_it_does_not_shard():
-    trainer = OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy", "shard_teacher": False}})
+    trainer = OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy", "shard_teacher": False},
+                                "precision": "bf16-mixed"})
     strategies.check_strategy(trainer, ce_only(), None, "4bit")
     strategies.check_strategy(OmegaConf.create({"strategy": "ddp"}), ce_only(), {"_target_": "x.QLoRAPlugin"}, "4bit")
 
@@ -313,3 +316,11 @@ def test_deepspeed_preset_composes_and_says_why_it_cannot_run_here(tmp_path):
         with pytest.raises(Exception, match="trainer=deepspeed") as info:  # Hydra wraps it; the CLI unwraps
             instantiate(cfg.trainer.strategy)
         assert isinstance(info.value.__cause__ or info.value, DistillError)
+
+
+def test_fsdp_refuses_fp16_mixed_precision_early():
+    trainer = OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"}, "precision": "16-mixed"})
+    with pytest.raises(DistillError, match="trainer.precision=32-true"):
+        strategies.check_strategy(trainer, ce_only())
+    strategies.check_strategy(OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"},
+                                                "precision": "bf16-mixed"}), ce_only())
