@@ -159,7 +159,7 @@ class DistillationModule(L.LightningModule):
         inputs, targets = batch[0], batch[1]
         logits = self.student(input_ids=inputs, use_cache=False).logits[..., : self.vocab_size]
         ce = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-        self.log("val/ce", ce, prog_bar=False)
+        self.log("val/ce", ce, prog_bar=False, sync_dist=True)  # averaged over ranks (DDP/FSDP see different batches)
 
     def on_before_optimizer_step(self, optimizer) -> None:
         """A non-finite gradient: drop every gradient, so the optimizer leaves the weights as they are."""
