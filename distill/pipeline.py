@@ -78,6 +78,7 @@ def train(cfg: DictConfig) -> float:
     dm = prepare_data(cfg)
     vocab_size = len(dm.tokenizer)
     teacher_model, teacher_history = load_teacher_model(cfg, dm, vocab_size, backend)
+    teacher_dir = cfg.teacher.get("path") or getattr(teacher_model, "name_or_path", None)  # compression summary
     filter_stats = filter_training_data(cfg, dm, teacher_model)  # the teacher is given; the student's data is filtered
     teacher = teacher_for_module(cfg, dm, teacher_model, backend)
     if cfg.get("seq_kd") and cfg.seq_kd.enabled:
@@ -133,8 +134,8 @@ def train(cfg: DictConfig) -> float:
         metrics.update(plugin.export_extra(student, out))
         metrics["quant"] = plugin.report()
     manifest = teacher.cache.manifest if isinstance(teacher, CachedTeacher) else None
-    metrics.update(compression_metrics(metrics, cfg.teacher.get("path") or getattr(live_model, "name_or_path", None),
-                                       out / "student", teacher_forward_tokens(backend, meter.tokens, manifest),
+    metrics.update(compression_metrics(metrics, teacher_dir, out / "student",
+                                       teacher_forward_tokens(backend, meter.tokens, manifest),
                                        time.perf_counter() - start))
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_markdown(metrics, out / "report.md", sections=report_sections(filter_stats, metrics))
