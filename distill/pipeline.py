@@ -241,7 +241,7 @@ def teacher_for_module(cfg: DictConfig, dm, model, backend: str):
         log.info("teacher: none (black-box: the data is the teacher)")
         return None
     if backend == "cache":
-        cached = CachedTeacher(open_teacher_cache(cfg, dm), read_top_k=cfg.teacher.get("read_top_k"))
+        cached = CachedTeacher(open_teacher_cache(cfg, dm, model), read_top_k=cfg.teacher.get("read_top_k"))
         log.info("teacher: offline cache %s (top-%d); no teacher model is loaded or run",
                  cfg.teacher.cache_dir, cached.top_k)
         return cached
@@ -291,9 +291,11 @@ def sequence_kd_data(cfg: DictConfig, dm, teacher_model, backend: str):
     )
 
 
-def open_teacher_cache(cfg: DictConfig, dm) -> TeacherCache:
+def open_teacher_cache(cfg: DictConfig, dm, teacher_model=None) -> TeacherCache:
     expect = {"tokenizer_key": dm.tokenizer_key, "data_key": dm.data_key, "seq_len": dm.seq_len,
               "vocab_size": len(dm.tokenizer), "num_rows": {"train": len(dm.train_blocks)}}
+    if teacher_model is not None:  # loaded anyway (to prune the student from): the cache must be its outputs
+        expect["teacher_key"] = teacher_fingerprint(teacher_model)
     return TeacherCache(cfg.teacher.cache_dir, expect=expect)
 
 
@@ -446,6 +448,8 @@ def fit(cfg: DictConfig, module: DistillationModule, dm, main_run: bool, max_ste
         extra.update(logger=False, enable_checkpointing=False)
     if plugin is not None:
         extra.update(plugins=[*extra.get("plugins", []), plugin], precision=None)
+    if preemption.under_slurm():  # Lightning's own hpc save/requeue off in every fit: ours, main run only
+        extra["plugins"] = [*extra.get("plugins", []), preemption.slurm_environment()]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, **extra)
     ckpt_path = preemption.resume_path(cfg.paths.output_dir, cfg.ckpt_path) if main_run else None
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)

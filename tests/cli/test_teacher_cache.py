@@ -58,3 +58,13 @@ def test_live_only_terms_are_refused_with_a_cache(teacher_cache, cache_dir, tmp_
     proc = run_cli([*SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "loss=gkd",
                     f"hydra.run.dir={tmp_path}"], cache_dir)
     assert proc.returncode != 0 and "needs a live teacher" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_cache_from_another_teacher_is_refused(teacher_cache, cache_dir, tmp_path):
+    """The student is pruned from a teacher that is not the one whose outputs the cache holds."""
+    proc = run_cli([*SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "teacher.scratch.max_steps=12",
+                    f"hydra.run.dir={tmp_path}"], cache_dir)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "was built for a different teacher (teacher_key" in last, last
+    assert not (tmp_path / "metrics.json").exists()
