@@ -12,5 +12,8 @@ for run in first second; do
     distill-train hydra.run.dir="$OUT/$run" 2>&1 | tail -2
     echo $(( $(date +%s) - start )) > "$OUT/$run/wall_s.txt"
 done
-cp "$OUT/second/metrics.json" "$OUT/second/report.png" "$HERE/"
+# teacher and student side by side (quality, size, speed on this machine)
+TEACHER=$(python -c "import json; print(json.load(open('$OUT/second/metrics.json'))['teacher.path'])")
+distill-eval hydra.run.dir="$OUT/eval" "models={teacher: $TEACHER, student: $OUT/second/student}" 2>&1 | tail -1
+cp "$OUT/second/metrics.json" "$OUT/second/report.png" "$OUT/eval/eval.json" "$HERE/"
 python "$HERE/summarize.py" --first-wall "$(cat "$OUT/first/wall_s.txt")" --second-wall "$(cat "$OUT/second/wall_s.txt")"

@@ -52,6 +52,31 @@ def results_table(m: dict) -> list[str]:
     return lines
 
 
+def eval_section() -> list[str]:
+    """``distill-eval``'s table (eval.json here) when present: quality, size and the speed ratio."""
+    path = HERE / "eval.json"
+    if not path.exists():
+        return []
+    e = json.loads(path.read_text())
+    lines = ["## Side by side (`distill-eval`, `eval.json`)", "",
+             "| model | params | size on disk | val ppl | top-1 agreement | KL(teacher‖model) | × smaller | "
+             "× faster (scoring) |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in e["models"].items():
+        agree = f"{r['top1_agreement']:.3f}" if "top1_agreement" in r else "—"
+        kl = f"{r['kl_to_teacher']:.4f}" if "kl_to_teacher" in r else "—"
+        lines.append(f"| {name} | {r['params'] / 1e6:.2f}M | {r['size_bytes'] / 2**20:.1f} MiB | {r['val_ppl']:.2f} | "
+                     f"{agree} | {kl} | {r['params_x']:.2f} | {r['speed_x']:.2f} |")
+    models = ", ".join(f"{n}: {r['path']}" for n, r in e["models"].items())
+    return lines + [
+        "", "```bash", f"distill-eval speed.rounds={e['settings']['rounds']} 'models={{{models}}}'", "```", "",
+        "The students are the runs of the loss study (`kd_forward_kl`: its default row, the quickstart's "
+        "configuration; `kd_cache_top64`: from the top-64 cache) and of the pruning study (`depth`). Same "
+        "validation split as the runs: their perplexities and agreements equal the runs' own. Speed: "
+        "validation forward passes, "
+        f"{e['settings']['rounds']} rounds interleaving the models (medians), on {e['device']} shared with other "
+        "jobs: the ratio is meaningful, the absolute tokens/s in `eval.json` are not.", ""]
+
+
 def readme(m: dict, wall: dict[str, float]) -> str:
     ratio, closed = m["student.params"] / m["teacher.params"], m["gap_closed"]
     lines = [
@@ -71,7 +96,7 @@ def readme(m: dict, wall: dict[str, float]) -> str:
         f"≤ {GOALS['first']} s |",
         f"| second run (teacher cached) | {wall['second']:.0f} s | ≤ {GOALS['second']} s |", "",
         "![loss curves](report.png)", "",
-        "## Conclusion", "",
+        *eval_section(), "## Conclusion", "",
         f"- Distillation works at this scale: the student ({ratio:.0%} of the teacher) reaches "
         f"{m['student.val_ppl']:.2f} where the control reaches {m['baseline.val_ppl']:.2f}, and agrees with the "
         f"teacher's top-1 on {m['student.top1_agreement']:.1%} of tokens (control: "
