@@ -8,8 +8,8 @@ resumed run cannot continue exactly from); it does not requeue on SIGTERM (the f
 exits); and on restart *every* ``trainer.fit(ckpt_path=None)`` under SLURM resumes from the hpc
 checkpoint, which here would load the distillation state into the teacher's and the control's
 fits. So the handler only raises a flag, the checkpoint is written where ModelCheckpoint writes
-its own (``on_train_batch_end``), only the main run ever writes or reads it, and because our
-handler is installed first Lightning never registers its hpc-saving SIGUSR1 handler.
+its own (``on_train_batch_end``), only the main run ever writes or reads it, and every fit under
+SLURM gets ``SLURMEnvironment(auto_requeue=False)``, so Lightning installs no hpc handler.
 Outside the main fit (data preparation, teacher training, control, evaluation) there is no
 training state to save: the job requeues at once and the restart redoes that (cached) work.
 """
@@ -41,6 +41,12 @@ _active: "Preemption | None" = None
 def under_slurm() -> bool:
     """A batch job step (srun/sbatch), not an interactive shell on an allocation."""
     return SLURMEnvironment.detect()
+
+
+def slurm_environment() -> SLURMEnvironment:
+    """Lightning's SLURM environment (ranks, addresses from Slurm) with its requeue handling off, so
+    no fit, main or not, ever installs Lightning's hpc-checkpoint SIGUSR1 handler."""
+    return SLURMEnvironment(auto_requeue=False)
 
 
 def job_id() -> str | None:
