@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
+from lightning.pytorch import Callback as LightningCallback
 from omegaconf import DictConfig, open_dict, read_write
 
 log = logging.getLogger(__name__)
 FINISHED = ("COMPLETE", "PRUNED")
+PRUNED_AT = "distill.pruned_at_step"  # the trial attribute hydra_plugins/distill_optuna reads
 
 
 def sqlite_path(storage: str) -> Path | None:
@@ -86,3 +88,43 @@ class ResumeStudy(Callback):
             # The launcher recomposes each job's config from the command line, so the job's run
             # dir is changed by adding a Hydra override, not by editing this config.
             config.hydra.overrides.hydra.append(f"hydra.sweep.subdir='{len(trials)}+${{hydra.job.num}}'")
+
+
+class OptunaPruning(LightningCallback):
+    """Report the validation loss of a sweep trial to its Optuna study and stop the trial when the
+    study's pruner says so (``hydra/sweeper=optuna_pruning`` tells the job its trial number and
+    records the stopped trial as PRUNED). Inactive when ``trial`` is None (not in such a sweep).
+
+    Rank 0 talks to the study; the decision is broadcast so every rank stops at the same step.
+    """
+
+    def __init__(self, storage: str | None, study_name: str | None, trial: int | None, pruner: Any = None,
+                 monitor: str = "val/ce"):
+        self.storage, self.study_name, self.number, self.pruner, self.monitor = storage, study_name, trial, pruner, monitor
+        self._trial = None
+
+    def trial(self):
+        if self._trial is None:
+            import optuna
+
+            study = optuna.load_study(study_name=self.study_name, storage=self.storage, pruner=self.pruner)
+            trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, self.number)
+            self._trial = optuna.trial.Trial(study, trial_id)
+        return self._trial
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.number is None or self.storage is None or trainer.sanity_checking:
+            return
+        prune = False
+        value = trainer.callback_metrics.get(self.monitor)
+        if trainer.is_global_zero and value is not None:
+            trial = self.trial()
+            trial.report(float(value), step=trainer.global_step)
+            last = trainer.max_steps is not None and 0 < trainer.max_steps <= trainer.global_step
+            prune = not last and trial.should_prune()  # at the last validation there is nothing left to save
+            if prune:
+                trial.set_user_attr(PRUNED_AT, trainer.global_step)
+                log.info("optuna trial %d pruned at step %d (%s %.4g)", self.number, trainer.global_step,
+                         self.monitor, float(value))
+        if trainer.strategy.broadcast(prune, src=0):
+            trainer.should_stop = True

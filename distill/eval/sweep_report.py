@@ -72,6 +72,7 @@ def read_trial(run_dir: Path, name: str, overrides: list[str]) -> Trial:
     if trial.metrics is not None and not trial.ok:
         trial.problem = f"metrics.json lacks {PPL} or {PARAMS}"
     trial.extra["teacher"] = teacher_column(trial)
+    trial.extra["pruned_at"] = pruned_at(run_dir)
     trial.extra["cache_dir"] = cache_dir_of(run_dir) if "cache" in trial.extra["teacher"] else None
     return trial
 
@@ -101,6 +102,15 @@ def teacher_summary(trials: list[Trial]) -> list[str]:
     return lines
 
 
+def pruned_at(run_dir: Path) -> int | None:
+    """The step at which the Optuna pruner stopped the trial (distill.sweep.OptunaPruning logs it)."""
+    for log_file in sorted(run_dir.glob("*.log")):
+        found = re.findall(r"optuna trial \d+ pruned at step (\d+)", log_file.read_text(errors="replace"))
+        if found:
+            return int(found[-1])
+    return None
+
+
 def last_error(run_dir: Path) -> str | None:
     """The last error-looking line of the run's Hydra job log."""
     for log_file in sorted(run_dir.glob("*.log")):
@@ -127,7 +137,7 @@ def teacher_column(trial: Trial) -> str:
 
 def mark_pareto(trials: list[Trial]) -> None:
     """Pareto front over (val ppl min, params min, tokens/s max) among finished trials."""
-    done = [t for t in trials if t.ok]
+    done = [t for t in trials if t.ok and t.extra.get("pruned_at") is None]  # a pruned trial trained less
 
     def key(t: Trial) -> tuple[float, float, float]:
         return t.metrics[PPL], t.metrics[PARAMS], -float(t.metrics.get(SPEED) or 0.0)
@@ -170,7 +180,7 @@ def markdown(trials: list[Trial], sweep_dir: Path, study: dict | None = None) ->
     lines = [f"# Sweep report: {sweep_dir}", ""]
     ok = [t for t in trials if t.ok]
     lines.append(f"{len(trials)} trials: {len(ok)} finished, {len(trials) - len(ok)} failed or incomplete. "
-                 "★ = Pareto-optimal (val perplexity ↓, parameters ↓, tokens/s ↑).")
+                 "★ = Pareto-optimal (val perplexity ↓, parameters ↓, tokens/s ↑) among trials that were not pruned.")
     if shared:
         lines += ["", "Every trial: `" + " ".join(shared) + "`"]
     lines += [""] + teacher_summary(trials)
@@ -184,6 +194,8 @@ def markdown(trials: list[Trial], sweep_dir: Path, study: dict | None = None) ->
         own = " ".join(short_override(o) for o in t.overrides if o not in shared) or "—"
         wall = m.get("run.wall_s", m.get("train.wall_s"))
         status = "★" if t.pareto else ("" if t.ok else "failed / incomplete")
+        if t.extra.get("pruned_at") is not None:
+            status = f"pruned at step {t.extra['pruned_at']}"
         lines.append(f"| {t.name} | `{own}` | {fmt(m.get(PPL))} | {fmt(m.get(PARAMS))} | {fmt(m.get(SPEED))} | "
                      f"{fmt(wall, 3)} | {t.extra['teacher']} | {status} |")
     bad = [t for t in trials if not t.ok]

@@ -56,8 +56,10 @@ def test_trial_has_its_own_run_dir_and_reads_the_cache(first_sweep):
     overrides = (sweep_dir / "0" / ".hydra" / "overrides.yaml").read_text()
     for knob in ("optim.lr=", "loss.temperature=", "loss.weights.ce=", "teacher.read_top_k=", "student.target_params="):
         assert knob in overrides
+    assert "optuna_trial=0" in overrides  # the pruning sweeper tells the job its trial
     [trial] = study_trials(sweep_dir)
     assert trial.state.name == "COMPLETE" and trial.value == pytest.approx(metrics["student.val_ppl"])
+    assert sorted(trial.intermediate_values) == [10, 20]  # val/ce reported at each validation (smoke: every 10 steps)
 
 
 def test_run_info_and_wandb_group(first_sweep):
@@ -93,7 +95,8 @@ def test_rerun_resumes_the_study_and_report_covers_every_trial(first_sweep, cach
     before = (sweep_dir / "0" / "metrics.json").read_text()
     sweep(sweep_dir, cache_dir, n_trials=2)
     trials = study_trials(sweep_dir)
-    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]  # 2 in all, not 1 + 2
+    # 2 in all, not 1 + 2 (none pruned: the preset's MedianPruner waits for 5 finished trials)
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert trials[0].params != trials[1].params  # the finished trial was not proposed again
     assert (sweep_dir / "0" / "metrics.json").read_text() == before  # its run dir untouched
     assert (sweep_dir / "1+0" / "metrics.json").exists()

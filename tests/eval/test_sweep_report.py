@@ -32,12 +32,14 @@ def sweep(tmp_path):
     make_trial(tmp_path, "3", ["optim.lr=0.004", *common], m(30.0, 1000, 900.0, source="live"))  # front: fastest
     make_trial(tmp_path, "10", ["optim.lr=0.005", *common], None, log="[x][ERROR] - RuntimeError: boom\n")
     make_trial(tmp_path, "4", ["optim.lr=0.006", *common], None)                   # killed: no log line
+    make_trial(tmp_path, "5", ["optim.lr=0.007", *common], m(19.0, 400, 950.0),    # would dominate all, but pruned
+               log="[distill.sweep][INFO] - optuna trial 5 pruned at step 20 (val/ce 5.6)\n")
     return tmp_path
 
 
 def test_pareto_front_over_ppl_params_and_speed(sweep):
     trials = find_trials(sweep)
-    assert [t.name for t in trials] == ["0", "1", "2", "3", "4", "10"]  # job order, not string order
+    assert [t.name for t in trials] == ["0", "1", "2", "3", "4", "5", "10"]  # job order, not string order
     mark_pareto(trials)
     assert {t.name for t in trials if t.pareto} == {"0", "1", "3"}
 
@@ -46,14 +48,15 @@ def test_report_lists_every_trial_and_failures(sweep):
     md_path, png_path, trials = write_sweep_report(sweep)
     text = md_path.read_text()
     assert png_path.stat().st_size > 0
-    assert "6 trials: 4 finished, 2 failed or incomplete" in text
+    assert "7 trials: 5 finished, 2 failed or incomplete" in text
+    assert "pruned at step 20 |" in next(ln for ln in text.splitlines() if ln.startswith("| 5 "))
     assert "Every trial: `experiment=smoke hparams_search=kd_optuna`" in text
     row = next(ln for ln in text.splitlines() if ln.startswith("| 2 "))
     assert "`optim.lr=0.003`" in row and "| 26 |" in row and "read from cache" in row and "★" not in row
     assert "ran (live)" in next(ln for ln in text.splitlines() if ln.startswith("| 3 "))
     assert "- `10`: no metrics.json: [x][ERROR] - RuntimeError: boom" in text
     assert "- `4`: no metrics.json: failed or unfinished" in text
-    assert "Teacher run or trained in 1 of 6 trials (3)." in text
+    assert "Teacher run or trained in 1 of 7 trials (3)." in text
 
 
 def test_cli_error_is_one_line(tmp_path, capsys):
