@@ -29,8 +29,9 @@ MASK = "***"
 # Environment variables that hold secrets: *_TOKEN, *_KEY, *SECRET*, *PASSWORD*/*PASSWD*.
 SECRET_ENV = re.compile(r"(^|_)(TOKEN|KEY)$|SECRET|PASSWORD|PASSWD", re.IGNORECASE)
 # Config keys that hold secrets. Narrower than the env pattern: configs have ordinary keys
-# ending in _key (data_key, tokenizer_key) that are hashes, not secrets.
-SECRET_KEY = re.compile(r"(^|_)(token|api_?key|access_key|private_key|secret|password|passwd)$", re.IGNORECASE)
+# ending in _key (data_key, tokenizer_key: hashes) and _token (eos_token, pad_token: vocabulary).
+SECRET_KEY = re.compile(r"^token$|(^|_)(hf|hub|auth|access|api|bearer|wandb)_token$"
+                        r"|(^|_)(api_?key|access_key|private_key|secret|password|passwd)$", re.IGNORECASE)
 MIN_SECRET_LEN = 6  # shorter values ("1", "true") would mask ordinary text everywhere
 
 

@@ -19,9 +19,11 @@ def test_secret_values_come_from_secret_named_env_vars():
 def test_redact_masks_values_and_secret_keys_but_keeps_interpolations(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_supersecret")
     cfg = {"hub": {"token": "literal-token-value", "api_key": "${oc.env:HF_TOKEN}", "data_key": "abc123hash"},
+           "tok": {"eos_token": "</s>", "hf_token": "hf_literal_value"},
            "note": "uses hf_supersecret inside", "overrides": ["+hub.api_key=xyz123456", "optim.lr=0.1"], "n": 3}
     out = secrets.redact(cfg)
     assert out["hub"] == {"token": "***", "api_key": "${oc.env:HF_TOKEN}", "data_key": "abc123hash"}
+    assert out["tok"] == {"eos_token": "</s>", "hf_token": "***"}  # vocabulary tokens are not secrets
     assert out["note"] == "uses *** inside" and out["n"] == 3
     assert out["overrides"] == ["+hub.api_key=***", "optim.lr=0.1"]
 
