@@ -121,6 +121,7 @@ start_munge() {
         chmod 600 /etc/munge/munge.key
     fi
     runuser -u munge -- /usr/sbin/munged  # munged refuses to run as root
+    mkdir -p "$STATE" && touch "$STATE/munged.ours"  # stop ends only a munged that start started
 }
 
 start_daemons() { # $1 = number of nodes
@@ -181,7 +182,7 @@ cmd_stop() {
     fi
     for f in "$STATE"/slurmd-*.pid; do [ -e "$f" ] && stop_pidfile "$f"; done
     stop_pidfile "$STATE/slurmctld.pid"
-    stop_pidfile /run/munge/munged.pid
+    [ -f "$STATE/munged.ours" ] && stop_pidfile /run/munge/munged.pid
     rm -rf "$STATE"  # job state, spool dirs: the next start is a fresh cluster
     [ "${1:-}" = quiet ] || say "stopped"
 }
