@@ -39,7 +39,7 @@ from distill.eval.report import gap_closed, plot_curves, write_markdown
 from distill.eval.speed import scoring_throughput
 from distill.losses.objective import Objective, ce_only
 from distill.losses.representation import require_eager_attention
-from distill.run_info import log_run_info, run_info, write_run_info
+from distill.run_info import log_run_info, run_info
 from distill.quantization import (check_load_in, log_memory_estimate, quant_plugin, quant_section,
                                   quantize_teacher_for_run)
 from distill.safety import (check_device, check_memory_fits, check_numbers, check_write_paths, is_rank_zero,
@@ -66,7 +66,6 @@ def train(cfg: DictConfig) -> float:
     start = time.perf_counter()
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_run_info(cfg, out)  # config, git commit, package versions (secrets masked)
     preemption.watch(out)  # under SLURM: checkpoint + requeue on SIGUSR1/USR2/TERM (main fit only)
     backend = teacher_backend(cfg)
     loss = instantiate(cfg.loss)

@@ -1,5 +1,6 @@
 """What a run was made of: its resolved config, the code (git commit, dirty flag) and the
-package versions, written to ``run_info.json`` and given to every logger as hyperparameters.
+package versions, written to ``run_info.json`` (by a Hydra callback, for every CLI) and given to
+every logger of a training run as hyperparameters.
 
 Secrets are masked (``distill.secrets.redact``) before anything here is written or logged.
 """
@@ -14,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback as HydraCallback
 from omegaconf import DictConfig, OmegaConf
 
 from distill.secrets import redact
@@ -115,3 +117,12 @@ def log_run_info(loggers: list, info: dict[str, Any]) -> None:
     hparams = flat_hparams(info)
     for logger in loggers:
         logger.log_hyperparams(hparams)
+
+
+class RecordRunInfo(HydraCallback):
+    """Hydra callback: ``run_info.json`` in the run dir of every job of every distill CLI (train,
+    cache, prune, filter, eval), written before the task starts."""
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        task = OmegaConf.masked_copy(config, [key for key in config if key != "hydra"])
+        write_run_info(task, Path(config.hydra.runtime.output_dir))

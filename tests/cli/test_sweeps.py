@@ -44,6 +44,7 @@ def first_sweep(tmp_path_factory, cache_dir):
     cache_run = tmp_path_factory.mktemp("sweep-cache-run")
     proc = run_cli([*DATA, f"hydra.run.dir={cache_run}"], cache_dir, prog="distill-cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((cache_run / "run_info.json").read_text())["config"]["teacher"]["backend"] == "cache"  # every CLI
     sweep_dir = tmp_path_factory.mktemp("sweep") / "s"
     proc = sweep(sweep_dir, cache_dir, n_trials=1)
     return sweep_dir, proc
