@@ -5,7 +5,7 @@
   held-out corpus) that are also among the student's k nearest - what a search index would
   return differently if the student replaced the teacher;
 * ``encode_throughput``: sentences per second of each model on the same batches, in the same
-  process, after a warm-up, models alternating per round (so load on the machine hits both alike).
+  process, after a warm-up, models alternating batch by batch (so load on the machine hits both alike).
 """
 
 from __future__ import annotations
@@ -46,18 +46,23 @@ def top_k_overlap(student_emb: Tensor, teacher_emb: Tensor, queries: int, k: int
 
 def encode_throughput(models: dict, batches: list, pooling: Pooling, rounds: int = 3,
                       autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Sentences per second of each model over ``batches``: one warm-up pass each, then ``rounds``
-    timed passes, alternating models; the best round counts (the least disturbed by other load)."""
-    sentences = sum(len(ids) for ids, _ in batches)
+    """Sentences per second of each model over ``batches``, after one warm-up batch each.
+
+    The models take turns batch by batch (the order flipping each batch), so a burst of other
+    load on the machine lands on both alike; each model's rate is its sentences over its summed
+    time across ``rounds`` passes."""
     for model in models.values():
         encode(model, batches[:1], pooling, autocast_dtype)
-    best = {name: float("inf") for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            start = time.perf_counter()
-            encode(model, batches, pooling, autocast_dtype)
-            best[name] = min(best[name], time.perf_counter() - start)
-    return {name: sentences / seconds for name, seconds in best.items()}
+    names = list(models)
+    seconds = dict.fromkeys(names, 0.0)
+    for r in range(rounds):
+        for i, batch in enumerate(batches):
+            for name in (names if (r + i) % 2 == 0 else names[::-1]):
+                start = time.perf_counter()
+                encode(models[name], [batch], pooling, autocast_dtype)
+                seconds[name] += time.perf_counter() - start
+    sentences = rounds * sum(len(ids) for ids, _ in batches)
+    return {name: sentences / seconds[name] for name in names}
 
 
 def agreement(student_emb: Tensor, teacher_emb: Tensor, queries: int, k: int) -> dict[str, float]:

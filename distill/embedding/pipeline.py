@@ -15,6 +15,7 @@ from pathlib import Path
 import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
+from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from distill.cache import write_atomic
@@ -54,6 +55,7 @@ def train(cfg: DictConfig) -> float:
     dm.setup("fit")
     student = instantiate(student_spec(cfg)[0])(teacher=teacher, vocab_size=len(tokenizer), train_blocks=None)
     student.requires_grad_(True).train()
+    set_dropout(student, spec.get("student_dropout"))
     save_pruning_report(student, out)
     loss.bind(student, teacher)
     log.info("teacher %s: %d layers, %.1fM params; student %d layers, %.1fM params; pooling %s",
@@ -93,6 +95,17 @@ def train(cfg: DictConfig) -> float:
     plot_curves({"student (distilled)": history}, out / "report.png")
     log.info("metrics: %s", json.dumps(metrics))
     return metrics[cfg.optimized_metric]
+
+
+def set_dropout(model, p: float | None) -> None:
+    """Every dropout of the student at ``p`` (null: as its config says). Matching a frozen teacher
+    in eval mode is a regression target: dropout noise in the student only slows it down."""
+    if p is None:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):  # BERT's sdpa attention reads its dropout's p too
+            module.p = p
+    model.config.hidden_dropout_prob = model.config.attention_probs_dropout_prob = p
 
 
 def schedule_args(cfg: DictConfig) -> dict:

@@ -1,6 +1,6 @@
 """README.md (and results.png) of the minilm_embed study from the metrics.json the run wrote.
 
-    python experiments/minilm_embed/summarize.py RUN_DIR   # copy RUN_DIR's metrics.json and report.png here, then write
+    python experiments/minilm_embed/summarize.py RUN_DIR   # copy RUN_DIR's metrics.json, report.png, config here
     python experiments/minilm_embed/summarize.py           # rewrite from the files committed here
 """
 
@@ -9,6 +9,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 GOALS = {"embed_cosine": 0.9, "top10_overlap": 0.7}  # issue 9's measured goals
 
@@ -16,9 +18,7 @@ GOALS = {"embed_cosine": 0.9, "top10_overlap": 0.7}  # issue 9's measured goals
 def collect(run_dir: Path) -> None:
     for name in ("metrics.json", "report.png"):
         shutil.copyfile(run_dir / name, HERE / name)
-    overrides = run_dir / ".hydra" / "overrides.yaml"
-    if overrides.exists():
-        shutil.copyfile(overrides, HERE / "overrides.yaml")
+    shutil.copyfile(run_dir / ".hydra" / "config.yaml", HERE / "config.yaml")  # the composed config of the run
 
 
 def plot(m: dict, path: Path) -> None:
@@ -53,8 +53,13 @@ def verdict(value: float, goal: float) -> str:
     return f"**{value:.3f}** (goal ≥ {goal}: {'met' if value >= goal else 'not met'})"
 
 
-def readme(m: dict) -> str:
+def readme(m: dict, cfg: dict) -> str:
     cos, ov = m["student.embed_cosine"], m["student.top10_overlap"]
+    weights = ", ".join(f"{k} {v:g}" for k, v in cfg["loss"]["weights"].items() if v)
+    pairs = ", ".join(f"({t}, {s})" for t, s in cfg["loss"]["hidden"]["pairs"])
+    layers = ", ".join(str(i) for i in cfg["student"]["layers"])
+    dropout = cfg["embedding"].get("student_dropout")
+    dropout = "the teacher's" if dropout is None else f"{dropout:g}"
     return f"""# A real pretrained teacher: all-MiniLM-L6-v2 into a 3-layer student
 
 **Question.** Can the framework distill a real pretrained encoder, the all-MiniLM-L6-v2 sentence
@@ -65,13 +70,16 @@ and how much smaller and faster is it?
 **Setup.** `experiment=minilm_embed` (`task: embedding`, the same `distill-train`: Hydra configs,
 Lightning Trainer, loss config group, student builder group, checkpoints, CSV logger, metrics.json,
 report, export). Teacher: BertModel, 6 layers, hidden 384, mean pooling + L2 normalisation (read
-from its sentence-transformers files). Student: layers 0, 4 and 5 of the teacher
-(`student=layers student.layers=[0,4,5]`). Objective (`loss=embedding`): `1 − cos` of the pooled
-sentence embeddings + MSE of hidden states on the pairs (teacher, student) = (1, 0), (3, 1), (5, 2),
-weights 1 and 1. Data (`data=docstrings`): the docstrings of the Python standard library (read
+from its sentence-transformers files). Student: the teacher's layers
+{layers} (`student=layers`; the best start of six choices, `layer_choice.md`). Objective
+(`loss=embedding`), weights {weights}: `cosine` is `1 − cos` of the pooled sentence embeddings,
+`hidden` the MSE of hidden states on the (teacher, student) layer pairs {pairs} (each student block
+matches the output that the next kept teacher block expects), `similarity` the MSE of the in-batch
+cosine-similarity matrices. Student dropout {dropout}. Data (`data=docstrings`): the docstrings of the Python standard library (read
 with `ast`) and the pydoc topics, cut into paragraphs, split 90/10 by file (seeded);
-{m['train.texts']:,} training texts, {m['val.texts']:,} held-out texts, up to 64 tokens.
-{m['train.steps']} steps of 32 texts, AdamW lr 3e-4, bf16 autocast on CPU. The reference without
+{m['train.texts']:,} training texts, {m['val.texts']:,} held-out texts, up to {cfg['data']['max_length']} tokens.
+{m['train.steps']} steps of {cfg['data']['batch_size']} texts, AdamW lr {cfg['optim']['lr']:g}, bf16 autocast on CPU
+(`config.yaml`: the run's composed config). The reference without
 distillation is the same pruned student before training, measured in the same run.
 
 ```bash
@@ -93,8 +101,8 @@ texts that are also among the student's 10 nearest.
 
 - parameter ratio (student / teacher): **{m['student.params_ratio']:.3f}** (the 11.7M-parameter
   word-embedding table is kept whole; the encoder blocks are halved)
-- encode speed-up: **{m['speedup']:.2f}×** (the same {m['val.texts']:,}-text batches, same process,
-  warmed up, best of 3 rounds; measured on a 2-core CPU shared with other jobs, so noisy)
+- encode speed-up: **{m['speedup']:.2f}×** (the same held-out batches, same process, warmed up,
+  models alternating batch by batch over 3 rounds; on a 2-core CPU shared with other jobs: noisy)
 - cost: {m['train.tokens']:,} tokens in {m['train.wall_s']:.0f} s ({m['train.tokens_per_s']:,.0f} tokens/s,
   on the same shared CPU)
 
@@ -119,8 +127,9 @@ def main() -> None:
     if len(sys.argv) > 1:
         collect(Path(sys.argv[1]))
     m = json.loads((HERE / "metrics.json").read_text())
+    cfg = yaml.safe_load((HERE / "config.yaml").read_text())
     plot(m, HERE / "results.png")
-    (HERE / "README.md").write_text(readme(m))
+    (HERE / "README.md").write_text(readme(m, cfg))
     print((HERE / "README.md").read_text())
 
 

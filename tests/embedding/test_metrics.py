@@ -35,3 +35,18 @@ def test_overlap_by_hand():
 def test_overlap_checks_its_sizes():
     with pytest.raises(DistillError, match="queries"):
         top_k_overlap(TEACHER, TEACHER, queries=2, k=5)
+
+
+def test_encode_throughput_times_every_model_on_the_same_batches():
+    from distill.embedding.metrics import encode_throughput
+    from distill.embedding.pooling import Pooling
+    from tests.embedding.tiny import tiny_bert
+
+    calls = {"big": 0, "small": 0}
+    models = {"big": tiny_bert(layers=4), "small": tiny_bert(layers=1)}
+    for name, model in models.items():
+        model.register_forward_hook(lambda m, a, o, name=name: calls.__setitem__(name, calls[name] + 1))
+    batches = [(torch.randint(1, 100, (4, 8)), torch.ones(4, 8, dtype=torch.long)) for _ in range(3)]
+    rates = encode_throughput(models, batches, Pooling(), rounds=2)
+    assert set(rates) == {"big", "small"} and all(r > 0 for r in rates.values())
+    assert calls == {"big": 1 + 2 * 3, "small": 1 + 2 * 3}  # one warm-up batch, then every batch each round

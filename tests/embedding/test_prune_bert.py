@@ -54,3 +54,13 @@ def test_listed_layers_counts_negative_indices_from_the_end():
 def test_every_other_layer_works_on_encoders():
     student = every_other_layer(tiny_bert(layers=6), offset=1)
     assert type(student) is BertModel and student.config.num_hidden_layers == 3
+
+
+def test_student_dropout_is_switched_off_everywhere():
+    from distill.embedding.pipeline import set_dropout
+
+    student = keep_layers(tiny_bert(layers=4), [0, 3]).train()
+    set_dropout(student, 0.0)
+    assert all(m.p == 0.0 for m in student.modules() if isinstance(m, nn.Dropout))
+    ids = torch.randint(1, 100, (2, 6))
+    torch.testing.assert_close(student(input_ids=ids).last_hidden_state, student(input_ids=ids).last_hidden_state)
