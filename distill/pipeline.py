@@ -117,6 +117,7 @@ def train(cfg: DictConfig) -> float:
 
     student = finalize_quantized(student, plugin)
     metrics = measure(cfg, dm, vocab_size, live_model, teacher, student, baseline, meter, trainer.strategy.root_device)
+    metrics["train.steps"] = trainer.global_step  # the steps taken: fewer than configured when stopped early (sweep pruning)
     metrics["data.train_tokens_available"] = int(dm.train_blocks.size)  # after any filters: the budget's pool
     # where the teacher's outputs came from, and whether this run trained a teacher (sweep reports)
     metrics["teacher.source"], metrics["teacher.trained_in_run"] = backend, bool(teacher_history)
