@@ -352,7 +352,10 @@ def state_hash(module: nn.Module) -> str:
 class ReplicaCheck(L.Callback):
     """After training, every rank hashes the trained state (student and the objective's own
     parameters); rank 0 writes them to ``<dirpath>/replicas.json`` and the run stops with one line
-    if the replicas differ (a parameter that escaped gradient sync). Enable with
+    if the replicas differ (a parameter that escaped gradient sync). Under DDP every rank holds a
+    whole copy, so this compares the copies; under FSDP2 one copy of each shard exists and is
+    gathered first, so it checks what stays replicated (buffers, any parameter left unsharded) and
+    that every rank would export the same weights. Enable with
     ``+callbacks.replica_check._target_=distill.strategies.ReplicaCheck``."""
 
     def __init__(self, dirpath: str | None = None):
