@@ -102,7 +102,9 @@ texts that are also among the student's 10 nearest.
 - parameter ratio (student / teacher): **{m['student.params_ratio']:.3f}** (the 11.7M-parameter
   word-embedding table is kept whole; the encoder blocks are halved)
 - encode speed-up: **{m['speedup']:.2f}×** (the same held-out batches, same process, warmed up,
-  models alternating batch by batch over 3 rounds; on a 2-core CPU shared with other jobs: noisy)
+  models alternating batch by batch over 3 rounds). Halving the encoder blocks predicts about 2×;
+  this 2-core CPU was shared with other jobs during the run, so the measured value is noisy
+  (rerun `run.sh` on an idle machine for a clean number)
 - cost: {m['train.tokens']:,} tokens in {m['train.wall_s']:.0f} s ({m['train.tokens_per_s']:,.0f} tokens/s,
   on the same shared CPU)
 
@@ -117,7 +119,7 @@ texts that are also among the student's 10 nearest.
 Distillation moves the pruned student from a mean cosine of {m['pruned.embed_cosine']:.3f} to
 {verdict(cos, GOALS['embed_cosine'])} and the top-10 overlap from {m['pruned.top10_overlap']:.3f} to
 {verdict(ov, GOALS['top10_overlap'])}, with {m['student.params_ratio']:.0%} of the teacher's
-parameters at {m['speedup']:.2f}× its encode speed. The gain is the distillation's: the
+parameters and a measured {m['speedup']:.2f}× encode speed-up (noisy, see above). The gain is the distillation's: the
 reference row is the same student before training. The run is a few CPU minutes; more steps
 (the loss was still falling) and more text are the obvious levers.
 """
