@@ -50,7 +50,7 @@ def plot(m: dict, path: Path) -> None:
 
 
 def verdict(value: float, goal: float) -> str:
-    return f"**{value:.3f}** (goal ≥ {goal}: {'met' if value >= goal else 'not met'})"
+    return f"**{value:.4f}** (goal ≥ {goal}: {'met' if value >= goal else 'not met'})"
 
 
 def readme(m: dict, cfg: dict) -> str:
@@ -96,8 +96,8 @@ texts that are also among the student's 10 nearest.
 | model | layers | params | mean cosine to teacher | top-10 overlap | sentences/s (encode) |
 |---|---:|---:|---:|---:|---:|
 | teacher (all-MiniLM-L6-v2) | {m['teacher.layers']} | {m['teacher.params'] / 1e6:.2f}M | 1 | 1 | {m['teacher.sentences_per_s']:,.1f} |
-| student, pruned, no distillation | {m['student.layers']} | {m['student.params'] / 1e6:.2f}M | {m['pruned.embed_cosine']:.3f} | {m['pruned.top10_overlap']:.3f} | — |
-| student, distilled | {m['student.layers']} | {m['student.params'] / 1e6:.2f}M | {cos:.3f} | {ov:.3f} | {m['student.sentences_per_s']:,.1f} |
+| student, pruned, no distillation | {m['student.layers']} | {m['student.params'] / 1e6:.2f}M | {m['pruned.embed_cosine']:.4f} | {m['pruned.top10_overlap']:.4f} | — |
+| student, distilled | {m['student.layers']} | {m['student.params'] / 1e6:.2f}M | {cos:.4f} | {ov:.4f} | {m['student.sentences_per_s']:,.1f} |
 
 - parameter ratio (student / teacher): **{m['student.params_ratio']:.3f}** (the 11.7M-parameter
   word-embedding table is kept whole; the encoder blocks are halved)
