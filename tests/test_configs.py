@@ -145,6 +145,7 @@ def test_logger_presets_instantiate(name, out_dir):
 
 def test_wandb_goes_online_with_a_key(out_dir, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # the test session forces offline; WANDB_MODE wins over a key
     cfg = compose_train(out_dir, "logger=wandb")
     assert cfg.logger.wandb.offline is False
 
