@@ -122,7 +122,9 @@ class DistillationModule(L.LightningModule):
         if on_policy:
             inputs, targets, mask = self.sample_from_student(inputs)
         terms = self.loss(self.student_outputs(inputs), self.teacher_outputs(inputs, rows), targets, mask)
-        if not torch.isfinite(terms["loss"].detach()):
+        if not torch.isfinite(terms["loss"].detach()) and self.trainer.world_size == 1:
+            # (with several ranks every one must join the gradient all-reduce: the NaN reaches the gradients
+            # of all of them, and the gradient check below skips the step on every rank alike)
             self.guard.bad(self.global_step, "loss", self.trainer)
             return None  # Lightning skips backward and the optimizer step for this batch
         self.log("train/loss", terms["loss"], prog_bar=True)
