@@ -535,7 +535,7 @@ def test_resume_from_last_checkpoint(preset, warm_cache, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Restored all states from the checkpoint" in proc.stdout + proc.stderr
     m = metrics_of(out)
-    assert m["train.tokens"] == 10 * 4 * 64
+    assert m["train.tokens"] == 20 * 4 * 64  # both attempts: the first one's tokens come from the checkpoint
     ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert ckpt["global_step"] == 20
     assert ckpt["state_dict"].keys() == first["state_dict"].keys()

@@ -29,7 +29,9 @@ CLUSTER = REPO / "slurm" / "local-cluster.sh"
 TEMPLATE = REPO / "slurm" / "train.sbatch"
 FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE"}
 # deterministic kernels, no control fit; checkpoints every 5 steps tell the driver how far a job is
-RUN = ["experiment=smoke", "control=false", "trainer.deterministic=true", "trainer.max_steps=40",
+# enough steps that a signal sent at step 25 lands mid-training even on an idle machine (40 took ~3 s in CI)
+MAX_STEPS = 150
+RUN = ["experiment=smoke", "control=false", "trainer.deterministic=true", f"trainer.max_steps={MAX_STEPS}",
        "callbacks.model_checkpoint.every_n_train_steps=5"]
 # (step reached, signal): USR1 as Slurm sends it ahead of the time limit, TERM as on preemption
 PREEMPT_PLAN = [(5, "USR1"), (25, "TERM")]
@@ -137,7 +139,7 @@ def test_sbatch_template_runs_a_smoke_run(jobs):
     info = wait_done(job_id)
     assert info["JobState"] == "COMPLETED", job_log(jobs["work"], "distill-ref", job_id)[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["train.steps"] == 40 and metrics["student.val_ppl"] > 1
+    assert metrics["train.steps"] == MAX_STEPS and metrics["student.val_ppl"] > 1
     assert (run_dir / "student" / "config.json").is_file()
 
 
@@ -164,7 +166,7 @@ def test_signalled_job_requeues_resumes_and_matches_an_uninterrupted_run(jobs):
     assert int(info["Restarts"]) == len(PREEMPT_PLAN)
     # each signal was answered inside the fit: a checkpoint mid-training, then a resume from it
     saved = [int(s) for s in re.findall(r"preemption checkpoint at step (\d+)", log)]
-    assert len(saved) == len(PREEMPT_PLAN) and all(0 < s < 40 for s in saved), log[-3000:]
+    assert len(saved) == len(PREEMPT_PLAN) and all(0 < s < MAX_STEPS for s in saved), log[-3000:]
     assert saved == sorted(saved) and saved[0] >= PREEMPT_PLAN[0][0]
     assert log.count("resuming the distillation run from") == len(PREEMPT_PLAN)
     assert [sig for sig, _ in jobs["signals"]] == ["USR1", "TERM"]
