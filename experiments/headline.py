@@ -32,9 +32,14 @@ def quickstart() -> str | None:
             f"{m['baseline.val_ppl']:.2f} (gap closed {m['gap_closed']:.2f}), {m['train.tokens']:,} tokens")
 
 
+def study_runs(study: str) -> dict[str, dict]:
+    """A study's runs: ``metrics_<name>.json`` files by name."""
+    return {p.stem.removeprefix("metrics_"): json.loads(p.read_text())
+            for p in sorted((HERE / study).glob("metrics_*.json"))}
+
+
 def losses() -> str | None:
-    runs = {p.stem.removeprefix("metrics_"): json.loads(p.read_text())
-            for p in sorted((HERE / "losses").glob("metrics_*.json"))}
+    runs = study_runs("losses")
     live, cache = runs.get("forward_kl"), runs.get("cache_top64")
     if not (live and cache):
         return None
@@ -45,8 +50,7 @@ def losses() -> str | None:
 
 
 def pruning() -> str | None:
-    runs = {p.stem.removeprefix("metrics_"): json.loads(p.read_text())
-            for p in sorted((HERE / "pruning").glob("metrics_*.json"))}
+    runs = study_runs("pruning")
     if "every_other_layer" not in runs:
         return None
     control = runs["every_other_layer"]["baseline.val_ppl"]
@@ -70,9 +74,7 @@ def data_quality() -> str | None:
     base = load("data-quality", "metrics_none.json")
     if not base:
         return None
-    runs = {p.stem.removeprefix("metrics_"): json.loads(p.read_text())
-            for p in sorted((HERE / "data-quality").glob("metrics_*.json"))
-            if p.stem not in ("metrics_none", "metrics_reference_model")}
+    runs = {k: v for k, v in study_runs("data-quality").items() if k not in ("none", "reference_model")}
     name, best = min(runs.items(), key=lambda kv: kv[1]["student.val_ppl"])
     kept = best["data.train_tokens_available"] / base["data.train_tokens_available"]
     return (f"best filter `{name}`: val ppl {best['student.val_ppl']:.2f} vs {base['student.val_ppl']:.2f} "
