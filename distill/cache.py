@@ -8,6 +8,7 @@ build never leaves a half-written entry that a later run would trust.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -53,20 +54,37 @@ def partial_name(path: Path) -> Path:
     return path.with_name(f"{path.name}{PARTIAL}-{socket.gethostname()}-{os.getpid()}")
 
 
-def write_atomic(path: Path, data: str | bytes) -> None:
-    """Write via a temp file, flush it to disk and rename: a crash or a full disk leaves the previous
-    good file (or none), never half a file."""
+@contextlib.contextmanager
+def atomic_file(path: Path):
+    """A binary file handle whose content replaces ``path`` only once it is complete: written to a
+    temp file, flushed to disk and renamed. A crash or a full disk leaves the previous good file (or
+    none), never half a file, and no temp file when the error is raised here."""
     path = Path(path)
     tmp = partial_name(path)
     try:
         with open(tmp, "wb") as f:
-            f.write(data if isinstance(data, bytes) else data.encode())
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data if isinstance(data, bytes) else data.encode())
+
+
+def replace_dir(tmp: Path, final: Path) -> None:
+    """Put the complete directory ``tmp`` at ``final``; an older ``final`` is moved aside, not deleted,
+    until the new one is in place, so there is no moment with neither."""
+    old = partial_name(final.with_name(final.name + ".old"))
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def is_stale(name: str) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from distill.cache import partial_name
+from distill.cache import atomic_file
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
@@ -29,17 +29,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = partial_name(path)
         try:
-            with open(tmp, "wb") as f:
+            with atomic_file(path) as f:  # streamed: a large checkpoint is never held twice in memory
                 torch.save(checkpoint, f)
-                f.flush()
-                import os
-
-                os.fsync(f.fileno())
-            tmp.replace(path)
         except OSError as e:
-            tmp.unlink(missing_ok=True)
             why = "the disk is full" if e.errno == errno.ENOSPC else (e.strerror or type(e).__name__)
             raise DistillError(f"could not write checkpoint {path}: {why}; the previous checkpoint is kept") from e
 

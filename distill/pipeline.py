@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from distill.cache import cached_dir, clean_leftovers, fingerprint, partial_name, write_atomic
+from distill.cache import cached_dir, clean_leftovers, fingerprint, partial_name, replace_dir, write_atomic
 from distill.callbacks import preemption
 from distill.callbacks.resume import ExactResume
 from distill.checkpoint_io import AtomicCheckpointIO
@@ -42,7 +40,7 @@ from distill.losses.representation import require_eager_attention
 from distill.run_info import log_run_info, run_info
 from distill.quantization import (check_load_in, log_memory_estimate, quant_plugin, quant_section,
                                   quantize_teacher_for_run)
-from distill.safety import (check_device, check_memory_fits, check_numbers, check_write_paths, is_rank_zero,
+from distill.safety import (check_device, check_memory_fits, check_numbers, check_write_paths,
                             set_load_policy, pretrained_kwargs)
 from distill.student.lora import AdaLoraAllocator, apply_lora, is_adalora, merge_lora
 from distill.student.pretrained import check_same_vocab
@@ -230,7 +228,7 @@ def load_teacher_model(cfg: DictConfig, dm, vocab_size: int, backend: str):
 
 def clean_run_dir(out: Path) -> None:
     """Remove what a killed earlier attempt in this run dir left half-written (a resumed run reuses it)."""
-    if is_rank_zero():
+    if is_main_process():
         for leftover in clean_leftovers(out):
             log.warning("removed an incomplete file left by a killed run: %s", leftover)
 
@@ -509,8 +507,4 @@ def export_student(student, tokenizer, path: Path) -> None:
     tmp = partial_name(path)
     student.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    old = partial_name(path.with_name(path.name + ".old"))
-    if path.exists():  # moved aside, not deleted, until the new export is in place
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, path)

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,7 +132,3 @@ def check_memory_fits(estimate_bytes: float, device: str, available: int | None 
         return
     raise DistillError(f"{msg}: lower data.batch_size or data.seq_len, load the teacher in 8bit/4bit, or set "
                        "memory.force=true")
-
-
-def is_rank_zero() -> bool:
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", os.environ.get("SLURM_PROCID", 0)))) == 0

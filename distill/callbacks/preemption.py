@@ -26,6 +26,8 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
+from distill.strategies import is_main_process
+
 log = logging.getLogger(__name__)
 
 # USR1: sbatch --signal=USR1@N (our templates); USR2: submitit's --signal; TERM: preemption, scancel
@@ -137,7 +139,7 @@ class Preemption(L.Callback):
             return
         # No training state to save here: requeue now, the restart redoes this part from its caches.
         log.warning("%s outside the distillation fit: requeueing", name)
-        self._exit(requeue() if is_rank_zero() else True)
+        self._exit(requeue() if is_main_process() else True)
 
     def _exit(self, requeued: bool) -> None:
         self._done = True
@@ -186,7 +188,3 @@ class Preemption(L.Callback):
     def _requeue_and_exit(self, trainer) -> None:
         trainer.strategy.barrier("preemption")  # the checkpoint is complete before Slurm kills anything
         self._exit(requeue() if trainer.is_global_zero else True)
-
-
-def is_rank_zero() -> bool:
-    return int(os.environ.get("SLURM_PROCID", "0")) == 0

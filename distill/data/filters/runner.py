@@ -29,7 +29,7 @@ from typing import Iterable, Iterator
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
 
-from distill.cache import clean_leftovers, fingerprint, partial_name
+from distill.cache import clean_leftovers, fingerprint, partial_name, replace_dir
 from distill.data.filters.stage import FilterContext, FilterStage, scores_with_run_teacher
 from distill.data.sources import Document
 from distill.errors import DistillError
@@ -334,9 +334,5 @@ def publish(work: Path, out_dir: Path, final: Path, stats: dict, keep_excluded: 
     if keep_excluded and (work / "excluded").is_dir():
         os.replace(work / "excluded", tmp / "excluded")
     (tmp / "filter_stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    old = partial_name(final.with_name(final.name + ".old"))
-    if final.exists():  # moved aside, not deleted, until the new result is in place
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_dir(tmp, final)
     shutil.rmtree(work, ignore_errors=True)
