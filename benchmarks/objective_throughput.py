@@ -24,7 +24,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from distill.callbacks.cache_writer import write_teacher_cache
+from distill.teacher.cache_writer import write_teacher_cache
 from distill.cli.resolvers import auto_precision
 from distill.distillation import DistillationModule
 from distill.losses.objective import Objective

@@ -1,11 +1,11 @@
 """Greedy generation speed and size on disk: a bf16 student vs its torchao-quantized forms, on CPU.
 
 Forms: bf16 (plain HF), int8-int4 and int8-int2 (torchao ``Int8DynamicActivationIntxWeightConfig``
-through ``distill.plugins.ptq.ptq_rtn``, the scheme QAT converts to). ``model.generate`` with a
+through ``distill.quant.ptq.ptq_rtn``, the scheme QAT converts to). ``model.generate`` with a
 fixed prompt, greedy, a fixed number of new tokens; a warm-up call per form, then interleaved
 rounds, medians reported, with the ratio to bf16. Sizes: the HF bf16 export, torchao's own
 serialization (``TorchAoConfig`` + ``save_pretrained``: int4 stored unpacked, one byte per value)
-and our packed checkpoint (``distill.plugins.export.save_packed``).
+and our packed checkpoint (``distill.quant.export.save_packed``).
 
     python benchmarks/quant_generation.py                      # hidden 256, 4 layers, vocab 4096
     python benchmarks/quant_generation.py --rounds 1 --new-tokens 16   # quick check
@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from distill.plugins.export import dir_size_bytes, load_packed, save_packed
-from distill.plugins.ptq import ptq_rtn
+from distill.quant.export import dir_size_bytes, load_packed, save_packed
+from distill.quant.ptq import ptq_rtn
 from distill.student.scratch import build_llama
 
 FORMS = {"int8-int4": 4, "int8-int2": 2}

@@ -38,7 +38,7 @@ from distill.eval.speed import scoring_throughput
 from distill.losses.objective import Objective, ce_only
 from distill.losses.representation import require_eager_attention
 from distill.run_info import log_run_info, run_info
-from distill.quantization import (check_load_in, log_memory_estimate, quant_plugin, quant_section,
+from distill.quant.config import (check_load_in, log_memory_estimate, quant_plugin, quant_section,
                                   quantize_teacher_for_run)
 from distill.safety import (check_device, check_memory_fits, check_numbers, check_write_paths,
                             set_load_policy, pretrained_kwargs)

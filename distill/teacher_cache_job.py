@@ -12,7 +12,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from distill.callbacks.cache_writer import write_teacher_cache
+from distill.teacher.cache_writer import write_teacher_cache
 from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
 from distill.pipeline import autocast_dtype, device_of, filter_training_data, prepare_data, prepare_teacher, teacher_backend

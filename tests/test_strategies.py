@@ -210,7 +210,7 @@ def test_fsdp_strategy_is_data_parallel_over_every_process():
 
 
 @pytest.mark.parametrize("quant, load_in, shard_teacher, match", [
-    ({"_target_": "distill.plugins.qlora.QLoRAPlugin"}, None, False, "quant=qlora"),
+    ({"_target_": "distill.quant.qlora.QLoRAPlugin"}, None, False, "quant=qlora"),
     (None, "8bit", True, "teacher.load_in=8bit"),
 ])
 def test_fsdp_refuses_bitsandbytes_packed_weights_early(quant, load_in, shard_teacher, match):

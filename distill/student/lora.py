@@ -27,21 +27,12 @@ from transformers import PreTrainedModel
 from transformers.pytorch_utils import Conv1D
 
 from distill.errors import DistillError
+from distill.student.blocks import decoder_blocks
 
 log = logging.getLogger(__name__)
 
 TYPES = ("lora", "adalora")
 LINEAR = (nn.Linear, Conv1D)  # GPT-2's Conv1D stores its weight transposed: PEFT's fan_in_fan_out
-
-
-def _blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
-    """The decoder blocks: the longest ModuleList, preferably of ``num_hidden_layers`` entries."""
-    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
-    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m)]
-    if not lists:
-        raise DistillError(f"LoRA: no decoder blocks found in {type(model).__name__}")
-    exact = [item for item in lists if len(item[1]) == n_layers]
-    return max(exact or lists, key=lambda item: len(item[1]))
 
 
 def _linear_names(model: nn.Module) -> list[str]:
@@ -57,7 +48,7 @@ def _resolve_targets(model: nn.Module, target_modules) -> tuple[list[str], bool]
     """
     linears = _linear_names(model)
     if target_modules is None or target_modules == "auto":
-        prefix, _ = _blocks(model)
+        prefix, _ = decoder_blocks(model)
         chosen = [n for n in linears if n.startswith(prefix + ".")]
         if not chosen:
             raise DistillError(f"LoRA: no linear layers inside the decoder blocks of {type(model).__name__}")

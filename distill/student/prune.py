@@ -14,15 +14,12 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from distill.errors import DistillError
+from distill.student.blocks import decoder_blocks
 
 
 def decoder_layers_name(model: PreTrainedModel) -> str:
     """Dotted name of the ModuleList holding the decoder blocks."""
-    n = model.config.num_hidden_layers
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n and name:
-            return name
-    raise DistillError(f"cannot find the decoder layer list of {type(model).__name__} to prune")
+    return decoder_blocks(model)[0]
 
 
 def keep_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedModel:

@@ -12,7 +12,7 @@ Shard ``s`` of a split holds its packed rows ``[s * shard_rows, (s + 1) * shard_
 Each file is written under a temporary name and renamed (indices first, values last),
 so a shard whose two files both exist is complete; that is how a restarted writer skips
 finished work and how the reader tells a finished cache from an interrupted one.
-The writer lives in ``distill.callbacks.cache_writer``.
+The writer lives in ``distill.teacher.cache_writer``.
 """
 
 from __future__ import annotations

@@ -124,9 +124,9 @@ def test_the_presets_are_the_documented_seven():
 @pytest.mark.parametrize("experiment", ["quickstart", "smoke"])
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_composes_into_its_plugin(name, experiment):
-    from distill.plugins.ptq import PTQPlugin
-    from distill.plugins.qat import QATPlugin
-    from distill.plugins.qlora import QLoRAPlugin
+    from distill.quant.ptq import PTQPlugin
+    from distill.quant.qat import QATPlugin
+    from distill.quant.qlora import QLoRAPlugin
 
     cfg = compose_train(f"experiment={experiment}", f"quant={name}")
     plugin = plugin_of(cfg)
@@ -157,7 +157,7 @@ def test_qlora_keeps_a_rank_given_on_the_command_line():
 
 
 def plugin_of(cfg):
-    from distill.quantization import quant_plugin
+    from distill.quant.config import quant_plugin
 
     return quant_plugin(cfg.get("quant"), cfg.trainer.precision, "cpu")
 
@@ -171,8 +171,8 @@ def test_preset_overrides_reach_the_plugin():
 @pytest.mark.parametrize("load_in, expected", [("null", None), ("fp32", "fp32"), ("bf16", "bf16"), ("8bit", "8bit"),
                                                ("4bit", "4bit")])
 def test_teacher_load_in_composes(load_in, expected):
-    from distill.plugins.memory import LOAD_BYTES
-    from distill.plugins.quantized_teacher import LOAD_IN
+    from distill.quant.memory import LOAD_BYTES
+    from distill.quant.quantized_teacher import LOAD_IN
 
     for extra in ([], ["quant=qlora"], ["quant=qat_int8_int4"]):
         cfg = compose_train("experiment=smoke", f"teacher.load_in={load_in}", *extra)
@@ -212,7 +212,7 @@ def test_qat_metrics_and_report(qat_run):
 
 @pytest.mark.slow
 def test_qat_packed_checkpoint_reloads_as_the_exported_student(qat_run):
-    from distill.plugins.export import load_packed
+    from distill.quant.export import load_packed
 
     manifest = json.loads((qat_run / "packed" / "quantization.json").read_text())
     assert (manifest["bits"], manifest["group_size"]) == (4, 32)
@@ -230,7 +230,7 @@ def test_qat_packed_checkpoint_reloads_as_the_exported_student(qat_run):
 
 @pytest.mark.slow
 def test_qat_export_is_the_trained_weights_on_the_int4_grid(qat_run):
-    from distill.plugins.qat import QATPlugin
+    from distill.quant.qat import QATPlugin
 
     hf, trained = exported(qat_run), checkpoint_student(qat_run)
     for name in BLOCK_LINEARS:
@@ -267,8 +267,8 @@ def test_ptq_runs_and_reports_its_name(ptq_run):
 
 @pytest.mark.slow
 def test_ptq_trains_without_fake_quant_and_rounds_at_the_end(ptq_run, qat_run, smoke_run):
-    from distill.plugins.ptq import ptq_rtn
-    from distill.plugins.qat import dequantized_copy
+    from distill.quant.ptq import ptq_rtn
+    from distill.quant.qat import dequantized_copy
 
     trained = checkpoint_student(ptq_run)
     # training is the unquantized run's, step for step (same seed and data, deterministic on CPU) ...
@@ -403,7 +403,7 @@ def qlora_adapters_run(tmp_path_factory, cache_dir) -> Path:
 def test_qlora_adapters_export_is_the_merged_students_delta(qlora_adapters_run):
     """adapters/ holds the trained LoRA weights; the exported student is the NF4 base they trained
     on (the pruned teacher's layer, never updated) plus those adapters, merged."""
-    from distill.plugins.qlora import dequantized_weight, to_linear4bit
+    from distill.quant.qlora import dequantized_weight, to_linear4bit
 
     run = qlora_adapters_run
     adapters = run / "adapters"

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from distill.callbacks.cache_writer import write_teacher_cache
+from distill.teacher.cache_writer import write_teacher_cache
 from distill.errors import DistillError
 from distill.student.scratch import build_llama
 from distill.teacher.cache import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from distill.plugins.memory import NF4_BYTES, decoder_linear_weights, estimate_memory, format_estimate
+from distill.quant.memory import NF4_BYTES, decoder_linear_weights, estimate_memory, format_estimate
 from distill.student.scratch import build_llama
 
 
@@ -105,7 +105,7 @@ def test_format_is_a_short_table():
 @pytest.mark.parametrize("load_in", ["bf16", "8bit", "4bit"])
 def test_teacher_estimate_matches_the_quantized_teacher(load_in):
     """The estimate of a quantized teacher is what quantize_teacher actually leaves in memory."""
-    from distill.plugins.quantized_teacher import model_memory_bytes, quantize_teacher
+    from distill.quant.quantized_teacher import model_memory_bytes, quantize_teacher
 
     student, teacher = llama(), llama(hidden_size=256)
     estimate = estimate_memory(student, teacher, teacher_load_in=load_in, batch_size=2, seq_len=16,

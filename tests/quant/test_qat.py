@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 from distill.distillation import DistillationModule
 from distill.errors import DistillError
 from distill.losses.objective import Objective
-from distill.plugins.qat import PRESETS, QATPlugin
+from distill.quant.qat import PRESETS, QATPlugin
 from distill.student.scratch import build_llama
 from distill.teacher.module import Teacher
 from tests.student.tiny_models import VOCAB, tiny_model
@@ -76,7 +76,7 @@ def test_indivisible_group_size_errors_or_is_listed(caplog):
     with pytest.raises(DistillError, match=r"model\.layers\.0\.mlp\.down_proj \(in_features 80\)"):
         QATPlugin(group_size=32).quantize(model)
     plugin = QATPlugin(group_size=32, skip_indivisible=True)
-    with caplog.at_level(logging.WARNING, logger="distill.plugins.qat"):
+    with caplog.at_level(logging.WARNING, logger="distill.quant.qat"):
         plugin.quantize(model)
     skipped = {f"model.layers.{i}.mlp.down_proj": 80 for i in range(2)}
     assert plugin.report()["skipped"] == skipped

@@ -43,13 +43,11 @@ from torchao.quantization import IntxUnpackedToInt8Tensor, quantize_
 from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
 from torchao.quantization.granularity import PerAxis, PerGroup
 from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear, QATConfig
-from torchao.quantization.quantize_.workflows.intx.intx_unpacked_to_int8_tensor import (
-    _apply_int8_act_asym_per_token_quant_dequant,
-)
 
 from distill.errors import DistillError
-from distill.plugins.base import QuantPlugin
-from distill.plugins.export import SCALE_DTYPE, dir_size_bytes, save_packed
+from distill.quant.activations import quantize_activations
+from distill.quant.base import QuantPlugin
+from distill.quant.export import SCALE_DTYPE, dir_size_bytes, save_packed
 
 log = logging.getLogger(__name__)
 
@@ -258,12 +256,6 @@ def verify_quantized(model: nn.Module, scheme: Scheme, plan: Plan) -> None:
             problems.append(f"{name}: activation quantization {w.activation_quantization}")
     if problems:
         raise RuntimeError("torchao did not quantize as planned: " + "; ".join(problems))
-
-
-def quantize_activations(module: nn.Module, args: tuple) -> tuple:
-    """Forward pre-hook: torchao's own int8 per-token asymmetric quant-dequant of the input, so
-    a plain linear with dequantized weights computes exactly what the torchao linear computes."""
-    return (_apply_int8_act_asym_per_token_quant_dequant(args[0]),) + tuple(args[1:])
 
 
 def dequantized_copy(quantized: nn.Module) -> nn.Module:

@@ -29,6 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from distill.quant.activations import quantize_activations
+
 log = logging.getLogger(__name__)
 
 FORMAT = "distill-packed-v1"
@@ -182,8 +184,6 @@ def load_packed(out_dir: str | Path, config_dir: str | Path | None = None, dtype
 def add_activation_quantization(model: nn.Module, manifest: dict) -> None:
     """The int8 activation rounding of the quantized linears, as forward pre-hooks (what QAT and PTQ
     evaluated), so the loaded model computes what was measured."""
-    from distill.plugins.qat import quantize_activations  # qat imports this module
-
     modules = dict(model.named_modules())
     for name, e in manifest["quantized"].items():
         module = modules.get(name.rsplit(".", 1)[0])

@@ -1,5 +1,5 @@
 """The quantization side of a run: the ``quant=`` plugin, ``teacher.load_in``, the memory estimate
-printed before launch, and the report's section. The plugins themselves live in ``distill.plugins``."""
+printed before launch, and the report's section. The plugins themselves live beside it in ``distill.quant``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def check_load_in(load_in) -> None:
     """``teacher.load_in`` checked with the other settings, before any data or model work."""
-    from distill.plugins.quantized_teacher import LOAD_IN
+    from distill.quant.quantized_teacher import LOAD_IN
 
     if load_in is not None and str(load_in).lower() not in LOAD_IN:
         raise DistillError(f"teacher.load_in must be one of {', '.join(LOAD_IN)}, got {load_in!r}")
@@ -29,7 +29,7 @@ def quant_plugin(spec, precision, device: str):
 
 
 def log_memory_estimate(student, teacher_model, plugin, dm, precision, load_in, vocab_size: int) -> dict:
-    from distill.plugins.memory import estimate_memory, format_estimate
+    from distill.quant.memory import estimate_memory, format_estimate
 
     check_load_in(load_in)
     estimate = estimate_memory(student, teacher_model, batch_size=dm.batch_size, seq_len=dm.seq_len,
@@ -47,7 +47,7 @@ def quantize_teacher_for_run(model, load_in, device: str, val_ppl: Callable) -> 
     if model is None:
         log.warning("teacher.load_in=%s has no effect: this run has no live teacher", load_in)
         return {}
-    from distill.plugins.quantized_teacher import model_memory_bytes, quantize_teacher
+    from distill.quant.quantized_teacher import model_memory_bytes, quantize_teacher
 
     before = val_ppl(model)
     memory_before = model_memory_bytes(model)

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from distill.errors import DistillError
-from distill.plugins.qlora import dequantize
-from distill.plugins.quantized_teacher import model_memory_bytes, quantize_teacher
+from distill.quant.qlora import dequantize
+from distill.quant.quantized_teacher import model_memory_bytes, quantize_teacher
 from tests.student.tiny_models import VOCAB, tiny_model
 
 # Decoder linears dominate (as in a real teacher), all multiples of 64.

@@ -7,10 +7,10 @@ import json
 import pytest
 import torch
 
-from distill.plugins.export import (
+from distill.quant.export import (
     MANIFEST, WEIGHTS, dir_size_bytes, load_packed, pack_bits, qrange, save_packed, unpack_bits,
 )
-from distill.plugins.ptq import ptq_rtn
+from distill.quant.ptq import ptq_rtn
 from distill.student.scratch import build_llama
 
 

@@ -39,8 +39,9 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from distill.errors import DistillError
-from distill.plugins.base import QuantPlugin
-from distill.student.lora import LINEAR, _blocks, merge_lora
+from distill.quant.base import QuantPlugin
+from distill.student.blocks import decoder_blocks
+from distill.student.lora import LINEAR, merge_lora
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +186,7 @@ def replace(model: nn.Module, name: str, new: nn.Module) -> None:
 
 def block_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The linear layers inside the decoder blocks (nn.Linear or Conv1D, not yet quantized)."""
-    prefix, _ = _blocks(model)
+    prefix, _ = decoder_blocks(model)
     return [(n, m) for n, m in model.named_modules()
             if n.startswith(prefix + ".") and isinstance(m, LINEAR) and not isinstance(m, bnb.nn.Linear4bit)]
 

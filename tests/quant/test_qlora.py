@@ -15,7 +15,7 @@ from transformers import AutoModelForCausalLM
 from distill.distillation import DistillationModule
 from distill.errors import DistillError
 from distill.losses.objective import Objective
-from distill.plugins.qlora import QLoRAPlugin, dequantize, to_linear, to_linear4bit
+from distill.quant.qlora import QLoRAPlugin, dequantize, to_linear, to_linear4bit
 from distill.student.lora import apply_lora
 from distill.teacher.module import Teacher
 from tests.student.tiny_models import VOCAB, tiny_model

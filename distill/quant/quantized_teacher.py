@@ -22,7 +22,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from distill.errors import DistillError
-from distill.plugins.qlora import (MULTIPLE, bad_shapes, block_linears, features, listing, quant_state_tensors,
+from distill.quant.qlora import (MULTIPLE, bad_shapes, block_linears, features, listing, quant_state_tensors,
                                    quantization_device, replace, tensor_bytes, to_linear4bit)
 
 log = logging.getLogger(__name__)

@@ -25,8 +25,8 @@ import logging
 from torch import nn
 from torchao.quantization import quantize_
 
-from distill.plugins.export import SCALE_DTYPE
-from distill.plugins.qat import (Plan, QATPlugin, Scheme, dequantized_copy, named, plan_layers, round_scales,
+from distill.quant.export import SCALE_DTYPE
+from distill.quant.qat import (Plan, QATPlugin, Scheme, dequantized_copy, named, plan_layers, round_scales,
                                  verify_quantized)
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ import torch
 from torchao.quantization import IntxUnpackedToInt8Tensor
 
 from distill.errors import DistillError
-from distill.plugins.ptq import ptq_rtn
-from distill.plugins.qat import QATPlugin, dequantized_copy
+from distill.quant.ptq import ptq_rtn
+from distill.quant.qat import QATPlugin, dequantized_copy
 from distill.student.scratch import build_llama
 from tests.student.tiny_models import VOCAB, tiny_model
 

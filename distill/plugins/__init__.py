@@ -1,1 +1,0 @@
-"""Trainer plugins: quantization (QLoRA, QAT) applied through ``Trainer(plugins=...)``."""
