@@ -3,7 +3,8 @@
 Without a teacher it is plain next-token training (CE only), the one code path that
 trains a teacher from scratch, a from-scratch student and the control. The teacher is
 either live (a frozen ``Teacher`` run on each batch) or an offline top-k cache looked up
-by the batch's packed-row index; the objective never knows which.
+by the batch's packed-row index; both answer ``scores(...)`` with the same ``Outputs``, so
+neither this module nor the objective asks which kind it holds.
 """
 
 from __future__ import annotations
@@ -16,29 +17,8 @@ import torch
 from torch import nn
 
 from distill.errors import DistillError
+from distill.forward import model_outputs
 from distill.losses.objective import Objective, Outputs
-from distill.student.lora import backbone
-from distill.teacher.module import Teacher
-
-
-def model_outputs(model: nn.Module, input_ids: torch.Tensor, vocab_size: int, objective: Objective) -> Outputs:
-    """Run an HF causal LM for what ``objective`` needs: logits, or the final hidden state and
-    LM head (fused loss, no logits ever built), plus hidden states / attention maps."""
-    extra = dict(output_hidden_states=objective.needs_hidden_states, output_attentions=objective.needs_attentions,
-                 use_cache=False)
-    if objective.fused_linear:
-        out = backbone(model)(input_ids=input_ids, **extra)
-        head = model.get_output_embeddings()
-        return Outputs(last_hidden=out.last_hidden_state, head_weight=head.weight, head_bias=head.bias,
-                       hidden_states=out.hidden_states, attentions=out.attentions, vocab_size=vocab_size)
-    moe = model.training and hasattr(model.config, "router_aux_loss_coef")  # a mixture-of-experts student
-    if moe:
-        extra["output_router_logits"] = True
-    out = model(input_ids=input_ids, **extra)
-    # Embedding rows past the tokenizer (padding to a round size) are never targets.
-    return Outputs(logits=out.logits[..., :vocab_size], hidden_states=out.hidden_states, attentions=out.attentions,
-                   vocab_size=vocab_size,
-                   router_aux=out.aux_loss * model.config.router_aux_loss_coef if moe else None)
 
 
 class NonFiniteGuard:
@@ -100,8 +80,9 @@ class DistillationModule(L.LightningModule):
             shard_distillation_module(self, self.device_mesh, getattr(self.trainer.strategy, "shard_teacher", False))
 
     @property
-    def live_teacher(self) -> bool:
-        return isinstance(self.teacher, Teacher)
+    def scores_new_tokens(self) -> bool:
+        """The teacher can score tokens the student sampled (on-policy); a cache knows only its rows."""
+        return self.teacher is not None and self.teacher.scores_new_tokens
 
     def student_outputs(self, input_ids: torch.Tensor) -> Outputs:
         return model_outputs(self.student, input_ids, self.vocab_size, self.loss)
@@ -109,16 +90,13 @@ class DistillationModule(L.LightningModule):
     def teacher_outputs(self, input_ids: torch.Tensor, rows: torch.Tensor | None) -> Outputs | None:
         if self.teacher is None:
             return None
-        if self.live_teacher:
-            with torch.no_grad():
-                return model_outputs(self.teacher.model, input_ids, self.vocab_size, self.loss)
-        return Outputs(logits=self.teacher.outputs(rows, device=input_ids.device), vocab_size=self.vocab_size)
+        return self.teacher.scores(input_ids, rows, self.loss, self.vocab_size)
 
     def training_step(self, batch, batch_idx):
         inputs, targets = batch[0], batch[1]
         rows = batch[2] if len(batch) > 2 else None
         mask = None
-        on_policy = self.live_teacher and self.loss.on_policy.lmbda > 0 and self._coin.random() < self.loss.on_policy.lmbda
+        on_policy = self.scores_new_tokens and self.loss.on_policy.lmbda > 0 and self._coin.random() < self.loss.on_policy.lmbda
         if on_policy:
             inputs, targets, mask = self.sample_from_student(inputs)
         terms = self.loss(self.student_outputs(inputs), self.teacher_outputs(inputs, rows), targets, mask)

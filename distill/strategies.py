@@ -296,8 +296,8 @@ def shard_distillation_module(module, mesh, shard_teacher: bool = False) -> None
         # hidden-state projections train with the student: as a unit of their own their gradients
         # are reduce-scattered like the student's (a plain parameter would drift apart per rank)
         fully_shard(module.loss, mesh=dp_mesh)
-    if shard_teacher and getattr(module, "live_teacher", False):
-        teacher = module.teacher.model
+    teacher = getattr(module.teacher, "model", None)  # a live teacher's weights (a cache has none)
+    if shard_teacher and teacher is not None:
         teacher.requires_grad_(False)
         # reshard the root after forward too: there is never a backward to keep it gathered for
         shard_model(teacher, dp_mesh, reshard_root=True, what="the teacher",

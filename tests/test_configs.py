@@ -8,43 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from distill.cli.resolvers import register
 from distill.data.datamodule import TextDataModule
 from distill.losses.objective import Objective, Outputs
-from distill.pipeline import student_spec
+from distill.run.student import student_spec
 from distill.student.scratch import build_llama
+from tests.compose import compose_train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 EXPERIMENTS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
 LOGGERS = sorted(p.stem for p in (CONFIG_DIR / "logger").glob("*.yaml"))
 DEBUGS = sorted(p.stem for p in (CONFIG_DIR / "debug").glob("*.yaml"))
 STUDENTS = sorted(p.stem for p in (CONFIG_DIR / "student").glob("*.yaml"))
-
-
-@pytest.fixture
-def out_dir(tmp_path, monkeypatch) -> Path:
-    """A run dir for ``paths.output_dir`` plus an isolated cache and an offline wandb with no key."""
-    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a wandb key
-    register()
-    yield tmp_path / "run"
-    HydraConfig.instance().cfg = None
-
-
-def compose_train(out_dir: Path, *overrides: str):
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=[f"hydra.runtime.output_dir={out_dir}", *overrides], return_hydra_config=True
-        )
-    HydraConfig.instance().set_config(cfg)  # so ${hydra:runtime.output_dir} resolves as in a run
-    return cfg
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +130,7 @@ def test_wandb_goes_online_with_a_key(out_dir, monkeypatch):
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
 def test_callbacks_none_leaves_nothing_to_instantiate(experiment, out_dir):
     """An experiment may tune a callback that callbacks=none switched off: the leftover is skipped."""
-    from distill.pipeline import instantiate_all
+    from distill.run.fit import instantiate_all
 
     cfg = compose_train(out_dir, f"experiment={experiment}", "callbacks=none", "logger=none")
     assert instantiate_all(cfg.callbacks) == []
@@ -219,12 +196,29 @@ LOSSES = sorted(p.stem for p in (CONFIG_DIR / "loss").glob("*.yaml"))
 
 @pytest.mark.parametrize("name", LOSSES)
 def test_loss_presets_compose_and_instantiate(name, out_dir):
+    """Each preset computes its own term: the other presets carry forward_kl at weight 0, so a
+    preset whose own term were at 0 (or left out) would silently train something else."""
+    from distill.distillation import model_outputs
+
     if "distill.embedding." in (CONFIG_DIR / "loss" / f"{name}.yaml").read_text():
         pytest.skip("an embedding objective (task: embedding): tests/embedding/test_configs.py")
+    own = {"forward_kl": "forward_kl", "reverse_kl": "reverse_kl", "jsd": "jsd", "tvd": "tvd", "gkd": "jsd",
+           "hidden": "hidden", "attention": "attention"}[name]  # a new preset: name its own term here
     cfg = compose_train(out_dir, f"loss={name}", "loss.temperature=2.0")
     loss = instantiate(cfg.loss)
     assert isinstance(loss, Objective) and loss.temperature == 2.0
-    assert {"forward_kl", "reverse_kl", "jsd", "tvd", "hidden", "attention"} & {t for t, w in loss.weights.items() if w > 0}
+    assert loss.weights[own] > 0 and own in loss.active_terms
+    assert (loss.on_policy.lmbda > 0) == (name == "gkd")
+    teacher = build_llama(vocab_size=128, hidden_size=32, num_layers=4, num_heads=2, max_seq_len=16, eos_token_id=0)
+    student = build_llama(vocab_size=128, hidden_size=16, num_layers=2, num_heads=2, max_seq_len=16, eos_token_id=0)
+    if loss.needs_attentions:
+        for model in (teacher, student):
+            model.set_attn_implementation("eager")
+    loss.bind(student, teacher)
+    x = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        terms = loss(model_outputs(student, x, 128, loss), model_outputs(teacher, x, 128, loss), x)
+    assert torch.isfinite(terms["loss"]) and terms[own] > 0
 
 
 @pytest.mark.parametrize("name", ["live", "cache", "none"])

@@ -6,6 +6,7 @@ from distill.distillation import DistillationModule
 from distill.losses.objective import Objective
 from distill.student.prune import every_other_layer
 from distill.student.scratch import build_llama
+from distill.teacher.cache import CachedTeacher
 from distill.teacher.module import Teacher
 from distill.teacher.outputs import SparseTeacher
 
@@ -47,8 +48,8 @@ def test_off_policy_when_lambda_is_zero():
     assert "train/on_policy" not in module.logged and module.logged["train/ce"] > 0
 
 
-class _FakeCache:
-    """Row index -> top-k, like CachedTeacher: records which rows were asked for."""
+class _FakeCache(CachedTeacher):
+    """A CachedTeacher whose rows come from memory, not disk: records which rows were asked for."""
 
     def __init__(self, logprobs, indices):
         self.logprobs, self.indices, self.asked = logprobs, indices, []

@@ -14,7 +14,7 @@ register()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="cache")
 def _app(cfg: DictConfig) -> None:
-    from distill.teacher_cache_job import build_cache  # heavy imports after Hydra has parsed the command line
+    from distill.run.cache import build_cache  # heavy imports after Hydra has parsed the command line
 
     quiet_lightning()
     build_cache(cfg)

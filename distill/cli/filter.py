@@ -14,7 +14,7 @@ register()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="filter")
 def _app(cfg: DictConfig) -> None:
-    from distill.filter_job import run_filters  # heavy imports after Hydra has parsed the command line
+    from distill.run.filter import run_filters  # heavy imports after Hydra has parsed the command line
 
     quiet_lightning()
     run_filters(cfg)

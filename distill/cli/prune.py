@@ -14,7 +14,7 @@ register()
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="prune")
 def _app(cfg: DictConfig) -> None:
-    from distill.prune_job import prune  # heavy imports after Hydra has parsed the command line
+    from distill.run.prune import prune  # heavy imports after Hydra has parsed the command line
 
     quiet_lightning()
     prune(cfg)

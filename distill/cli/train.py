@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from distill.cli.errors import run_with_one_line_errors
 from distill.cli.resolvers import register
+from distill.errors import DistillError
 
 register()
 CONFIG_DIR = os.environ.get("DISTILL_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "configs"))
@@ -24,12 +25,18 @@ def quiet_lightning() -> None:
         logging.getLogger(name).handlers.clear()
 
 
+TASKS = {"causal_lm": "distill.run.train", "embedding": "distill.embedding.train"}
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _app(cfg: DictConfig) -> float:
-    from distill.pipeline import train  # heavy imports after Hydra has parsed the command line
+    import importlib
 
+    task = cfg.get("task", "causal_lm")
+    if task not in TASKS:
+        raise DistillError(f"task must be one of {list(TASKS)}, got {task!r}")
     quiet_lightning()
-    return train(cfg)
+    return importlib.import_module(TASKS[task]).train(cfg)  # heavy imports after Hydra has parsed the command line
 
 
 def main() -> None:

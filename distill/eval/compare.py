@@ -23,6 +23,7 @@ from distill.errors import DistillError
 from distill.eval import lm_eval_task
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.speed import generation_latency, median, scoring_throughput, size_on_disk
+from distill.safety import pretrained_kwargs
 from distill.teacher.load import check_model_dir, load_causal_lm
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def check_shared_tokenizer(paths: dict[str, Path]) -> None:
     vocabs = {}
     for name, path in paths.items():
         try:
-            vocabs[name] = AutoTokenizer.from_pretrained(str(path)).get_vocab()
+            vocabs[name] = AutoTokenizer.from_pretrained(str(path), **pretrained_kwargs()).get_vocab()
         except Exception as e:
             raise DistillError(f"models.{name}: cannot load a tokenizer from {path} ({type(e).__name__})") from e
     first, *rest = vocabs
@@ -96,7 +97,10 @@ def samples(model, tokenizer, prompts: list[str], max_new_tokens: int, device, s
 
 
 def run_eval(cfg: DictConfig) -> dict:
-    out_dir = Path(cfg.paths.output_dir)
+    from distill.run.setup import seed, setup_run  # the load policy and checks of every distill command
+
+    out_dir = setup_run(cfg, "eval")
+    seed(cfg)
     paths = model_paths(cfg.models)
     reference = cfg.get("reference") or next(iter(paths))
     if reference not in paths:
@@ -105,7 +109,8 @@ def run_eval(cfg: DictConfig) -> dict:
     harness = cfg.lm_eval
     if harness.run and importlib.util.find_spec("lm_eval") is None:
         raise DistillError("lm_eval.run=true needs lm-evaluation-harness: pip install 'distill[eval]' (or lm_eval)")
-    from distill.pipeline import autocast_dtype, check_vocab, device_of  # heavy: after the one-line checks
+    from distill.run.setup import autocast_dtype, device_of  # heavy: after the one-line checks
+    from distill.run.student import check_vocab
     device, amp = torch.device(device_of(cfg)), autocast_dtype(cfg.trainer.precision)
 
     dm = instantiate(cfg.data)  # the training run's data config: the same split, packing and val blocks

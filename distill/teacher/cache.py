@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from distill.cache import fingerprint
 from distill.errors import DistillError
+from distill.losses.objective import Outputs
 from distill.teacher.outputs import SparseTeacher
 
 FORMAT_VERSION = 1
@@ -322,6 +323,13 @@ class CachedTeacher:
     @property
     def temperature(self) -> float:
         return self.cache.temperature
+
+    model = None  # no weights: nothing to move, shard or run
+    scores_new_tokens = False  # it knows the rows it was written for, not tokens a student samples
+
+    def scores(self, input_ids: Tensor, rows: Tensor, objective, vocab_size: int):
+        """The same ``Outputs`` a live teacher gives, with the cache's top-k in place of logits."""
+        return Outputs(logits=self.outputs(rows, device=input_ids.device), vocab_size=vocab_size)
 
     def has_split(self, split: str) -> bool:
         return split in self.cache.manifest["splits"]

@@ -11,6 +11,8 @@ import lightning as L
 import torch
 from transformers import PreTrainedModel
 
+from distill.forward import model_outputs
+
 
 class Teacher(L.LightningModule):
     def __init__(self, model: PreTrainedModel):
@@ -20,6 +22,14 @@ class Teacher(L.LightningModule):
 
     def train(self, mode: bool = True) -> "Teacher":
         return super().train(False)  # a teacher never leaves eval mode (no dropout)
+
+    scores_new_tokens = True  # it can score any tokens, the student's own samples too (on-policy)
+
+    @torch.no_grad()
+    def scores(self, input_ids: torch.Tensor, rows: torch.Tensor | None, objective, vocab_size: int):
+        """What ``objective`` compares the student with on this batch (logits, or the final hidden
+        state and LM head for the fused loss, plus hidden states / attention maps)."""
+        return model_outputs(self.model, input_ids, vocab_size, objective)
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -9,13 +9,14 @@ from omegaconf import OmegaConf
 
 from distill.embedding.data import SentenceDataModule
 from distill.embedding.losses import EmbeddingObjective
-from distill.embedding.pipeline import schedule_args, teacher_path
-from distill.pipeline import instantiate_all, student_spec
+from distill.embedding.train import schedule_args, teacher_path
+from distill.run.fit import instantiate_all
+from distill.run.student import student_spec
+from tests.compose import compose_train
 from tests.embedding.tiny import tiny_bert
-from tests.test_configs import compose_train, out_dir  # noqa: F401 (the fixture)
 
 
-def test_minilm_embed_composes_and_instantiates(out_dir):  # noqa: F811
+def test_minilm_embed_composes_and_instantiates(out_dir):
     cfg = compose_train(out_dir, "experiment=minilm_embed")
     resolved = {k: OmegaConf.to_container(cfg[k], resolve=True, throw_on_missing=True)
                 for k in cfg if k != "hydra" and OmegaConf.is_config(cfg[k])}
@@ -37,5 +38,5 @@ def test_minilm_embed_composes_and_instantiates(out_dir):  # noqa: F811
     assert [type(lg).__name__ for lg in instantiate_all(cfg.logger)] == ["CSVLogger"]
 
 
-def test_the_default_task_is_causal_lm(out_dir):  # noqa: F811
+def test_the_default_task_is_causal_lm(out_dir):
     assert compose_train(out_dir).task == "causal_lm"

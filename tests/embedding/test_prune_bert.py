@@ -57,7 +57,7 @@ def test_every_other_layer_works_on_encoders():
 
 
 def test_student_dropout_is_switched_off_everywhere():
-    from distill.embedding.pipeline import set_dropout
+    from distill.embedding.train import set_dropout
 
     student = keep_layers(tiny_bert(layers=4), [0, 3]).train()
     set_dropout(student, 0.0)

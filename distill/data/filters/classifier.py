@@ -65,7 +65,10 @@ def load_embedder(model_path: str, device: str = "cpu"):
     path = Path(model_path)
     if not (path / "config.json").is_file():
         raise DistillError(f"data.filters.classifier.model_path is not a Hugging Face model directory: {path}")
-    return AutoTokenizer.from_pretrained(str(path)), AutoModel.from_pretrained(str(path)).to(device).eval()
+    from distill.safety import pretrained_kwargs, weight_kwargs  # the run's load policy (safe defaults in workers)
+
+    encoder = AutoModel.from_pretrained(str(path), **weight_kwargs(path, "data.filters.classifier.model_path"))
+    return AutoTokenizer.from_pretrained(str(path), **pretrained_kwargs()), encoder.to(device).eval()
 
 
 @torch.inference_mode()

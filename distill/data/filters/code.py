@@ -99,7 +99,9 @@ class CodeQualityFilter(BaseFilter):
         if self._tok is None:
             from transformers import AutoTokenizer  # heavy import, only where the rule runs
 
-            self._tok = AutoTokenizer.from_pretrained(self.tokenizer)
+            from distill.safety import pretrained_kwargs  # never runs a tokenizer dir's code unless allowed
+
+            self._tok = AutoTokenizer.from_pretrained(self.tokenizer, **pretrained_kwargs())
         # no special tokens: the ratio should depend on the text, not on the tokenizer's BOS/EOS
         n = len(self._tok(text, add_special_tokens=False, verbose=False)["input_ids"])
         return len(text) / max(n, 1)

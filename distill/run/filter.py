@@ -10,24 +10,29 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from distill.data.filters.summary import print_table
 from distill.errors import DistillError
-from distill.pipeline import run_data_filters
+from distill.run.checks import teacher_kind
+from distill.run.data import load_data, run_data_filters
+from distill.run.setup import seed, setup_run
+from distill.run.teacher import resolve_teacher
 
 log = logging.getLogger(__name__)
 
 
 def run_filters(cfg: DictConfig) -> dict:
-    from hydra.utils import instantiate
-
+    setup_run(cfg, "filter")
+    teacher_kind(cfg)
     dm = instantiate(cfg.data)
     if not dm.filters:
         raise DistillError("distill-filter: no filters configured: choose some, e.g. data/filters=[code,dedup]")
-    dm.load_documents()
-    dm.use_tokenizer(cfg.teacher.get("path") or dm.train_tokenizer())
-    stats = run_data_filters(cfg, dm, require_kept=False)  # the stats are saved and shown even if nothing is kept
+    seed(cfg)
+    load_data(cfg, dm)
+    teacher = resolve_teacher(cfg, dm, for_training=False)  # weights only if a filter scores with them
+    stats = run_data_filters(cfg, dm, teacher, require_kept=False)  # saved and shown even if nothing is kept
     print_table(stats)
     log.info("filter stats: %s", Path(cfg.paths.output_dir) / "filter_stats.json")
     if stats["kept"] == 0:  # reported above, and an error: a training run on this would have no data

@@ -2,7 +2,8 @@
 
 The causal pipeline's flow with an encoder: data -> teacher -> pruned student -> reference
 (the pruned student before training) -> distil -> evaluate on held-out text -> export ->
-metrics.json + report. Training, loggers, callbacks and checkpoints are ``distill.pipeline.fit``.
+metrics.json + report. Setup (load policy, checks, run dir, seed), training, loggers, callbacks and
+checkpoints are the causal run's own steps (``distill.run``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from pathlib import Path
 
-import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 from torch import nn
@@ -27,15 +26,17 @@ from distill.embedding.report import write_report
 from distill.errors import DistillError
 from distill.eval.metrics import num_params
 from distill.eval.report import plot_curves
-from distill.pipeline import autocast_dtype, device_of, fit, optim_args, save_pruning_report, student_spec
+from distill.run.fit import fit, optim_args
+from distill.run.setup import autocast_dtype, device_of, seed, setup_run
+from distill.run.student import save_pruning_report, student_spec
+from distill.safety import pretrained_kwargs, weight_kwargs
 from distill.teacher.load import check_model_dir
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float:
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = setup_run(cfg, "train")
     spec = cfg.embedding
     teacher_dir = teacher_path(cfg.teacher)
     if not str(cfg.loss.get("_target_", "")).startswith("distill.embedding."):  # before a causal one fails on our keys
@@ -43,11 +44,11 @@ def train(cfg: DictConfig) -> float:
     loss = instantiate(cfg.loss)
     if cfg.get("control"):
         log.info("control=true has no effect with task=embedding: the reference is the pruned student before training")
-    L.seed_everything(cfg.seed, workers=True)
+    seed(cfg)
 
     teacher = load_encoder(teacher_dir)
     pooling = read_pooling(teacher_dir, spec.pooling, spec.normalize)
-    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir, **pretrained_kwargs())
     dm = instantiate(cfg.data)
     dm.use_tokenizer(tokenizer)
     dm.load_documents()
@@ -68,7 +69,7 @@ def train(cfg: DictConfig) -> float:
     pruned = agreement(encode(student.to(device), held_out, pooling, dtype), teacher_emb, queries, spec.top_k)
 
     module = EmbeddingDistillModule(student, teacher, loss, pooling, **schedule_args(cfg))
-    trainer, meter, history = fit(cfg, module, dm, main_run=True)
+    trainer, meter, history = fit(cfg, module, dm, role="student")
     if not trainer.is_global_zero:
         return float("nan")
 
@@ -84,7 +85,7 @@ def train(cfg: DictConfig) -> float:
         "teacher.sentences_per_s": speed["teacher"], "student.sentences_per_s": speed["student"],
         "speedup": speed["student"] / speed["teacher"],
         "train.tokens": meter.tokens, "train.tokens_per_s": meter.tokens_per_s, "train.wall_s": meter.wall_s,
-        "train.steps": cfg.trainer.max_steps, "train.texts": len(dm.train_texts),
+        "train.steps": trainer.global_step, "train.texts": len(dm.train_texts),
         "val.texts": len(dm.val_texts), "eval.queries": queries, "eval.top_k": spec.top_k,
     })
     metrics["student.params_ratio"] = metrics["student.params"] / metrics["teacher.params"]
@@ -130,7 +131,7 @@ def teacher_path(teacher_cfg) -> str:
 
 def load_encoder(path: str):
     try:
-        model = AutoModel.from_pretrained(path)
+        model = AutoModel.from_pretrained(path, **weight_kwargs(path, "teacher"))  # safetensors unless allow_pickle
     except (OSError, ValueError) as e:
         raise DistillError(f"teacher: cannot load an encoder from {path} ({type(e).__name__}: {e})") from e
     if getattr(model.config, "is_decoder", False):

@@ -12,22 +12,28 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from distill.teacher.cache_writer import write_teacher_cache
 from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
-from distill.pipeline import autocast_dtype, device_of, filter_training_data, prepare_data, prepare_teacher, teacher_backend
+from distill.run.checks import teacher_kind
+from distill.run.data import filter_training_data, prepare_data
+from distill.run.setup import autocast_dtype, device_of, seed, setup_run
+from distill.run.teacher import resolve_teacher
 from distill.teacher.cache import teacher_fingerprint
+from distill.teacher.cache_writer import write_teacher_cache
 
 log = logging.getLogger(__name__)
 
 
 def build_cache(cfg: DictConfig) -> Path:
-    if teacher_backend(cfg) != "cache":
+    if teacher_kind(cfg) != "cache":
         raise DistillError("distill-cache writes an offline teacher cache: run it with teacher=cache")
+    setup_run(cfg, "cache")
+    seed(cfg)
     dm = prepare_data(cfg)
     vocab_size = len(dm.tokenizer)
-    model, _ = prepare_teacher(cfg, dm, vocab_size)
-    filter_training_data(cfg, dm, model)  # the cache covers exactly the blocks the students will train on
+    teacher = resolve_teacher(cfg, dm, for_training=False)
+    model = teacher.load_weights()  # this job runs the teacher
+    filter_training_data(cfg, dm, teacher)  # the cache covers exactly the blocks the students will train on
     trainer_kwargs = {k: cfg.trainer[k] for k in ("accelerator", "devices", "precision") if k in cfg.trainer}
     device = device_of(cfg)
     scores = evaluate({"teacher": model.to(device)}, dm.val_dataloader(), vocab_size, device=device,

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 
 from omegaconf import DictConfig
 
+from distill.cache import write_atomic
 from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
-from distill.pipeline import (autocast_dtype, build_student, export_student, finalize_student, prepare_data,
-                              prepare_teacher, student_needs_teacher, write_atomic)
+from distill.run.data import prepare_data
+from distill.run.outputs import export_student
+from distill.run.setup import autocast_dtype, seed, setup_run
+from distill.run.student import build_student, finalize_student, student_needs_teacher
+from distill.run.teacher import resolve_teacher
 
 log = logging.getLogger(__name__)
 
@@ -27,11 +30,11 @@ def prune(cfg: DictConfig) -> dict:
     if not student_needs_teacher(cfg):
         raise DistillError("distill-prune builds a student from the teacher: choose student=every_other_layer, "
                            "depth, width, wanda, magnitude or moe_upcycle")
-    out = Path(cfg.paths.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = setup_run(cfg, "prune")
+    seed(cfg)
     dm = prepare_data(cfg)
     vocab_size = len(dm.tokenizer)
-    teacher, _ = prepare_teacher(cfg, dm, vocab_size)
+    teacher = resolve_teacher(cfg, dm, for_training=False).load_weights()
     student = finalize_student(build_student(cfg, teacher, vocab_size, dm))
     report = dict(getattr(student, "pruning_report", None) or {"method": cfg.student._target_})
     scores = evaluate({"teacher": teacher, "student": student}, dm.val_dataloader(), vocab_size,

@@ -1,0 +1,107 @@
+"""The evaluate/export step: validation metrics of every model, the exported student, and the
+run dir's ``metrics.json``, ``report.md`` and ``report.png``."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from distill.cache import partial_name, replace_dir, write_atomic
+from distill.callbacks.throughput import Throughput
+from distill.data.filters.summary import markdown_table
+from distill.eval.compression import compression_section
+from distill.eval.metrics import evaluate, num_params
+from distill.eval.report import gap_closed, plot_curves, write_markdown
+from distill.eval.speed import scoring_throughput
+from distill.quant.config import quant_section
+from distill.run.setup import autocast_dtype, device_of
+from distill.teacher.source import TeacherSource
+
+log = logging.getLogger(__name__)
+
+
+def reference_top1(teacher: TeacherSource):
+    """With a cached teacher, agreement is against its stored top-1 on the validation split."""
+    if teacher.cache is not None and teacher.scorer.has_split("val"):
+        return lambda rows: teacher.scorer.outputs(rows, split="val").indices[..., 0]  # stored best first
+    return None
+
+
+def measure_start(cfg: DictConfig, dm, vocab_size: int, teacher: TeacherSource, student) -> dict:
+    """The student as built, before any training (``student.*_start``): what training must improve on.
+    Skipped under sharding strategies, where one device may not hold the whole models before the
+    strategy shards them."""
+    if any(s in str(cfg.trainer.get("strategy")).lower() for s in ("fsdp", "deepspeed")):
+        return {}
+    device = device_of(cfg)
+    models = {name: m for name, m in {"teacher": teacher.live_model, "student": student}.items() if m is not None}
+    placed = {name: next(m.parameters()).device for name, m in models.items()}
+    results = evaluate({name: m.to(device) for name, m in models.items()}, dm.val_dataloader(), vocab_size,
+                       device=device, reference_top1=reference_top1(teacher),
+                       autocast_dtype=autocast_dtype(cfg.trainer.precision))["student"]
+    for name, m in models.items():
+        m.to(placed[name])  # back where they were: the Trainer places them itself
+    return {f"student.{k}_start": v for k, v in results.items() if k != "tokens"}
+
+
+def measure(cfg, dm, vocab_size, teacher: TeacherSource, student, baseline, meter: Throughput, device) -> dict:
+    """Validation metrics of every model; with a cached teacher its numbers come from the cache
+    (written by distill-cache) and agreement is against its stored top-1 on the validation split."""
+    models = {"teacher": teacher.live_model, "student": student, "baseline": baseline}
+    models = {name: m.to(device) for name, m in models.items() if m is not None}
+    results = evaluate(models, dm.val_dataloader(), vocab_size, device=device, reference_top1=reference_top1(teacher),
+                       autocast_dtype=autocast_dtype(cfg.trainer.precision))
+    metrics = {}
+    speed_batches = [b[0] for _, b in zip(range(4), dm.val_dataloader())]  # cheap: the student/teacher speed ratio
+    for name in ("teacher", "student"):
+        if name in models:
+            metrics[f"{name}.scoring_tokens_per_s"] = scoring_throughput(
+                models[name], speed_batches, device, autocast_dtype(cfg.trainer.precision))
+    if teacher.cache is not None:
+        metrics.update({k: v for k, v in teacher.cache_manifest.get("extra", {}).items() if k.startswith("teacher.")})
+    for name, model in models.items():
+        metrics[f"{name}.params"] = num_params(model)
+        metrics.update({f"{name}.{k}": v for k, v in results[name].items()})
+    metrics.update({
+        "train.tokens": meter.tokens,
+        "train.tokens_per_s": meter.tokens_per_s,
+        "train.wall_s": meter.wall_s,
+        "train.steps": cfg.trainer.max_steps,
+        "val.tokens": results["student"]["tokens"],
+    })
+    for name in models:
+        metrics.pop(f"{name}.tokens", None)
+    if "teacher.params" in metrics:
+        metrics["student.params_ratio"] = metrics["student.params"] / metrics["teacher.params"]
+    closed = gap_closed(metrics)
+    if closed is not None:
+        metrics["gap_closed"] = closed
+    return metrics
+
+
+def export_student(student, tokenizer, path: Path) -> None:
+    """HF format (safetensors) with the tokenizer; written to a temp dir first so no half export remains."""
+    tmp = partial_name(path)
+    student.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    replace_dir(tmp, path)
+
+
+def write_reports(metrics: dict, out: Path, filter_stats: dict | None, histories: dict[str, list[dict]]) -> None:
+    """``metrics.json`` (atomic), ``report.md`` and ``report.png`` (loss curves per fit)."""
+    write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_markdown(metrics, out / "report.md", sections=report_sections(filter_stats, metrics))
+    plot_curves(histories, out / "report.png")
+    log.info("metrics: %s", json.dumps(metrics))
+
+
+def report_sections(filter_stats: dict | None, metrics: dict) -> list[list[str]]:
+    sections = [compression_section(metrics)]
+    if filter_stats:
+        sections.append(["## Data filters (training split)", "", *markdown_table(filter_stats),
+                         "", "Per-filter details: `filter_stats.json`."])
+    sections.append(quant_section(metrics))
+    return [s for s in sections if s]

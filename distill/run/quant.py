@@ -1,0 +1,32 @@
+"""The quantization step of a run: the ``quant=`` plugin for the student, the memory estimate and
+fit check before launch, and ``teacher.load_in`` (the live teacher stored in fewer bits)."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from distill.eval.metrics import evaluate
+from distill.quant.config import log_memory_estimate, quant_plugin, quantize_teacher_for_run
+from distill.run.setup import autocast_dtype, device_of
+from distill.safety import check_memory_fits
+from distill.teacher.source import TeacherSource
+
+
+def prepare_quantization(cfg: DictConfig, student, teacher: TeacherSource, dm, vocab_size: int):
+    """Returns (plugin or None, memory estimate, the quantized teacher's metrics)."""
+    precision, load_in = cfg.trainer.get("precision"), cfg.teacher.get("load_in")
+    plugin = quant_plugin(cfg.get("quant"), precision, device_of(cfg))
+    estimate = log_memory_estimate(student, teacher.live_model, plugin, dm, precision, load_in, vocab_size)
+    check_memory_fits(estimate["total"], device_of(cfg), cfg.memory.get("available_bytes"), cfg.memory.force)
+    return plugin, estimate, quantize_live_teacher(cfg, teacher.live_model, dm, vocab_size)
+
+
+def quantize_live_teacher(cfg: DictConfig, model, dm, vocab_size: int) -> dict:
+    """``teacher.load_in``: the live teacher stored in less memory, scored on validation before."""
+    device = device_of(cfg)
+
+    def val_ppl(m) -> float:
+        return evaluate({"teacher": m.to(device)}, dm.val_dataloader(), vocab_size, device=device,
+                        autocast_dtype=autocast_dtype(cfg.trainer.precision))["teacher"]["val_ppl"]
+
+    return quantize_teacher_for_run(model, cfg.teacher.get("load_in"), device, val_ppl)
