@@ -137,7 +137,7 @@ def test_callbacks_none_leaves_nothing_to_instantiate(experiment, out_dir):
     assert instantiate_all(cfg.logger) == []
     full = compose_train(out_dir, f"experiment={experiment}")
     assert {type(c).__name__ for c in instantiate_all(full.callbacks)} == {
-        "ModelCheckpoint", "RichProgressBar", "LearningRateMonitor", "LossSchedules"
+        "ModelCheckpoint", "TitledRichProgressBar", "LearningRateMonitor", "LossSchedules"
     }
 
 

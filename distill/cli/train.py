@@ -21,7 +21,7 @@ def quiet_lightning() -> None:
     write the job log, so drop Lightning's to avoid every line appearing twice."""
     import logging
 
-    for name in ("lightning.pytorch", "lightning.fabric"):
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).handlers.clear()
 
 
@@ -35,8 +35,9 @@ def _app(cfg: DictConfig) -> float:
     task = cfg.get("task", "causal_lm")
     if task not in TASKS:
         raise DistillError(f"task must be one of {list(TASKS)}, got {task!r}")
-    quiet_lightning()
-    return importlib.import_module(TASKS[task]).train(cfg)  # heavy imports after Hydra has parsed the command line
+    run = importlib.import_module(TASKS[task])  # heavy imports after Hydra has parsed the command line
+    quiet_lightning()  # after `import lightning`, which adds the handler
+    return run.train(cfg)
 
 
 def main() -> None:

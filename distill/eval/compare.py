@@ -23,7 +23,7 @@ from distill.errors import DistillError
 from distill.eval import lm_eval_task
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.speed import generation_latency, median, scoring_throughput, size_on_disk
-from distill.safety import pretrained_kwargs
+from distill.safety import pretrained_kwargs, weight_kwargs
 from distill.teacher.load import check_model_dir, load_causal_lm
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,10 @@ def model_paths(spec) -> dict[str, Path]:
         named = {}
     if not named:
         raise DistillError("models is empty: give model directories, e.g. models='[/runs/a/student,/teachers/t]'")
-    return {name: check_model_dir(path, what=f"models.{name}") for name, path in named.items()}
+    dirs = {name: check_model_dir(path, what=f"models.{name}") for name, path in named.items()}
+    for name, path in dirs.items():
+        weight_kwargs(path, f"models.{name}")  # pickle-only weights refused here, unless allow_pickle
+    return dirs
 
 
 def check_shared_tokenizer(paths: dict[str, Path]) -> None:

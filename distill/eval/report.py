@@ -19,23 +19,27 @@ def gap_closed(metrics: dict) -> float | None:
     return (c - s) / (c - t) if c != t else None
 
 
-def write_markdown(metrics: dict, path: Path, title: str = "Distillation report",
-                   sections: list[list[str]] = ()) -> None:
-    """The report: models table, ratios, cost; then any extra ``sections`` (filters, quantization)."""
-    rows = [("teacher", "teacher"), ("student (distilled)", "student"), ("control (scratch, CE only)", "baseline")]
-    lines = [f"# {title}", "", "| model | params | val ppl | top-1 agreement with teacher | KL(teacher‖model) |",
-             "|---|---:|---:|---:|---:|"]
-    for label, key in rows:
+# (label, metrics key prefix) of the models in the results table, in order
+MODELS = (("teacher", "teacher"), ("student (distilled)", "student"), ("control (scratch, CE only)", "baseline"))
+MODEL_COLUMNS = ("model", "params", "val ppl", "top-1 agreement with teacher", "KL(teacher‖model)")
+
+
+def model_rows(metrics: dict) -> list[tuple[str, list[str]]]:
+    """The results table as text: (metrics key prefix, cells under ``MODEL_COLUMNS``) for every model the
+    run measured, "—" where a value was not measured. report.md and the console's table share it."""
+    rows = []
+    for label, key in MODELS:
         if f"{key}.val_ppl" not in metrics:
             continue
-        params = metrics.get(f"{key}.params")
-        agree = metrics.get(f"{key}.top1_agreement")
-        lines.append(
-            f"| {label} | {params / 1e6:.2f}M | {metrics[f'{key}.val_ppl']:.3f} | "
-            + (f"{agree:.3f} |" if agree is not None else "— |")
-            + (f" {metrics[f'{key}.kl_to_teacher']:.4f} |" if f"{key}.kl_to_teacher" in metrics else " — |")
-        )
-    lines.append("")
+        agree, kl = metrics.get(f"{key}.top1_agreement"), metrics.get(f"{key}.kl_to_teacher")
+        rows.append((key, [label, f"{metrics[f'{key}.params'] / 1e6:.2f}M", f"{metrics[f'{key}.val_ppl']:.3f}",
+                           f"{agree:.3f}" if agree is not None else "—", f"{kl:.4f}" if kl is not None else "—"]))
+    return rows
+
+
+def summary_lines(metrics: dict) -> list[str]:
+    """The bullets under the results table: size ratio, perplexity gap closed, distillation throughput."""
+    lines = []
     if "teacher.params" in metrics:
         lines.append(f"- student / teacher parameters: {metrics['student.params'] / metrics['teacher.params']:.3f}")
     closed = gap_closed(metrics)
@@ -45,6 +49,15 @@ def write_markdown(metrics: dict, path: Path, title: str = "Distillation report"
         f"- distillation: {metrics['train.tokens']:,} tokens in {metrics['train.wall_s']:.1f} s "
         f"({metrics['train.tokens_per_s']:,.0f} tokens/s)"
     )
+    return lines
+
+
+def write_markdown(metrics: dict, path: Path, title: str = "Distillation report",
+                   sections: list[list[str]] = ()) -> None:
+    """The report: models table, ratios, cost; then any extra ``sections`` (filters, quantization)."""
+    lines = [f"# {title}", "", "| " + " | ".join(MODEL_COLUMNS) + " |", "|---|---:|---:|---:|---:|"]
+    lines += ["| " + " | ".join(cells) + " |" for _, cells in model_rows(metrics)]
+    lines += ["", *summary_lines(metrics)]
     for section in sections:
         lines += ["", *section]
     lines += ["", "![loss curves](report.png)", ""]

@@ -35,7 +35,7 @@ def log_memory_estimate(student, teacher_model, plugin, dm, precision, load_in, 
     estimate = estimate_memory(student, teacher_model, batch_size=dm.batch_size, seq_len=dm.seq_len,
                                precision=str(precision), quant=plugin.name if plugin else "none",
                                teacher_load_in=load_in, vocab_size=vocab_size)
-    log.info("%s", format_estimate(estimate))
+    log.debug("%s", format_estimate(estimate))  # the run plan shows the total; the breakdown on request
     return estimate
 
 

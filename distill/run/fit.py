@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 
 from distill.callbacks import preemption
 from distill.callbacks.history import LossHistory
+from distill.callbacks.progress import TITLES, TitledBar
 from distill.callbacks.resume import ExactResume
 from distill.callbacks.throughput import Throughput
 from distill.checkpoint_io import AtomicCheckpointIO
@@ -46,6 +47,9 @@ def fit(cfg: DictConfig, module, dm, role: str, max_steps: int | None = None, pl
         extra.update(plugins=[*extra.get("plugins", []), plugin], precision=None)
     if preemption.under_slurm():  # Lightning's own hpc save/requeue off in every fit: ours, main run only
         extra["plugins"] = [*extra.get("plugins", []), preemption.slurm_environment()]
+    for c in callbacks:
+        if isinstance(c, TitledBar):  # an attribute, not an argument: a user's own bar class still works
+            c.title = TITLES[role]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, **extra)
     ckpt_path = preemption.resume_path(cfg.paths.output_dir, cfg.ckpt_path) if main_run else None
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)

@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 
 from distill.cache import partial_name, replace_dir, write_atomic
 from distill.callbacks.throughput import Throughput
+from distill.console import results_table_lines, run_plan_lines
 from distill.data.filters.summary import markdown_table
 from distill.eval.compression import compression_section
 from distill.eval.metrics import evaluate, num_params
@@ -21,6 +22,28 @@ from distill.run.setup import autocast_dtype, device_of
 from distill.teacher.source import TeacherSource
 
 log = logging.getLogger(__name__)
+
+
+def log_plan(cfg: DictConfig, teacher: TeacherSource, student, dm, objective, memory_bytes: float) -> None:
+    """What the run is about to do, printed before the distillation starts."""
+    lines = run_plan_lines(
+        teacher_kind=teacher.kind,
+        teacher_source=cfg.teacher.get("path") or (cfg.teacher.cache_dir if teacher.kind == "cache" else None),
+        teacher_params=num_params(teacher.model) if teacher.model is not None else None,
+        student_builder=group_choice("student", cfg.student.get("_target_", "")), student_params=num_params(student),
+        data_name=group_choice("data", cfg.data.get("_target_", "")), train_tokens=int(dm.train_blocks.size),
+        objective=objective.weights, temperature=objective.temperature, steps=cfg.trainer.max_steps,
+        tokens_per_step=dm.batch_size * dm.seq_len, memory_bytes=memory_bytes)
+    log.info("\n".join(lines))
+
+
+def group_choice(group: str, fallback: str) -> str:
+    """The option the user picked for a config group (``student=depth`` -> "depth")."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group) or fallback)
+    return fallback
 
 
 def reference_top1(teacher: TeacherSource):
@@ -95,7 +118,8 @@ def write_reports(metrics: dict, out: Path, filter_stats: dict | None, histories
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     write_markdown(metrics, out / "report.md", sections=report_sections(filter_stats, metrics))
     plot_curves(histories, out / "report.png")
-    log.info("metrics: %s", json.dumps(metrics))
+    log.debug("metrics: %s", json.dumps(metrics))
+    log.info("\n".join(results_table_lines(metrics, out)))
 
 
 def report_sections(filter_stats: dict | None, metrics: dict) -> list[list[str]]:

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from distill.cache import clean_leftovers
 from distill.callbacks import preemption
 # from distill.config import validate  # TODO(lead): wire when distill/config lands
-from distill.safety import check_device, check_numbers, check_write_paths, set_load_policy
+from distill.safety import check_device, check_numbers, check_write_paths, set_load_policy, weight_kwargs
 from distill.strategies import is_main_process, launch_ranks_as_this_job
 from distill.teacher.load import check_context, check_model_dir, check_tokenizer_dir
 
@@ -43,15 +43,17 @@ def seed(cfg: DictConfig) -> None:
 
 
 def check_model_dirs(cfg: DictConfig) -> None:
-    """``teacher.path`` and ``student.path``: model dirs that load under the policy, with a
-    tokenizer (the teacher's) and positions for ``data.seq_len``."""
+    """``teacher.path`` and ``student.path``: model dirs whose weights load under the policy
+    (pickle-only weights refused unless ``allow_pickle``), with a tokenizer (the teacher's) and
+    positions for ``data.seq_len``."""
     seq_len = cfg.data.get("seq_len")
-    if cfg.teacher.get("path") and cfg.get("task", "causal_lm") == "causal_lm":
-        check_model_dir(cfg.teacher.path)
-        check_tokenizer_dir(cfg.teacher.path)
-        check_context(cfg.teacher.path, seq_len)
+    if cfg.teacher.get("path"):
+        weight_kwargs(check_model_dir(cfg.teacher.path), "teacher.path")
+        if cfg.get("task", "causal_lm") == "causal_lm":
+            check_tokenizer_dir(cfg.teacher.path)
+            check_context(cfg.teacher.path, seq_len)
     if cfg.student.get("path"):
-        check_model_dir(cfg.student.path, "student.path")
+        weight_kwargs(check_model_dir(cfg.student.path, "student.path"), "student.path")
         check_context(cfg.student.path, seq_len, "student.path")
 
 

@@ -21,7 +21,7 @@ from distill.losses.objective import ce_only
 from distill.run.checks import check_combination
 from distill.run.data import filter_training_data, prepare_data, sequence_kd_data
 from distill.run.fit import fit, optim_args
-from distill.run.outputs import export_student, measure, measure_start, write_reports
+from distill.run.outputs import export_student, log_plan, measure, measure_start, write_reports
 from distill.run.quant import prepare_quantization
 from distill.run.setup import seed, setup_run
 from distill.run.student import (build_student, finalize_quantized, save_pruning_report, student_spec,
@@ -58,6 +58,7 @@ def train(cfg: DictConfig) -> float:
     use_eager_attention(cfg, loss, student=student, teacher=teacher.live_model)
     plugin, estimate, teacher_quant = prepare_quantization(cfg, student, teacher, dm, vocab_size)
     loss.bind(student, teacher.live_model)
+    log_plan(cfg, teacher, student, dm, loss, estimate["total"])
     module = DistillationModule(student, loss, vocab_size, teacher=teacher.scorer, seed=cfg.seed, **optim_args(cfg))
     start_metrics = measure_start(cfg, dm, vocab_size, teacher, student)
     if plugin is not None:
