@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from distill.cache import TextHasher, cached_dir, fingerprint, text_fingerprint
 from distill.data.filters.runner import ExecutorSpec, filter_documents
 from distill.data.packing import pack, pack_to_npy, tokenize
-from distill.data.sampler import eval_loader, train_loader
+from distill.data.sampler import data_shard, eval_loader, train_loader
 from distill.data.sources import Document, Skips, require_documents
 from distill.data.split import in_validation, split_documents
 from distill.data.tokenizer import load_tokenizer, train_bpe
@@ -199,7 +199,8 @@ class TextDataModule(L.LightningDataModule):
         return self.batch_size * self.seq_len
 
     def train_dataloader(self) -> DataLoader:
-        return train_loader(BlockDataset(self.train_blocks), self.batch_size, self.seed, self.num_workers)
+        return train_loader(BlockDataset(self.train_blocks), self.batch_size, self.seed, self.num_workers,
+                            **data_shard(self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(BlockDataset(self.val_blocks), self.batch_size, self.seed, self.num_workers)

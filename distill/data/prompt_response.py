@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset
 from distill.cache import cached_dir, fingerprint, text_fingerprint
 from distill.data.datamodule import TextDataModule
 from distill.data.sources import Document, jsonl_records
-from distill.data.sampler import eval_loader, train_loader
+from distill.data.sampler import data_shard, eval_loader, train_loader
 from distill.data.split import split_documents
 from distill.data.tokenizer import train_bpe
 from distill.errors import DistillError
@@ -304,7 +304,7 @@ class PromptResponseDataModule(TextDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return train_loader(MaskedBlockDataset(self.train_blocks, self.train_targets), self.batch_size, self.seed,
-                            self.num_workers)
+                            self.num_workers, **data_shard(self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(MaskedBlockDataset(self.val_blocks, self.val_targets), self.batch_size, self.seed,

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader
 
 from distill.cache import cached_dir, fingerprint
 from distill.data.prompt_response import IGNORE_INDEX, MaskedBlockDataset
-from distill.data.sampler import train_loader
+from distill.data.sampler import data_shard, train_loader
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
@@ -164,7 +164,7 @@ class SeqKDDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         return train_loader(MaskedBlockDataset(self.train_blocks, self.train_targets), self.batch_size, self.seed,
-                            self.num_workers)
+                            self.num_workers, **data_shard(self.trainer))
 
     def val_dataloader(self) -> DataLoader:
         return self.base.val_dataloader()

@@ -109,4 +109,5 @@ def data_parallel_key(cfg: DictConfig) -> list:
     """Processes sharing the data, for cache keys: a teacher trained by 2 ranks saw twice the batch.
     Empty for one process, so single-process keys are unchanged."""
     size = data_parallel_size(cfg.trainer.get("devices", 1), cfg.trainer.get("num_nodes", 1))
-    return [] if size == 1 else [f"data_parallel={size}"]
+    # sampler=sharded-v2: ranks shard our resumable order (not Lightning's DistributedSampler's) since v2
+    return [] if size == 1 else [f"data_parallel={size}", "sampler=sharded-v2"]
