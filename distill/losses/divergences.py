@@ -71,12 +71,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from distill.errors import DistillError
-from distill.teacher.outputs import TAIL_MODES, SparseTeacher
+from distill.losses.terms import DISTRIBUTION_TERMS, DIVERGENCES
+from distill.teacher.outputs import SparseTeacher
 
 IGNORE_INDEX = -100  # label of tokens no loss looks at (padding, prompts), as in torch and HF
 
-DIVERGENCES = ("forward_kl", "reverse_kl", "jsd", "tvd")
-TERMS = DIVERGENCES + ("ce",)
+TERMS = DISTRIBUTION_TERMS  # the terms this engine computes (the registry's: distill.losses.terms)
 TAIL_EPS = 1e-6  # smallest teacher tail mass in "bucket" mode (about float32 rounding of 1 − Σp)
 
 Teacher = Tensor | SparseTeacher | None
@@ -173,16 +173,12 @@ def logit_chunk(s: Tensor, t: Teacher, y: Tensor, m: Tensor, coef: dict[str, flo
     s: [n, V] student logits (any float dtype); t: None, dense teacher logits [n, V] (already
     trimmed to V), or SparseTeacher with [n, k]; y: [n] long labels (-100 = ignore, for CE);
     m: [n] bool, tokens to distill (divergence terms). coef: {term: coefficient} with terms
-    from TERMS; terms absent are not computed. Returns sums[term] = float32 0-dim sum over
+    from TERMS (only "ce" when t is None); terms absent are not computed. Trusts its caller:
+    nothing is checked here, once per chunk. Returns sums[term] = float32 0-dim sum over
     the chunk's valid tokens of the per-token term value (divergences already × T²), and
     grad = d(Σ_term coef[term] · sums[term]) / ds as float32 [n, V] (None if not want_grad).
     """
-    unknown = set(coef) - set(TERMS)
-    if unknown:
-        raise ValueError(f"unknown loss terms {sorted(unknown)}")
     divs = {term: c for term, c in coef.items() if term != "ce"}
-    if divs and t is None:
-        raise ValueError(f"loss terms {sorted(divs)} need a teacher")
     x = s.float()  # never modified in place: it is ``s`` itself when s is float32
     if not isinstance(t, SparseTeacher) and set(divs) <= {"forward_kl"}:
         return _forward_kl_ce(x, t, y, m, coef, temperature, want_grad)
@@ -412,9 +408,12 @@ def chunked_logit_loss(student_logits: Tensor, teacher: Teacher, labels: Tensor,
     labels [...]; mask [...] bool, the tokens to distill (default labels != -100). CE is
     averaged over valid labels, each divergence over masked tokens (0 tokens → 0). Terms
     with weight 0 are still computed and reported (for logging), except divergences when
-    there is no teacher.
+    there is no teacher. The settings are trusted: ``Objective`` validates them once
+    (``distill.losses.spec``); a direct caller passes terms of ``TERMS``, weights >= 0,
+    temperature > 0, beta in [0, 1], a tail of ``teacher.outputs.TAIL_MODES``, chunk_size >= 1.
     """
-    weights = _check_config(weights, teacher, temperature, beta, tail, chunk_size)
+    if teacher is None:  # nothing to compare with: the divergences drop out
+        weights = {term: w for term, w in weights.items() if term not in DIVERGENCES}
     _check_shapes(student_logits, teacher, labels, mask)
     if mask is None:
         mask = labels != IGNORE_INDEX
@@ -457,31 +456,10 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         return (grad * grad_loss).view(ctx.shape), *([None] * 8)
 
 
-def _check_config(weights, teacher, temperature, beta, tail, chunk_size) -> dict[str, float]:
-    """The weights to compute (divergences dropped when there is no teacher), or a DistillError."""
-    unknown = sorted(set(weights) - set(TERMS))
-    if unknown:
-        raise DistillError(f"unknown loss term(s) {unknown}; expected some of {list(TERMS)}")
-    weights = {term: float(w) for term, w in weights.items()}
-    if any(not w >= 0 for w in weights.values()) or sum(weights.values()) == 0:
-        raise DistillError(f"loss weights must be >= 0 and not all 0, got {weights}")
-    if teacher is None:
-        needing = [term for term in DIVERGENCES if weights.get(term, 0) > 0]
-        if needing:
-            raise DistillError(f"loss term(s) {needing} have weight > 0 but there is no teacher")
-        weights = {term: w for term, w in weights.items() if term == "ce"}
-    if tail not in TAIL_MODES:
-        raise DistillError(f"loss.tail must be one of {list(TAIL_MODES)}, got {tail!r}")
-    if not 0 <= beta <= 1:
-        raise DistillError(f"loss.beta must be in [0, 1], got {beta}")
-    if not temperature > 0:
-        raise DistillError(f"loss.temperature must be > 0, got {temperature}")
-    if chunk_size < 1:
-        raise DistillError(f"loss.chunk_size must be >= 1, got {chunk_size}")
-    return weights
-
-
 def _check_shapes(s, teacher, labels, mask):
+    """Tokens are flattened and cut into chunks by row: a tensor with other token dimensions would
+    be read misaligned, silently, and dense teacher logits over more rows would be reshaped into
+    the wrong tokens. (Settings are validated once, by ``distill.losses.spec``, not here.)"""
     tokens = s.shape[:-1]
     if labels.shape != tokens or (mask is not None and mask.shape != tokens):
         raise DistillError(f"labels/mask shape {tuple(labels.shape)} does not match student logits {tuple(s.shape)}")

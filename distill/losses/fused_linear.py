@@ -20,7 +20,6 @@ of Liger-Kernel's fused linear cross-entropy / JSD / KL losses, which are Triton
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -28,7 +27,8 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from distill.errors import DistillError
-from distill.losses.divergences import DIVERGENCES, IGNORE_INDEX, TERMS, logit_chunk
+from distill.losses.divergences import IGNORE_INDEX, logit_chunk
+from distill.losses.terms import DIVERGENCES
 
 
 def fused_linear_loss(
@@ -53,19 +53,20 @@ def fused_linear_loss(
     student_weight ``[V_s, H_s]``: the LM head. Only its first ``vocab_size`` rows
     (default: all) are vocabulary; the rest is padding and gets zero gradient.
     teacher_hidden / teacher_weight ``[..., H_t]`` / ``[V_t, H_t]``: the frozen teacher
-    (no gradients), or both ``None`` for CE only (divergences must then have weight 0).
+    (no gradients), or both ``None`` for CE only (divergences are then dropped).
     ``V_t ≠ V_s`` needs an explicit ``vocab_size``. Terms are those of
     ``distill.losses.divergences`` (forward_kl, reverse_kl, jsd, tvd, ce), with the same
     definitions: divergences (× T²) averaged over ``mask`` ``[...]`` (bool; default:
     labelled tokens), CE over ``labels`` ≠ -100. Returns ``(loss, parts)``: a float32
-    scalar and the detached mean of every term in ``weights``.
+    scalar and the detached mean of every term in ``weights``. The settings are trusted:
+    ``Objective`` validates them once (``distill.losses.spec``); only shapes are checked here.
 
     Matmuls run in the inputs' dtype (the autocast dtype under autocast), softmax math in
     float32. Peak memory beyond the gradients themselves: a few ``[chunk_size × V]`` float32
     buffers (256 × 128,256 → ~125 MiB each).
     """
-    spec = _validate(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, mask, weights,
-                     temperature, beta, vocab_size, chunk_size, student_bias, teacher_bias)
+    spec = _prepare(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, mask, weights,
+                    temperature, beta, vocab_size, chunk_size, student_bias, teacher_bias)
     labels = labels.reshape(-1)
     mask = (labels != IGNORE_INDEX) if mask is None else mask.reshape(-1)
     n_labelled, n_distilled = max(1, int((labels != IGNORE_INDEX).sum())), max(1, int(mask.sum()))
@@ -210,40 +211,26 @@ class _Grads:
         return [gh, gw, gb]
 
 
-def _validate(h, w, th, tw, labels, mask, weights, temperature, beta, vocab_size, chunk_size, b, tb) -> _Spec:
-    """Check shapes and options; the ``_Spec`` of the call."""
-    _check_head("student", h, w, b)
-    if (th is None) != (tw is None):
-        raise DistillError("teacher_hidden and teacher_weight must both be given or both be None")
-    if th is not None:
-        _check_head("teacher", th, tw, tb)
-        if th.shape[:-1] != h.shape[:-1]:
-            raise DistillError(f"teacher_hidden tokens {tuple(th.shape[:-1])} != student's {tuple(h.shape[:-1])}")
-    elif tb is not None:
-        raise DistillError("teacher_bias given without a teacher")
-    if labels.shape != h.shape[:-1]:
-        raise DistillError(f"labels shape {tuple(labels.shape)} != hidden tokens {tuple(h.shape[:-1])}")
-    if mask is not None and (mask.shape != labels.shape or mask.dtype != torch.bool):
-        raise DistillError(f"mask must be bool with shape {tuple(labels.shape)}, got {mask.dtype} {tuple(mask.shape)}")
-    vocab = _check_vocab(vocab_size, w, tw)
-    bad = labels[(labels != IGNORE_INDEX) & ((labels < 0) | (labels >= vocab))]
-    if bad.numel():
-        raise DistillError(f"label {int(bad[0])} outside the vocabulary [0, {vocab}) (and not {IGNORE_INDEX})")
-    if not temperature > 0 or not 0 <= beta <= 1 or chunk_size < 1:
-        raise DistillError(f"need temperature > 0, 0 <= beta <= 1, chunk_size >= 1; got {temperature}, {beta}, "
-                           f"{chunk_size}")
-    return _Spec(_check_weights(weights, has_teacher=th is not None), vocab, float(temperature), float(beta),
-                 int(chunk_size))
-
-
-def _check_head(who: str, h: Tensor, w: Tensor, b: Tensor | None) -> None:
-    if w.dim() != 2 or h.dim() < 1 or h.shape[-1] != w.shape[1]:
-        raise DistillError(f"{who}: hidden {tuple(h.shape)} does not fit LM-head weight {tuple(w.shape)} "
-                           "(want [..., H] and [V, H])")
-    if not (h.is_floating_point() and w.is_floating_point()):
-        raise DistillError(f"{who}: hidden and LM-head weight must be floating point, got {h.dtype}, {w.dtype}")
-    if b is not None and b.shape != w.shape[:1]:
-        raise DistillError(f"{who}: bias shape {tuple(b.shape)} != ({w.shape[0]},)")
+def _prepare(h, w, th, tw, labels, mask, weights, temperature, beta, vocab_size, chunk_size, b, tb) -> _Spec:
+    """The ``_Spec`` of one call. Settings are trusted (validated once, by ``distill.losses.spec``);
+    what is checked are the shapes that would otherwise be read wrongly without an error: tokens
+    are flattened and cut into chunks by row, so hidden states, labels or a mask with other token
+    dimensions would be misaligned; a bias of the wrong length would broadcast; a teacher half
+    given, or heads of different lengths, would silently drop or cut vocabulary."""
+    if (th is None) != (tw is None) or (th is None and tb is not None):
+        raise DistillError("teacher_hidden and teacher_weight must both be given or both be None "
+                           "(and teacher_bias only with them)")
+    tokens = h.shape[:-1]
+    if th is not None and th.shape[:-1] != tokens:
+        raise DistillError(f"teacher_hidden tokens {tuple(th.shape[:-1])} != student's {tuple(tokens)}")
+    if labels.shape != tokens or (mask is not None and mask.shape != tokens):
+        raise DistillError(f"labels/mask shape {tuple(labels.shape)} != hidden tokens {tuple(tokens)}")
+    for who, weight, bias in (("student", w, b), ("teacher", tw, tb)):
+        if bias is not None and bias.shape != weight.shape[:1]:
+            raise DistillError(f"{who}: bias shape {tuple(bias.shape)} != ({weight.shape[0]},)")
+    if th is None:  # nothing to compare with: the divergences drop out
+        weights = {term: w for term, w in weights.items() if term not in DIVERGENCES}
+    return _Spec(weights, _check_vocab(vocab_size, w, tw), float(temperature), float(beta), int(chunk_size))
 
 
 def _check_vocab(vocab_size: int | None, w: Tensor, tw: Tensor | None) -> int:
@@ -256,19 +243,3 @@ def _check_vocab(vocab_size: int | None, w: Tensor, tw: Tensor | None) -> int:
     if not 1 <= vocab_size <= rows:
         raise DistillError(f"vocab_size {vocab_size} must be in [1, {rows}] (the LM heads' rows)")
     return int(vocab_size)
-
-
-def _check_weights(weights: dict[str, float], has_teacher: bool) -> dict[str, float]:
-    unknown = set(weights) - set(TERMS)
-    if unknown:
-        raise DistillError(f"unknown loss terms {sorted(unknown)}; known: {', '.join(TERMS)}")
-    if any(not (math.isfinite(w) and w >= 0) for w in weights.values()):
-        raise DistillError(f"loss weights must be finite and >= 0, got {weights}")
-    if not has_teacher:
-        needing = sorted(term for term in DIVERGENCES if weights.get(term, 0) > 0)
-        if needing:
-            raise DistillError(f"loss term(s) {needing} have weight > 0 but there is no teacher")
-        weights = {term: w for term, w in weights.items() if term == "ce"}
-    if not any(weights.values()):
-        raise DistillError(f"loss weights must not be all 0, got {weights}")
-    return {term: float(w) for term, w in weights.items()}

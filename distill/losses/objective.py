@@ -7,8 +7,9 @@ internal representations (``hidden``, ``attention``) are small modules bound to 
 models' shapes by ``bind``; their projections train with the student but live here, not in
 the student, so they are never exported.
 
-Weights and the temperature are plain attributes so loss-schedule callbacks can change
-them between steps.
+What each term is and needs comes from the registry (``distill.losses.terms``); every setting
+is validated once, here, when the objective is built (``distill.losses.spec``). Weights and the
+temperature are plain attributes so loss-schedule callbacks can change them between steps.
 """
 
 from __future__ import annotations
@@ -21,11 +22,19 @@ from distill.errors import DistillError
 from distill.losses.divergences import chunked_logit_loss
 from distill.losses.fused_linear import fused_linear_loss
 from distill.losses.representation import AttentionLoss, HiddenStateLoss, layer_pairs
-from distill.teacher.outputs import TAIL_MODES, SparseTeacher
+from distill.losses.spec import OnPolicy, loss_spec
+from distill.losses.terms import (
+    ATTENTIONS,
+    DISTRIBUTION_TERMS,
+    DIVERGENCES,
+    HIDDEN_STATES,
+    REGISTRY,
+    REPRESENTATION,
+    TERMS,
+)
+from distill.teacher.outputs import SparseTeacher
 
-LOGIT_TERMS = ("forward_kl", "reverse_kl", "jsd", "tvd", "ce")
-FEATURE_TERMS = ("hidden", "attention")
-TERMS = LOGIT_TERMS + FEATURE_TERMS
+__all__ = ["TERMS", "Objective", "OnPolicy", "Outputs", "ce_only"]
 
 
 @dataclass
@@ -42,25 +51,9 @@ class Outputs:
     router_aux: Tensor | None = None  # an MoE student's load-balancing loss, already × its router_aux_loss_coef
 
 
-@dataclass
-class OnPolicy:
-    """GKD-style mixing (Agarwal et al. 2024): with probability ``lmbda`` a batch's continuations
-    are sampled from the student and scored by the teacher; ``lmbda=0`` is off-policy."""
-
-    lmbda: float = 0.0
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-
-    def __post_init__(self):
-        if not 0.0 <= self.lmbda <= 1.0:
-            raise DistillError(f"loss.on_policy.lmbda must be in [0, 1], got {self.lmbda}")
-        if self.max_new_tokens < 1:
-            raise DistillError(f"loss.on_policy.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
-            raise DistillError(f"loss.on_policy.temperature must be >= 0 (0 = greedy), got {self.temperature}")
-
-
 class Objective(nn.Module):
+    """Arguments as in ``configs/loss/forward_kl.yaml``; all are validated here, once (``loss_spec``)."""
+
     def __init__(
         self,
         weights: dict[str, float],
@@ -74,54 +67,77 @@ class Objective(nn.Module):
         on_policy: dict | None = None,
     ):
         super().__init__()
-        self.weights = {k: float(v) for k, v in dict(weights).items() if v is not None}
-        unknown = sorted(set(self.weights) - set(TERMS))
-        if unknown:
-            raise DistillError(f"unknown loss term(s) {unknown}; choose from {list(TERMS)}")
-        if any(w < 0 for w in self.weights.values()) or not any(self.weights.values()):
-            raise DistillError(f"loss weights must be >= 0 and not all 0, got {self.weights}")
-        if temperature <= 0:
-            raise DistillError(f"loss.temperature must be > 0, got {temperature}")
-        if tail not in TAIL_MODES:
-            raise DistillError(f"loss.tail must be one of {list(TAIL_MODES)}, got {tail!r}")
-        if not 0.0 <= beta <= 1.0:
-            raise DistillError(f"loss.beta must be in [0, 1], got {beta}")
-        self.temperature, self.beta, self.tail = temperature, beta, tail
-        self.chunk_size, self.fused_linear = chunk_size, fused_linear
-        self.hidden_spec, self.attention_spec = dict(hidden or {}), dict(attention or {})
-        self.on_policy = OnPolicy(**on_policy) if on_policy else OnPolicy()
+        spec = loss_spec(weights, temperature=temperature, beta=beta, tail=tail, chunk_size=chunk_size,
+                         fused_linear=fused_linear, hidden=hidden, attention=attention, on_policy=on_policy)
+        self.weights = dict(spec.weights)  # loss schedules change weights and temperature between steps
+        self.temperature, self.beta, self.tail = spec.temperature, spec.beta, spec.tail
+        self.chunk_size, self.fused_linear = spec.chunk_size, spec.fused_linear
+        self.hidden_spec, self.attention_spec = spec.hidden, spec.attention
+        self.on_policy: OnPolicy = spec.on_policy
         self.hidden_loss: nn.Module | None = None
         self.attention_loss: nn.Module | None = None
 
-    # -- what the models must return -------------------------------------------------
+    # -- which terms run ---------------------------------------------------------------
     def uses(self, term: str) -> bool:
         return self.weights.get(term, 0.0) > 0
 
     @property
-    def distills_logits(self) -> bool:
-        return any(self.uses(t) for t in LOGIT_TERMS if t != "ce")
+    def active_terms(self) -> tuple[str, ...]:
+        """The terms with a weight > 0, in registry order (with a teacher; without one, CE only)."""
+        return tuple(term for term in TERMS if self.uses(term))
 
-    # Feature terms count as present even at weight 0, so a schedule can switch them on later.
+    def wired(self, term: str) -> bool:
+        """The models must produce this term's inputs. Representation terms count even at weight 0,
+        so a loss schedule can switch them on later (their projections must exist from the start)."""
+        if REGISTRY[term].compares == REPRESENTATION:
+            return term in self.weights
+        return self.uses(term)
+
+    @property
+    def distills_logits(self) -> bool:
+        return any(self.uses(term) for term in DIVERGENCES)
+
     @property
     def needs_hidden_states(self) -> bool:
-        return "hidden" in self.weights
+        return any(self.wired(term) and REGISTRY[term].needs == HIDDEN_STATES for term in TERMS)
 
     @property
     def needs_attentions(self) -> bool:
-        return "attention" in self.weights
+        return any(self.wired(term) and REGISTRY[term].needs == ATTENTIONS for term in TERMS)
+
+    # -- what the run must provide -----------------------------------------------------
+    def needs_teacher(self) -> list[str]:
+        """The terms that compare with a teacher (without one, the objective trains on CE alone)."""
+        return [term for term in TERMS if self.wired(term) and REGISTRY[term].needs_teacher]
+
+    def needs_live_teacher(self) -> list[str]:
+        """Why a teacher cache (top-k log-probabilities only) cannot serve this objective; empty if it can."""
+        reasons = []
+        if self.on_policy.lmbda > 0:
+            reasons.append("on-policy sampling (loss.on_policy.lmbda > 0)")
+        reasons += self._on_internals()
+        if self.fused_linear:  # the fused loss projects the teacher's last hidden state through its LM head
+            reasons.append("the fused LM-head loss (loss.fused_linear)")
+        return reasons
+
+    def _on_internals(self) -> list[str]:
+        """The wired terms on the teacher's hidden states or attention maps, as messages name them."""
+        return [f"{REGISTRY[term].title} (loss.weights.{term})" for term in TERMS
+                if self.wired(term) and REGISTRY[term].live_teacher_only]
 
     def bind(self, student: nn.Module, teacher: nn.Module | None) -> "Objective":
         """Build the representation terms for these models (projections sized to their widths)."""
-        if (self.needs_hidden_states or self.needs_attentions) and teacher is None:
-            raise DistillError("hidden-state and attention terms need a live teacher model (teacher=live)")
-        s_cfg = student.config
-        t_cfg = teacher.config if teacher is not None else None
+        if teacher is None:
+            if self._on_internals():
+                raise DistillError(f"{self._on_internals()[0]} needs a live teacher model (teacher=live)")
+            return self
+        s_cfg, t_cfg = student.config, teacher.config
         if self.needs_hidden_states:
-            pairs = layer_pairs(self.hidden_spec.get("pairs", "auto"), t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
+            pairs = layer_pairs(self.hidden_spec["pairs"], t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
             self.hidden_loss = HiddenStateLoss(pairs, s_cfg.hidden_size, t_cfg.hidden_size,
-                                               metric=self.hidden_spec.get("metric", "mse"))
+                                               metric=self.hidden_spec["metric"])
         if self.needs_attentions:
-            pairs = layer_pairs(self.attention_spec.get("pairs", "auto"), t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
+            pairs = layer_pairs(self.attention_spec["pairs"], t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
             self.attention_loss = AttentionLoss(pairs)
         return self
 
@@ -129,7 +145,7 @@ class Objective(nn.Module):
     def logit_weights(self, teacher: Outputs | None) -> dict[str, float]:
         if teacher is None:  # teacher-free training (the teacher itself, controls, black-box data): CE only
             return {"ce": 1.0}
-        return {t: self.weights[t] for t in LOGIT_TERMS if self.uses(t)}
+        return {t: self.weights[t] for t in DISTRIBUTION_TERMS if self.uses(t)}
 
     def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor, mask: Tensor | None = None) -> dict:
         """Returns ``{"loss": total, term: detached value, ...}``; ``mask`` marks tokens to distill
@@ -138,12 +154,11 @@ class Objective(nn.Module):
         loss, parts = self._logit_terms(student, teacher, labels, mask, weights) if weights else (None, {})
         if teacher is not None:
             token_mask = mask if mask is not None else labels != -100
-            for name, term in (("hidden", self.hidden_loss), ("attention", self.attention_loss)):
-                if term is None or not self.uses(name):
+            for name, module in (("hidden", self.hidden_loss), ("attention", self.attention_loss)):
+                if module is None or not self.uses(name):
                     continue
-                s_feats, t_feats = ((student.hidden_states, teacher.hidden_states) if name == "hidden"
-                                    else (student.attentions, teacher.attentions))
-                value = term(s_feats, t_feats, token_mask)
+                field = REGISTRY[name].needs  # the Outputs field both models filled for it
+                value = module(getattr(student, field), getattr(teacher, field), token_mask)
                 loss = self.weights[name] * value if loss is None else loss + self.weights[name] * value
                 parts[name] = value.detach()
         if student.router_aux is not None:  # keeps an MoE student's experts in use (Switch / Mixtral)

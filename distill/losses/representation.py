@@ -129,18 +129,30 @@ def layer_pairs(spec, n_teacher_layers: int, n_student_layers: int) -> list[tupl
     mapping of TinyBERT/DistilBERT. Otherwise a list of ``[teacher, student]`` pairs of
     0-based block indices (see the module docstring), checked against the layer counts.
     """
-    if spec is None or spec == "auto":
+    pairs = parse_pairs(spec)
+    if pairs is None:
         return [(-(-(j + 1) * n_teacher_layers // n_student_layers) - 1, j) for j in range(n_student_layers)]
+    return [_check_range(t, s, n_teacher_layers, n_student_layers) for t, s in pairs]
+
+
+def parse_pairs(spec) -> list[tuple[int, int]] | None:
+    """A layer mapping checked for form only, before any model exists: ``None`` for ``"auto"``,
+    else the ``(teacher_layer, student_layer)`` pairs (``layer_pairs`` checks their ranges)."""
+    if spec is None or spec == "auto":
+        return None
     if isinstance(spec, str) or not isinstance(spec, Sequence) or len(spec) == 0:
         raise DistillError(f"layer pairs must be 'auto' or a non-empty list of [teacher, student] pairs, got {spec!r}")
-    return [_check_pair(p, n_teacher_layers, n_student_layers) for p in spec]
+    return [_parse_pair(p) for p in spec]
 
 
-def _check_pair(pair, n_teacher: int, n_student: int) -> tuple[int, int]:
+def _parse_pair(pair) -> tuple[int, int]:
     ok = isinstance(pair, Sequence) and not isinstance(pair, str) and len(pair) == 2
     if not ok or not all(isinstance(i, int) and not isinstance(i, bool) for i in pair):
         raise DistillError(f"layer pair {pair!r} must be [teacher_layer, student_layer] (two integers)")
-    t, s = int(pair[0]), int(pair[1])
+    return int(pair[0]), int(pair[1])
+
+
+def _check_range(t: int, s: int, n_teacher: int, n_student: int) -> tuple[int, int]:
     if not 0 <= t < n_teacher:
         raise DistillError(
             f"layer pair [{t}, {s}]: teacher layer {t} is out of range, the teacher has layers 0..{n_teacher - 1}"
@@ -195,6 +207,7 @@ class HiddenStateLoss(nn.Module):
 
 
 _HIDDEN_METRICS = {"mse": hidden_mse, "cosine": hidden_cosine}
+HIDDEN_METRICS = tuple(_HIDDEN_METRICS)  # the choices of loss.hidden.metric
 
 
 _EAGER_FLAGS = 'attn_implementation="eager" and output_attentions'

@@ -31,12 +31,9 @@ def check_combination(cfg: DictConfig, loss: Objective) -> None:
     if kind == "none":
         if student_needs_teacher(cfg):
             raise DistillError("teacher=none has no teacher to prune the student from: use student=scratch or student=pretrained")
-        if loss.distills_logits or loss.needs_hidden_states or loss.needs_attentions:
+        if loss.needs_teacher():
             log.info("teacher=none: training on the data with CE only (the teacher's knowledge is in the responses)")
     if kind == "cache":
-        needs_live = [name for name, on in (("on-policy sampling (loss.on_policy.lmbda > 0)", loss.on_policy.lmbda > 0),
-                                            ("hidden-state terms", loss.needs_hidden_states),
-                                            ("attention terms", loss.needs_attentions),
-                                            ("loss.fused_linear", loss.fused_linear)) if on]
+        needs_live = loss.needs_live_teacher()  # the reasons, from the registry of terms (distill/losses/terms.py)
         if needs_live:
             raise DistillError(f"{needs_live[0]} needs a live teacher, but teacher=cache stores only top-k log-probabilities")

@@ -1,4 +1,5 @@
-"""The Objective: composition of terms, teacher kinds, binding of representation terms."""
+"""The Objective: composition of terms, teacher kinds, binding of representation terms.
+(Its one validation: test_spec.py; the registry it derives from: test_terms.py.)"""
 
 import pytest
 import torch
@@ -77,18 +78,6 @@ def test_representation_terms_bind_to_real_models_and_train_projections():
 
 def test_representation_terms_need_a_live_teacher():
     student = build_llama(vocab_size=50, hidden_size=16, num_layers=2, num_heads=2)
-    with pytest.raises(DistillError, match="live teacher"):
-        Objective({"forward_kl": 1.0, "hidden": 1.0}).bind(student, None)
-
-
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(weights={"kl": 1.0}), "unknown loss term"),
-    (dict(weights={"ce": 0.0}), "not all 0"),
-    (dict(weights={"ce": 1.0}, temperature=0.0), "temperature"),
-    (dict(weights={"ce": 1.0}, tail="drop"), "tail"),
-    (dict(weights={"jsd": 1.0}, beta=1.5), "beta"),
-    (dict(weights={"ce": 1.0}, on_policy={"lmbda": 2.0}), "lmbda"),
-])
-def test_bad_objectives_are_refused(kwargs, match):
-    with pytest.raises(DistillError, match=match):
-        Objective(**kwargs)
+    with pytest.raises(DistillError, match=r"^hidden-state distillation \(loss.weights.hidden\) needs a live teacher"):
+        Objective({"forward_kl": 1.0, "hidden": 0.0}).bind(student, None)  # at weight 0 too: a schedule may raise it
+    assert Objective({"forward_kl": 1.0}).bind(student, None).hidden_loss is None  # teacher-free: nothing to bind
