@@ -91,6 +91,7 @@ def test_allow_pickle_lets_every_cli_load_them(prog, pickled, byo, cache_dir, tm
     assert (out / produced).is_file()
 
 
+@pytest.mark.slow  # each command runs to its end on the plain Llama
 @pytest.mark.parametrize("prog", [*CLIS, "distill-eval"])
 def test_a_model_dirs_own_code_never_runs(prog, remote_code, byo, cache_dir, tmp_path):
     teacher, marker = remote_code
