@@ -73,9 +73,9 @@ class DistillationModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """Under FSDP2 (``trainer=fsdp``, Lightning's ModelParallelStrategy) shard the student, and
-        the teacher if the strategy says so (``distill/strategies.py``); a no-op otherwise."""
+        the teacher if the strategy says so (``distill/sharding.py``); a no-op otherwise."""
         if self.device_mesh is not None:
-            from distill.strategies import shard_distillation_module
+            from distill.sharding import shard_distillation_module
 
             shard_distillation_module(self, self.device_mesh, getattr(self.trainer.strategy, "shard_teacher", False))
 

@@ -1,5 +1,6 @@
-"""distill/strategies.py: the FSDP2 sharding plan and its full-weight gather (in a one-process gloo
-group, so they run in the fast tier), rank detection, the rank-0 cache builder, the preset checks."""
+"""distill/sharding.py: the FSDP2 sharding plan and its full-weight gather (in a one-process gloo group,
+so they run in the fast tier); distill/ranks.py: rank detection, the rank-0 cache builder;
+distill/multirun_ranks.py: local ranks under a multirun; distill/strategies.py: the presets and their checks."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 from torch import nn
 
-from distill import strategies
+from distill import multirun_ranks, ranks, sharding, strategies
 from distill.distillation import DistillationModule
 from distill.errors import DistillError
 from distill.losses.objective import ce_only
@@ -56,12 +57,12 @@ def test_shard_then_unsharded_gives_the_plain_model_back(mesh):
     from torch.distributed.fsdp import FSDPModule
 
     model, reference = tiny_llama(), tiny_llama()
-    strategies.shard_model(model, mesh["data_parallel"])
+    sharding.shard_model(model, mesh["data_parallel"])
     assert isinstance(model, FSDPModule)
     assert isinstance(model.model.layers[0], FSDPModule)  # every transformer block is its own unit
     assert type(model.model.layers[0].mlp.down_proj.weight.data).__name__ == "DTensor"
 
-    plain = strategies.unsharded(model)
+    plain = sharding.unsharded(model)
     assert plain is not model and not isinstance(plain, FSDPModule)
     assert not any(p.is_meta or type(p.data).__name__ == "DTensor" for p in plain.parameters())
     assert plain.lm_head.weight is plain.model.embed_tokens.weight  # the tie survives the gather
@@ -69,19 +70,19 @@ def test_shard_then_unsharded_gives_the_plain_model_back(mesh):
         torch.testing.assert_close(got, want, rtol=0, atol=0, msg=name)
     ids = torch.randint(0, 64, (2, 8))
     torch.testing.assert_close(plain(input_ids=ids).logits, reference(input_ids=ids).logits)
-    assert strategies.unsharded(reference) is reference  # never sharded: unchanged
+    assert sharding.unsharded(reference) is reference  # never sharded: unchanged
 
 
 def test_trained_shards_gather_to_the_trained_weights(mesh):
     """One optimizer step on the sharded model: the gathered weights are the updated ones."""
     model, reference = tiny_llama(), tiny_llama()
-    strategies.shard_model(model, mesh["data_parallel"])
+    sharding.shard_model(model, mesh["data_parallel"])
     ids = torch.randint(0, 64, (2, 8))
     for m in (model, reference):
         opt = torch.optim.SGD(m.parameters(), lr=0.1)
         m(input_ids=ids, labels=ids).loss.backward()
         opt.step()
-    plain = strategies.unsharded(model)
+    plain = sharding.unsharded(model)
     for (name, got), want in zip(plain.state_dict().items(), reference.state_dict().values()):
         torch.testing.assert_close(got, want, msg=name)
 
@@ -91,7 +92,7 @@ def test_sharded_teacher_is_frozen_and_outside_the_optimizer(mesh):
 
     teacher = Teacher(tiny_llama(seed=1))
     module = DistillationModule(tiny_llama(), ce_only(), 64, teacher=teacher)
-    strategies.shard_distillation_module(module, mesh, shard_teacher=True)
+    sharding.shard_distillation_module(module, mesh, shard_teacher=True)
     assert isinstance(module.student, FSDPModule) and isinstance(teacher.model, FSDPModule)
     assert not any(p.requires_grad for p in teacher.model.parameters())
     optimized = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
@@ -99,7 +100,7 @@ def test_sharded_teacher_is_frozen_and_outside_the_optimizer(mesh):
     with torch.no_grad():
         out = teacher.model(input_ids=torch.randint(0, 64, (1, 8))).logits
     assert out.shape == (1, 8, 64) and out.grad_fn is None
-    strategies.shard_distillation_module(module, mesh, shard_teacher=True)  # a second configure_model: no-op
+    sharding.shard_distillation_module(module, mesh, shard_teacher=True)  # a second configure_model: no-op
 
 
 def test_replicated_teacher_stays_plain(mesh):
@@ -107,7 +108,7 @@ def test_replicated_teacher_stays_plain(mesh):
 
     teacher = Teacher(tiny_llama(seed=1))
     module = DistillationModule(tiny_llama(), ce_only(), 64, teacher=teacher)
-    strategies.shard_distillation_module(module, mesh, shard_teacher=False)
+    sharding.shard_distillation_module(module, mesh, shard_teacher=False)
     assert isinstance(module.student, FSDPModule) and not isinstance(teacher.model, FSDPModule)
 
 
@@ -116,7 +117,7 @@ def test_fused_linear_loss_is_refused_under_fsdp(mesh):
     loss.fused_linear = True
     module = DistillationModule(tiny_llama(), loss, 64)
     with pytest.raises(DistillError, match="fused_linear"):
-        strategies.shard_distillation_module(module, mesh)
+        sharding.shard_distillation_module(module, mesh)
     with pytest.raises(DistillError, match="fused_linear"):
         strategies.check_strategy(OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"},
                                                     "precision": "32-true"}), loss)
@@ -124,7 +125,7 @@ def test_fused_linear_loss_is_refused_under_fsdp(mesh):
 
 def test_weightless_clone_has_no_weights_but_keeps_buffers():
     model = tiny_llama()
-    clone = strategies.weightless_clone(model)
+    clone = sharding.weightless_clone(model)
     assert all(p.is_meta for p in clone.parameters())
     assert clone.lm_head.weight is clone.model.embed_tokens.weight
     for (name, b), (_, want) in zip(clone.named_buffers(), model.named_buffers()):
@@ -147,13 +148,13 @@ def test_state_hash_sees_one_changed_weight():
 def test_is_main_process_from_the_launcher_environment(no_rank_env, env, main):
     for k, v in env.items():
         no_rank_env.setenv(k, v)
-    assert strategies.is_main_process() is main
+    assert ranks.is_main_process() is main
 
 
 @pytest.mark.parametrize("devices, nodes, size", [(1, 1, 1), (2, 1, 2), (4, 2, 8), ([0, 1], 1, 2), ("0,1,", 1, 2),
                                                    ("2", 3, 6), ("auto", 1, "autox1"), (-1, 2, "-1x2")])
 def test_data_parallel_size(devices, nodes, size):
-    assert strategies.data_parallel_size(devices, nodes) == size
+    assert ranks.data_parallel_size(devices, nodes) == size
 
 
 def test_after_rank_zero_waits_for_rank_zeros_entry(tmp_path, no_rank_env):
@@ -161,19 +162,19 @@ def test_after_rank_zero_waits_for_rank_zeros_entry(tmp_path, no_rank_env):
     no_rank_env.setenv("RANK", "1")
     threading.Timer(0.3, lambda: final.mkdir(parents=True)).start()  # rank 0 publishing its entry
     start = time.monotonic()
-    strategies.after_rank_zero(built.append, final)(tmp_path / "tmp")
+    ranks.after_rank_zero(built.append, final)(tmp_path / "tmp")
     assert built == [tmp_path / "tmp"] and final.is_dir() and time.monotonic() - start >= 0.2
 
 
 def test_after_rank_zero_names_a_missing_shared_cache(tmp_path, no_rank_env):
     no_rank_env.setenv("RANK", "1")
     with pytest.raises(DistillError, match="shared file system"):
-        strategies.after_rank_zero(lambda tmp: None, tmp_path / "never", timeout_s=0.3)(tmp_path / "tmp")
+        ranks.after_rank_zero(lambda tmp: None, tmp_path / "never", timeout_s=0.3)(tmp_path / "tmp")
 
 
 def test_after_rank_zero_returns_at_once_on_rank_zero(tmp_path, no_rank_env):
     built = []
-    strategies.after_rank_zero(built.append, tmp_path / "never")(tmp_path / "tmp")
+    ranks.after_rank_zero(built.append, tmp_path / "never")(tmp_path / "tmp")
     assert built == [tmp_path / "tmp"]
 
 
@@ -234,7 +235,7 @@ def test_shard_model_names_packed_weights(mesh):
     model = tiny_llama()
     model.model.layers[0].mlp.up_proj.weight = Params4bit(model.model.layers[0].mlp.up_proj.weight.data)
     with pytest.raises(DistillError, match="the teacher .*shard_teacher=false"):
-        strategies.shard_model(model, mesh["data_parallel"], what="the teacher", fix="set trainer.strategy.shard_teacher=false")
+        sharding.shard_model(model, mesh["data_parallel"], what="the teacher", fix="set trainer.strategy.shard_teacher=false")
 
 
 def test_hidden_state_projections_train_as_their_own_shard_unit(mesh):
@@ -247,7 +248,7 @@ def test_hidden_state_projections_train_as_their_own_shard_unit(mesh):
     teacher, student = tiny_llama(seed=1, hidden=64), tiny_llama(hidden=32, layers=1)
     loss = Objective({"forward_kl": 1.0, "hidden": 1.0}, hidden={"metric": "mse"}).bind(student, teacher)
     module = DistillationModule(student, loss, 64, teacher=Teacher(teacher))
-    strategies.shard_distillation_module(module, mesh, shard_teacher=True)
+    sharding.shard_distillation_module(module, mesh, shard_teacher=True)
     assert isinstance(module.loss, FSDPModule)
     proj = module.loss.hidden_loss.projections[0].weight
     assert type(proj.data).__name__ == "DTensor"
@@ -262,21 +263,21 @@ def test_hidden_state_projections_train_as_their_own_shard_unit(mesh):
 
 def test_child_command_runs_this_job_not_the_sweep():
     argv = ["-m", "--config-dir", "/my/configs", "-cn=train", "optim.lr=1e-3,2e-3", "trainer=ddp", "hydra.sweep.dir=/s"]
-    cmd = strategies.child_command(argv, ["optim.lr=0.002", "trainer=ddp"], "/s/1", local_rank=1)
+    cmd = multirun_ranks.child_command(argv, ["optim.lr=0.002", "trainer=ddp"], "/s/1", local_rank=1)
     assert cmd == ["--config-dir", "/my/configs", "-cn=train", "optim.lr=0.002", "trainer=ddp", 'hydra.run.dir="/s/1"',
                    "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
 
 
 def test_fresh_ranks_for_the_next_job_restore_the_launch_environment(monkeypatch):
-    monkeypatch.setattr(strategies, "_ENV_BEFORE_FIRST_JOB", None)
-    for var in strategies._LAUNCH_VARS:
+    monkeypatch.setattr(multirun_ranks, "_ENV_BEFORE_FIRST_JOB", None)
+    for var in multirun_ranks._LAUNCH_VARS:
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")  # the user's own setting survives
-    strategies.fresh_ranks_for_this_job()  # job 0: remembers the environment
+    multirun_ranks.fresh_ranks_for_this_job()  # job 0: remembers the environment
     monkeypatch.setenv("LOCAL_RANK", "0")  # what Lightning's launcher exported during job 0
     monkeypatch.setenv("MASTER_PORT", "12345")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-    strategies.fresh_ranks_for_this_job()  # job 1
+    multirun_ranks.fresh_ranks_for_this_job()  # job 1
     import os
 
     assert "LOCAL_RANK" not in os.environ and "MASTER_PORT" not in os.environ

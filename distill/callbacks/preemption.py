@@ -26,7 +26,7 @@ import lightning as L
 import torch
 from lightning.fabric.plugins.environments import SLURMEnvironment
 
-from distill.strategies import is_main_process
+from distill.ranks import is_main_process
 
 log = logging.getLogger(__name__)
 

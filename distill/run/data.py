@@ -15,9 +15,9 @@ from distill.cache import write_atomic
 from distill.data.filters.stage import scores_with_run_teacher
 from distill.data.seqkd import seqkd_datamodule
 from distill.errors import DistillError
+from distill.ranks import is_main_process
 from distill.run.setup import device_of
 from distill.safety import pretrained_kwargs
-from distill.strategies import is_main_process
 from distill.student.pretrained import check_same_vocab
 from distill.teacher.cache import teacher_fingerprint
 from distill.teacher.source import TeacherSource

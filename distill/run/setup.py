@@ -13,8 +13,9 @@ from omegaconf import DictConfig
 from distill.cache import clean_leftovers
 from distill.callbacks import preemption
 # from distill.config import validate  # TODO(lead): wire when distill/config lands
+from distill.multirun_ranks import launch_ranks_as_this_job
+from distill.ranks import is_main_process
 from distill.safety import check_device, check_numbers, check_write_paths, set_load_policy, weight_kwargs
-from distill.strategies import is_main_process, launch_ranks_as_this_job
 from distill.teacher.load import check_context, check_model_dir, check_tokenizer_dir
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from distill.cache import write_atomic
 from distill.errors import DistillError
 from distill.losses.objective import Objective
 from distill.losses.representation import require_eager_attention
-from distill.strategies import is_main_process
+from distill.ranks import is_main_process
 from distill.student.lora import merge_lora
 from distill.student.sparsity import bake_masks, masked_modules, verify_sparsity
 

@@ -14,9 +14,10 @@ from distill.distillation import DistillationModule
 from distill.errors import DistillError
 from distill.eval.metrics import num_params
 from distill.losses.objective import Objective, ce_only
+from distill.ranks import after_rank_zero, data_parallel_size
 from distill.run.fit import fit
 from distill.run.student import student_needs_teacher
-from distill.strategies import after_rank_zero, data_parallel_size, unsharded
+from distill.sharding import unsharded
 from distill.student.scratch import build_llama
 from distill.teacher.cache import CachedTeacher, TeacherCache, teacher_fingerprint
 from distill.teacher.load import load_causal_lm

@@ -27,7 +27,7 @@ from distill.run.setup import seed, setup_run
 from distill.run.student import (build_student, finalize_quantized, save_pruning_report, student_spec,
                                  use_eager_attention)
 from distill.run.teacher import connect_teacher, resolve_teacher
-from distill.strategies import unsharded
+from distill.sharding import unsharded
 from distill.student.lora import apply_lora
 
 log = logging.getLogger(__name__)
