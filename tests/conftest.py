@@ -1,4 +1,4 @@
-"""Shared fixtures: offline hub, an isolated cache, and a helper to run the CLI."""
+"""Shared fixtures: offline hub, an isolated cache, a composed-config run dir, and a helper to run the CLI."""
 
 from __future__ import annotations
 
@@ -16,20 +16,39 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture
+def out_dir(tmp_path, monkeypatch) -> Path:
+    """A run dir for ``paths.output_dir`` (see tests/compose.py) plus an isolated cache and an offline
+    wandb with no key; Hydra's global config is cleared afterwards."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from distill.cli.resolvers import register
+
+    monkeypatch.setenv("DISTILL_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # no ~/.netrc with a wandb key
+    register()
+    yield tmp_path / "run"
+    HydraConfig.instance().cfg = None
+
+
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One cache per test session, so the smoke teacher is trained once and reused."""
     return tmp_path_factory.mktemp("distill-cache")
 
 
-def run_cli(args: list[str], cache: Path, prog: str = "distill-train", timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cache: Path, prog: str = "distill-train",
+            timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a console script as a user would, in a subprocess, with the test cache."""
     env = {**os.environ, "DISTILL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0"}
     module = {"distill-train": "distill.cli.train", "distill-cache": "distill.cli.cache",
               "distill-prune": "distill.cli.prune", "distill-filter": "distill.cli.filter",
               "distill-eval": "distill.cli.eval"}[prog]
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        check=False,
     )
 
 

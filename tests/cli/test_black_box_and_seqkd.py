@@ -1,22 +1,17 @@
 """Black-box distillation (prompt/response data, no teacher model) and sequence-level KD via the CLI."""
 
 import json
-import random
 
+import pytest
+
+from tests.cli.helpers import qa_file
 from tests.conftest import run_cli
 
-
-def _qa_file(path):
-    rng = random.Random(0)
-    with path.open("w") as f:
-        for _ in range(120):
-            a, b = rng.randint(0, 999), rng.randint(0, 999)
-            f.write(json.dumps({"question": f"What is {a} plus {b}?", "answer": f"{a} plus {b} is {a + b}."}) + "\n")
-    return path
+pytestmark = pytest.mark.cli
 
 
 def test_black_box_trains_on_responses_without_a_teacher(cache_dir, tmp_path):
-    data = _qa_file(tmp_path / "api_dump.jsonl")
+    data = qa_file(tmp_path / "api_dump.jsonl")
     out = tmp_path / "run"
     proc = run_cli(["experiment=smoke", "teacher=none", "student=scratch", "student.num_layers=1",
                     "student.hidden_size=32", "student.num_heads=2", "data=prompt_response", f"data.paths=[{data}]",

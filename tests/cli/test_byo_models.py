@@ -7,96 +7,21 @@ of 64 (as real checkpoints do), so the framework must trim the padding rows.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
-from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
-    GPT2Config,
-    GPT2LMHeadModel,
-    LlamaConfig,
-    LlamaForCausalLM,
-    Qwen2Config,
-    Qwen2ForCausalLM,
-)
+from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2LMHeadModel
 
-from distill.data.sources import stdlib_documents
-from distill.data.tokenizer import train_bpe
+from tests.cli.helpers import MAX_STEPS, byo_args, save_random_model
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.cli
 
 DESIGN_KEYS = {
     "teacher.params", "teacher.val_ppl", "student.params", "student.val_ppl", "student.top1_agreement",
     "train.tokens", "train.tokens_per_s", "train.wall_s",
 }
-MAX_STEPS = 3
 SMOKE_BATCH, SMOKE_SEQ = 4, 64  # experiment=smoke's data sizes
-
-
-def _round_up(n: int, multiple: int = 64) -> int:
-    return -(-n // multiple) * multiple
-
-
-def _build(arch: str, vocab_size: int, eos: int):
-    if arch == "llama":
-        config = LlamaConfig(
-            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
-            tie_word_embeddings=False,
-        )
-        return LlamaForCausalLM(config)
-    if arch == "qwen2":
-        config = Qwen2Config(
-            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, bos_token_id=eos, eos_token_id=eos,
-            tie_word_embeddings=True,
-        )
-        return Qwen2ForCausalLM(config)
-    if arch == "gpt2":
-        config = GPT2Config(
-            vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=eos, eos_token_id=eos,
-        )
-        return GPT2LMHeadModel(config)
-    raise ValueError(arch)
-
-
-def _save_model(out: Path, arch: str, tokenizer_dir: Path, vocab_size: int | None = None, seed: int = 0) -> Path:
-    """A random ``arch`` model + the tokenizer in ``tokenizer_dir``, saved as a HF directory (safetensors)."""
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(seed)
-    model = _build(arch, vocab_size or _round_up(len(tok)), tok.eos_token_id)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    assert (out / "model.safetensors").is_file()
-    return out
-
-
-@pytest.fixture(scope="module")
-def byo(tmp_path_factory):
-    """Two tokenizers (different training text), one JSONL data file with the text under ``content``."""
-    root = tmp_path_factory.mktemp("byo")
-    docs = stdlib_documents(max_docs=60)
-    tok_a, tok_b = root / "tok_a", root / "tok_b"
-    train_bpe([d.text for d in docs[:20]][:8], 300, tok_a)  # a few tens of KB of Python
-    train_bpe(["the quick brown fox jumps over the lazy dog. " * 50, "lorem ipsum dolor sit amet " * 50], 290, tok_b)
-    n = len(AutoTokenizer.from_pretrained(tok_a))
-    assert _round_up(n) > n, "the teacher's embedding must have padding rows for these tests"
-
-    data = root / "data.jsonl"
-    records = []
-    for d in docs[20:]:
-        for start in range(0, min(len(d.text), 6000), 1500):
-            records.append({"content": d.text[start : start + 1500], "id": d.id})
-    data.write_text("".join(json.dumps(r) + "\n" for r in records[:60]))
-    return {"root": root, "tok_a": tok_a, "tok_b": tok_b, "data": data}
-
-
-def _args(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
-    return [
-        "experiment=smoke", f"teacher.path={teacher}", "data=files", f"data.paths=[{data}]", "data.text_field=content",
-        f"hydra.run.dir={out}", f"trainer.max_steps={MAX_STEPS}", "control=false", *extra,
-    ]
 
 
 def _error_lines(proc) -> list[str]:
@@ -110,14 +35,14 @@ def _last_line(proc) -> str:
 
 @pytest.mark.parametrize("arch, layers", [("llama", 4), ("qwen2", 4), ("gpt2", 2)])
 def test_distill_your_own_teacher(arch, layers, byo, cache_dir, tmp_path):
-    teacher_dir = _save_model(tmp_path / f"teacher-{arch}", arch, byo["tok_a"])
+    teacher_dir = save_random_model(tmp_path / f"teacher-{arch}", arch, byo["tok_a"])
     teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
     tok = AutoTokenizer.from_pretrained(teacher_dir)
     assert teacher.config.num_hidden_layers == layers
     assert teacher.get_output_embeddings().weight.shape[0] > len(tok)  # padding rows to trim
 
     out = tmp_path / "run"
-    proc = run_cli(_args(teacher_dir, byo["data"], out), cache_dir)
+    proc = run_cli(byo_args(teacher_dir, byo["data"], out), cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training the teacher from scratch" not in proc.stdout + proc.stderr
 
@@ -146,9 +71,9 @@ def test_distill_your_own_teacher(arch, layers, byo, cache_dir, tmp_path):
 
 def test_teacher_vocab_smaller_than_tokenizer(byo, cache_dir, tmp_path):
     n = len(AutoTokenizer.from_pretrained(byo["tok_a"]))
-    teacher_dir = _save_model(tmp_path / "small-vocab", "llama", byo["tok_a"], vocab_size=n - 10)
+    teacher_dir = save_random_model(tmp_path / "small-vocab", "llama", byo["tok_a"], vocab_size=n - 10)
     out = tmp_path / "run"
-    proc = run_cli(_args(teacher_dir, byo["data"], out), cache_dir)
+    proc = run_cli(byo_args(teacher_dir, byo["data"], out), cache_dir)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     errors = _error_lines(proc)
@@ -161,10 +86,10 @@ def test_teacher_vocab_smaller_than_tokenizer(byo, cache_dir, tmp_path):
 
 
 def test_pretrained_student_with_another_tokenizer(byo, cache_dir, tmp_path):
-    teacher_dir = _save_model(tmp_path / "teacher", "llama", byo["tok_a"])
-    student_dir = _save_model(tmp_path / "student-model", "llama", byo["tok_b"])
+    teacher_dir = save_random_model(tmp_path / "teacher", "llama", byo["tok_a"])
+    student_dir = save_random_model(tmp_path / "student-model", "llama", byo["tok_b"])
     out = tmp_path / "run"
-    proc = run_cli(_args(teacher_dir, byo["data"], out, "student=pretrained", f"student.path={student_dir}"), cache_dir)
+    proc = run_cli(byo_args(teacher_dir, byo["data"], out, "student=pretrained", f"student.path={student_dir}"), cache_dir)
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     errors = _error_lines(proc)
@@ -176,10 +101,10 @@ def test_pretrained_student_with_another_tokenizer(byo, cache_dir, tmp_path):
 
 def test_pretrained_student_sharing_the_tokenizer(byo, cache_dir, tmp_path):
     """A pretrained student of another architecture distils fine when it shares the teacher's tokenizer."""
-    teacher_dir = _save_model(tmp_path / "teacher", "llama", byo["tok_a"])
-    student_dir = _save_model(tmp_path / "student-model", "gpt2", byo["tok_a"], seed=1)
+    teacher_dir = save_random_model(tmp_path / "teacher", "llama", byo["tok_a"])
+    student_dir = save_random_model(tmp_path / "student-model", "gpt2", byo["tok_a"], seed=1)
     out = tmp_path / "run"
-    proc = run_cli(_args(teacher_dir, byo["data"], out, "student=pretrained", f"student.path={student_dir}"), cache_dir)
+    proc = run_cli(byo_args(teacher_dir, byo["data"], out, "student=pretrained", f"student.path={student_dir}"), cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert DESIGN_KEYS <= set(metrics)

@@ -8,7 +8,9 @@ import math
 import pytest
 
 from tests.conftest import run_cli
-from tests.eval.test_compare import model_dir
+from tests.student.tiny_models import tiny_model_dir
+
+pytestmark = pytest.mark.cli
 
 
 @pytest.mark.slow
@@ -38,7 +40,7 @@ def test_eval_compares_teacher_and_student_on_the_training_split(smoke_run, cach
 
 
 def test_eval_refuses_models_with_different_tokenizers(cache_dir, tmp_path):
-    a, b = model_dir(tmp_path / "a", 300), model_dir(tmp_path / "b", 280)
+    a, b = tiny_model_dir(tmp_path / "a", 300), tiny_model_dir(tmp_path / "b", 280)
     proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path / 'out'}", f"models=[{a},{b}]"], cache_dir,
                    prog="distill-eval")
     assert proc.returncode == 2

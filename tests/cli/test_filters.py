@@ -4,8 +4,10 @@ import json
 
 import pytest
 
-from tests.cli.test_black_box_and_seqkd import _qa_file
+from tests.cli.helpers import qa_file
 from tests.conftest import run_cli
+
+pytestmark = pytest.mark.cli
 
 # teacher=none and a tiny scratch student: for runs that must fail before any training
 NO_TEACHER = ["teacher=none", "student=scratch", "student.num_layers=1", "student.hidden_size=32",
@@ -96,7 +98,7 @@ def test_teacher_perplexity_band_through_training(cache_dir, tmp_path):
 
 @pytest.mark.parametrize("prog", ["distill-train", "distill-filter"])
 def test_prompt_response_data_refuses_filters(prog, cache_dir, tmp_path):
-    data = _qa_file(tmp_path / "qa.jsonl")
+    data = qa_file(tmp_path / "qa.jsonl")
     proc = run_cli(["experiment=smoke", *NO_TEACHER, "data=prompt_response", f"data.paths=[{data}]",
                     "data.prompt_field=question", "data.response_field=answer", "data.seq_len=32",
                     "data/filters=code", f"hydra.run.dir={tmp_path / 'run'}"], cache_dir, prog=prog)

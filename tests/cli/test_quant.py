@@ -191,6 +191,7 @@ def qat_run(tmp_path_factory, cache_dir) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_qat_metrics_and_report(qat_run):
     m = metrics_of(qat_run)
     q = m["quant"]
@@ -211,6 +212,7 @@ def test_qat_metrics_and_report(qat_run):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_qat_packed_checkpoint_reloads_as_the_exported_student(qat_run):
     from distill.quant.export import load_packed
 
@@ -229,6 +231,7 @@ def test_qat_packed_checkpoint_reloads_as_the_exported_student(qat_run):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_qat_export_is_the_trained_weights_on_the_int4_grid(qat_run):
     from distill.quant.qat import QATPlugin
 
@@ -256,6 +259,7 @@ def ptq_run(tmp_path_factory, cache_dir) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_ptq_runs_and_reports_its_name(ptq_run):
     m = metrics_of(ptq_run)
     assert m["quant"]["quant"] == "ptq_int8_int4" and m["quant"]["weight_bits"] == 4
@@ -266,6 +270,7 @@ def test_ptq_runs_and_reports_its_name(ptq_run):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_ptq_trains_without_fake_quant_and_rounds_at_the_end(ptq_run, qat_run, smoke_run):
     from distill.quant.ptq import ptq_rtn
     from distill.quant.qat import dequantized_copy
@@ -288,6 +293,7 @@ def test_ptq_trains_without_fake_quant_and_rounds_at_the_end(ptq_run, qat_run, s
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_ptq_memory_estimate_has_no_fake_quant_copies(ptq_run, qat_run):
     """QAT saves a fake-quantized copy of each linear weight for backward; PTQ trains without one."""
     student = exported(qat_run)
@@ -297,6 +303,7 @@ def test_ptq_memory_estimate_has_no_fake_quant_copies(ptq_run, qat_run):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_qat_int2(tmp_path, cache_dir):
     run = train_run(tmp_path, cache_dir, "quant=qat_int8_int2")
     m = metrics_of(run)
@@ -324,6 +331,7 @@ def warm_cache(qat_run, cache_dir) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 @pytest.mark.parametrize("preset", ["qat_int8_int4", "ptq_int8_int4"])
 def test_indivisible_group_size_fails_before_training(preset, warm_cache, tmp_path):
     proc = run_cli([*SMOKE, f"hydra.run.dir={tmp_path}", f"quant={preset}", "quant.group_size=48"], warm_cache)
@@ -341,6 +349,7 @@ def skip_run(tmp_path_factory, warm_cache) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_skip_indivisible_lists_the_layers_it_keeps(skip_run):
     m = metrics_of(skip_run)
     skipped = {n: 64 for n in BLOCK_LINEARS if n not in WIDE_INPUT}
@@ -370,6 +379,7 @@ def qlora_run(tmp_path_factory, cache_dir) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_qlora_exports_a_plain_hf_student(qlora_run):
     m = metrics_of(qlora_run)
     q = m["quant"]
@@ -400,6 +410,7 @@ def qlora_adapters_run(tmp_path_factory, cache_dir) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_qlora_adapters_export_is_the_merged_students_delta(qlora_adapters_run):
     """adapters/ holds the trained LoRA weights; the exported student is the NF4 base they trained
     on (the pruned teacher's layer, never updated) plus those adapters, merged."""
@@ -432,6 +443,7 @@ def test_qlora_adapters_export_is_the_merged_students_delta(qlora_adapters_run):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_qlora_width_not_a_multiple_of_64_is_one_clear_error(warm_cache, tmp_path):
     proc = run_cli([*SMOKE, f"hydra.run.dir={tmp_path}", "quant=qlora", "student=width",
                     "student.intermediate_size=160"], warm_cache)
@@ -441,6 +453,7 @@ def test_qlora_width_not_a_multiple_of_64_is_one_clear_error(warm_cache, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_qlora_without_adapters_is_one_clear_error(warm_cache, tmp_path):
     proc = run_cli([*SMOKE, f"hydra.run.dir={tmp_path}", "quant=qlora", "student.lora.r=0"], warm_cache)
     assert "set student.lora.r > 0" in one_line_error(proc, tmp_path)
@@ -448,6 +461,7 @@ def test_qlora_without_adapters_is_one_clear_error(warm_cache, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_unknown_teacher_load_in_is_one_clear_error(warm_cache, tmp_path):
     proc = run_cli([*SMOKE, f"hydra.run.dir={tmp_path}", "teacher.load_in=2bit"], warm_cache)
     line = one_line_error(proc, tmp_path)
@@ -456,6 +470,7 @@ def test_unknown_teacher_load_in_is_one_clear_error(warm_cache, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_8bit_teacher_width_not_a_multiple_of_64_is_one_clear_error(cache_dir, tmp_path):
     # a teacher with 160-wide MLPs (trained for 1 step: only its shape matters)
     proc = run_cli([*SMOKE, f"hydra.run.dir={tmp_path}", "teacher.load_in=8bit",
@@ -487,6 +502,7 @@ PPL_TOLERANCE = {"bf16": 0.01, "8bit": 0.02, "4bit": 0.05}
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 @pytest.mark.parametrize("load_in", ["bf16", "8bit", "4bit"])
 def test_quantized_teacher_saves_memory(load_in, teacher_runs, qat_run):
     run = teacher_runs(load_in)
@@ -504,6 +520,7 @@ def test_quantized_teacher_saves_memory(load_in, teacher_runs, qat_run):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_teacher_memory_shrinks_with_fewer_bits(teacher_runs):
     memory = {load_in: metrics_of(teacher_runs(load_in))["teacher.memory_bytes"]
               for load_in in ("bf16", "8bit", "4bit")}
@@ -514,6 +531,7 @@ def test_teacher_memory_shrinks_with_fewer_bits(teacher_runs):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 def test_4bit_teacher_params_are_counted_unpacked(teacher_runs):
     assert metrics_of(teacher_runs("4bit"))["teacher.params"] == metrics_of(teacher_runs("bf16"))["teacher.params"]
 
@@ -522,6 +540,7 @@ def test_4bit_teacher_params_are_counted_unpacked(teacher_runs):
 
 
 @pytest.mark.slow
+@pytest.mark.cli
 @pytest.mark.parametrize("preset", ["qat_int8_int4", "qlora"])
 def test_resume_from_last_checkpoint(preset, warm_cache, tmp_path):
     """ckpt_path=last continues a quantized run: the checkpoint (fake-quantized or 4-bit base

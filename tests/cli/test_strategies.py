@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from tests.conftest import run_cli
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cli]
 
 TWO_CPU = ["experiment=smoke", "trainer.accelerator=cpu", "trainer.devices=2", "control=false", "logger=none",
            "+callbacks.replica_check._target_=distill.strategies.ReplicaCheck"]

@@ -6,6 +6,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.cli
+
 SMOKE = ["experiment=smoke", "control=false"]
 
 

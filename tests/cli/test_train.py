@@ -2,10 +2,14 @@
 
 import json
 
+import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tests.conftest import run_cli
+from tests.run_outputs import assert_terms_active, read_metrics
+
+pytestmark = pytest.mark.cli
 
 DESIGN_KEYS = {
     "teacher.params", "teacher.val_ppl", "student.params", "student.val_ppl", "student.top1_agreement",
@@ -27,6 +31,19 @@ def test_smoke_writes_every_output(smoke_run):
     assert (smoke_run / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_distillation_improves_the_student_and_beats_the_control(smoke_run):
+    """What a user checks: the student learned from the teacher. An untrained student, or one no better than
+    the from-scratch control, fails this."""
+    metrics = read_metrics(smoke_run)
+    # better than itself as built (pruned from the teacher), on held-out data and in distance to the teacher
+    assert metrics["student.val_ppl"] < metrics["student.val_ppl_start"], metrics
+    assert metrics["student.kl_to_teacher"] < metrics["student.kl_to_teacher_start"], metrics
+    # better than the control: the same architecture trained from scratch on CE for the same steps
+    assert metrics["student.val_ppl"] < metrics["baseline.val_ppl"], metrics
+    assert metrics["student.kl_to_teacher"] < metrics["baseline.kl_to_teacher"], metrics
+    assert metrics["student.top1_agreement"] > metrics["baseline.top1_agreement"], metrics
+
+
 def test_student_export_loads_and_generates(smoke_run):
     model = AutoModelForCausalLM.from_pretrained(smoke_run / "student")
     tok = AutoTokenizer.from_pretrained(smoke_run / "student")
@@ -46,6 +63,7 @@ def test_checkpoints_hold_the_student_only(smoke_run):
 def test_loss_terms_are_logged_separately(smoke_run):
     header = (smoke_run / "csv" / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"train/loss", "train/forward_kl", "train/ce", "tokens_per_s"} <= set(header)
+    assert_terms_active(smoke_run, "loss", "forward_kl", "ce")  # the smoke objective: forward KL + CE
 
 
 def test_resume_from_last_checkpoint(smoke_run, cache_dir, tmp_path):
@@ -54,7 +72,8 @@ def test_resume_from_last_checkpoint(smoke_run, cache_dir, tmp_path):
     first = run_cli(["experiment=smoke", f"hydra.run.dir={out}", "trainer.max_steps=10", "control=false"], cache_dir)
     assert first.returncode == 0, first.stderr[-2000:]
     second = run_cli(
-        ["experiment=smoke", f"hydra.run.dir={out}", "trainer.max_steps=20", "control=false", "ckpt_path=last"], cache_dir
+        ["experiment=smoke", f"hydra.run.dir={out}", "trainer.max_steps=20", "control=false", "ckpt_path=last"],
+        cache_dir,
     )
     assert second.returncode == 0, second.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())

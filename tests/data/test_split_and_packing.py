@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -143,9 +142,7 @@ def test_train_tokenizer_is_cached(prepared, dm_cache, monkeypatch):
     monkeypatch.setattr(datamodule_mod, "train_bpe", no_training)
     dm = from_stdlib(cache_dir=str(dm_cache), **SMALL)  # a fresh module, as a second run would build
     dm.load_documents()
-    start = time.perf_counter()
-    again = dm.train_tokenizer()
-    assert time.perf_counter() - start < 1.0
+    again = dm.train_tokenizer()  # no_training above fails the test if BPE runs again
     assert again == tok_dir
     assert (Path(tok_dir) / "tokenizer.json").stat().st_mtime_ns == mtime
     assert len(list((dm_cache / "tokenizers").iterdir())) == 1

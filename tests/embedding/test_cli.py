@@ -8,6 +8,9 @@ import pytest
 import torch
 
 from tests.conftest import run_cli
+from tests.run_outputs import assert_terms_active, read_metrics
+
+pytestmark = [pytest.mark.slow, pytest.mark.cli]
 
 TINY = ["data.max_docs=20", "data.max_train_texts=48", "data.max_val_texts=40", "data.batch_size=8",
         "data.max_length=32", "data.eval_batch_size=20", "trainer.max_steps=4", "trainer.val_check_interval=2",
@@ -27,7 +30,6 @@ def run_dir(tmp_path_factory, cache_dir):
     return out
 
 
-@pytest.mark.slow
 def test_writes_metrics_report_and_checkpoints(run_dir):
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert KEYS <= set(metrics)
@@ -44,7 +46,14 @@ def test_writes_metrics_report_and_checkpoints(run_dir):
     assert ckpt["global_step"] == 4 and all(k.startswith("student.") for k in ckpt["state_dict"])
 
 
-@pytest.mark.slow
+def test_distillation_brings_the_student_closer_to_the_teacher(run_dir):
+    """What a user checks: on held-out sentences the distilled student's embeddings agree with the
+    teacher's better than the pruned student it started from (``pruned.*``: measured before training)."""
+    metrics = read_metrics(run_dir)
+    assert metrics["student.embed_cosine"] > metrics["pruned.embed_cosine"], metrics
+    assert_terms_active(run_dir, "loss", "cosine", "hidden")  # the minilm_embed objective's terms
+
+
 def test_exported_student_loads_with_transformers_and_sentence_transformers(run_dir):
     from sentence_transformers import SentenceTransformer
     from transformers import AutoModel, AutoTokenizer
@@ -61,7 +70,6 @@ def test_exported_student_loads_with_transformers_and_sentence_transformers(run_
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.slow
 def test_a_causal_objective_is_refused_in_one_line(cache_dir, tmp_path):
     proc = run_cli(["experiment=minilm_embed", "loss=forward_kl", f"hydra.run.dir={tmp_path}"], cache_dir)
     assert proc.returncode == 2

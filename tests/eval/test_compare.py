@@ -5,23 +5,19 @@ from __future__ import annotations
 import pytest
 from omegaconf import OmegaConf
 
-from distill.data.tokenizer import train_bpe
 from distill.errors import DistillError
-from distill.eval.compare import add_ratios, check_shared_tokenizer, model_paths, to_markdown
-from tests.student.tiny_models import tiny_model
-
-TEXTS = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n", "import os\nprint(os.getcwd())\n"] * 5
-
-
-def model_dir(path, vocab_size: int):
-    train_bpe(TEXTS, vocab_size, path)
-    tiny_model("llama", vocab_size=vocab_size).save_pretrained(path)
-    return path
+from distill.eval.compare import (
+    add_ratios,
+    check_shared_tokenizer,
+    model_paths,
+    to_markdown,
+)
+from tests.student.tiny_models import tiny_model_dir
 
 
 def test_names_from_a_list_a_dict_or_one_path(tmp_path):
-    a = model_dir(tmp_path / "runs" / "a" / "student", 300)
-    b = model_dir(tmp_path / "runs" / "b" / "student", 300)
+    a = tiny_model_dir(tmp_path / "runs" / "a" / "student", 300)
+    b = tiny_model_dir(tmp_path / "runs" / "b" / "student", 300)
     assert list(model_paths(OmegaConf.create([str(a), str(b)]))) == ["a/student", "b/student"]
     assert list(model_paths(OmegaConf.create({"kd": str(a), "t": str(b)}))) == ["kd", "t"]
     assert list(model_paths(str(a))) == ["student"]
@@ -32,7 +28,7 @@ def test_names_from_a_list_a_dict_or_one_path(tmp_path):
 
 
 def test_different_tokenizers_are_refused(tmp_path):
-    a, b = model_dir(tmp_path / "a", 300), model_dir(tmp_path / "b", 280)
+    a, b = tiny_model_dir(tmp_path / "a", 300), tiny_model_dir(tmp_path / "b", 280)
     check_shared_tokenizer({"a": a, "a2": a})
     with pytest.raises(DistillError, match="models a and b have different tokenizers"):
         check_shared_tokenizer({"a": a, "b": b})

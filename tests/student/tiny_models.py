@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from distill.data.tokenizer import train_bpe
+
 VOCAB = 128
+# a few lines of Python: enough text for a byte-level BPE of a few hundred tokens
+TEXTS = ["def f(x):\n    return x + 1\n", "class A:\n    pass\n", "import os\nprint(os.getcwd())\n"] * 5
 
 # Small enough for CPU tests, big enough that heads, KV groups (GQA) and MLP channels can be pruned.
 CONFIGS = {
@@ -27,3 +33,10 @@ def tiny_model(kind: str, vocab_size: int = VOCAB, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     config = AutoConfig.for_model(kind, vocab_size=vocab_size, **{**CONFIGS[kind], **overrides})
     return AutoModelForCausalLM.from_config(config).eval()
+
+
+def tiny_model_dir(path: Path, vocab_size: int) -> Path:
+    """A saved tiny Llama and its own BPE tokenizer of ``vocab_size`` tokens: a model dir as users pass one."""
+    train_bpe(TEXTS, vocab_size, path)
+    tiny_model("llama", vocab_size=vocab_size).save_pretrained(path)
+    return path

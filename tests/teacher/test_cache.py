@@ -13,46 +13,25 @@ import pytest
 import torch
 from torch import nn
 
-from distill.teacher.cache_writer import write_teacher_cache
 from distill.errors import DistillError
-from distill.student.scratch import build_llama
 from distill.teacher.cache import (
-    CachedTeacher, TeacherCache, bytes_per_token, index_dtype_for, shard_paths, teacher_fingerprint,
+    CachedTeacher,
+    TeacherCache,
+    bytes_per_token,
+    index_dtype_for,
+    shard_paths,
+    teacher_fingerprint,
 )
-
-VOCAB, SEQ, K, T, SHARD = 300, 16, 8, 2.0, 16
-KEYS = {"teacher_key": "t1", "tokenizer_key": "tok1", "data_key": "d1"}
-
-
-def _teacher(vocab: int = VOCAB) -> nn.Module:
-    torch.manual_seed(0)
-    return build_llama(vocab_size=vocab, hidden_size=32, num_layers=1, num_heads=2, max_seq_len=SEQ).eval()
-
-
-def _blocks(vocab: int = VOCAB) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {"train": rng.integers(0, vocab, (40, SEQ + 1)).astype(np.uint16),
-            "val": rng.integers(0, vocab, (6, SEQ + 1)).astype(np.uint16)}
-
-
-def _write(model, blocks, cache_dir, **kw):
-    args = dict(vocab_size=VOCAB, keys=KEYS, top_k=K, temperature=T, shard_rows=SHARD, micro_batch=5,
-                trainer_kwargs={"accelerator": "cpu"}, progress_bar=False)
-    return write_teacher_cache(model, blocks, cache_dir, **{**args, **kw})
-
-
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    model, blocks = _teacher(), _blocks()
-    cache_dir = _write(model, blocks, tmp_path_factory.mktemp("tcache") / "c", extra={"teacher_val_ppl": 299.0})
-    return model, blocks, cache_dir
-
-
-def _live_topk(model, inputs: np.ndarray, vocab: int = VOCAB, k: int = K):
-    with torch.no_grad():
-        logits = model(input_ids=torch.from_numpy(inputs.astype(np.int64))).logits[..., :vocab].float()
-    lp = torch.log_softmax(logits / T, dim=-1)
-    return lp, lp.topk(k, dim=-1)
+from tests.teacher.tiny_cache import (
+    KEYS,
+    SEQ,
+    K,
+    T,
+    live_topk,
+    random_blocks,
+    tiny_teacher,
+    write_cache,
+)
 
 
 def test_cache_equals_live_teacher_topk(built):
@@ -61,7 +40,7 @@ def test_cache_equals_live_teacher_topk(built):
     for split in ("train", "val"):
         rows = np.arange(len(blocks[split]))
         out = cache.lookup(torch.from_numpy(rows), split)
-        lp, (values, indices) = _live_topk(model, blocks[split][:, :-1])
+        lp, (values, indices) = live_topk(model, blocks[split][:, :-1])
         assert out.logprobs.dtype == torch.float32 and out.indices.dtype == torch.long
         assert out.shape == (len(rows), SEQ, K)
         torch.testing.assert_close(out.logprobs, values, rtol=1e-3, atol=1e-3)
@@ -105,7 +84,7 @@ def test_restart_writes_only_missing_shards(built, tmp_path, caplog):
     (copy / "train" / ".shard-00001.values.npy.x.partial").write_bytes(b"crash leftover")
     mtimes = {p: p.stat().st_mtime_ns for p in copy.glob("*/*.npy")}
     with caplog.at_level(logging.INFO, logger="distill"):
-        _write(model, blocks, copy)
+        write_cache(model, blocks, copy)
     assert "3 of 4 shards already written, writing 1" in caplog.text
     rewritten = {p for p in copy.glob("*/*.npy") if p.stat().st_mtime_ns != mtimes.get(p)}
     assert rewritten == set(shard_paths(copy, "train", 1))
@@ -114,16 +93,16 @@ def test_restart_writes_only_missing_shards(built, tmp_path, caplog):
     assert torch.equal(a.logprobs, b.logprobs) and torch.equal(a.indices, b.indices)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="distill"):
-        _write(model, blocks, copy)  # nothing left to do: no Trainer
+        write_cache(model, blocks, copy)  # nothing left to do: no Trainer
     assert "4 of 4 shards already written, writing 0" in caplog.text
 
 
 def test_writer_refuses_a_different_build(built):
     model, blocks, cache_dir = built
     with pytest.raises(DistillError, match=r"data_key 'd1' there, 'd2' now.*new teacher.cache_dir or delete"):
-        _write(model, blocks, cache_dir, keys={**KEYS, "data_key": "d2"})
+        write_cache(model, blocks, cache_dir, keys={**KEYS, "data_key": "d2"})
     with pytest.raises(DistillError, match=r"top_k 8 there, 4 now"):
-        _write(model, blocks, cache_dir, top_k=4)
+        write_cache(model, blocks, cache_dir, top_k=4)
 
 
 def test_reader_refusals(built, tmp_path):
@@ -159,21 +138,21 @@ class _Padded(nn.Module):
 
 def test_padded_teacher_is_trimmed(tmp_path):
     vocab = 250  # also exercises the uint8 index path
-    model, blocks = _teacher(vocab), _blocks(vocab)
+    model, blocks = tiny_teacher(vocab), random_blocks(vocab)
     blocks = {"train": blocks["train"][:8]}
-    cache_dir = _write(_Padded(model, 6), blocks, tmp_path / "c", vocab_size=vocab)
+    cache_dir = write_cache(_Padded(model, 6), blocks, tmp_path / "c", vocab_size=vocab)
     cache = TeacherCache(cache_dir)
     out = cache.lookup(torch.arange(8))
     assert cache.manifest["index_dtype"] == "uint8" and cache.bytes_per_token == K * 3
     assert out.indices.max() < vocab
-    _, (values, _) = _live_topk(model, blocks["train"][:, :-1], vocab)
+    _, (values, _) = live_topk(model, blocks["train"][:, :-1], vocab)
     torch.testing.assert_close(out.logprobs, values, rtol=1e-3, atol=1e-3)
     with pytest.raises(DistillError, match="teacher predicts 250 tokens but the tokenizer has 300"):
-        _write(model, blocks, tmp_path / "c2", vocab_size=300)
+        write_cache(model, blocks, tmp_path / "c2", vocab_size=300)
 
 
 def test_teacher_fingerprint(tmp_path):
-    a, b = _teacher(), _teacher()
+    a, b = tiny_teacher(), tiny_teacher()
     assert teacher_fingerprint(a) == teacher_fingerprint(b)
     with torch.no_grad():
         b.lm_head.weight[0, 0] += 1

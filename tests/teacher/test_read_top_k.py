@@ -6,18 +6,18 @@ import torch
 
 from distill.errors import DistillError
 from distill.teacher.cache import CachedTeacher, TeacherCache
-from tests.teacher.test_cache import K, _blocks, _live_topk, _teacher, _write
+from tests.teacher.tiny_cache import K, live_topk
 
 
-def test_first_k_entries_are_the_live_top_k(tmp_path):
-    model, blocks = _teacher(), _blocks()
-    cache = TeacherCache(_write(model, blocks, tmp_path / "c"))
+def test_first_k_entries_are_the_live_top_k(built):
+    model, blocks, cache_dir = built
+    cache = TeacherCache(cache_dir)
     rows = torch.tensor([3, 0, 17])
     narrow = CachedTeacher(cache, read_top_k=3).outputs(rows)
     full = CachedTeacher(cache).outputs(rows)
     assert narrow.logprobs.shape[-1] == 3 and CachedTeacher(cache, read_top_k=3).top_k == 3
     assert torch.equal(narrow.indices, full.indices[..., :3])
-    _, live = _live_topk(model, blocks["train"][rows.numpy(), :-1], k=3)
+    _, live = live_topk(model, blocks["train"][rows.numpy(), :-1], k=3)
     assert torch.equal(narrow.indices, live.indices)
     torch.testing.assert_close(narrow.logprobs, live.values, atol=2e-2, rtol=0)  # stored as float16
     with pytest.raises(DistillError, match="read_top_k must be between 1 and the cache's top_k"):
