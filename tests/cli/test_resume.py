@@ -17,6 +17,8 @@ import torch
 
 from tests.conftest import REPO, run_cli
 
+pytestmark = pytest.mark.cli
+
 ARGS = ["experiment=smoke", "trainer.max_steps=40", "trainer.deterministic=true", "control=false", "logger=none",
         "callbacks.model_checkpoint.every_n_train_steps=4"]
 # Two ranks on a shared 2-core machine: few steps, a checkpoint every 4, validation at step 10.

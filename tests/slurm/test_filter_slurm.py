@@ -85,6 +85,7 @@ def test_a_partition_sbatch_refuses_is_a_one_line_error(slurm_cluster, tmp_path)
     assert "invalid partition" in proc.stderr.lower() and "Traceback" not in proc.stderr
 
 
+@pytest.mark.cli
 def test_an_unknown_slurm_setting_stops_distill_filter_before_any_work(tmp_path):
     """No cluster needed: the settings are checked when the data module is built."""
     proc = filter_cli(["data.executor=slurm", "data.slurm.partition=debug", "+data.slurm.acount=research"],

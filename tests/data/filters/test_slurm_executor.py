@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 from distill.data.filters import slurm_executor
 from distill.data.filters.runner import ExecutorSpec
 from distill.errors import DistillError
-from tests.data.filters.test_runner import KEPT, run
+from tests.data.filters.helpers import KEPT, run
 
 
 def pass_executor(tmp_path: Path, settings) -> slurm_executor.FilterPassExecutor:
