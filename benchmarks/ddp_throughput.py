@@ -68,22 +68,45 @@ def worker(args) -> None:
     teacher = build_llama(args.vocab, args.hidden, args.layers, args.heads, max_seq_len=args.seq)
     student = every_other_layer(teacher)
     total = args.warmup + args.steps
-    module = DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}), args.vocab,
-                                teacher=Teacher(teacher), lr=1e-4, max_steps=total)
+    module = DistillationModule(
+        student,
+        Objective({"forward_kl": 1.0, "ce": 0.5}),
+        args.vocab,
+        teacher=Teacher(teacher),
+        lr=1e-4,
+        max_steps=total,
+    )
     g = torch.Generator().manual_seed(1)
     data = torch.randint(0, args.vocab, (total * args.batch * args.devices, args.seq + 1), generator=g)
     loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=args.batch)
-    trainer = L.Trainer(accelerator=args.accelerator, devices=args.devices,
-                        strategy="ddp" if args.devices > 1 else "auto", precision=args.precision,
-                        max_steps=total, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, gradient_clip_val=1.0, callbacks=[StepTimer()])
+    trainer = L.Trainer(
+        accelerator=args.accelerator,
+        devices=args.devices,
+        strategy="ddp" if args.devices > 1 else "auto",
+        precision=args.precision,
+        max_steps=total,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        callbacks=[StepTimer()],
+    )
     trainer.fit(module, train_dataloaders=loader)
 
 
 def measure(args, devices: int, threads: int) -> tuple[float, float]:
     """(tokens/s, CPU-seconds per 1k tokens) of one fresh run."""
-    cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--devices", str(devices), "--threads", str(threads),
-           *[f"--{k}={v}" for k, v in vars(args).items() if k not in ("worker", "devices", "threads", "rounds")]]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--worker",
+        "--devices",
+        str(devices),
+        "--threads",
+        str(threads),
+        *[f"--{k}={v}" for k, v in vars(args).items() if k not in ("worker", "devices", "threads", "rounds")],
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     found = RESULT.search(proc.stdout)
@@ -115,15 +138,19 @@ def main():
         args.precision = auto_precision(args.accelerator)
     if args.worker:
         return worker(args)
-    print(f"sizes: teacher {args.layers}L x {args.hidden}, student {args.layers // 2}L, vocab {args.vocab}, "
-          f"batch {args.batch}x{args.seq} per process, precision {args.precision}, {os.cpu_count()} cores")
+    print(
+        f"sizes: teacher {args.layers}L x {args.hidden}, student {args.layers // 2}L, vocab {args.vocab}, "
+        f"batch {args.batch}x{args.seq} per process, precision {args.precision}, {os.cpu_count()} cores"
+    )
     cores = os.cpu_count() or 1
     per_rank = args.threads or max(1, cores // 2)
     # The single-process reference gets all cores; with 1 thread too, because intra-op threads
     # collapse when other jobs share the cores (their barriers wait on descheduled threads).
-    arms = {f"1 process x {args.threads or cores} threads": (1, args.threads or cores),
-            "1 process x 1 thread": (1, 1),
-            f"ddp 2 processes x {per_rank} thread(s)": (2, per_rank)}
+    arms = {
+        f"1 process x {args.threads or cores} threads": (1, args.threads or cores),
+        "1 process x 1 thread": (1, 1),
+        f"ddp 2 processes x {per_rank} thread(s)": (2, per_rank),
+    }
     runs = {k: [] for k in arms}
     cpu = {k: [] for k in arms}
     for r in range(args.rounds):
@@ -131,20 +158,26 @@ def main():
             rate, cpu_per_k = measure(args, devices, threads)
             runs[name].append(rate)
             cpu[name].append(cpu_per_k)
-        print(f"round {r + 1}: " + ", ".join(f"{k}: {v[-1]:,.0f} tokens/s ({cpu[k][-1]:.3f} CPU-s/1k tokens)"
-                                            for k, v in runs.items()), flush=True)
+        print(
+            f"round {r + 1}: "
+            + ", ".join(f"{k}: {v[-1]:,.0f} tokens/s ({cpu[k][-1]:.3f} CPU-s/1k tokens)" for k, v in runs.items()),
+            flush=True,
+        )
     med = {k: statistics.median(v) for k, v in runs.items()}
     med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     ddp = list(arms)[-1]
     single = max(list(arms)[:2], key=med.get)  # the better single-process setting is the reference
     for name, value in med.items():
-        print(f"{name:32s} {value:9,.0f} tokens/s   ratio to reference {value / med[single]:.3f}   "
-              f"{med_cpu[name]:.3f} CPU-s per 1k tokens")
+        print(
+            f"{name:32s} {value:9,.0f} tokens/s   ratio to reference {value / med[single]:.3f}   "
+            f"{med_cpu[name]:.3f} CPU-s per 1k tokens"
+        )
     print(f"RATIO ddp2/single = {med[ddp] / med[single]:.3f} (reference: {single})")
     # Tokens per CPU-second: when both arms keep all cores busy this is the idle-machine throughput
     # ratio, and it moves far less than wall time when other jobs share the cores.
     best_cpu = min(med_cpu[k] for k in list(arms)[:2])
     print(f"RATIO ddp2/single per CPU-second = {best_cpu / med_cpu[ddp]:.3f}")
+
 
 if __name__ == "__main__":
     main()

@@ -85,14 +85,29 @@ def plain_loop(args, kl: bool) -> float:
 
 def framework(args) -> float:
     teacher, student = make_models(args)
-    module = DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}), args.vocab, teacher=Teacher(teacher), lr=1e-4,
-                                max_steps=args.warmup + args.steps)
+    module = DistillationModule(
+        student,
+        Objective({"forward_kl": 1.0, "ce": 0.5}),
+        args.vocab,
+        teacher=Teacher(teacher),
+        lr=1e-4,
+        max_steps=args.warmup + args.steps,
+    )
     data = batches(args, args.warmup + args.steps)
     loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=args.batch)
     timer = StepTimer(args.warmup)
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=args.precision, max_steps=args.warmup + args.steps,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        gradient_clip_val=1.0, callbacks=[timer])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=args.precision,
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        callbacks=[timer],
+    )
     trainer.fit(module, train_dataloaders=loader)
     return timer.steps * args.batch * args.seq / timer.elapsed
 
@@ -110,8 +125,10 @@ def main():
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--precision", default=auto_precision("cpu"))
     args = p.parse_args()
-    print(f"sizes: teacher {args.layers}L x {args.hidden}, student {args.layers // 2}L, vocab {args.vocab}, "
-          f"batch {args.batch}x{args.seq}, precision {args.precision}, threads {torch.get_num_threads()}")
+    print(
+        f"sizes: teacher {args.layers}L x {args.hidden}, student {args.layers // 2}L, vocab {args.vocab}, "
+        f"batch {args.batch}x{args.seq}, precision {args.precision}, threads {torch.get_num_threads()}"
+    )
     runs = {"reference (student step + teacher fwd)": [], "distill (Lightning + fused KD)": [], "naive KL loop": []}
     for r in range(args.rounds):
         runs["reference (student step + teacher fwd)"].append(plain_loop(args, kl=False))

@@ -73,14 +73,20 @@ def time_steps(steps, docs: list[Document]) -> tuple[float, int]:
 
 def prose_steps():
     # FineWeb's own settings (datatrove/examples/fineweb.py): C4 without the terminal-punctuation rule
-    return [GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter(filter_no_terminal_punct=False),
-            FineWebQualityFilter()]
+    return [
+        GopherRepetitionFilter(),
+        GopherQualityFilter(),
+        C4QualityFilter(filter_no_terminal_punct=False),
+        FineWebQualityFilter(),
+    ]
 
 
 def filter_rows(code: list[Document], prose: list[Document], tokenizer: str) -> list[tuple]:
     rows = []
-    runs = [("code filter, no tokenizer", [CodeQualityFilter()], code, "code"),
-            ("code filter + chars/token", [CodeQualityFilter(tokenizer=tokenizer)], code, "code")]
+    runs = [
+        ("code filter, no tokenizer", [CodeQualityFilter()], code, "code"),
+        ("code filter + chars/token", [CodeQualityFilter(tokenizer=tokenizer)], code, "code"),
+    ]
     for corpus, docs in (("code", code), ("prose", prose)):
         runs += [(f"  {type(s).__name__}", [s], docs, corpus) for s in prose_steps()]
         runs.append(("prose pipeline (4 chained)", prose_steps(), docs, corpus))
@@ -97,8 +103,9 @@ def dedup_rows(code: list[Document], work: Path) -> list[tuple]:
             writer.write(d, rank=0)
 
     def run(steps, name, input_dir):
-        LocalPipelineExecutor([JsonlReader(str(input_dir)), *steps], tasks=1, workers=1,
-                              logging_dir=str(work / "logs" / name)).run()
+        LocalPipelineExecutor(
+            [JsonlReader(str(input_dir)), *steps], tasks=1, workers=1, logging_dir=str(work / "logs" / name)
+        ).run()
 
     rows = []
     for stage in (ExactDedup(), MinhashDedup()):
@@ -108,8 +115,16 @@ def dedup_rows(code: list[Document], work: Path) -> list[tuple]:
             stage.prepare(ctx, work / "in")
         seconds = time.perf_counter() - start
         drops = sum(p.read_text().count("_duplicate") for p in (work / stage.name).rglob("decisions/*.json"))
-        rows.append((f"{stage.name} prepare ({seconds:.1f} s)", "code", len(code), megabytes(code) / seconds,
-                     len(code) / seconds, len(code) - drops))
+        rows.append(
+            (
+                f"{stage.name} prepare ({seconds:.1f} s)",
+                "code",
+                len(code),
+                megabytes(code) / seconds,
+                len(code) / seconds,
+                len(code) - drops,
+            )
+        )
     return rows
 
 
@@ -121,8 +136,10 @@ def main() -> None:
     logger.remove()  # datatrove's per-step log lines would bury the table
 
     code, prose = code_corpus(args.max_docs), prose_corpus(args.max_docs)
-    print(f"code: {len(code)} stdlib .py files, {megabytes(code):.1f} MB; "
-          f"prose: {len(prose)} pydoc topics, {megabytes(prose):.2f} MB")
+    print(
+        f"code: {len(code)} stdlib .py files, {megabytes(code):.1f} MB; "
+        f"prose: {len(prose)} pydoc topics, {megabytes(prose):.2f} MB"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = args.tokenizer
         if tokenizer is None:

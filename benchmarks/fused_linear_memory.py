@@ -35,8 +35,8 @@ from pathlib import Path
 
 import torch
 
-from distill.losses.fused_linear import fused_linear_loss
 from distill.losses.divergences import IGNORE_INDEX, cross_entropy, forward_kl
+from distill.losses.fused_linear import fused_linear_loss
 
 MiB = 2**20
 
@@ -70,7 +70,7 @@ def make_inputs(args):
     th = torch.randn(args.tokens, h_t, generator=g).to(dtype)
     tw = (torch.randn(args.vocab, h_t, generator=g) * (2.5 / h_t**0.5)).to(dtype)
     y = torch.randint(0, args.vocab, (args.tokens,), generator=g)
-    y[:: 16] = IGNORE_INDEX  # some unlabelled tokens
+    y[::16] = IGNORE_INDEX  # some unlabelled tokens
     return h, w, th, tw, y
 
 
@@ -85,8 +85,16 @@ def naive_step(args, h, w, th, tw, y):
 
 
 def fused_step(args, h, w, th, tw, y):
-    loss, _ = fused_linear_loss(h, w, th, tw, y, weights={"forward_kl": args.kl_weight, "ce": args.ce_weight},
-                                temperature=args.temperature, chunk_size=args.chunk_size)
+    loss, _ = fused_linear_loss(
+        h,
+        w,
+        th,
+        tw,
+        y,
+        weights={"forward_kl": args.kl_weight, "ce": args.ce_weight},
+        temperature=args.temperature,
+        chunk_size=args.chunk_size,
+    )
     loss.backward()
     return loss.detach()
 
@@ -116,8 +124,17 @@ def worker(args) -> None:
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
     peak = _status_kib("VmHWM") - rss_before
     torch.save({"loss": loss, "grad_h": h.grad, "grad_w": w.grad}, args.out)
-    print(json.dumps({"peak_mib": peak / 1024, "inputs_mib": rss_before / 1024, "seconds": seconds,
-                      "cpu_seconds": cpu_seconds, "loss": loss.item()}))
+    print(
+        json.dumps(
+            {
+                "peak_mib": peak / 1024,
+                "inputs_mib": rss_before / 1024,
+                "seconds": seconds,
+                "cpu_seconds": cpu_seconds,
+                "loss": loss.item(),
+            }
+        )
+    )
 
 
 # -- parent ------------------------------------------------------------------------------
@@ -141,16 +158,21 @@ def main(argv=None) -> None:
     if args.worker:
         return worker(args)
     variants = [v for v in args.variants.split(",") if v]
-    print(f"tokens={args.tokens} hidden={args.hidden} teacher_hidden={args.teacher_hidden or args.hidden} "
-          f"vocab={args.vocab} dtype={args.dtype} chunk_size={args.chunk_size} T={args.temperature} "
-          f"threads={torch.get_num_threads()}")
+    print(
+        f"tokens={args.tokens} hidden={args.hidden} teacher_hidden={args.teacher_hidden or args.hidden} "
+        f"vocab={args.vocab} dtype={args.dtype} chunk_size={args.chunk_size} T={args.temperature} "
+        f"threads={torch.get_num_threads()}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         results = {}
         for v in variants:
             results[v] = run_variant(v, argv, Path(tmp) / f"{v}.pt")
             r = results[v]
-            print(f"  {v:6s} peak {r['peak_mib']:9.1f} MiB   time {r['seconds']:7.2f} s "
-                  f"(cpu {r['cpu_seconds']:.2f} s)   (inputs {r['inputs_mib']:.0f} MiB, loss {r['loss']:.6f})", flush=True)
+            print(
+                f"  {v:6s} peak {r['peak_mib']:9.1f} MiB   time {r['seconds']:7.2f} s "
+                f"(cpu {r['cpu_seconds']:.2f} s)   (inputs {r['inputs_mib']:.0f} MiB, loss {r['loss']:.6f})",
+                flush=True,
+            )
         if {"naive", "fused"} <= set(results):
             report(results, Path(tmp))
 
@@ -165,8 +187,7 @@ def report(results: dict, tmp: Path) -> None:
     print(f"\nfused/naive: peak {mem:.3f} (goal <= 0.25)   wall time {tim:.3f} (goal <= 1.3)   CPU time {cpu:.3f}")
     a, b = torch.load(tmp / "fused.pt"), torch.load(tmp / "naive.pt")
     errs = {k: rel_err(a[k], b[k]) for k in ("loss", "grad_h", "grad_w")}
-    print("max rel error (max|fused − naive| / max|naive|): "
-          + "   ".join(f"{k} {e:.2e}" for k, e in errs.items()))
+    print("max rel error (max|fused − naive| / max|naive|): " + "   ".join(f"{k} {e:.2e}" for k, e in errs.items()))
 
 
 if __name__ == "__main__":

@@ -24,11 +24,11 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from distill.teacher.cache_writer import write_teacher_cache
 from distill.cli.resolvers import auto_precision
 from distill.distillation import DistillationModule
 from distill.losses.objective import Objective
 from distill.teacher.cache import CachedTeacher, TeacherCache
+from distill.teacher.cache_writer import write_teacher_cache
 from distill.teacher.module import Teacher
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -37,17 +37,31 @@ from distill_throughput import StepTimer, batches, make_models  # noqa: E402 (sh
 
 def run(args, data, teacher_backend, objective: Objective) -> float:
     _, student = make_models(args)
-    module = DistillationModule(student, objective, args.vocab, teacher=teacher_backend, lr=1e-4,
-                                max_steps=args.warmup + args.steps)
+    module = DistillationModule(
+        student, objective, args.vocab, teacher=teacher_backend, lr=1e-4, max_steps=args.warmup + args.steps
+    )
     if isinstance(teacher_backend, Teacher):
         objective.bind(student, teacher_backend.model)
     rows = torch.arange(len(data))
-    loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:], rows), batch_size=args.batch, shuffle=True,
-                        generator=torch.Generator().manual_seed(0))
+    loader = DataLoader(
+        TensorDataset(data[:, :-1], data[:, 1:], rows),
+        batch_size=args.batch,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
     timer = StepTimer(args.warmup)
-    trainer = L.Trainer(accelerator="cpu", devices=1, precision=args.precision, max_steps=args.warmup + args.steps,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        gradient_clip_val=1.0, callbacks=[timer])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=1,
+        precision=args.precision,
+        max_steps=args.warmup + args.steps,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=1.0,
+        callbacks=[timer],
+    )
     trainer.fit(module, train_dataloaders=loader)
     return timer.steps * args.batch * args.seq / timer.elapsed
 
@@ -83,17 +97,27 @@ def main():
     teacher, _ = make_models(args)
     data = batches(args, args.warmup + args.steps)
     with tempfile.TemporaryDirectory() as tmp:
-        write_teacher_cache(teacher, {"train": data.numpy()}, tmp, top_k=args.top_k, vocab_size=args.vocab,
-                            keys={"teacher_key": "bench", "tokenizer_key": "bench", "data_key": "bench"},
-                            trainer_kwargs={"accelerator": "cpu", "precision": args.precision}, progress_bar=False)
+        write_teacher_cache(
+            teacher,
+            {"train": data.numpy()},
+            tmp,
+            top_k=args.top_k,
+            vocab_size=args.vocab,
+            keys={"teacher_key": "bench", "tokenizer_key": "bench", "data_key": "bench"},
+            trainer_kwargs={"accelerator": "cpu", "precision": args.precision},
+            progress_bar=False,
+        )
         cache = CachedTeacher(TeacherCache(tmp))
-        print(f"sizes: teacher {args.layers}L x {args.hidden}, student {args.layers // 2}L, vocab {args.vocab}, "
-              f"batch {args.batch}x{args.seq}, top-{args.top_k} ({cache.cache.bytes_per_token} bytes/token, "
-              f"tail={args.tail}), precision {args.precision}, threads {torch.get_num_threads()}")
+        print(
+            f"sizes: teacher {args.layers}L x {args.hidden}, student {args.layers // 2}L, vocab {args.vocab}, "
+            f"batch {args.batch}x{args.seq}, top-{args.top_k} ({cache.cache.bytes_per_token} bytes/token, "
+            f"tail={args.tail}), precision {args.precision}, threads {torch.get_num_threads()}"
+        )
         rows = {"student alone (CE only)": lambda: run(args, data, None, Objective({"ce": 1.0}))}
         if "cache" in wanted:
             rows[f"top-{args.top_k} cache, forward_kl"] = lambda: run(
-                args, data, cache, Objective({"forward_kl": 1.0, "ce": 0.5}, tail=args.tail))
+                args, data, cache, Objective({"forward_kl": 1.0, "ce": 0.5}, tail=args.tail)
+            )
         for name in (n for n in wanted if n in LIVE):
             rows[f"live teacher, {name}"] = lambda name=name: run(args, data, Teacher(teacher), Objective(**LIVE[name]))
         runs = {n: [] for n in rows}

@@ -22,7 +22,7 @@ import time
 
 import torch
 
-from distill.data.filters.scoring import collate, encode, length_batches, score_texts
+from distill.data.filters.lm_nll import collate, encode, length_batches, score_texts
 from distill.data.sources import stdlib_documents
 from distill.data.tokenizer import load_tokenizer, train_bpe
 from distill.student.scratch import build_llama
@@ -61,14 +61,17 @@ def main(argv=None):
         train_bpe(texts, args.vocab, tmp)
         tok = load_tokenizer(tmp)
     torch.manual_seed(0)
-    model = build_llama(len(tok), args.hidden, args.layers, args.heads, max_seq_len=args.max_tokens,
-                        eos_token_id=tok.eos_token_id).eval()
+    model = build_llama(
+        len(tok), args.hidden, args.layers, args.heads, max_seq_len=args.max_tokens, eos_token_id=tok.eos_token_id
+    ).eval()
     seqs = encode(tok, texts, args.max_tokens)
     batches = [collate([seqs[i] for i in b]) for b in length_batches(seqs, args.batch_size)]
     tokens = sum(len(s) for s in seqs)
     padded = sum(ids.numel() for ids, _ in batches)
-    print(f"{len(texts)} documents, {tokens:,} tokens ({padded:,} with padding) in {len(batches)} batches of "
-          f"{args.batch_size}; Llama {args.hidden}x{args.layers}, vocab {len(tok)}, {torch.get_num_threads()} threads")
+    print(
+        f"{len(texts)} documents, {tokens:,} tokens ({padded:,} with padding) in {len(batches)} batches of "
+        f"{args.batch_size}; Llama {args.hidden}x{args.layers}, vocab {len(tok)}, {torch.get_num_threads()} threads"
+    )
 
     def score():
         scores = score_texts(model, tok, texts, args.batch_size, args.max_tokens, bf16=args.bf16)
@@ -83,8 +86,10 @@ def main(argv=None):
     for r in range(args.rounds):
         times["forward"].append(timed(forward))
         times["score_texts"].append(timed(score))
-        print(f"round {r + 1}: forward {tokens / times['forward'][-1]:,.0f} tok/s, "
-              f"score_texts {tokens / times['score_texts'][-1]:,.0f} tok/s")
+        print(
+            f"round {r + 1}: forward {tokens / times['forward'][-1]:,.0f} tok/s, "
+            f"score_texts {tokens / times['score_texts'][-1]:,.0f} tok/s"
+        )
     fwd, sc = (tokens / statistics.median(times[k]) for k in ("forward", "score_texts"))
     print(f"median: raw forward {fwd:,.0f} tok/s, score_texts {sc:,.0f} tok/s, ratio {sc / fwd:.3f} (goal >= 0.8)")
 

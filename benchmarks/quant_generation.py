@@ -31,8 +31,14 @@ FORMS = {"int8-int4": 4, "int8-int2": 2}
 def tokens_per_s(model, prompt: torch.Tensor, new_tokens: int) -> float:
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+        out = model.generate(
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
     elapsed = time.perf_counter() - start
     assert out.shape[1] - prompt.shape[1] == new_tokens
     return prompt.shape[0] * new_tokens / elapsed
@@ -54,8 +60,9 @@ def torchao_size(bf16_dir: Path, out: Path) -> int | None:
     from torchao.quantization.granularity import PerGroup
     from transformers import AutoModelForCausalLM, TorchAoConfig
 
-    config = TorchAoConfig(Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4,
-                                                                 weight_granularity=PerGroup(32)))
+    config = TorchAoConfig(
+        Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(32))
+    )
     try:
         model = AutoModelForCausalLM.from_pretrained(bf16_dir, quantization_config=config, dtype=torch.bfloat16)
         model.save_pretrained(out)
@@ -77,14 +84,21 @@ def main():
     args = ap.parse_args()
 
     torch.manual_seed(0)
-    student = build_llama(vocab_size=args.vocab, hidden_size=args.hidden, num_layers=args.layers,
-                          num_heads=max(1, args.hidden // 64), eos_token_id=None).eval()
+    student = build_llama(
+        vocab_size=args.vocab,
+        hidden_size=args.hidden,
+        num_layers=args.layers,
+        num_heads=max(1, args.hidden // 64),
+        eos_token_id=None,
+    ).eval()
     student = student.to(torch.bfloat16)
     quantized = {name: ptq_rtn(student, bits, 32, "int8") for name, bits in FORMS.items()}
     models = {"bf16": student, **quantized}
     prompt = torch.randint(1, args.vocab, (args.batch, args.prompt_len), generator=torch.Generator().manual_seed(0))
-    print(f"Llama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; {torch.get_num_threads()} threads; "
-          f"batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.rounds} rounds")
+    print(
+        f"Llama hidden {args.hidden}, {args.layers} layers, vocab {args.vocab}; {torch.get_num_threads()} threads; "
+        f"batch {args.batch}, prompt {args.prompt_len}, {args.new_tokens} new tokens, {args.rounds} rounds"
+    )
 
     result = speed(models, prompt, args.new_tokens, args.rounds)
     print(f"{'form':10} {'tokens/s':>10} {'vs bf16':>8}")

@@ -44,6 +44,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return torch.load(path, map_location=map_location or "cpu", weights_only=not self.allow_pickle)
         except Exception as e:  # noqa: BLE001 - a corrupt or untrusted file: one line, never a traceback
             if "Unsupported global" in str(e):  # a class or function to import: the pickle code path
-                raise DistillError(f"checkpoint {path} holds pickled objects beyond tensors; set allow_pickle=true "
-                                   "only if you trust where it came from") from e
-            raise DistillError(f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from e
+                raise DistillError(
+                    f"checkpoint {path} holds pickled objects beyond tensors; set allow_pickle=true "
+                    "only if you trust where it came from"
+                ) from e
+            raise DistillError(
+                f"cannot read checkpoint {path} ({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            ) from e

@@ -45,35 +45,64 @@ class Noise:
 
     def matches(self, record: logging.LogRecord) -> bool:
         return re.fullmatch(self.message, record.getMessage(), re.DOTALL) is not None and (
-            self.when is None or self.when(record))
+            self.when is None or self.when(record)
+        )
 
 
 # Lightning's rank_zero_info goes through whichever of these loggers its last imported package set.
-_RANK_ZERO = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-              "lightning_utilities.core.rank_zero")
+_RANK_ZERO = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
 
 KNOWN_NOISE: tuple[Noise, ...] = (
-    Noise("torchao", r"Failed to load \S*/torchao/_C\w*\.[\w.-]*so: Could not load this library: .*",
-          "torchao's CUDA-only kernels (mxfp8, cutlass) cannot load into a torch without CUDA; unused here",
-          _torch_without_cuda),
-    Noise("torchao.kernel.intmm",
-          r"Warning: Detected no triton, on systems without Triton certain kernels will not work",
-          "Triton kernels run only on GPUs", _torch_without_cuda),
-    Noise("torch.utils._pytree",
-          r"<enum '\w+'> is an Enum subclass and is now natively supported by torch\.compile .*",
-          "torchao's own enums, registered at its import: a deprecation for torchao to fix", _enum_from_torchao),
-    Noise("bitsandbytes.backends.cpu.ops",
-          r"Failed to load CPU gemm_4bit_forward from kernels-community: .*Hugging Face Hub is in offline mode.*",
-          "offline, bitsandbytes cannot fetch its optional hub kernel and uses its built-in CPU kernel"),
-    Noise("kernels._internals.hf_hub",
-          r"Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because "
-          r"Hugging Face Hub is in offline mode\.",
-          "the same bitsandbytes lookup, on its way to failing offline"),
-    *(Noise(name, r"GPU available: False, used: False|GPU available: True \(\w+\), used: True",
-            "hardware as configured; a GPU present but unused still shows") for name in _RANK_ZERO),
+    Noise(
+        "torchao",
+        r"Failed to load \S*/torchao/_C\w*\.[\w.-]*so: Could not load this library: .*",
+        "torchao's CUDA-only kernels (mxfp8, cutlass) cannot load into a torch without CUDA; unused here",
+        _torch_without_cuda,
+    ),
+    Noise(
+        "torchao.kernel.intmm",
+        r"Warning: Detected no triton, on systems without Triton certain kernels will not work",
+        "Triton kernels run only on GPUs",
+        _torch_without_cuda,
+    ),
+    Noise(
+        "torch.utils._pytree",
+        r"<enum '\w+'> is an Enum subclass and is now natively supported by torch\.compile .*",
+        "torchao's own enums, registered at its import: a deprecation for torchao to fix",
+        _enum_from_torchao,
+    ),
+    Noise(
+        "bitsandbytes.backends.cpu.ops",
+        r"Failed to load CPU gemm_4bit_forward from kernels-community: .*Hugging Face Hub is in offline mode.*",
+        "offline, bitsandbytes cannot fetch its optional hub kernel and uses its built-in CPU kernel",
+    ),
+    Noise(
+        "kernels._internals.hf_hub",
+        r"Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes' because "
+        r"Hugging Face Hub is in offline mode\.",
+        "the same bitsandbytes lookup, on its way to failing offline",
+    ),
+    *(
+        Noise(
+            name,
+            r"GPU available: False, used: False|GPU available: True \(\w+\), used: True",
+            "hardware as configured; a GPU present but unused still shows",
+        )
+        for name in _RANK_ZERO
+    ),
     *(Noise(name, r"TPU available: False, using: 0 TPU cores", "no TPU, none asked for") for name in _RANK_ZERO),
-    *(Noise(name, r"💡 Tip: For seamless cloud logging and experiment tracking, try installing \[litlogger\].*",
-            "an advertisement, printed by every Trainer") for name in _RANK_ZERO),
+    *(
+        Noise(
+            name,
+            r"💡 Tip: For seamless cloud logging and experiment tracking, try installing \[litlogger\].*",
+            "an advertisement, printed by every Trainer",
+        )
+        for name in _RANK_ZERO
+    ),
 )
 
 
@@ -89,9 +118,12 @@ class NoisyWarning:
 
 
 KNOWN_WARNINGS: tuple[NoisyWarning, ...] = (
-    NoisyWarning(FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated",
-                 r"lightning\.pytorch\.utilities\._pytree\Z",
-                 "Lightning's own pytree helper on torch's deprecated LeafSpec: for Lightning to fix"),
+    NoisyWarning(
+        FutureWarning,
+        r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+        r"lightning\.pytorch\.utilities\._pytree\Z",
+        "Lightning's own pytree helper on torch's deprecated LeafSpec: for Lightning to fix",
+    ),
 )
 
 
@@ -121,8 +153,10 @@ def quiet_known_noise() -> None:
         if not any(isinstance(f, DropKnownNoise) for f in logger.filters):
             logger.addFilter(DropKnownNoise(rules))
     for w in KNOWN_WARNINGS:
-        if not any(f[0] == "ignore" and f[1] is not None and f[1].pattern == w.message and f[2] is w.category
-                   for f in warnings.filters):
+        if not any(
+            f[0] == "ignore" and f[1] is not None and f[1].pattern == w.message and f[2] is w.category
+            for f in warnings.filters
+        ):
             warnings.filterwarnings("ignore", message=w.message, category=w.category, module=w.module)
 
 
@@ -156,11 +190,22 @@ def objective_text(weights: Mapping[str, float], temperature: float | None) -> s
     return terms + (f" · temperature {temperature:g}" if temperature is not None else "")
 
 
-def run_plan_lines(*, teacher_kind: str, teacher_source: str | None, teacher_params: int | None,
-                   student_builder: str, student_params: int | None, data_name: str, train_tokens: int | None,
-                   objective: Mapping[str, float], temperature: float | None = None,
-                   steps: int | None = None, tokens_per_step: int | None = None,
-                   memory_bytes: float | None = None, time_s: float | None = None) -> list[str]:
+def run_plan_lines(
+    *,
+    teacher_kind: str,
+    teacher_source: str | None,
+    teacher_params: int | None,
+    student_builder: str,
+    student_params: int | None,
+    data_name: str,
+    train_tokens: int | None,
+    objective: Mapping[str, float],
+    temperature: float | None = None,
+    steps: int | None = None,
+    tokens_per_step: int | None = None,
+    memory_bytes: float | None = None,
+    time_s: float | None = None,
+) -> list[str]:
     """What the run is about to do, as a header and aligned lines, from plain values (None: not known).
 
     ``teacher_kind``: live | cache | none; ``teacher_source``: its path (a model dir or the cache dir),
@@ -168,18 +213,29 @@ def run_plan_lines(*, teacher_kind: str, teacher_source: str | None, teacher_par
     if teacher_kind == "none":
         teacher = "none: the data is the teacher (CE only)"
     else:
-        teacher = " · ".join([teacher_kind, teacher_source or "from scratch",
-                              *([f"{format_count(teacher_params)} params"] if teacher_params else [])])
+        teacher = " · ".join(
+            [
+                teacher_kind,
+                teacher_source or "from scratch",
+                *([f"{format_count(teacher_params)} params"] if teacher_params else []),
+            ]
+        )
     student = " · ".join([student_builder, *([f"{format_count(student_params)} params"] if student_params else [])])
     data = [data_name]
     if train_tokens is not None:
         data.append(f"{train_tokens:,} training tokens")
     if steps is not None:
         data.append(f"{steps:,} steps" + (f" × {tokens_per_step:,} tokens" if tokens_per_step else ""))
-    rows = [("teacher", teacher), ("student", student), ("data", " · ".join(data)),
-            ("objective", objective_text(objective, temperature))]
-    estimate = [*([f"{format_bytes(memory_bytes)} training memory"] if memory_bytes is not None else []),
-                *([f"{format_duration(time_s)}"] if time_s is not None else [])]
+    rows = [
+        ("teacher", teacher),
+        ("student", student),
+        ("data", " · ".join(data)),
+        ("objective", objective_text(objective, temperature)),
+    ]
+    estimate = [
+        *([f"{format_bytes(memory_bytes)} training memory"] if memory_bytes is not None else []),
+        *([f"{format_duration(time_s)}"] if time_s is not None else []),
+    ]
     if estimate:
         rows.append(("estimate", "≈ " + " · ≈ ".join(estimate)))
     return ["run plan", *aligned(rows)]
@@ -204,9 +260,15 @@ CONSOLE_COLUMNS = ["model", "params", "val ppl", "top-1 agreement", "KL(teacher�
 
 def compression_text(metrics: dict) -> str | None:
     """The compression summary in one line (teacher / student; > 1 is better), from ``compression.*``."""
-    parts = [f"{metrics[key]:.2f}× {what}" for key, what in (
-        ("compression.params_x", "fewer parameters"), ("compression.size_x", "smaller on disk"),
-        ("compression.speed_x", "faster scoring")) if key in metrics]
+    parts = [
+        f"{metrics[key]:.2f}× {what}"
+        for key, what in (
+            ("compression.params_x", "fewer parameters"),
+            ("compression.size_x", "smaller on disk"),
+            ("compression.speed_x", "faster scoring"),
+        )
+        if key in metrics
+    ]
     if "compression.ppl_delta" in metrics:
         parts.append(f"val ppl {metrics['compression.ppl_delta']:+.3f} vs the teacher")
     return "compression: " + ", ".join(parts) if parts else None
@@ -218,8 +280,10 @@ def results_table_lines(metrics: dict, out_dir: str | Path) -> list[str]:
     # imported here: report.py loads matplotlib, which a CLI should not pay for before its work starts
     from distill.eval.report import model_rows, summary_lines
 
-    rows = [[*cells, f"{metrics[f'{key}.scoring_tokens_per_s']:,.0f}" if f"{key}.scoring_tokens_per_s" in metrics
-             else "—"] for key, cells in model_rows(metrics)]
+    rows = [
+        [*cells, f"{metrics[f'{key}.scoring_tokens_per_s']:,.0f}" if f"{key}.scoring_tokens_per_s" in metrics else "—"]
+        for key, cells in model_rows(metrics)
+    ]
     lines = ["results", *text_table(CONSOLE_COLUMNS, rows)]
     lines += ["  " + s for s in summary_lines(metrics)]
     compression = compression_text(metrics)
@@ -227,6 +291,11 @@ def results_table_lines(metrics: dict, out_dir: str | Path) -> list[str]:
         lines.append("  - " + compression)
     out = Path(out_dir)
     lines.append("outputs")
-    lines += aligned([("metrics", str(out / "metrics.json")), ("report", str(out / "report.md")),
-                      ("student", f"{out / 'student'}/  (AutoModelForCausalLM.from_pretrained)")])
+    lines += aligned(
+        [
+            ("metrics", str(out / "metrics.json")),
+            ("report", str(out / "report.md")),
+            ("student", f"{out / 'student'}/  (AutoModelForCausalLM.from_pretrained)"),
+        ]
+    )
     return lines

@@ -33,8 +33,10 @@ class NonFiniteGuard:
         self.in_a_row += 1
         if self.in_a_row >= self.max_bad:
             ckpt = getattr(getattr(trainer, "checkpoint_callback", None), "last_model_path", "") or "none saved yet"
-            raise DistillError(f"{self.in_a_row} steps in a row had a non-finite {what} (last at step {step}, "
-                               f"{self.skipped} skipped in all): stopping; last good checkpoint: {ckpt}")
+            raise DistillError(
+                f"{self.in_a_row} steps in a row had a non-finite {what} (last at step {step}, "
+                f"{self.skipped} skipped in all): stopping; last good checkpoint: {ckpt}"
+            )
 
     def good(self) -> None:
         self.in_a_row = 0
@@ -96,7 +98,9 @@ class DistillationModule(L.LightningModule):
         inputs, targets = batch[0], batch[1]
         rows = batch[2] if len(batch) > 2 else None
         mask = None
-        on_policy = self.scores_new_tokens and self.loss.on_policy.lmbda > 0 and self._coin.random() < self.loss.on_policy.lmbda
+        on_policy = (
+            self.scores_new_tokens and self.loss.on_policy.lmbda > 0 and self._coin.random() < self.loss.on_policy.lmbda
+        )
         if on_policy:
             inputs, targets, mask = self.sample_from_student(inputs)
         terms = self.loss(self.student_outputs(inputs), self.teacher_outputs(inputs, rows), targets, mask)
@@ -123,14 +127,21 @@ class DistillationModule(L.LightningModule):
         was_training = self.student.training
         self.student.eval()
         sampled = self.student.generate(
-            input_ids=prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new,
-            do_sample=spec.temperature > 0, temperature=spec.temperature or None, top_k=0, top_p=1.0,
-            pad_token_id=0, use_cache=True,
+            input_ids=prompt,
+            attention_mask=torch.ones_like(prompt),
+            max_new_tokens=new,
+            min_new_tokens=new,
+            do_sample=spec.temperature > 0,
+            temperature=spec.temperature or None,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=0,
+            use_cache=True,
         )
         self.student.train(was_training)
         seq = sampled[:, : seq_len + 1]
         mask = torch.zeros(seq.shape[0], seq_len, dtype=torch.bool, device=seq.device)
-        mask[:, prompt.shape[1] - 1:] = True  # positions whose next token was sampled
+        mask[:, prompt.shape[1] - 1 :] = True  # positions whose next token was sampled
         return seq[:, :-1], torch.full_like(seq[:, 1:], -100), mask
 
     def validation_step(self, batch, batch_idx):
@@ -173,7 +184,8 @@ class DistillationModule(L.LightningModule):
         no_decay = [p for p in params if p.ndim < 2]
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr, betas=(0.9, 0.95),
+            lr=self.lr,
+            betas=(0.9, 0.95),
         )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -12,18 +12,31 @@ from distill.student.lora import backbone
 def model_outputs(model: nn.Module, input_ids: torch.Tensor, vocab_size: int, objective: Objective) -> Outputs:
     """Run an HF causal LM for what ``objective`` needs: logits, or the final hidden state and
     LM head (fused loss, no logits ever built), plus hidden states / attention maps."""
-    extra = dict(output_hidden_states=objective.needs_hidden_states, output_attentions=objective.needs_attentions,
-                 use_cache=False)
+    extra = dict(
+        output_hidden_states=objective.needs_hidden_states,
+        output_attentions=objective.needs_attentions,
+        use_cache=False,
+    )
     if objective.fused_linear:
         out = backbone(model)(input_ids=input_ids, **extra)
         head = model.get_output_embeddings()
-        return Outputs(last_hidden=out.last_hidden_state, head_weight=head.weight, head_bias=head.bias,
-                       hidden_states=out.hidden_states, attentions=out.attentions, vocab_size=vocab_size)
+        return Outputs(
+            last_hidden=out.last_hidden_state,
+            head_weight=head.weight,
+            head_bias=head.bias,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            vocab_size=vocab_size,
+        )
     moe = model.training and hasattr(model.config, "router_aux_loss_coef")  # a mixture-of-experts student
     if moe:
         extra["output_router_logits"] = True
     out = model(input_ids=input_ids, **extra)
     # Embedding rows past the tokenizer (padding to a round size) are never targets.
-    return Outputs(logits=out.logits[..., :vocab_size], hidden_states=out.hidden_states, attentions=out.attentions,
-                   vocab_size=vocab_size,
-                   router_aux=out.aux_loss * model.config.router_aux_loss_coef if moe else None)
+    return Outputs(
+        logits=out.logits[..., :vocab_size],
+        hidden_states=out.hidden_states,
+        attentions=out.attentions,
+        vocab_size=vocab_size,
+        router_aux=out.aux_loss * model.config.router_aux_loss_coef if moe else None,
+    )

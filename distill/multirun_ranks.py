@@ -22,13 +22,18 @@ def child_command(argv: list[str], job_overrides: list[str], output_dir: str, lo
     while i < len(argv):
         arg = argv[i]
         if arg in _CONFIG_FLAGS and i + 1 < len(argv):
-            flags += argv[i:i + 2]
+            flags += argv[i : i + 2]
             i += 1
         elif arg.split("=", 1)[0] in _CONFIG_FLAGS:
             flags.append(arg)
         i += 1
-    return [*flags, *job_overrides, f'hydra.run.dir="{output_dir}"', f"hydra.job.name=train_ddp_process_{local_rank}",
-            "hydra.output_subdir=null"]
+    return [
+        *flags,
+        *job_overrides,
+        f'hydra.run.dir="{output_dir}"',
+        f"hydra.job.name=train_ddp_process_{local_rank}",
+        "hydra.output_subdir=null",
+    ]
 
 
 def launch_ranks_as_this_job() -> None:
@@ -46,19 +51,24 @@ def launch_ranks_as_this_job() -> None:
         return
     fresh_ranks_for_this_job()
     if not hasattr(launcher, "_hydra_subprocess_cmd"):
-        log.warning("this Lightning version launches local ranks differently: multirun with several "
-                    "local processes is untested with it")
+        log.warning(
+            "this Lightning version launches local ranks differently: multirun with several "
+            "local processes is untested with it"
+        )
         return
 
     def command(local_rank: int):
         import sys
 
-        import __main__
         from hydra.utils import get_original_cwd, to_absolute_path
+
+        import __main__
 
         hydra_cfg = HydraConfig.get()
         spec = getattr(__main__, "__spec__", None)
-        head = [sys.executable, "-m", spec.name] if spec is not None else [sys.executable, to_absolute_path(sys.argv[0])]
+        head = (
+            [sys.executable, "-m", spec.name] if spec is not None else [sys.executable, to_absolute_path(sys.argv[0])]
+        )
         tail = child_command(sys.argv[1:], list(hydra_cfg.overrides.task), hydra_cfg.runtime.output_dir, local_rank)
         return head + tail, get_original_cwd()
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -43,8 +43,9 @@ def after_rank_zero(build: Callable[[Path], None], final: Path, timeout_s: float
         deadline = time.monotonic() + timeout_s
         while not final.is_dir():
             if time.monotonic() > deadline:
-                raise DistillError(f"rank 0 never published {final}: on several nodes paths.cache_dir must be "
-                                   "on a shared file system")
+                raise DistillError(
+                    f"rank 0 never published {final}: on several nodes paths.cache_dir must be on a shared file system"
+                )
             time.sleep(0.2)
 
     return run

@@ -20,9 +20,26 @@ from omegaconf import DictConfig, OmegaConf
 
 from distill.secrets import redact
 
-PACKAGES = ("distill", "torch", "lightning", "transformers", "tokenizers", "datasets", "peft", "hydra-core",
-            "omegaconf", "numpy", "bitsandbytes", "torchao", "datatrove", "optuna", "hydra-optuna-sweeper",
-            "hydra-submitit-launcher", "wandb", "tensorboard")
+PACKAGES = (
+    "distill",
+    "torch",
+    "lightning",
+    "transformers",
+    "tokenizers",
+    "datasets",
+    "peft",
+    "hydra-core",
+    "omegaconf",
+    "numpy",
+    "bitsandbytes",
+    "torchao",
+    "datatrove",
+    "optuna",
+    "hydra-optuna-sweeper",
+    "hydra-submitit-launcher",
+    "wandb",
+    "tensorboard",
+)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -109,6 +126,7 @@ def flat_hparams(info: dict[str, Any]) -> dict[str, Any]:
             flat[prefix] = json.dumps(value, default=str)
         else:
             flat[prefix] = value
+
     walk("", {k: v for k, v in info.items() if k != "argv"})
     return flat
 

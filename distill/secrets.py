@@ -30,8 +30,11 @@ MASK = "***"
 SECRET_ENV = re.compile(r"(^|_)(TOKEN|KEY)$|SECRET|PASSWORD|PASSWD", re.IGNORECASE)
 # Config keys that hold secrets. Narrower than the env pattern: configs have ordinary keys
 # ending in _key (data_key, tokenizer_key: hashes) and _token (eos_token, pad_token: vocabulary).
-SECRET_KEY = re.compile(r"^token$|(^|_)(hf|hub|auth|access|api|bearer|wandb)_token$"
-                        r"|(^|_)(api_?key|access_key|private_key|secret|password|passwd)$", re.IGNORECASE)
+SECRET_KEY = re.compile(
+    r"^token$|(^|_)(hf|hub|auth|access|api|bearer|wandb)_token$"
+    r"|(^|_)(api_?key|access_key|private_key|secret|password|passwd)$",
+    re.IGNORECASE,
+)
 MIN_SECRET_LEN = 6  # shorter values ("1", "true") would mask ordinary text everywhere
 
 
@@ -149,7 +152,9 @@ class ScrubSavedConfig(Callback):
         subdir = config.hydra.output_subdir
         if subdir is not None:
             scrub_yaml_files(Path(config.hydra.runtime.output_dir) / str(subdir))
-        if getattr(config.hydra.mode, "name", None) == "MULTIRUN":  # the launcher saved the sweep's config beside the trials
+        if (
+            getattr(config.hydra.mode, "name", None) == "MULTIRUN"
+        ):  # the launcher saved the sweep's config beside the trials
             scrub_yaml_files(Path(config.hydra.sweep.dir), "multirun.yaml")
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:

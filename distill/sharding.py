@@ -29,14 +29,16 @@ from distill.errors import DistillError
 log = logging.getLogger(__name__)
 
 # sharded module -> weightless plain clone taken before sharding (see unsharded)
-_TEMPLATES: "weakref.WeakKeyDictionary[nn.Module, nn.Module]" = weakref.WeakKeyDictionary()
+_TEMPLATES: weakref.WeakKeyDictionary[nn.Module, nn.Module] = weakref.WeakKeyDictionary()
 
 # bitsandbytes keeps packed weights and their quantization state on its own Parameter subclasses,
 # which fully_shard replaces by plain DTensor shards (measured: "'Parameter' object has no attribute 'quant_state'")
 PACKED_PARAMS = ("Params4bit", "Int8Params")
 PACKED_UNDER_FSDP = "{what} (bitsandbytes-packed weights) cannot be sharded by trainer=fsdp: {fix}"
-FUSED_UNDER_FSDP = ("loss.fused_linear does not work under trainer=fsdp (it reads the sharded LM head outside the "
-                    "forward): set loss.fused_linear=false or use trainer=ddp")
+FUSED_UNDER_FSDP = (
+    "loss.fused_linear does not work under trainer=fsdp (it reads the sharded LM head outside the "
+    "forward): set loss.fused_linear=false or use trainer=ddp"
+)
 
 
 def block_classes(model: nn.Module) -> set[str]:
@@ -48,8 +50,9 @@ def block_classes(model: nn.Module) -> set[str]:
     return names
 
 
-def shard_model(model: nn.Module, mesh, reshard_root: bool | None = None, what: str = "the student",
-                fix: str = "use trainer=ddp") -> nn.Module:
+def shard_model(
+    model: nn.Module, mesh, reshard_root: bool | None = None, what: str = "the student", fix: str = "use trainer=ddp"
+) -> nn.Module:
     """``fully_shard`` every transformer block, then the rest (embeddings, final norm, head) as the
     root unit. Keeps a weightless plain clone first, for :func:`unsharded`."""
     from torch.distributed.fsdp import fully_shard
@@ -60,8 +63,10 @@ def shard_model(model: nn.Module, mesh, reshard_root: bool | None = None, what: 
     _TEMPLATES[model] = weightless_clone(model)
     blocks = block_classes(model)
     if not blocks:
-        raise DistillError(f"trainer=fsdp: {type(model).__name__} declares no transformer block classes "
-                           "(_no_split_modules) to shard by")
+        raise DistillError(
+            f"trainer=fsdp: {type(model).__name__} declares no transformer block classes "
+            "(_no_split_modules) to shard by"
+        )
     for m in list(model.modules()):
         if m is not model and type(m).__name__ in blocks:
             fully_shard(m, mesh=mesh)
@@ -89,17 +94,22 @@ def shard_distillation_module(module, mesh, shard_teacher: bool = False) -> None
     if shard_teacher and teacher is not None:
         teacher.requires_grad_(False)
         # reshard the root after forward too: there is never a backward to keep it gathered for
-        shard_model(teacher, dp_mesh, reshard_root=True, what="the teacher",
-                    fix="set trainer.strategy.shard_teacher=false")
+        shard_model(
+            teacher, dp_mesh, reshard_root=True, what="the teacher", fix="set trainer.strategy.shard_teacher=false"
+        )
         log.info("FSDP2: teacher sharded over %d ranks (inference only, no gradients)", dp_mesh.size())
-    log.info("FSDP2: student sharded over %d ranks (%s)", dp_mesh.size(), ", ".join(sorted(block_classes(module.student))))
+    log.info(
+        "FSDP2: student sharded over %d ranks (%s)", dp_mesh.size(), ", ".join(sorted(block_classes(module.student)))
+    )
 
 
 def weightless_clone(model: nn.Module) -> nn.Module:
     """A deep copy whose parameters live on the meta device (no memory); buffers are copied, so
     non-persistent ones (rotary frequencies) that no state dict carries stay valid."""
-    memo = {id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
-            for p in model.parameters()}
+    memo = {
+        id(p): nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for p in model.parameters()
+    }
     return copy.deepcopy(model, memo)
 
 

@@ -52,11 +52,14 @@ def deepspeed_strategy(accelerator: str = "auto", **kwargs):
     is outside the engine's parameters (not a registered child), so ZeRO never partitions it or
     gives it optimizer state: it is replicated on every rank."""
     if importlib.util.find_spec("deepspeed") is None:
-        raise DistillError("trainer=deepspeed needs the 'deepspeed' package, which is not installed "
-                           "(pip install 'distill[deepspeed]')")
+        raise DistillError(
+            "trainer=deepspeed needs the 'deepspeed' package, which is not installed (pip install 'distill[deepspeed]')"
+        )
     if accelerator == "cpu" or not torch.cuda.is_available():
-        raise DistillError("trainer=deepspeed runs on CUDA GPUs only (Lightning's DeepSpeedStrategy) and "
-                           "none is available: on CPU use trainer=ddp or trainer=fsdp")
+        raise DistillError(
+            "trainer=deepspeed runs on CUDA GPUs only (Lightning's DeepSpeedStrategy) and "
+            "none is available: on CPU use trainer=ddp or trainer=fsdp"
+        )
     from lightning.pytorch.strategies import DeepSpeedStrategy
 
     return DeepSpeedStrategy(**kwargs)
@@ -78,18 +81,24 @@ def check_strategy(trainer_cfg, loss, quant=None, teacher_load_in=None) -> None:
         return
     precision = str(trainer_cfg.get("precision"))
     if precision not in FSDP_PRECISIONS:  # Lightning's ModelParallelStrategy refuses the others
-        raise DistillError(f"trainer=fsdp supports trainer.precision {', '.join(FSDP_PRECISIONS)}, got {precision!r}: "
-                           "set trainer.precision=32-true (GPUs without bf16) or use trainer=ddp")
+        raise DistillError(
+            f"trainer=fsdp supports trainer.precision {', '.join(FSDP_PRECISIONS)}, got {precision!r}: "
+            "set trainer.precision=32-true (GPUs without bf16) or use trainer=ddp"
+        )
     if getattr(loss, "fused_linear", False):
         raise DistillError(FUSED_UNDER_FSDP)
     if "qlora" in str((quant or {}).get("_target_", "")).lower():
         raise DistillError(PACKED_UNDER_FSDP.format(what="quant=qlora", fix="use trainer=ddp"))
     if strategy.shard_teacher and teacher_load_in in ("8bit", "4bit"):
-        raise DistillError(PACKED_UNDER_FSDP.format(what=f"teacher.load_in={teacher_load_in}",
-                                                    fix="set trainer.strategy.shard_teacher=false"))
+        raise DistillError(
+            PACKED_UNDER_FSDP.format(
+                what=f"teacher.load_in={teacher_load_in}", fix="set trainer.strategy.shard_teacher=false"
+            )
+        )
 
 
 # -- replica check ----------------------------------------------------------------------------
+
 
 def state_hash(module: nn.Module) -> str:
     """sha256 of a module's full state (names and bytes). DTensor shards are gathered first, which
@@ -126,6 +135,8 @@ class ReplicaCheck(L.Callback):
         if trainer.is_global_zero:
             out = Path(self.dirpath or trainer.default_root_dir)
             out.mkdir(parents=True, exist_ok=True)
-            write_atomic(out / "replicas.json", json.dumps({"hashes": hashes, "identical": len(set(hashes)) == 1}) + "\n")
+            write_atomic(
+                out / "replicas.json", json.dumps({"hashes": hashes, "identical": len(set(hashes)) == 1}) + "\n"
+            )
         if len(set(hashes)) != 1:
             raise DistillError(f"the ranks ended with different weights ({len(set(hashes))} distinct of {len(hashes)})")

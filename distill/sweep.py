@@ -36,7 +36,7 @@ PRUNED_AT = "distill.pruned_at_step"  # the trial attribute hydra_plugins/distil
 
 def sqlite_path(storage: str) -> Path | None:
     prefix = "sqlite:///"
-    return Path(storage[len(prefix):]) if storage.startswith(prefix) else None
+    return Path(storage[len(prefix) :]) if storage.startswith(prefix) else None
 
 
 def existing_trials(storage: str, study_name: str) -> list:
@@ -77,8 +77,14 @@ class ResumeStudy(Callback):
         stale = fail_stale_trials(storage, study_name)
         done = sum(t.state.name in FINISHED for t in trials)
         remaining = max(0, int(sweeper.n_trials) - done)
-        log.info("optuna study %s: resuming with %d finished trials (%d stale RUNNING marked FAIL); %d of %d to run",
-                 study_name, done, stale, remaining, sweeper.n_trials)
+        log.info(
+            "optuna study %s: resuming with %d finished trials (%d stale RUNNING marked FAIL); %d of %d to run",
+            study_name,
+            done,
+            stale,
+            remaining,
+            sweeper.n_trials,
+        )
         with read_write(config), open_dict(config):
             config.hydra.sweeper.n_trials = remaining
             sampler = config.hydra.sweeper.get("sampler")
@@ -98,9 +104,21 @@ class OptunaPruning(LightningCallback):
     Rank 0 talks to the study; the decision is broadcast so every rank stops at the same step.
     """
 
-    def __init__(self, storage: str | None, study_name: str | None, trial: int | None, pruner: Any = None,
-                 monitor: str = "val/ce"):
-        self.storage, self.study_name, self.number, self.pruner, self.monitor = storage, study_name, trial, pruner, monitor
+    def __init__(
+        self,
+        storage: str | None,
+        study_name: str | None,
+        trial: int | None,
+        pruner: Any = None,
+        monitor: str = "val/ce",
+    ):
+        self.storage, self.study_name, self.number, self.pruner, self.monitor = (
+            storage,
+            study_name,
+            trial,
+            pruner,
+            monitor,
+        )
         self._trial = None
 
     def trial(self):
@@ -124,7 +142,12 @@ class OptunaPruning(LightningCallback):
             prune = not last and trial.should_prune()  # at the last validation there is nothing left to save
             if prune:
                 trial.set_user_attr(PRUNED_AT, trainer.global_step)
-                log.info("optuna trial %d pruned at step %d (%s %.4g)", self.number, trainer.global_step,
-                         self.monitor, float(value))
+                log.info(
+                    "optuna trial %d pruned at step %d (%s %.4g)",
+                    self.number,
+                    trainer.global_step,
+                    self.monitor,
+                    float(value),
+                )
         if trainer.strategy.broadcast(prune, src=0):
             trainer.should_stop = True

@@ -27,15 +27,19 @@ def quickstart() -> str | None:
     m = load("quickstart", "metrics.json")
     if not m:
         return None
-    return (f"student at {m['student.params'] / m['teacher.params']:.2f}× the teacher's parameters: val ppl "
-            f"{m['student.val_ppl']:.2f} vs teacher {m['teacher.val_ppl']:.2f} and from-scratch control "
-            f"{m['baseline.val_ppl']:.2f} (gap closed {m['gap_closed']:.2f}), {m['train.tokens']:,} tokens")
+    return (
+        f"student at {m['student.params'] / m['teacher.params']:.2f}× the teacher's parameters: val ppl "
+        f"{m['student.val_ppl']:.2f} vs teacher {m['teacher.val_ppl']:.2f} and from-scratch control "
+        f"{m['baseline.val_ppl']:.2f} (gap closed {m['gap_closed']:.2f}), {m['train.tokens']:,} tokens"
+    )
 
 
 def study_runs(study: str) -> dict[str, dict]:
     """A study's runs: ``metrics_<name>.json`` files by name."""
-    return {p.stem.removeprefix("metrics_"): json.loads(p.read_text())
-            for p in sorted((HERE / study).glob("metrics_*.json"))}
+    return {
+        p.stem.removeprefix("metrics_"): json.loads(p.read_text())
+        for p in sorted((HERE / study).glob("metrics_*.json"))
+    }
 
 
 def losses() -> str | None:
@@ -44,9 +48,11 @@ def losses() -> str | None:
     if not (live and cache):
         return None
     name, best = min(runs.items(), key=lambda kv: kv[1]["student.val_ppl"])
-    return (f"best objective `{name}`: val ppl {best['student.val_ppl']:.2f} (forward KL {live['student.val_ppl']:.2f}); "
-            f"offline top-64 teacher cache vs live teacher: {cache['student.val_ppl']:.2f} vs "
-            f"{live['student.val_ppl']:.2f} with no teacher forward in training")
+    return (
+        f"best objective `{name}`: val ppl {best['student.val_ppl']:.2f} (forward KL {live['student.val_ppl']:.2f}); "
+        f"offline top-64 teacher cache vs live teacher: {cache['student.val_ppl']:.2f} vs "
+        f"{live['student.val_ppl']:.2f} with no teacher forward in training"
+    )
 
 
 def pruning() -> str | None:
@@ -59,12 +65,15 @@ def pruning() -> str | None:
         curve = HERE / "pruning" / f"val_curve_{name}.csv"
         if curve.exists():
             rows = list(csv.DictReader(curve.open()))
-            reach[name] = next((int(r["step"]) + 1 for r in rows if r.get("val/ce") and
-                                math.exp(float(r["val/ce"])) <= control), None)
+            reach[name] = next(
+                (int(r["step"]) + 1 for r in rows if r.get("val/ce") and math.exp(float(r["val/ce"])) <= control), None
+            )
     name, best = min(runs.items(), key=lambda kv: kv[1]["student.val_ppl"])
     steps = [v for v in reach.values() if v]
-    text = (f"best student after {best['train.steps']} steps: `{name}`, val ppl {best['student.val_ppl']:.2f} "
-            f"(from-scratch control {control:.2f})")
+    text = (
+        f"best student after {best['train.steps']} steps: `{name}`, val ppl {best['student.val_ppl']:.2f} "
+        f"(from-scratch control {control:.2f})"
+    )
     if steps:
         text += f"; every pruned student passes the control's final ppl within {min(steps)}–{max(steps)} steps"
     return text
@@ -77,31 +86,44 @@ def data_quality() -> str | None:
     runs = {k: v for k, v in study_runs("data-quality").items() if k not in ("none", "reference_model")}
     name, best = min(runs.items(), key=lambda kv: kv[1]["student.val_ppl"])
     kept = best["data.train_tokens_available"] / base["data.train_tokens_available"]
-    return (f"best filter `{name}`: val ppl {best['student.val_ppl']:.2f} vs {base['student.val_ppl']:.2f} "
-            f"unfiltered ({best['student.val_ppl'] - base['student.val_ppl']:+.2f}), keeping {kept:.0%} of the "
-            f"training tokens, same token budget")
+    return (
+        f"best filter `{name}`: val ppl {best['student.val_ppl']:.2f} vs {base['student.val_ppl']:.2f} "
+        f"unfiltered ({best['student.val_ppl'] - base['student.val_ppl']:+.2f}), keeping {kept:.0%} of the "
+        f"training tokens, same token budget"
+    )
 
 
 def quantization() -> str | None:
     full, qat, ptq = (load("quantization", f"metrics_{r}.json") for r in ("full", "qat_int8_int2", "ptq_int8_int2"))
     if not (full and qat and ptq):
         return None
-    return (f"int2 weights (int8 activations): QAT val ppl {qat['student.val_ppl']:.2f} vs PTQ "
-            f"{ptq['student.val_ppl']:.2f} vs full precision {full['student.val_ppl']:.2f}, at "
-            f"{qat['quant.packed_bytes'] / (2 * full['student.params']):.2f}× the bf16 size on disk")
+    return (
+        f"int2 weights (int8 activations): QAT val ppl {qat['student.val_ppl']:.2f} vs PTQ "
+        f"{ptq['student.val_ppl']:.2f} vs full precision {full['student.val_ppl']:.2f}, at "
+        f"{qat['quant.packed_bytes'] / (2 * full['student.params']):.2f}× the bf16 size on disk"
+    )
 
 
 def minilm_embed() -> str | None:
     m = load("minilm_embed", "metrics.json")
     if not m:
         return None
-    found = {k: v for k, v in m.items() if isinstance(v, (int, float)) and any(
-        w in k for w in ("cosine", "overlap", "speed", "params_ratio"))}
+    found = {
+        k: v
+        for k, v in m.items()
+        if isinstance(v, (int, float)) and any(w in k for w in ("cosine", "overlap", "speed", "params_ratio"))
+    }
     return ", ".join(f"{k} {v:.3g}" for k, v in sorted(found.items())) or None
 
 
-STUDIES = [("quickstart", quickstart), ("losses", losses), ("pruning", pruning), ("data-quality", data_quality),
-           ("quantization", quantization), ("minilm_embed", minilm_embed)]
+STUDIES = [
+    ("quickstart", quickstart),
+    ("losses", losses),
+    ("pruning", pruning),
+    ("data-quality", data_quality),
+    ("quantization", quantization),
+    ("minilm_embed", minilm_embed),
+]
 
 
 def table() -> str:

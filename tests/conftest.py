@@ -39,15 +39,25 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("distill-cache")
 
 
-def run_cli(args: list[str], cache: Path, prog: str = "distill-train",
-            timeout: int = 600) -> subprocess.CompletedProcess:
+def run_cli(
+    args: list[str], cache: Path, prog: str = "distill-train", timeout: int = 600
+) -> subprocess.CompletedProcess:
     """Run a console script as a user would, in a subprocess, with the test cache."""
     env = {**os.environ, "DISTILL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0"}
-    module = {"distill-train": "distill.cli.train", "distill-cache": "distill.cli.cache",
-              "distill-prune": "distill.cli.prune", "distill-filter": "distill.cli.filter",
-              "distill-eval": "distill.cli.eval"}[prog]
+    module = {
+        "distill-train": "distill.cli.train",
+        "distill-cache": "distill.cli.cache",
+        "distill-prune": "distill.cli.prune",
+        "distill-filter": "distill.cli.filter",
+        "distill-eval": "distill.cli.eval",
+    }[prog]
     return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
         check=False,
     )
 

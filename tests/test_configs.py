@@ -33,8 +33,9 @@ def test_the_expected_groups_exist():
     assert {"quickstart", "smoke"} <= set(EXPERIMENTS)
     assert {"csv", "tensorboard", "wandb", "none"} <= set(LOGGERS)
     assert {"default", "profiler"} <= set(DEBUGS)
-    assert {"pretrained", "scratch", "every_other_layer", "depth", "width", "wanda", "magnitude",
-            "moe_upcycle"} <= set(STUDENTS)
+    assert {"pretrained", "scratch", "every_other_layer", "depth", "width", "wanda", "magnitude", "moe_upcycle"} <= set(
+        STUDENTS
+    )
 
 
 def test_default_is_quickstart(out_dir):
@@ -50,8 +51,11 @@ def test_experiment_composes_and_instantiates(name, out_dir, tiny_teacher):
     if cfg.task != "causal_lm":
         pytest.skip(f"task={cfg.task} composes in its own test (tests/embedding/test_configs.py)")
     # every interpolation resolves (resolvers, ${hydra:...}, env) and nothing is left missing
-    resolved = {k: OmegaConf.to_container(cfg[k], resolve=True, throw_on_missing=True)
-                for k in cfg if k != "hydra" and OmegaConf.is_config(cfg[k])}
+    resolved = {
+        k: OmegaConf.to_container(cfg[k], resolve=True, throw_on_missing=True)
+        for k in cfg
+        if k != "hydra" and OmegaConf.is_config(cfg[k])
+    }
     assert resolved["trainer"]["precision"] in ("bf16-mixed", "32-true")
     assert cfg.paths.output_dir == str(out_dir)
     assert cfg.paths.cache_dir == str(out_dir.parent / "cache")
@@ -137,7 +141,10 @@ def test_callbacks_none_leaves_nothing_to_instantiate(experiment, out_dir):
     assert instantiate_all(cfg.logger) == []
     full = compose_train(out_dir, f"experiment={experiment}")
     assert {type(c).__name__ for c in instantiate_all(full.callbacks)} == {
-        "ModelCheckpoint", "TitledRichProgressBar", "LearningRateMonitor", "LossSchedules"
+        "ModelCheckpoint",
+        "TitledRichProgressBar",
+        "LearningRateMonitor",
+        "LossSchedules",
     }
 
 
@@ -202,8 +209,15 @@ def test_loss_presets_compose_and_instantiate(name, out_dir):
 
     if "distill.embedding." in (CONFIG_DIR / "loss" / f"{name}.yaml").read_text():
         pytest.skip("an embedding objective (task: embedding): tests/embedding/test_configs.py")
-    own = {"forward_kl": "forward_kl", "reverse_kl": "reverse_kl", "jsd": "jsd", "tvd": "tvd", "gkd": "jsd",
-           "hidden": "hidden", "attention": "attention"}[name]  # a new preset: name its own term here
+    own = {
+        "forward_kl": "forward_kl",
+        "reverse_kl": "reverse_kl",
+        "jsd": "jsd",
+        "tvd": "tvd",
+        "gkd": "jsd",
+        "hidden": "hidden",
+        "attention": "attention",
+    }[name]  # a new preset: name its own term here
     cfg = compose_train(out_dir, f"loss={name}", "loss.temperature=2.0")
     loss = instantiate(cfg.loss)
     assert isinstance(loss, Objective) and loss.temperature == 2.0

@@ -61,21 +61,44 @@ SCRIPT = textwrap.dedent("""
     bnb.warning(message, ModuleNotFoundError("No module named 'kernels'"))  # actionable: stays
 """)
 
-NOISE = ["_C_mxfp8", "_C_cutlass", "Detected no triton", "<enum 'KernelPreference'>", "GPU available: False",
-         "TPU available: False", "litlogger", "lightning/pytorch/utilities/_pytree.py"]
-OFFLINE_NOISE = ["Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'",
-                 "is not available in the local cache and Hugging Face Hub is in offline mode"]
-KEPT = ["Failed to load /elsewhere/other.so: unrelated", "<enum 'Mode'> is an Enum subclass",
-        "<string>:", "`isinstance(treespec, LeafSpec)` is deprecated", "GPU available: True (cuda), used: False",
-        "`Trainer.fit` stopped: `max_steps=1` reached", "have no `val_dataloader`. Skipping val loop",
-        "from kernels-community: No module named 'kernels'"]
+NOISE = [
+    "_C_mxfp8",
+    "_C_cutlass",
+    "Detected no triton",
+    "<enum 'KernelPreference'>",
+    "GPU available: False",
+    "TPU available: False",
+    "litlogger",
+    "lightning/pytorch/utilities/_pytree.py",
+]
+OFFLINE_NOISE = [
+    "Skipping publisher trust check for 'kernels-community/quantization-bitsandbytes'",
+    "is not available in the local cache and Hugging Face Hub is in offline mode",
+]
+KEPT = [
+    "Failed to load /elsewhere/other.so: unrelated",
+    "<enum 'Mode'> is an Enum subclass",
+    "<string>:",
+    "`isinstance(treespec, LeafSpec)` is deprecated",
+    "GPU available: True (cuda), used: False",
+    "`Trainer.fit` stopped: `max_steps=1` reached",
+    "have no `val_dataloader`. Skipping val loop",
+    "from kernels-community: No module named 'kernels'",
+]
 
 
 def _run(show_noise: bool) -> tuple[str, bool]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "DISTILL_SHOW_NOISE": "1" if show_noise else ""}
     env.pop("PYTHONWARNINGS", None)
-    proc = subprocess.run([sys.executable, "-c", f"HAS_KERNELS = {HAS_KERNELS}\n" + SCRIPT], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", f"HAS_KERNELS = {HAS_KERNELS}\n" + SCRIPT],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout + proc.stderr, "CUDA False" in proc.stdout
 
@@ -100,12 +123,26 @@ def test_known_noise_is_silenced_and_other_lines_stay():
     assert [k for k in KEPT if k not in out] == [], out
 
 
-METRICS = {"teacher.params": 8_000_000, "teacher.val_ppl": 10.0, "teacher.scoring_tokens_per_s": 1000.0,
-           "student.params": 4_000_000, "student.val_ppl": 11.0, "student.top1_agreement": 0.8,
-           "student.kl_to_teacher": 0.125, "student.scoring_tokens_per_s": 2500.0,
-           "baseline.params": 4_000_000, "baseline.val_ppl": 14.0, "baseline.top1_agreement": 0.5,
-           "baseline.kl_to_teacher": 0.5, "train.tokens": 5120, "train.wall_s": 2.0, "train.tokens_per_s": 2560.0,
-           "compression.params_x": 2.0, "compression.speed_x": 2.5, "compression.ppl_delta": 1.0}
+METRICS = {
+    "teacher.params": 8_000_000,
+    "teacher.val_ppl": 10.0,
+    "teacher.scoring_tokens_per_s": 1000.0,
+    "student.params": 4_000_000,
+    "student.val_ppl": 11.0,
+    "student.top1_agreement": 0.8,
+    "student.kl_to_teacher": 0.125,
+    "student.scoring_tokens_per_s": 2500.0,
+    "baseline.params": 4_000_000,
+    "baseline.val_ppl": 14.0,
+    "baseline.top1_agreement": 0.5,
+    "baseline.kl_to_teacher": 0.5,
+    "train.tokens": 5120,
+    "train.wall_s": 2.0,
+    "train.tokens_per_s": 2560.0,
+    "compression.params_x": 2.0,
+    "compression.speed_x": 2.5,
+    "compression.ppl_delta": 1.0,
+}
 
 
 def test_results_table_has_the_report_cells_aligned_and_the_outputs(tmp_path):
@@ -135,10 +172,21 @@ def test_results_table_without_a_control_or_a_teacher():
 
 
 def test_run_plan_lines_are_aligned_and_name_what_runs():
-    lines = run_plan_lines(teacher_kind="live", teacher_source=None, teacher_params=139_584,
-                           student_builder="depth (every other layer)", student_params=86_208, data_name="stdlib",
-                           train_tokens=257_465, objective={"forward_kl": 1.0, "ce": 0.5, "jsd": 0.0},
-                           temperature=2.0, steps=20, tokens_per_step=256, memory_bytes=4.2 * 2**20, time_s=40)
+    lines = run_plan_lines(
+        teacher_kind="live",
+        teacher_source=None,
+        teacher_params=139_584,
+        student_builder="depth (every other layer)",
+        student_params=86_208,
+        data_name="stdlib",
+        train_tokens=257_465,
+        objective={"forward_kl": 1.0, "ce": 0.5, "jsd": 0.0},
+        temperature=2.0,
+        steps=20,
+        tokens_per_step=256,
+        memory_bytes=4.2 * 2**20,
+        time_s=40,
+    )
     assert lines == [
         "run plan",
         "  teacher    live · from scratch · 0.14M params",
@@ -150,13 +198,33 @@ def test_run_plan_lines_are_aligned_and_name_what_runs():
 
 
 def test_run_plan_with_a_cache_no_teacher_and_unknowns():
-    cached = run_plan_lines(teacher_kind="cache", teacher_source="/caches/t", teacher_params=8_030_000_000,
-                            student_builder="scratch", student_params=None, data_name="files", train_tokens=None,
-                            objective={"forward_kl": 1.0}, temperature=None)
-    assert cached[1:] == ["  teacher    cache · /caches/t · 8.03B params", "  student    scratch",
-                          "  data       files", "  objective  1 × forward_kl"]  # nothing estimated: no line
-    none = run_plan_lines(teacher_kind="none", teacher_source=None, teacher_params=None, student_builder="scratch",
-                          student_params=None, data_name="chat", train_tokens=None, objective={"ce": 1.0})
+    cached = run_plan_lines(
+        teacher_kind="cache",
+        teacher_source="/caches/t",
+        teacher_params=8_030_000_000,
+        student_builder="scratch",
+        student_params=None,
+        data_name="files",
+        train_tokens=None,
+        objective={"forward_kl": 1.0},
+        temperature=None,
+    )
+    assert cached[1:] == [
+        "  teacher    cache · /caches/t · 8.03B params",
+        "  student    scratch",
+        "  data       files",
+        "  objective  1 × forward_kl",
+    ]  # nothing estimated: no line
+    none = run_plan_lines(
+        teacher_kind="none",
+        teacher_source=None,
+        teacher_params=None,
+        student_builder="scratch",
+        student_params=None,
+        data_name="chat",
+        train_tokens=None,
+        objective={"ce": 1.0},
+    )
     assert none[1] == "  teacher    none: the data is the teacher (CE only)"
 
 

@@ -79,7 +79,9 @@ def test_moe_student_adds_its_load_balancing_loss():
 
     teacher, _ = _models()
     student = moe_upcycle(teacher, 60, experts_per_token=1)
-    module = _quiet(DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}), 60, teacher=Teacher(teacher)))
+    module = _quiet(
+        DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}), 60, teacher=Teacher(teacher))
+    )
     module.train()
     x = torch.randint(0, 60, (2, 9))
     loss = module.training_step((x[:, :-1], x[:, 1:], torch.arange(2)), 0)

@@ -15,6 +15,11 @@ MAX_LINES = 360  # "about 350"
 ONE_CONCEPT = {
     "losses/divergences.py": "the divergences' specification, their hand-derived gradients and the chunked engine",
     "student/width.py": "width pruning (Minitron): importance, the cut of every tensor family, the builder",
+    "student/sparsity.py": "unstructured / N:M sparsity: masks, Wanda and magnitude scores, the builder",
+    "quant/qat.py": "the QAT plugin: plan, fake-quantize, verify what torchao did, convert, finalize",
+    "quant/qlora.py": "the QLoRA plugin: 4-bit base layers, the CPU gradient fix, adapters, merge",
+    "teacher/cache.py": "the teacher cache's format: manifest, shards, lookup and the CachedTeacher over it",
+    "data/prompt_response.py": "one data format: parse, template, response mask, pack, its DataModule",
 }
 
 

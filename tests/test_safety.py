@@ -25,8 +25,11 @@ def test_pickle_weights_need_allow_pickle_then_load_weights_only(tmp_path):
     with pytest.raises(DistillError, match="only pickle weights .*allow_pickle=true"):
         safety.weight_kwargs(tmp_path, "teacher.path")
     safety.set_load_policy(allow_pickle=True)
-    assert safety.weight_kwargs(tmp_path, "teacher.path") == {"use_safetensors": False, "weights_only": True,
-                                                              "trust_remote_code": False}
+    assert safety.weight_kwargs(tmp_path, "teacher.path") == {
+        "use_safetensors": False,
+        "weights_only": True,
+        "trust_remote_code": False,
+    }
 
 
 def test_no_weights_at_all(tmp_path):
@@ -35,12 +38,14 @@ def test_no_weights_at_all(tmp_path):
 
 
 def _cfg(tmp_path, **over):
-    base = {"paths": {"output_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache")},
-            "trainer": {"default_root_dir": str(tmp_path / "run"), "max_steps": 10, "accelerator": "cpu"},
-            "callbacks": {"model_checkpoint": {"dirpath": str(tmp_path / "run" / "checkpoints")}},
-            "logger": {"csv": {"save_dir": str(tmp_path / "run")}},
-            "data": {"cache_dir": str(tmp_path / "cache")},
-            "optim": {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "min_lr_ratio": 0.1, "max_bad_steps": 5}}
+    base = {
+        "paths": {"output_dir": str(tmp_path / "run"), "cache_dir": str(tmp_path / "cache")},
+        "trainer": {"default_root_dir": str(tmp_path / "run"), "max_steps": 10, "accelerator": "cpu"},
+        "callbacks": {"model_checkpoint": {"dirpath": str(tmp_path / "run" / "checkpoints")}},
+        "logger": {"csv": {"save_dir": str(tmp_path / "run")}},
+        "data": {"cache_dir": str(tmp_path / "cache")},
+        "optim": {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 0, "min_lr_ratio": 0.1, "max_bad_steps": 5},
+    }
     return OmegaConf.merge(OmegaConf.create(base), OmegaConf.from_dotlist([f"{k}={v}" for k, v in over.items()]))
 
 
@@ -48,24 +53,17 @@ def test_write_paths_inside_run_and_cache_pass(tmp_path):
     safety.check_write_paths(_cfg(tmp_path))
 
 
-@pytest.mark.parametrize("key, value", [
-    ("callbacks.model_checkpoint.dirpath", "/etc/distill"),
-    ("logger.csv.save_dir", "{run}/../../elsewhere"),
-    ("trainer.default_root_dir", "/"),
-])
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("callbacks.model_checkpoint.dirpath", "/etc/distill"),
+        ("logger.csv.save_dir", "{run}/../../elsewhere"),
+        ("trainer.default_root_dir", "/"),
+    ],
+)
 def test_write_paths_outside_are_refused(tmp_path, key, value):
     with pytest.raises(DistillError, match=f"{key}=.* is outside the run dir"):
         safety.check_write_paths(_cfg(tmp_path, **{key: value.format(run=tmp_path / "run")}))
-
-
-@pytest.mark.parametrize("key, value, want", [
-    ("optim.lr", 0, "optim.lr must be > 0"), ("optim.lr", -1e-3, "optim.lr must be > 0"),
-    ("optim.weight_decay", -0.1, ">= 0"), ("optim.min_lr_ratio", 2, "in \\[0, 1\\]"),
-    ("trainer.max_steps", 0, "trainer.max_steps must be > 0"), ("optim.max_bad_steps", 0, ">= 1"),
-])
-def test_invalid_numbers(tmp_path, key, value, want):
-    with pytest.raises(DistillError, match=want):
-        safety.check_numbers(_cfg(tmp_path, **{key: value}))
 
 
 def test_gpu_requested_without_one(tmp_path):

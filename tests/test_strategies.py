@@ -26,8 +26,9 @@ RANK_VARS = ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "LOCAL_RANK", "NODE_R
 
 def tiny_llama(seed: int = 0, hidden: int = 32, layers: int = 2):
     torch.manual_seed(seed)
-    return build_llama(64, max_seq_len=16, eos_token_id=0, hidden_size=hidden, num_layers=layers, num_heads=2,
-                       intermediate_size=64)
+    return build_llama(
+        64, max_seq_len=16, eos_token_id=0, hidden_size=hidden, num_layers=layers, num_heads=2, intermediate_size=64
+    )
 
 
 @pytest.fixture
@@ -118,8 +119,10 @@ def test_fused_linear_loss_is_refused_under_fsdp(mesh):
     with pytest.raises(DistillError, match="fused_linear"):
         sharding.shard_distillation_module(module, mesh)
     with pytest.raises(DistillError, match="fused_linear"):
-        strategies.check_strategy(OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"},
-                                                    "precision": "32-true"}), loss)
+        strategies.check_strategy(
+            OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"}, "precision": "32-true"}),
+            loss,
+        )
 
 
 def test_weightless_clone_has_no_weights_but_keeps_buffers():
@@ -139,19 +142,38 @@ def test_state_hash_sees_one_changed_weight():
     assert strategies.state_hash(a) != strategies.state_hash(b)
 
 
-@pytest.mark.parametrize("env, main", [
-    ({}, True), ({"RANK": "0"}, True), ({"RANK": "3"}, False), ({"SLURM_PROCID": "1"}, False),
-    ({"LOCAL_RANK": "1"}, False), ({"NODE_RANK": "1"}, False), ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
-    ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, False),  # Lightning's child in a one-task SLURM job
-])
+@pytest.mark.parametrize(
+    "env, main",
+    [
+        ({}, True),
+        ({"RANK": "0"}, True),
+        ({"RANK": "3"}, False),
+        ({"SLURM_PROCID": "1"}, False),
+        ({"LOCAL_RANK": "1"}, False),
+        ({"NODE_RANK": "1"}, False),
+        ({"LOCAL_RANK": "0", "NODE_RANK": "0"}, True),
+        ({"SLURM_PROCID": "0", "LOCAL_RANK": "1"}, False),  # Lightning's child in a one-task SLURM job
+    ],
+)
 def test_is_main_process_from_the_launcher_environment(no_rank_env, env, main):
     for k, v in env.items():
         no_rank_env.setenv(k, v)
     assert ranks.is_main_process() is main
 
 
-@pytest.mark.parametrize("devices, nodes, size", [(1, 1, 1), (2, 1, 2), (4, 2, 8), ([0, 1], 1, 2), ("0,1,", 1, 2),
-                                                   ("2", 3, 6), ("auto", 1, "autox1"), (-1, 2, "-1x2")])
+@pytest.mark.parametrize(
+    "devices, nodes, size",
+    [
+        (1, 1, 1),
+        (2, 1, 2),
+        (4, 2, 8),
+        ([0, 1], 1, 2),
+        ("0,1,", 1, 2),
+        ("2", 3, 6),
+        ("auto", 1, "autox1"),
+        (-1, 2, "-1x2"),
+    ],
+)
 def test_data_parallel_size(devices, nodes, size):
     assert ranks.data_parallel_size(devices, nodes) == size
 
@@ -186,7 +208,9 @@ def test_deepspeed_preset_names_what_is_missing(monkeypatch):
 
 def test_deepspeed_preset_refuses_cpu(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: object() if name == "deepspeed" else real(name, *a)
+    )
     with pytest.raises(DistillError, match="CUDA GPUs only"):
         strategies.deepspeed_strategy(accelerator="cpu", stage=2)
 
@@ -200,8 +224,11 @@ def test_fsdp_strategy_is_data_parallel_over_every_process():
     strategy._data_parallel_size = "auto"
     called = {}
     monkey = pytest.MonkeyPatch()
-    monkey.setattr(strategies.ModelParallelStrategy, "setup_environment",
-                   lambda self: called.update(dp=self._data_parallel_size, tp=self._tensor_parallel_size))
+    monkey.setattr(
+        strategies.ModelParallelStrategy,
+        "setup_environment",
+        lambda self: called.update(dp=self._data_parallel_size, tp=self._tensor_parallel_size),
+    )
     try:
         strategy.setup_environment()
     finally:
@@ -209,20 +236,31 @@ def test_fsdp_strategy_is_data_parallel_over_every_process():
     assert called == {"dp": 6, "tp": 1}
 
 
-@pytest.mark.parametrize("quant, load_in, shard_teacher, match", [
-    ({"_target_": "distill.quant.qlora.QLoRAPlugin"}, None, False, "quant=qlora"),
-    (None, "8bit", True, "teacher.load_in=8bit"),
-])
+@pytest.mark.parametrize(
+    "quant, load_in, shard_teacher, match",
+    [
+        ({"_target_": "distill.quant.qlora.QLoRAPlugin"}, None, False, "quant=qlora"),
+        (None, "8bit", True, "teacher.load_in=8bit"),
+    ],
+)
 def test_fsdp_refuses_bitsandbytes_packed_weights_early(quant, load_in, shard_teacher, match):
-    trainer = OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy", "shard_teacher": shard_teacher},
-                                "precision": "32-true"})
+    trainer = OmegaConf.create(
+        {
+            "strategy": {"_target_": "distill.strategies.FSDP2Strategy", "shard_teacher": shard_teacher},
+            "precision": "32-true",
+        }
+    )
     with pytest.raises(DistillError, match=match):
         strategies.check_strategy(trainer, ce_only(), quant, load_in)
 
 
 def test_fsdp_allows_a_packed_teacher_it_does_not_shard():
-    trainer = OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy", "shard_teacher": False},
-                                "precision": "bf16-mixed"})
+    trainer = OmegaConf.create(
+        {
+            "strategy": {"_target_": "distill.strategies.FSDP2Strategy", "shard_teacher": False},
+            "precision": "bf16-mixed",
+        }
+    )
     strategies.check_strategy(trainer, ce_only(), None, "4bit")
     strategies.check_strategy(OmegaConf.create({"strategy": "ddp"}), ce_only(), {"_target_": "x.QLoRAPlugin"}, "4bit")
 
@@ -234,7 +272,9 @@ def test_shard_model_names_packed_weights(mesh):
     model = tiny_llama()
     model.model.layers[0].mlp.up_proj.weight = Params4bit(model.model.layers[0].mlp.up_proj.weight.data)
     with pytest.raises(DistillError, match="the teacher .*shard_teacher=false"):
-        sharding.shard_model(model, mesh["data_parallel"], what="the teacher", fix="set trainer.strategy.shard_teacher=false")
+        sharding.shard_model(
+            model, mesh["data_parallel"], what="the teacher", fix="set trainer.strategy.shard_teacher=false"
+        )
 
 
 def test_hidden_state_projections_train_as_their_own_shard_unit(mesh):
@@ -263,8 +303,16 @@ def test_hidden_state_projections_train_as_their_own_shard_unit(mesh):
 def test_child_command_runs_this_job_not_the_sweep():
     argv = ["-m", "--config-dir", "/my/configs", "-cn=train", "optim.lr=1e-3,2e-3", "trainer=ddp", "hydra.sweep.dir=/s"]
     cmd = multirun_ranks.child_command(argv, ["optim.lr=0.002", "trainer=ddp"], "/s/1", local_rank=1)
-    assert cmd == ["--config-dir", "/my/configs", "-cn=train", "optim.lr=0.002", "trainer=ddp", 'hydra.run.dir="/s/1"',
-                   "hydra.job.name=train_ddp_process_1", "hydra.output_subdir=null"]
+    assert cmd == [
+        "--config-dir",
+        "/my/configs",
+        "-cn=train",
+        "optim.lr=0.002",
+        "trainer=ddp",
+        'hydra.run.dir="/s/1"',
+        "hydra.job.name=train_ddp_process_1",
+        "hydra.output_subdir=null",
+    ]
 
 
 def test_fresh_ranks_for_the_next_job_restore_the_launch_environment(monkeypatch):
@@ -292,8 +340,11 @@ def compose_trainer(tmp_path, *overrides):
 
     register()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"hydra.runtime.output_dir={tmp_path}", "experiment=smoke", *overrides],
-                      return_hydra_config=True)
+        cfg = compose(
+            "train",
+            overrides=[f"hydra.runtime.output_dir={tmp_path}", "experiment=smoke", *overrides],
+            return_hydra_config=True,
+        )
     HydraConfig.instance().set_config(cfg)
     return cfg
 
@@ -322,5 +373,7 @@ def test_fsdp_refuses_fp16_mixed_precision_early():
     trainer = OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"}, "precision": "16-mixed"})
     with pytest.raises(DistillError, match="trainer.precision=32-true"):
         strategies.check_strategy(trainer, ce_only())
-    strategies.check_strategy(OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"},
-                                                "precision": "bf16-mixed"}), ce_only())
+    strategies.check_strategy(
+        OmegaConf.create({"strategy": {"_target_": "distill.strategies.FSDP2Strategy"}, "precision": "bf16-mixed"}),
+        ce_only(),
+    )

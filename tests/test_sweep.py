@@ -11,9 +11,15 @@ from distill.sweep import PRUNED_AT, OptunaPruning, ResumeStudy
 
 
 def hydra_config(storage, n_trials=4, seed=0):
-    return OmegaConf.create({"hydra": {
-        "sweeper": {"storage": storage, "study_name": "s", "n_trials": n_trials, "sampler": {"seed": seed}},
-        "sweep": {"dir": "x", "subdir": "${hydra.job.num}"}, "overrides": {"hydra": ["hydra.sweep.dir=x"]}}})
+    return OmegaConf.create(
+        {
+            "hydra": {
+                "sweeper": {"storage": storage, "study_name": "s", "n_trials": n_trials, "sampler": {"seed": seed}},
+                "sweep": {"dir": "x", "subdir": "${hydra.job.num}"},
+                "overrides": {"hydra": ["hydra.sweep.dir=x"]},
+            }
+        }
+    )
 
 
 def test_resume_counts_finished_trials_and_fails_stale_ones(tmp_path):
@@ -42,9 +48,15 @@ def test_in_memory_study_is_left_alone():
 def fake_trainer(value, step, max_steps=30):
     import torch
 
-    return SimpleNamespace(sanity_checking=False, is_global_zero=True, callback_metrics={"val/ce": torch.tensor(value)},
-                           global_step=step, max_steps=max_steps, should_stop=False,
-                           strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj))
+    return SimpleNamespace(
+        sanity_checking=False,
+        is_global_zero=True,
+        callback_metrics={"val/ce": torch.tensor(value)},
+        global_step=step,
+        max_steps=max_steps,
+        should_stop=False,
+        strategy=SimpleNamespace(broadcast=lambda obj, src=0: obj),
+    )
 
 
 def test_pruning_callback_reports_and_stops_a_worse_trial(tmp_path):
@@ -76,7 +88,8 @@ def test_pruning_callback_reports_and_stops_a_worse_trial(tmp_path):
 
 
 def test_sweeper_study_records_a_marked_trial_as_pruned(tmp_path):
-    from hydra_plugins.distill_optuna.pruning_sweeper import PRUNED_AT as SWEEPER_ATTR, impl_classes
+    from hydra_plugins.distill_optuna.pruning_sweeper import PRUNED_AT as SWEEPER_ATTR
+    from hydra_plugins.distill_optuna.pruning_sweeper import impl_classes
 
     assert SWEEPER_ATTR == PRUNED_AT
     storage = f"sqlite:///{tmp_path}/o.db"

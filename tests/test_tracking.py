@@ -34,17 +34,27 @@ def code_repo(tmp_path, monkeypatch):
 
 
 def test_secret_values_come_from_secret_named_env_vars():
-    env = {"HF_TOKEN": "hf_abcdefgh", "WANDB_API_KEY": "k" * 40, "DB_PASSWORD": "pw123456",
-           "AWS_SECRET_ACCESS_KEY": "s" * 20,
-           "PATH": "/usr/bin:/bin", "SHORT_TOKEN": "1", "TOKENIZERS_PARALLELISM": "false"}
+    env = {
+        "HF_TOKEN": "hf_abcdefgh",
+        "WANDB_API_KEY": "k" * 40,
+        "DB_PASSWORD": "pw123456",
+        "AWS_SECRET_ACCESS_KEY": "s" * 20,
+        "PATH": "/usr/bin:/bin",
+        "SHORT_TOKEN": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+    }
     assert set(secrets.secret_values(env)) == {"hf_abcdefgh", "k" * 40, "pw123456", "s" * 20}
 
 
 def test_redact_masks_values_and_secret_keys_but_keeps_interpolations(monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_supersecret")
-    cfg = {"hub": {"token": "literal-token-value", "api_key": "${oc.env:HF_TOKEN}", "data_key": "abc123hash"},
-           "tok": {"eos_token": "</s>", "hf_token": "hf_literal_value"},
-           "note": "uses hf_supersecret inside", "overrides": ["+hub.api_key=xyz123456", "optim.lr=0.1"], "n": 3}
+    cfg = {
+        "hub": {"token": "literal-token-value", "api_key": "${oc.env:HF_TOKEN}", "data_key": "abc123hash"},
+        "tok": {"eos_token": "</s>", "hf_token": "hf_literal_value"},
+        "note": "uses hf_supersecret inside",
+        "overrides": ["+hub.api_key=xyz123456", "optim.lr=0.1"],
+        "n": 3,
+    }
     out = secrets.redact(cfg)
     assert out["hub"] == {"token": "***", "api_key": "${oc.env:HF_TOKEN}", "data_key": "abc123hash"}
     assert out["tok"] == {"eos_token": "</s>", "hf_token": "***"}  # vocabulary tokens are not secrets

@@ -37,7 +37,7 @@ CKPT_NAME = "requeue.ckpt"
 EXIT_REQUEUED = 0
 EXIT_NOT_REQUEUED = 3
 
-_active: "Preemption | None" = None
+_active: Preemption | None = None
 
 
 def under_slurm() -> bool:
@@ -85,7 +85,7 @@ def requeue() -> bool:
     return True
 
 
-def watch(run_dir: str | Path) -> "Preemption | None":
+def watch(run_dir: str | Path) -> Preemption | None:
     """Install the signal handlers for this process when it runs under SLURM (else None)."""
     global _active
     if not under_slurm():
@@ -144,8 +144,11 @@ class Preemption(L.Callback):
     def _exit(self, requeued: bool) -> None:
         self._done = True
         if not requeued:
-            log.error("the job was not requeued; to resume, resubmit it with ckpt_path=%s hydra.run.dir=%s",
-                      self.ckpt_path, self.ckpt_path.parent.parent)
+            log.error(
+                "the job was not requeued; to resume, resubmit it with ckpt_path=%s hydra.run.dir=%s",
+                self.ckpt_path,
+                self.ckpt_path.parent.parent,
+            )
         raise SystemExit(EXIT_REQUEUED if requeued else EXIT_NOT_REQUEUED)
 
     # -- the main fit --------------------------------------------------------------------------
@@ -175,8 +178,11 @@ class Preemption(L.Callback):
         """Ranks may see the signal at different steps: all stop at the first step any saw it."""
         flag = self.signalled is not None
         if trainer.world_size > 1:
-            flag = bool(trainer.strategy.reduce(torch.tensor(int(flag), device=trainer.strategy.root_device),
-                                                reduce_op="sum").item())
+            flag = bool(
+                trainer.strategy.reduce(
+                    torch.tensor(int(flag), device=trainer.strategy.root_device), reduce_op="sum"
+                ).item()
+            )
         return flag
 
     def _checkpoint_and_requeue(self, trainer) -> None:

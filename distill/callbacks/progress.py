@@ -11,10 +11,7 @@ Rich (``TitledRichProgressBar``) for terminals, tqdm (``TitledTQDMProgressBar``)
 from __future__ import annotations
 
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
-from lightning.pytorch.callbacks.progress.rich_progress import (
-    BatchesProcessedColumn,
-    ProcessingSpeedColumn,
-)
+from lightning.pytorch.callbacks.progress.rich_progress import BatchesProcessedColumn, ProcessingSpeedColumn
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from rich.progress import ProgressColumn
 from rich.text import Text
@@ -73,8 +70,11 @@ class TitledRichProgressBar(TitledBar, RichProgressBar):
 
     def configure_columns(self, trainer) -> list:
         """Lightning's columns, with steps counted and without it/s (tokens/s is the speed shown)."""
-        return [_CountColumn(self, self.theme.batch_progress) if isinstance(c, BatchesProcessedColumn) else c
-                for c in super().configure_columns(trainer) if not isinstance(c, ProcessingSpeedColumn)]
+        return [
+            _CountColumn(self, self.theme.batch_progress) if isinstance(c, BatchesProcessedColumn) else c
+            for c in super().configure_columns(trainer)
+            if not isinstance(c, ProcessingSpeedColumn)
+        ]
 
     def _get_train_description(self, current_epoch: int) -> str:  # Lightning's "Epoch 0/-2"
         return self.title if counts_steps(self.trainer) else f"{self.title} · epoch {current_epoch}"

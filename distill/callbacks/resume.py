@@ -28,9 +28,17 @@ KEY = "distill_resume"
 def rng_states() -> dict:
     """Python, numpy and torch RNG states as tensors and plain values (loadable with weights_only)."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {"python": random.getstate(), "torch": torch.get_rng_state(),
-              "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                        "has_gauss": int(has_gauss), "gauss": float(gauss)}}
+    states = {
+        "python": random.getstate(),
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+    }
     if torch.cuda.is_available():
         states["cuda"] = torch.cuda.get_rng_state_all()
     return states
@@ -83,8 +91,13 @@ class ExactResume(L.Callback):
         sampler = train_sampler(trainer)
         world = sampler.num_replicas if sampler is not None else 1
         states = rng_states()
-        checkpoint[KEY] = {"rng": states, "rng_by_rank": every_rank(states), "epoch": trainer.current_epoch,
-                           "samples_seen": batches * batch_size * world, "world_size": world}
+        checkpoint[KEY] = {
+            "rng": states,
+            "rng_by_rank": every_rank(states),
+            "epoch": trainer.current_epoch,
+            "samples_seen": batches * batch_size * world,
+            "world_size": world,
+        }
 
     def on_load_checkpoint(self, trainer, pl_module, checkpoint) -> None:
         self._pending = checkpoint.get(KEY)
@@ -98,9 +111,12 @@ class ExactResume(L.Callback):
         saved, self._pending = self._pending, None
         if sampler is not None:
             if saved.get("world_size", 1) != sampler.num_replicas:
-                log.warning("resuming on %d data-parallel ranks a run saved on %d: the data continues after the "
-                            "same samples, but the run will not equal an uninterrupted one",
-                            sampler.num_replicas, saved.get("world_size", 1))
+                log.warning(
+                    "resuming on %d data-parallel ranks a run saved on %d: the data continues after the "
+                    "same samples, but the run will not equal an uninterrupted one",
+                    sampler.num_replicas,
+                    saved.get("world_size", 1),
+                )
             sampler.resume_at(saved["epoch"], saved["samples_seen"])
         set_rng_states(own_rng(saved))
 
@@ -109,6 +125,8 @@ def check_shard(sampler: ResumableSampler, trainer) -> None:
     """A training loader built without the trainer's ranks would give every rank the same batches."""
     want = data_shard(trainer)
     if (sampler.rank, sampler.num_replicas) != (want["rank"], want["world_size"]):
-        raise DistillError(f"the training sampler is rank {sampler.rank} of {sampler.num_replicas} but this process is "
-                           f"rank {want['rank']} of {want['world_size']}: build the loader with "
-                           "train_loader(..., **data_shard(trainer))")
+        raise DistillError(
+            f"the training sampler is rank {sampler.rank} of {sampler.num_replicas} but this process is "
+            f"rank {want['rank']} of {want['world_size']}: build the loader with "
+            "train_loader(..., **data_shard(trainer))"
+        )

@@ -35,7 +35,9 @@ class Schedule:
         if self.kind not in KINDS:
             raise DistillError(f"schedule kind must be one of {list(KINDS)}, got {self.kind!r}")
         if self.warmup_steps < 0 or (self.steps is not None and self.steps < 1):
-            raise DistillError(f"schedule steps must be positive (steps={self.steps}, warmup_steps={self.warmup_steps})")
+            raise DistillError(
+                f"schedule steps must be positive (steps={self.steps}, warmup_steps={self.warmup_steps})"
+            )
 
     def value(self, step: int, max_steps: int) -> float:
         if step < self.warmup_steps:
@@ -69,7 +71,9 @@ class LossSchedules(L.Callback):
             value = schedule.value(trainer.global_step, trainer.max_steps)
             if name == "temperature":
                 if value <= 0:
-                    raise DistillError(f"the temperature schedule reached {value} at step {trainer.global_step}; it must stay > 0")
+                    raise DistillError(
+                        f"the temperature schedule reached {value} at step {trainer.global_step}; it must stay > 0"
+                    )
                 objective.temperature = value
             else:
                 objective.weights[name] = max(0.0, value)

@@ -15,7 +15,8 @@ from distill.cli.errors import run_with_one_line_errors
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="distill-report",
-        description="Summarize a sweep (a Hydra multirun dir): sweep_report.md and sweep_report.png in it.")
+        description="Summarize a sweep (a Hydra multirun dir): sweep_report.md and sweep_report.png in it.",
+    )
     parser.add_argument("sweep_dir", help="the multirun dir, e.g. multirun/train/2026-01-01_12-00-00")
     parser.add_argument("--out", default=None, help="write the report here instead of into the sweep dir")
     return parser.parse_args(argv)

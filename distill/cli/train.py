@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
 from distill.cli.errors import run_with_one_line_errors
 from distill.cli.resolvers import register
+from distill.config.tree import CONFIG_DIR
 from distill.errors import DistillError
 
 register()
-CONFIG_DIR = os.environ.get("DISTILL_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "configs"))
 
 
 def quiet_lightning() -> None:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
 from itertools import islice
 from pathlib import Path
-from typing import Callable, Iterator
-
-import logging
 
 import lightning as L
 import numpy as np
@@ -125,8 +124,10 @@ class TextDataModule(L.LightningDataModule):
                 n_train += 1
         self._warn_skips()
         if n_train == 0 or not val:
-            raise DistillError(f"the corpus is too small to split: {n_train} training and {len(val)} validation "
-                               f"document(s) (data.val_fraction={self.val_fraction})")
+            raise DistillError(
+                f"the corpus is too small to split: {n_train} training and {len(val)} validation "
+                f"document(s) (data.val_fraction={self.val_fraction})"
+            )
         fraction, seed, stream = self.val_fraction, self.seed, self.stream
         # a fresh Skips on every re-read: bad input is counted once, in the first pass
         self.train_docs = DocStream(lambda: (d for d in stream(Skips()) if not in_validation(d.id, fraction, seed)))
@@ -150,21 +151,33 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(tokenizer_path)
         self.tokenizer_key = fingerprint(sorted(self.tokenizer.get_vocab().items()))
 
-    def apply_filters(self, teacher_path: str | None = None, device: str = "cpu", require_kept: bool = True) -> dict | None:
+    def apply_filters(
+        self, teacher_path: str | None = None, device: str = "cpu", require_kept: bool = True
+    ) -> dict | None:
         """Run the quality filters over the training documents (cached by data and filter settings);
         the packed blocks are rebuilt from what they keep. Returns the filter stats. An empty result
         is an error unless ``require_kept`` is False (distill-filter reports it first)."""
         if not self.filters:
             return None
         result = filter_documents(
-            self.train_docs, self.filters, input_key=self.data_key, cache_dir=self.cache_dir,
-            executor=self.filter_executor, keep_excluded=self.keep_excluded, tokenizer_path=self.tokenizer_path,
-            teacher_path=teacher_path, device=device, seed=self.seed, source_skipped=dict(self.skips),
+            self.train_docs,
+            self.filters,
+            input_key=self.data_key,
+            cache_dir=self.cache_dir,
+            executor=self.filter_executor,
+            keep_excluded=self.keep_excluded,
+            tokenizer_path=self.tokenizer_path,
+            teacher_path=teacher_path,
+            device=device,
+            seed=self.seed,
+            source_skipped=dict(self.skips),
         )
         kept = DocStream(result.documents) if self.streaming else list(result.documents())
         if not result.stats["kept"] and require_kept:
-            raise DistillError(f"the filters dropped every training document ({result.stats['input']} in): "
-                               f"loosen data/filters (stats: {result.stats['stages']})")
+            raise DistillError(
+                f"the filters dropped every training document ({result.stats['input']} in): "
+                f"loosen data/filters (stats: {result.stats['stages']})"
+            )
         log.info("filters kept %d of %d training documents", result.stats["kept"], result.stats["input"])
         self.train_docs, self.filter_stats = kept, result.stats
         self.data_key = fingerprint(self.data_key, "filtered", result.key)
@@ -199,8 +212,9 @@ class TextDataModule(L.LightningDataModule):
         return self.batch_size * self.seq_len
 
     def train_dataloader(self) -> DataLoader:
-        return train_loader(BlockDataset(self.train_blocks), self.batch_size, self.seed, self.num_workers,
-                            **data_shard(self.trainer))
+        return train_loader(
+            BlockDataset(self.train_blocks), self.batch_size, self.seed, self.num_workers, **data_shard(self.trainer)
+        )
 
     def val_dataloader(self) -> DataLoader:
         return eval_loader(BlockDataset(self.val_blocks), self.batch_size, self.seed, self.num_workers)
@@ -211,17 +225,23 @@ def from_stdlib(max_docs: int | None = None, **kwargs) -> TextDataModule:
     from distill.data.sources import stdlib_documents
 
     skips = Skips()
-    return TextDataModule(source=lambda: stdlib_documents(max_docs, skips), skips=skips,
-                          stream=lambda s: iter(stdlib_documents(max_docs, s)), **kwargs)
+    return TextDataModule(
+        source=lambda: stdlib_documents(max_docs, skips),
+        skips=skips,
+        stream=lambda s: iter(stdlib_documents(max_docs, s)),
+        **kwargs,
+    )
 
 
 def from_files(paths: list[str], text_field: str = "text", max_docs: int | None = None, **kwargs) -> TextDataModule:
     """Local text / JSONL / Parquet files or a ``save_to_disk`` dataset."""
-    from distill.data.sources import file_documents
-
-    from distill.data.sources import iter_file_documents
+    from distill.data.sources import file_documents, iter_file_documents
 
     paths = list(paths) if paths is not None else []
     skips = Skips()
-    return TextDataModule(source=lambda: file_documents(paths, text_field, max_docs, skips), skips=skips,
-                          stream=lambda s: islice(iter_file_documents(paths, text_field, s), max_docs), **kwargs)
+    return TextDataModule(
+        source=lambda: file_documents(paths, text_field, max_docs, skips),
+        skips=skips,
+        stream=lambda s: islice(iter_file_documents(paths, text_field, s), max_docs),
+        **kwargs,
+    )

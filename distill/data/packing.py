@@ -6,8 +6,8 @@ block gives ``seq_len`` inputs and their next-token targets with no padding wast
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import numpy as np
 from transformers import PreTrainedTokenizerBase
@@ -35,8 +35,9 @@ def pack(tokens: np.ndarray, seq_len: int) -> np.ndarray:
     return tokens[: n * block].reshape(n, block)
 
 
-def pack_to_npy(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, seq_len: int, path: Path,
-                batch_size: int = 256) -> int:
+def pack_to_npy(
+    texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, seq_len: int, path: Path, batch_size: int = 256
+) -> int:
     """``pack(tokenize(texts))`` written to ``path`` (.npy) without holding the corpus or its tokens:
     documents are tokenized a batch at a time, whole blocks appended to a raw file, which is then
     copied into the .npy in chunks (loaded later with ``mmap_mode="r"``). Returns the block count."""
@@ -55,7 +56,7 @@ def pack_to_npy(texts: Iterable[str], tokenizer: PreTrainedTokenizerBase, seq_le
     source = np.memmap(raw, dtype=dtype, mode="r", shape=(n_blocks, block)) if n_blocks else np.zeros((0, block), dtype)
     out = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(n_blocks, block))
     for start in range(0, n_blocks, 65536):
-        out[start:start + 65536] = source[start:start + 65536]
+        out[start : start + 65536] = source[start : start + 65536]
     out.flush()
     del out, source
     raw.unlink()

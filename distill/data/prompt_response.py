@@ -27,9 +27,9 @@ import glob
 import json
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -37,8 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.cache import cached_dir, fingerprint, text_fingerprint
 from distill.data.datamodule import TextDataModule
-from distill.data.sources import Document, jsonl_records
 from distill.data.sampler import data_shard, eval_loader, train_loader
+from distill.data.sources import Document, jsonl_records
 from distill.data.split import split_documents
 from distill.data.tokenizer import train_bpe
 from distill.errors import DistillError
@@ -174,7 +174,12 @@ def check_template(template: str) -> str:
 
 
 def build_rows(
-    prompts: list[list[int]], responses: list[list[int]], *, seq_len: int, eos_id: int, pad_id: int,
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    *,
+    seq_len: int,
+    eos_id: int,
+    pad_id: int,
     bos_id: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict]:
     """Token rows ``[n, seq_len + 1]`` and their next-token targets ``[n, seq_len]``.
@@ -229,8 +234,10 @@ class PromptResponseDataModule(TextDataModule):
     def __init__(self, source: Callable[[], list[Example]], template: str = DEFAULT_TEMPLATE, **kwargs):
         super().__init__(source=source, **kwargs)
         if self.filters:  # at config time, before any teacher or data work
-            raise DistillError("data/filters work on text corpora (data=stdlib or data=files), "
-                               "not on prompt/response examples: use data/filters=none")
+            raise DistillError(
+                "data/filters work on text corpora (data=stdlib or data=files), "
+                "not on prompt/response examples: use data/filters=none"
+            )
         self.template = check_template(template)
         self.train_examples: list[Example] = []
         self.val_examples: list[Example] = []
@@ -243,8 +250,11 @@ class PromptResponseDataModule(TextDataModule):
             raise DistillError("the prompt/response data is empty: no records were found in data.paths")
         self.train_examples, self.val_examples = split_examples(examples, self.val_fraction, self.seed)
         self.data_key = fingerprint(
-            "prompt-response", *(text_fingerprint([t for e in split for t in (e.prompt, e.response)])
-                                 for split in (self.train_examples, self.val_examples))
+            "prompt-response",
+            *(
+                text_fingerprint([t for e in split for t in (e.prompt, e.response)])
+                for split in (self.train_examples, self.val_examples)
+            ),
         )
 
     def _prompt_texts(self, examples: list[Example]) -> list[str]:
@@ -266,8 +276,9 @@ class PromptResponseDataModule(TextDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_blocks is not None:
             return
-        key = fingerprint("prompt-response-v1", self.data_key, self.tokenizer_key, self._special_ids(), self.seq_len,
-                          self.template)
+        key = fingerprint(
+            "prompt-response-v1", self.data_key, self.tokenizer_key, self._special_ids(), self.seq_len, self.template
+        )
         path = cached_dir(self.cache_dir, "prompt_response", key, self._build)
         self.stats = json.loads((path / "stats.json").read_text())
         self.train_blocks, self.train_targets = np.load(path / "train.npy"), np.load(path / "train_targets.npy")
@@ -287,8 +298,9 @@ class PromptResponseDataModule(TextDataModule):
         for name, examples in (("train", self.train_examples), ("val", self.val_examples)):
             prompts = _encode(self.tokenizer, self._prompt_texts(examples))
             responses = _encode(self.tokenizer, [e.response for e in examples])
-            rows, targets, stats[name] = build_rows(prompts, responses, seq_len=self.seq_len, eos_id=eos, pad_id=pad,
-                                                    bos_id=bos)
+            rows, targets, stats[name] = build_rows(
+                prompts, responses, seq_len=self.seq_len, eos_id=eos, pad_id=pad, bos_id=bos
+            )
             dtype = np.int32 if len(self.tokenizer) < 2**31 else np.int64
             np.save(tmp / f"{name}.npy", rows.astype(dtype))
             np.save(tmp / f"{name}_targets.npy", targets.astype(dtype))
@@ -296,19 +308,35 @@ class PromptResponseDataModule(TextDataModule):
 
     def _log_stats(self) -> None:
         for name, s in self.stats.items():
-            log.info("%s: %d of %d examples kept (%d responses truncated to data.seq_len=%d)",
-                     name, s["kept"], s["examples"], s["truncated"], self.seq_len)
+            log.info(
+                "%s: %d of %d examples kept (%d responses truncated to data.seq_len=%d)",
+                name,
+                s["kept"],
+                s["examples"],
+                s["truncated"],
+                self.seq_len,
+            )
             if s["skipped"]:
-                log.warning("%s: skipped %d example(s) whose prompt fills data.seq_len=%d, leaving no response token",
-                            name, s["skipped"], self.seq_len)
+                log.warning(
+                    "%s: skipped %d example(s) whose prompt fills data.seq_len=%d, leaving no response token",
+                    name,
+                    s["skipped"],
+                    self.seq_len,
+                )
 
     def train_dataloader(self) -> DataLoader:
-        return train_loader(MaskedBlockDataset(self.train_blocks, self.train_targets), self.batch_size, self.seed,
-                            self.num_workers, **data_shard(self.trainer))
+        return train_loader(
+            MaskedBlockDataset(self.train_blocks, self.train_targets),
+            self.batch_size,
+            self.seed,
+            self.num_workers,
+            **data_shard(self.trainer),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return eval_loader(MaskedBlockDataset(self.val_blocks, self.val_targets), self.batch_size, self.seed,
-                           self.num_workers)
+        return eval_loader(
+            MaskedBlockDataset(self.val_blocks, self.val_targets), self.batch_size, self.seed, self.num_workers
+        )
 
 
 def _encode(tokenizer, texts: list[str], batch_size: int = 256) -> list[list[int]]:
@@ -331,5 +359,6 @@ def from_prompt_response_files(
     paths = list(paths) if paths is not None else []
     return PromptResponseDataModule(
         source=lambda: prompt_response_examples(paths, prompt_field, response_field, max_docs),
-        template=template, **kwargs,
+        template=template,
+        **kwargs,
     )

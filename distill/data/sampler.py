@@ -25,8 +25,9 @@ from torch.utils.data import DataLoader, DistributedSampler
 class ResumableSampler(DistributedSampler):
     def __init__(self, dataset_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
         # sets num_replicas, rank, epoch and num_samples = dataset_size // world_size (the samples per rank)
-        super().__init__(range(dataset_size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
-                         drop_last=True)
+        super().__init__(
+            range(dataset_size), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=True
+        )
         self.dataset_size = dataset_size
         self._skip: tuple[int, int] | None = None  # (epoch, samples of its order the ranks have seen together)
 
@@ -77,18 +78,26 @@ def data_shard(trainer) -> dict:
     return {"rank": int(kwargs["rank"]), "world_size": int(kwargs["num_replicas"])}
 
 
-def train_loader(dataset, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0,
-                 world_size: int = 1) -> DataLoader:
+def train_loader(
+    dataset, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0, world_size: int = 1
+) -> DataLoader:
     """Shuffled (seeded, resumable mid-epoch) full batches of this rank's shard. The loader gets a
     generator of its own so that creating an iterator never draws from the global RNG (which a
     resumed run restores)."""
     sampler = ResumableSampler(len(dataset), seed, rank=rank, world_size=world_size)
-    return DataLoader(dataset, batch_size=batch_size, drop_last=True, sampler=sampler,
-                      generator=torch.Generator().manual_seed(seed), num_workers=num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        drop_last=True,
+        sampler=sampler,
+        generator=torch.Generator().manual_seed(seed),
+        num_workers=num_workers,
+    )
 
 
 def eval_loader(dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> DataLoader:
     """In order (under DDP Lightning gives each rank its part); like ``train_loader`` it never draws
     from the global RNG."""
-    return DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                      generator=torch.Generator().manual_seed(seed))
+    return DataLoader(
+        dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator().manual_seed(seed)
+    )

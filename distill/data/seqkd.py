@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import lightning as L
 import numpy as np
@@ -93,8 +93,16 @@ def continuation_targets(rows: np.ndarray, prompt_tokens: int, eos_ids: set[int]
 def _generate_kwargs(model, new_tokens, temperature, eos, pad, vocab_size) -> dict:
     """Explicit settings, so a checkpoint's generation_config.json (top_p, repetition penalty...)
     cannot silently change what "greedy" or "temperature T" means."""
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=0, num_beams=1, use_cache=True, repetition_penalty=1.0,
-                  eos_token_id=eos, pad_token_id=pad, do_sample=temperature > 0)
+    kwargs = dict(
+        max_new_tokens=new_tokens,
+        min_new_tokens=0,
+        num_beams=1,
+        use_cache=True,
+        repetition_penalty=1.0,
+        eos_token_id=eos,
+        pad_token_id=pad,
+        do_sample=temperature > 0,
+    )
     if temperature > 0:
         kwargs.update(temperature=temperature, top_k=0, top_p=1.0)
     rows = model.get_output_embeddings().weight.shape[0]
@@ -163,8 +171,13 @@ class SeqKDDataModule(L.LightningDataModule):
         return self.batch_size * self.seq_len
 
     def train_dataloader(self) -> DataLoader:
-        return train_loader(MaskedBlockDataset(self.train_blocks, self.train_targets), self.batch_size, self.seed,
-                            self.num_workers, **data_shard(self.trainer))
+        return train_loader(
+            MaskedBlockDataset(self.train_blocks, self.train_targets),
+            self.batch_size,
+            self.seed,
+            self.num_workers,
+            **data_shard(self.trainer),
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self.base.val_dataloader()
@@ -192,20 +205,38 @@ def seqkd_datamodule(
     width = base.seq_len + 1
     new_tokens = width - prompt_tokens if new_tokens is None else new_tokens
     if prompt_tokens + new_tokens > width:
-        raise DistillError(f"seqkd: prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds "
-                           f"data.seq_len + 1 = {width}")
+        raise DistillError(
+            f"seqkd: prompt_tokens + new_tokens = {prompt_tokens + new_tokens} exceeds data.seq_len + 1 = {width}"
+        )
     blocks = base.train_blocks[:max_examples]
     tok = base.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    parts = dict(teacher=teacher_key, data=base.data_key, tokenizer=base.tokenizer_key, seq_len=base.seq_len,
-                 prompt_tokens=prompt_tokens, new_tokens=new_tokens, temperature=temperature, seed=seed,
-                 n=len(blocks), batch_size=batch_size if temperature > 0 else None)
+    parts = dict(
+        teacher=teacher_key,
+        data=base.data_key,
+        tokenizer=base.tokenizer_key,
+        seq_len=base.seq_len,
+        prompt_tokens=prompt_tokens,
+        new_tokens=new_tokens,
+        temperature=temperature,
+        seed=seed,
+        n=len(blocks),
+        batch_size=batch_size if temperature > 0 else None,
+    )
 
     def build():
         log.info("seqkd: generating %d x %d teacher tokens (temperature %g)", len(blocks), new_tokens, temperature)
         rows, targets = generate_continuations(
-            model, blocks, prompt_tokens=prompt_tokens, new_tokens=new_tokens, temperature=temperature, seed=seed,
-            batch_size=batch_size, eos_token_id=tok.eos_token_id, pad_token_id=pad, vocab_size=len(tok),
+            model,
+            blocks,
+            prompt_tokens=prompt_tokens,
+            new_tokens=new_tokens,
+            temperature=temperature,
+            seed=seed,
+            batch_size=batch_size,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=pad,
+            vocab_size=len(tok),
             device=device,
         )
         return pad_rows(rows, targets, width, pad)
@@ -217,5 +248,7 @@ def seqkd_datamodule(
 def pad_rows(rows: np.ndarray, targets: np.ndarray, width: int, pad: int) -> tuple[np.ndarray, np.ndarray]:
     """Right-pad rows to ``width`` tokens; the padding is never a target."""
     extra = width - rows.shape[1]
-    return (np.pad(rows, ((0, 0), (0, extra)), constant_values=pad),
-            np.pad(targets, ((0, 0), (0, extra)), constant_values=IGNORE_INDEX))
+    return (
+        np.pad(rows, ((0, 0), (0, extra)), constant_values=pad),
+        np.pad(targets, ((0, 0), (0, extra)), constant_values=IGNORE_INDEX),
+    )

@@ -18,10 +18,10 @@ import json
 import os
 import sysconfig
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Iterator
 
 from distill.errors import DistillError
 
@@ -73,8 +73,7 @@ def stdlib_documents(max_docs: int | None = None, skips: Skips | None = None) ->
     return docs
 
 
-def docstring_documents(max_docs: int | None = None, min_chars: int = 20,
-                        skips: Skips | None = None) -> list[Document]:
+def docstring_documents(max_docs: int | None = None, min_chars: int = 20, skips: Skips | None = None) -> list[Document]:
     """The natural-language text of the embedded corpus: every docstring of the standard library
     (modules, classes, functions; read with ``ast``, so nothing is imported or run) and every topic
     of ``pydoc_data.topics`` (the language reference that ``help()`` shows).
@@ -100,8 +99,11 @@ def docstring_documents(max_docs: int | None = None, min_chars: int = 20,
         docs += [Document(f"{rel}::{name}", text) for name, text in _docstrings(tree) if len(text) >= min_chars]
     from pydoc_data.topics import topics
 
-    docs += [Document(f"pydoc:{name}", text.strip()) for name, text in sorted(topics.items())
-             if len(text.strip()) >= min_chars]
+    docs += [
+        Document(f"pydoc:{name}", text.strip())
+        for name, text in sorted(topics.items())
+        if len(text.strip()) >= min_chars
+    ]
     return require_documents(docs, skips, "the standard library's docstrings")
 
 
@@ -130,8 +132,9 @@ def _stdlib_files(root: Path) -> list[Path]:
     return sorted(p for p in root.rglob("*.py") if not _STDLIB_SKIP_PARTS & set(p.relative_to(root).parts))
 
 
-def file_documents(paths: list[str], text_field: str = "text", max_docs: int | None = None,
-                   skips: Skips | None = None) -> list[Document]:
+def file_documents(
+    paths: list[str], text_field: str = "text", max_docs: int | None = None, skips: Skips | None = None
+) -> list[Document]:
     """Documents from local text (.txt/.md/.py...), JSONL, Parquet files or a ``save_to_disk`` dataset."""
     skips = skips if skips is not None else Skips()
     docs = list(islice(iter_file_documents(paths, text_field, skips), max_docs))

@@ -43,7 +43,9 @@ def split_texts(docs: list[Document], val_fraction: float, seed: int, min_chars:
     for d in docs:
         (val if group_of(d.id) in held else train).extend(paragraphs(d.text, min_chars))
     if not train or not val:
-        raise DistillError(f"the split left {len(train)} training and {len(val)} held-out texts: use more data.max_docs")
+        raise DistillError(
+            f"the split left {len(train)} training and {len(val)} held-out texts: use more data.max_docs"
+        )
     return train, val
 
 
@@ -56,15 +58,27 @@ def _sample(texts: list[str], limit: int | None, seed: int) -> list[str]:
 class SentenceDataModule(L.LightningDataModule):
     """Training and held-out texts of the docstring corpus as padded ``(input_ids, attention_mask)``."""
 
-    def __init__(self, max_docs: int | None = None, min_chars: int = 32, max_length: int = 128,
-                 batch_size: int = 32, eval_batch_size: int = 64, val_fraction: float = 0.1, seed: int = 0,
-                 max_train_texts: int | None = None, max_val_texts: int | None = None, num_workers: int = 0,
-                 filters: dict | None = None):
+    def __init__(
+        self,
+        max_docs: int | None = None,
+        min_chars: int = 32,
+        max_length: int = 128,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        val_fraction: float = 0.1,
+        seed: int = 0,
+        max_train_texts: int | None = None,
+        max_val_texts: int | None = None,
+        num_workers: int = 0,
+        filters: dict | None = None,
+    ):
         super().__init__()
         if filters:  # the data/filters group composes into every data preset
             raise DistillError(f"data/filters {sorted(filters)} filter the causal corpus; sentence data takes none")
         if max_length < 2 or batch_size < 1:
-            raise DistillError(f"data.max_length must be >= 2 and data.batch_size >= 1 (got {max_length}, {batch_size})")
+            raise DistillError(
+                f"data.max_length must be >= 2 and data.batch_size >= 1 (got {max_length}, {batch_size})"
+            )
         self.max_docs, self.min_chars, self.max_length = max_docs, min_chars, max_length
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.val_fraction, self.seed = val_fraction, seed
@@ -78,8 +92,12 @@ class SentenceDataModule(L.LightningDataModule):
         train, val = split_texts(docs, self.val_fraction, self.seed, self.min_chars)
         self.train_texts = _sample(train, self.max_train_texts, self.seed)
         self.val_texts = _sample(val, self.max_val_texts, self.seed)
-        log.info("docstring corpus: %d documents -> %d training and %d held-out texts",
-                 len(docs), len(self.train_texts), len(self.val_texts))
+        log.info(
+            "docstring corpus: %d documents -> %d training and %d held-out texts",
+            len(docs),
+            len(self.train_texts),
+            len(self.val_texts),
+        )
 
     def use_tokenizer(self, tokenizer) -> None:
         self.tokenizer = tokenizer
@@ -106,13 +124,20 @@ class SentenceDataModule(L.LightningDataModule):
         return ids, mask
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_ids, batch_size=self.batch_size, shuffle=True, collate_fn=self.collate,
-                          num_workers=self.num_workers, drop_last=len(self.train_ids) > self.batch_size,
-                          generator=torch.Generator().manual_seed(self.seed))
+        return DataLoader(
+            self.train_ids,
+            batch_size=self.batch_size,
+            shuffle=True,
+            collate_fn=self.collate,
+            num_workers=self.num_workers,
+            drop_last=len(self.train_ids) > self.batch_size,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val_ids, batch_size=self.eval_batch_size, collate_fn=self.collate,
-                          num_workers=self.num_workers)
+        return DataLoader(
+            self.val_ids, batch_size=self.eval_batch_size, collate_fn=self.collate, num_workers=self.num_workers
+        )
 
     def tokens(self, split: str = "train") -> int:
         return sum(len(r) for r in (self.train_ids if split == "train" else self.val_ids))

@@ -21,7 +21,9 @@ TERMS = ("cosine", "hidden", "similarity")
 def embedding_cosine(student_emb: Tensor, teacher_emb: Tensor) -> Tensor:
     """Mean over sentences of ``1 − cos(student, teacher)``: the direction is what retrieval uses."""
     if student_emb.shape != teacher_emb.shape:
-        raise DistillError(f"embedding shapes differ: student {tuple(student_emb.shape)}, teacher {tuple(teacher_emb.shape)}")
+        raise DistillError(
+            f"embedding shapes differ: student {tuple(student_emb.shape)}, teacher {tuple(teacher_emb.shape)}"
+        )
     return (1.0 - F.cosine_similarity(student_emb.float(), teacher_emb.float(), dim=-1)).mean()
 
 
@@ -61,8 +63,14 @@ class EmbeddingObjective(nn.Module):
         pairs = layer_pairs(self.hidden_spec.get("pairs", "auto"), t.num_hidden_layers, s.num_hidden_layers)
         self.hidden_loss = HiddenStateLoss(pairs, s.hidden_size, t.hidden_size, self.hidden_spec.get("metric", "mse"))
 
-    def forward(self, student_emb: Tensor, teacher_emb: Tensor, student_hidden=None, teacher_hidden=None,
-                mask: Tensor | None = None) -> dict[str, Tensor]:
+    def forward(
+        self,
+        student_emb: Tensor,
+        teacher_emb: Tensor,
+        student_hidden=None,
+        teacher_hidden=None,
+        mask: Tensor | None = None,
+    ) -> dict[str, Tensor]:
         terms = {}
         if self.weights.get("cosine", 0) > 0:
             terms["cosine"] = embedding_cosine(student_emb, teacher_emb)

@@ -44,8 +44,9 @@ def top_k_overlap(student_emb: Tensor, teacher_emb: Tensor, queries: int, k: int
     return (hits.float() / k).mean().item()
 
 
-def encode_throughput(models: dict, batches: list, pooling: Pooling, rounds: int = 3,
-                      autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+def encode_throughput(
+    models: dict, batches: list, pooling: Pooling, rounds: int = 3, autocast_dtype: torch.dtype | None = None
+) -> dict[str, float]:
     """Sentences per second of each model over ``batches``, after one warm-up batch each.
 
     The models take turns batch by batch (the order flipping each batch), so a burst of other
@@ -57,7 +58,7 @@ def encode_throughput(models: dict, batches: list, pooling: Pooling, rounds: int
     seconds = dict.fromkeys(names, 0.0)
     for r in range(rounds):
         for i, batch in enumerate(batches):
-            for name in (names if (r + i) % 2 == 0 else names[::-1]):
+            for name in names if (r + i) % 2 == 0 else names[::-1]:
                 start = time.perf_counter()
                 encode(models[name], [batch], pooling, autocast_dtype)
                 seconds[name] += time.perf_counter() - start
@@ -66,5 +67,7 @@ def encode_throughput(models: dict, batches: list, pooling: Pooling, rounds: int
 
 
 def agreement(student_emb: Tensor, teacher_emb: Tensor, queries: int, k: int) -> dict[str, float]:
-    return {"embed_cosine": mean_cosine(student_emb, teacher_emb),
-            f"top{k}_overlap": top_k_overlap(student_emb, teacher_emb, queries, k)}
+    return {
+        "embed_cosine": mean_cosine(student_emb, teacher_emb),
+        f"top{k}_overlap": top_k_overlap(student_emb, teacher_emb, queries, k),
+    }

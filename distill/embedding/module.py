@@ -12,9 +12,18 @@ from distill.embedding.pooling import Pooling, sentence_embeddings
 
 
 class EmbeddingDistillModule(L.LightningModule):
-    def __init__(self, student: nn.Module, teacher: nn.Module, loss: EmbeddingObjective, pooling: Pooling,
-                 lr: float = 1e-4, weight_decay: float = 0.01, warmup_steps: int = 0, max_steps: int = 1000,
-                 min_lr_ratio: float = 0.1):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module,
+        loss: EmbeddingObjective,
+        pooling: Pooling,
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        warmup_steps: int = 0,
+        max_steps: int = 1000,
+        min_lr_ratio: float = 0.1,
+    ):
         super().__init__()
         self.student, self.loss, self.pooling = student, loss, pooling
         # As in DistillationModule: not a registered child, so the teacher stays out of checkpoints,

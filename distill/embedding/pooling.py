@@ -22,8 +22,8 @@ MODES = ("mean", "cls")
 
 @dataclass(frozen=True)
 class Pooling:
-    mode: str = "mean"       # mean over real tokens | cls (the first token)
-    normalize: bool = True   # L2-normalise the sentence embedding (a Normalize module follows pooling)
+    mode: str = "mean"  # mean over real tokens | cls (the first token)
+    normalize: bool = True  # L2-normalise the sentence embedding (a Normalize module follows pooling)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -62,8 +62,9 @@ def _json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def sentence_embeddings(model, input_ids: Tensor, attention_mask: Tensor, pooling: Pooling,
-                        hidden_states: bool = False):
+def sentence_embeddings(
+    model, input_ids: Tensor, attention_mask: Tensor, pooling: Pooling, hidden_states: bool = False
+):
     """Run an HF encoder; returns (sentence embeddings, per-layer hidden states or None)."""
     out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=hidden_states)
     return pooling(out.last_hidden_state, attention_mask), (out.hidden_states if hidden_states else None)

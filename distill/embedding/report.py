@@ -10,8 +10,10 @@ from distill.cache import write_atomic
 def write_report(metrics: dict, path: Path, k: int) -> None:
     m = metrics
     lines = [
-        "# Embedding distillation report", "",
-        f"Held-out texts: {m['val.texts']:,} ({m['eval.queries']:,} queries for top-{k} retrieval against the rest).", "",
+        "# Embedding distillation report",
+        "",
+        f"Held-out texts: {m['val.texts']:,} ({m['eval.queries']:,} queries for top-{k} retrieval against the rest).",
+        "",
         f"| model | layers | params | mean cosine to teacher | top-{k} overlap with teacher | sentences/s |",
         "|---|---:|---:|---:|---:|---:|",
         f"| teacher | {m['teacher.layers']} | {m['teacher.params'] / 1e6:.2f}M | 1 | 1 | {m['teacher.sentences_per_s']:,.1f} |",
@@ -24,6 +26,8 @@ def write_report(metrics: dict, path: Path, k: int) -> None:
         f"- encode speed-up (same batches, same process, warmed up): {m['speedup']:.2f}×",
         f"- distillation: {m['train.steps']} steps, {m['train.tokens']:,} tokens in {m['train.wall_s']:.1f} s "
         f"({m['train.tokens_per_s']:,.0f} tokens/s)",
-        "", "![loss curves](report.png)", "",
+        "",
+        "![loss curves](report.png)",
+        "",
     ]
     write_atomic(path, "\n".join(lines))

@@ -58,9 +58,15 @@ def train(cfg: DictConfig) -> float:
     set_dropout(student, spec.get("student_dropout"))
     save_pruning_report(student, out)
     loss.bind(student, teacher)
-    log.info("teacher %s: %d layers, %.1fM params; student %d layers, %.1fM params; pooling %s",
-             teacher_dir, teacher.config.num_hidden_layers, num_params(teacher) / 1e6,
-             student.config.num_hidden_layers, num_params(student) / 1e6, pooling)
+    log.info(
+        "teacher %s: %d layers, %.1fM params; student %d layers, %.1fM params; pooling %s",
+        teacher_dir,
+        teacher.config.num_hidden_layers,
+        num_params(teacher) / 1e6,
+        student.config.num_hidden_layers,
+        num_params(student) / 1e6,
+        pooling,
+    )
 
     device, dtype = device_of(cfg), autocast_dtype(cfg.trainer.precision)
     held_out = list(dm.val_dataloader())
@@ -75,19 +81,38 @@ def train(cfg: DictConfig) -> float:
 
     student.to(device)
     metrics = {f"pruned.{k}": v for k, v in pruned.items()}
-    metrics.update({f"student.{k}": v for k, v in
-                    agreement(encode(student, held_out, pooling, dtype), teacher_emb, queries, spec.top_k).items()})
-    speed = encode_throughput({"teacher": teacher, "student": student}, held_out[: spec.speed_batches], pooling,
-                              rounds=spec.speed_rounds, autocast_dtype=dtype)
-    metrics.update({
-        "teacher.params": num_params(teacher), "student.params": num_params(student),
-        "teacher.layers": teacher.config.num_hidden_layers, "student.layers": student.config.num_hidden_layers,
-        "teacher.sentences_per_s": speed["teacher"], "student.sentences_per_s": speed["student"],
-        "speedup": speed["student"] / speed["teacher"],
-        "train.tokens": meter.tokens, "train.tokens_per_s": meter.tokens_per_s, "train.wall_s": meter.wall_s,
-        "train.steps": trainer.global_step, "train.texts": len(dm.train_texts),
-        "val.texts": len(dm.val_texts), "eval.queries": queries, "eval.top_k": spec.top_k,
-    })
+    metrics.update(
+        {
+            f"student.{k}": v
+            for k, v in agreement(encode(student, held_out, pooling, dtype), teacher_emb, queries, spec.top_k).items()
+        }
+    )
+    speed = encode_throughput(
+        {"teacher": teacher, "student": student},
+        held_out[: spec.speed_batches],
+        pooling,
+        rounds=spec.speed_rounds,
+        autocast_dtype=dtype,
+    )
+    metrics.update(
+        {
+            "teacher.params": num_params(teacher),
+            "student.params": num_params(student),
+            "teacher.layers": teacher.config.num_hidden_layers,
+            "student.layers": student.config.num_hidden_layers,
+            "teacher.sentences_per_s": speed["teacher"],
+            "student.sentences_per_s": speed["student"],
+            "speedup": speed["student"] / speed["teacher"],
+            "train.tokens": meter.tokens,
+            "train.tokens_per_s": meter.tokens_per_s,
+            "train.wall_s": meter.wall_s,
+            "train.steps": trainer.global_step,
+            "train.texts": len(dm.train_texts),
+            "val.texts": len(dm.val_texts),
+            "eval.queries": queries,
+            "eval.top_k": spec.top_k,
+        }
+    )
     metrics["student.params_ratio"] = metrics["student.params"] / metrics["teacher.params"]
     export_encoder(student.cpu(), tokenizer, pooling, out / "student", max_seq_length=dm.max_length)
     write_atomic(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")

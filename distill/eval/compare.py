@@ -81,9 +81,11 @@ def check_shared_tokenizer(paths: dict[str, Path]) -> None:
     for name in rest:
         if vocabs[name] != vocabs[first]:
             differ = len(set(vocabs[first].items()) ^ set(vocabs[name].items()))
-            raise DistillError(f"models {first} and {name} have different tokenizers ({len(vocabs[first])} vs "
-                               f"{len(vocabs[name])} tokens, {differ} entries differ): distill-eval compares "
-                               f"models that share one tokenizer")
+            raise DistillError(
+                f"models {first} and {name} have different tokenizers ({len(vocabs[first])} vs "
+                f"{len(vocabs[name])} tokens, {differ} entries differ): distill-eval compares "
+                f"models that share one tokenizer"
+            )
 
 
 @torch.no_grad()
@@ -93,9 +95,10 @@ def samples(model, tokenizer, prompts: list[str], max_new_tokens: int, device, s
     for prompt in prompts:
         torch.manual_seed(seed)
         ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
-        gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=model.config.eos_token_id)
-        out.append({"prompt": prompt, "completion": tokenizer.decode(gen[0, ids.shape[1]:])})
+        gen = model.generate(
+            ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=model.config.eos_token_id
+        )
+        out.append({"prompt": prompt, "completion": tokenizer.decode(gen[0, ids.shape[1] :])})
     return out
 
 
@@ -114,6 +117,7 @@ def run_eval(cfg: DictConfig) -> dict:
         raise DistillError("lm_eval.run=true needs lm-evaluation-harness: pip install 'distill[eval]' (or lm_eval)")
     from distill.run.setup import autocast_dtype, device_of  # heavy: after the one-line checks
     from distill.run.student import check_vocab
+
     device, amp = torch.device(device_of(cfg)), autocast_dtype(cfg.trainer.precision)
 
     dm = instantiate(cfg.data)  # the training run's data config: the same split, packing and val blocks
@@ -125,8 +129,7 @@ def run_eval(cfg: DictConfig) -> dict:
     check_vocab(vocab_size, **models)
 
     log.info("scoring %d models on %d validation blocks of %d tokens", len(models), len(dm.val_blocks), dm.seq_len)
-    quality = evaluate(models, dm.val_dataloader(), vocab_size, reference=reference, device=device,
-                       autocast_dtype=amp)
+    quality = evaluate(models, dm.val_dataloader(), vocab_size, reference=reference, device=device, autocast_dtype=amp)
     batches = [b[0] for b in dm.val_dataloader()][: cfg.speed.batches]
     prompts = list(cfg.generation.prompts)
     prompt_ids = [dm.tokenizer(p, return_tensors="pt").input_ids for p in prompts]
@@ -139,18 +142,31 @@ def run_eval(cfg: DictConfig) -> dict:
             timings[name].append(t)
     rows, texts = {}, {}
     for name, model in models.items():
-        rows[name] = {"path": str(paths[name]), "params": num_params(model), "size_bytes": size_on_disk(paths[name]),
-                      **quality[name], **{k: median([t[k] for t in timings[name]]) for k in timings[name][0]}}
+        rows[name] = {
+            "path": str(paths[name]),
+            "params": num_params(model),
+            "size_bytes": size_on_disk(paths[name]),
+            **quality[name],
+            **{k: median([t[k] for t in timings[name]]) for k in timings[name][0]},
+        }
         if rows[name]["ms_per_token"] > 0:  # from the median latency, so the two columns agree
             rows[name]["gen_tokens_per_s"] = 1e3 / rows[name]["ms_per_token"]
         texts[name] = samples(model, dm.tokenizer, prompts, cfg.generation.max_new_tokens, device, cfg.seed)
     add_ratios(rows, reference)
     harness_commands = run_harness(harness, dm, paths, rows, out_dir, device.type)
     result = {
-        "reference": reference, "models": rows, "samples": texts,
-        "data": {"val_tokens": quality[reference]["tokens"], "val_blocks": len(dm.val_blocks), "seq_len": dm.seq_len,
-                 "speed_batches": len(batches), "speed_batch_size": dm.batch_size},
-        "device": device_name(device), "precision": str(cfg.trainer.precision),
+        "reference": reference,
+        "models": rows,
+        "samples": texts,
+        "data": {
+            "val_tokens": quality[reference]["tokens"],
+            "val_blocks": len(dm.val_blocks),
+            "seq_len": dm.seq_len,
+            "speed_batches": len(batches),
+            "speed_batch_size": dm.batch_size,
+        },
+        "device": device_name(device),
+        "precision": str(cfg.trainer.precision),
         "settings": OmegaConf.to_container(cfg.speed, resolve=True),
         "lm_eval_commands": harness_commands,
     }
@@ -162,14 +178,21 @@ def run_eval(cfg: DictConfig) -> dict:
     return result
 
 
-def run_harness(harness: DictConfig, dm, paths: dict[str, Path], rows: dict[str, dict], out_dir: Path,
-                device: str) -> dict[str, str]:
+def run_harness(
+    harness: DictConfig, dm, paths: dict[str, Path], rows: dict[str, dict], out_dir: Path, device: str
+) -> dict[str, str]:
     """Local lm-evaluation-harness tasks from the validation documents (always written, cheap), and
     the ``lm_eval`` command for each model; with ``lm_eval.run=true`` the commands run and their
     metrics join the rows as ``lm_eval.<task>.<metric>``."""
     tasks_dir = out_dir / "lm_eval_tasks"
-    tasks = lm_eval_task.write_tasks([d.text for d in dm.val_docs], tasks_dir, max_docs=harness.max_docs,
-                                     max_chars=harness.max_chars, max_items=harness.max_items, seed=harness.seed)
+    tasks = lm_eval_task.write_tasks(
+        [d.text for d in dm.val_docs],
+        tasks_dir,
+        max_docs=harness.max_docs,
+        max_chars=harness.max_chars,
+        max_items=harness.max_items,
+        seed=harness.seed,
+    )
     commands = {}
     for name, path in paths.items():
         results_dir = out_dir / "lm_eval" / name.replace("/", "_")
@@ -180,8 +203,10 @@ def run_harness(harness: DictConfig, dm, paths: dict[str, Path], rows: dict[str,
         log.info("lm-evaluation-harness on %s: %s", name, commands[name])
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
-            raise DistillError(f"lm_eval failed on {name} (exit {proc.returncode}): "
-                               f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}")
+            raise DistillError(
+                f"lm_eval failed on {name} (exit {proc.returncode}): "
+                f"{(proc.stderr.strip().splitlines() or ['no output'])[-1]}"
+            )
         for task, metrics in lm_eval_task.read_results(results_dir).items():
             rows[name].update({f"lm_eval.{task}.{k}": v for k, v in metrics.items()})
     return commands
@@ -206,29 +231,42 @@ def device_name(device: torch.device) -> str:
 def to_markdown(result: dict) -> str:
     ref = result["reference"]
     head = ["model", *(h for _, h, _ in COLUMNS), "× smaller", "× faster (scoring)"]
-    lines = [f"# Model comparison (reference teacher: {ref})", "",
-             "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    lines = [
+        f"# Model comparison (reference teacher: {ref})",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---|" + "---:|" * (len(head) - 1),
+    ]
     for name, row in result["models"].items():
         cells = [fmt(row[k]) if k in row else "—" for k, _, fmt in COLUMNS]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['params_x']:.2f} | {row['speed_x']:.2f} |")
     d = result["data"]
     harness = sorted({k for row in result["models"].values() for k in row if k.startswith("lm_eval.")})
     if harness:
-        lines += ["", "## lm-evaluation-harness (local tasks from the validation split)", "",
-                  "| model | " + " | ".join(k.removeprefix("lm_eval.") for k in harness) + " |",
-                  "|---|" + "---:|" * len(harness)]
+        lines += [
+            "",
+            "## lm-evaluation-harness (local tasks from the validation split)",
+            "",
+            "| model | " + " | ".join(k.removeprefix("lm_eval.") for k in harness) + " |",
+            "|---|" + "---:|" * len(harness),
+        ]
         for name, row in result["models"].items():
             lines.append(f"| {name} | " + " | ".join(f"{row[k]:.4g}" if k in row else "—" for k in harness) + " |")
-    lines += ["", f"Validation: {d['val_tokens']:,} target tokens ({d['val_blocks']} blocks of {d['seq_len']}). "
-              f"Speed on {result['device']}, {result['precision']}: scoring over {d['speed_batches']} validation "
-              f"batches of {d['speed_batch_size']}; generation greedy, batch 1, {result['settings']['new_tokens']} "
-              f"new tokens; medians over the prompts and {result['settings']['rounds']} rounds that interleave the models, "
-              f"each after a warm-up.", "", "## Samples (greedy)", ""]
+    lines += [
+        "",
+        f"Validation: {d['val_tokens']:,} target tokens ({d['val_blocks']} blocks of {d['seq_len']}). "
+        f"Speed on {result['device']}, {result['precision']}: scoring over {d['speed_batches']} validation "
+        f"batches of {d['speed_batch_size']}; generation greedy, batch 1, {result['settings']['new_tokens']} "
+        f"new tokens; medians over the prompts and {result['settings']['rounds']} rounds that interleave the models, "
+        f"each after a warm-up.",
+        "",
+        "## Samples (greedy)",
+        "",
+    ]
     for name, items in result["samples"].items():
         lines += [f"### {name}", ""]
         for item in items:
             lines += ["```", item["prompt"] + item["completion"], "```", ""]
     if result.get("lm_eval_commands"):
-        lines += ["## lm-evaluation-harness commands", "", "```bash",
-                  *result["lm_eval_commands"].values(), "```", ""]
+        lines += ["## lm-evaluation-harness commands", "", "```bash", *result["lm_eval_commands"].values(), "```", ""]
     return "\n".join(lines)

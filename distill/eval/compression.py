@@ -18,8 +18,13 @@ def teacher_forward_tokens(backend: str, train_tokens: int, cache_manifest: dict
     return None  # teacher=none: the teacher's cost is in whoever wrote the data
 
 
-def compression_metrics(metrics: dict, teacher_dir: str | Path | None, student_dir: str | Path,
-                        forward_tokens: int | None, run_wall_s: float | None) -> dict:
+def compression_metrics(
+    metrics: dict,
+    teacher_dir: str | Path | None,
+    student_dir: str | Path,
+    forward_tokens: int | None,
+    run_wall_s: float | None,
+) -> dict:
     """``compression.*`` ratios (teacher / student for params and size, student / teacher for speed:
     > 1 is better) and cost keys, from what ``metrics`` already holds; missing inputs are skipped."""
     # a quantized run ships its packed low-bit checkpoint: that is the student's size
@@ -47,29 +52,49 @@ def compression_metrics(metrics: dict, teacher_dir: str | Path | None, student_d
 def compression_section(metrics: dict) -> list[str]:
     """The report.md section: cost beside quality, one line each."""
     rows = [
-        ("parameters", "compression.params_x", lambda m: f"{m['teacher.params'] / 1e6:.2f}M → {m['student.params'] / 1e6:.2f}M"),
-        ("size on disk", "compression.size_x",
-         lambda m: f"{m['teacher.size_bytes'] / 2**20:.2f} → {m['student.size_bytes'] / 2**20:.2f} MiB"
-                   + (" (packed low-bit)" if "quant.packed_bytes" in m else "")),
-        ("scoring speed", "compression.speed_x",
-         lambda m: f"{m['teacher.scoring_tokens_per_s']:,.0f} → {m['student.scoring_tokens_per_s']:,.0f} tokens/s"),
+        (
+            "parameters",
+            "compression.params_x",
+            lambda m: f"{m['teacher.params'] / 1e6:.2f}M → {m['student.params'] / 1e6:.2f}M",
+        ),
+        (
+            "size on disk",
+            "compression.size_x",
+            lambda m: (
+                f"{m['teacher.size_bytes'] / 2**20:.2f} → {m['student.size_bytes'] / 2**20:.2f} MiB"
+                + (" (packed low-bit)" if "quant.packed_bytes" in m else "")
+            ),
+        ),
+        (
+            "scoring speed",
+            "compression.speed_x",
+            lambda m: f"{m['teacher.scoring_tokens_per_s']:,.0f} → {m['student.scoring_tokens_per_s']:,.0f} tokens/s",
+        ),
     ]
     lines = ["## Compression", "", "| | teacher → student | × |", "|---|---|---:|"]
     for label, key, text in rows:
         if key in metrics:
             lines.append(f"| {label} | {text(metrics)} | {metrics[key]:.2f} |")
     if "compression.ppl_delta" in metrics:
-        lines.append(f"| validation perplexity | {metrics['teacher.val_ppl']:.3f} → {metrics['student.val_ppl']:.3f} "
-                     f"| Δ {metrics['compression.ppl_delta']:+.3f} |")
+        lines.append(
+            f"| validation perplexity | {metrics['teacher.val_ppl']:.3f} → {metrics['student.val_ppl']:.3f} "
+            f"| Δ {metrics['compression.ppl_delta']:+.3f} |"
+        )
     lines.append("")
     cost = [f"- tokens used for distillation: {metrics.get('train.tokens', 0):,}"]
     if "teacher.forward_tokens" in metrics:
         flops = metrics.get("teacher.forward_flops")
-        cost.append(f"- teacher forward passes: {metrics['teacher.forward_tokens']:,} tokens"
-                    + (f", ≈ {flops:.3g} FLOPs (2 × teacher params × tokens)" if flops else ""))
+        cost.append(
+            f"- teacher forward passes: {metrics['teacher.forward_tokens']:,} tokens"
+            + (f", ≈ {flops:.3g} FLOPs (2 × teacher params × tokens)" if flops else "")
+        )
     if "run.wall_s" in metrics:
-        cost.append(f"- wall time: {metrics['run.wall_s']:.1f} s for the whole run, "
-                    f"{metrics.get('train.wall_s', 0):.1f} s of it distilling")
+        cost.append(
+            f"- wall time: {metrics['run.wall_s']:.1f} s for the whole run, "
+            f"{metrics.get('train.wall_s', 0):.1f} s of it distilling"
+        )
     if "compression.speed_x" in metrics:
-        cost.append("- speed: validation forward passes (scoring) on this machine after a warm-up, same batches for both")
+        cost.append(
+            "- speed: validation forward passes (scoring) on this machine after a warm-up, same batches for both"
+        )
     return lines + cost

@@ -51,7 +51,9 @@ def evaluate(
         inputs, targets = batch[0].to(device), batch[1].to(device)
         valid = targets != -100
         with amp:
-            logits = {n: m(input_ids=inputs, use_cache=False).logits[..., :vocab_size].float() for n, m in models.items()}
+            logits = {
+                n: m(input_ids=inputs, use_cache=False).logits[..., :vocab_size].float() for n, m in models.items()
+            }
         if reference_top1 is not None:
             ref_top1 = reference_top1(batch[2]).to(device)
         else:

@@ -32,8 +32,18 @@ def model_rows(metrics: dict) -> list[tuple[str, list[str]]]:
         if f"{key}.val_ppl" not in metrics:
             continue
         agree, kl = metrics.get(f"{key}.top1_agreement"), metrics.get(f"{key}.kl_to_teacher")
-        rows.append((key, [label, f"{metrics[f'{key}.params'] / 1e6:.2f}M", f"{metrics[f'{key}.val_ppl']:.3f}",
-                           f"{agree:.3f}" if agree is not None else "—", f"{kl:.4f}" if kl is not None else "—"]))
+        rows.append(
+            (
+                key,
+                [
+                    label,
+                    f"{metrics[f'{key}.params'] / 1e6:.2f}M",
+                    f"{metrics[f'{key}.val_ppl']:.3f}",
+                    f"{agree:.3f}" if agree is not None else "—",
+                    f"{kl:.4f}" if kl is not None else "—",
+                ],
+            )
+        )
     return rows
 
 
@@ -52,8 +62,9 @@ def summary_lines(metrics: dict) -> list[str]:
     return lines
 
 
-def write_markdown(metrics: dict, path: Path, title: str = "Distillation report",
-                   sections: list[list[str]] = ()) -> None:
+def write_markdown(
+    metrics: dict, path: Path, title: str = "Distillation report", sections: list[list[str]] = ()
+) -> None:
     """The report: models table, ratios, cost; then any extra ``sections`` (filters, quantization)."""
     lines = [f"# {title}", "", "| " + " | ".join(MODEL_COLUMNS) + " |", "|---|---:|---:|---:|---:|"]
     lines += ["| " + " | ".join(cells) + " |" for _, cells in model_rows(metrics)]
@@ -85,7 +96,7 @@ def plot_curves(histories: dict[str, list[dict]], path: Path) -> None:
         _plot_series(ax, rows, {t: t.removeprefix("train/") for t in terms}, smooth=True)
         ax.set_title(f"{name}: loss terms")
         ax.set_yscale("log")
-    for ax in axes[0][len(runs):]:
+    for ax in axes[0][len(runs) :]:
         ax.axis("off")
     for ax, (key, title) in zip(axes[1], (("lr", "learning rate"), ("tokens_per_s", "throughput (tokens/s)"))):
         _plot_series(ax, [], {})

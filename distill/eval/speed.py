@@ -33,8 +33,13 @@ def _sync(device: torch.device) -> None:
 
 
 @torch.no_grad()
-def scoring_throughput(model, batches: list[torch.Tensor], device: str | torch.device = "cpu",
-                       autocast_dtype: torch.dtype | None = None, warmup: int = 1) -> float:
+def scoring_throughput(
+    model,
+    batches: list[torch.Tensor],
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+    warmup: int = 1,
+) -> float:
     """Tokens per second of full forward passes (what perplexity scoring and a live teacher cost)
     over ``batches`` of input ids, after ``warmup`` untimed passes over the first batch."""
     device = torch.device(device)
@@ -55,20 +60,31 @@ def scoring_throughput(model, batches: list[torch.Tensor], device: str | torch.d
 
 
 @torch.no_grad()
-def _generate_seconds(model, ids: torch.Tensor, new_tokens: int, device: torch.device,
-                      autocast_dtype: torch.dtype | None) -> float:
+def _generate_seconds(
+    model, ids: torch.Tensor, new_tokens: int, device: torch.device, autocast_dtype: torch.dtype | None
+) -> float:
     with _autocast(device, autocast_dtype):
         _sync(device)
         start = time.perf_counter()
         # min_new_tokens: an early EOS must not make one model look faster than another
-        model.generate(ids.to(device), max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                       pad_token_id=model.config.eos_token_id)
+        model.generate(
+            ids.to(device),
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            do_sample=False,
+            pad_token_id=model.config.eos_token_id,
+        )
         _sync(device)
         return time.perf_counter() - start
 
 
-def generation_latency(model, prompts: list[torch.Tensor], new_tokens: int = 32, device: str | torch.device = "cpu",
-                       autocast_dtype: torch.dtype | None = None) -> dict[str, float]:
+def generation_latency(
+    model,
+    prompts: list[torch.Tensor],
+    new_tokens: int = 32,
+    device: str | torch.device = "cpu",
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
     """Greedy decoding, batch 1, KV cache on: time to first token (prefill + one step) and the
     per-token cost of the later steps, ``(t(n) − t(1)) / (n − 1)``, median over ``prompts``.
     Returns ``ttft_ms``, ``ms_per_token`` and ``gen_tokens_per_s``."""
@@ -85,8 +101,11 @@ def generation_latency(model, prompts: list[torch.Tensor], new_tokens: int = 32,
         steps.append(max(full - first, 0.0) / (new_tokens - 1))
     model.train(was_training)
     ttft, per_token = median(firsts), median(steps)
-    return {"ttft_ms": 1e3 * ttft, "ms_per_token": 1e3 * per_token,
-            "gen_tokens_per_s": 1.0 / per_token if per_token > 0 else float("inf")}
+    return {
+        "ttft_ms": 1e3 * ttft,
+        "ms_per_token": 1e3 * per_token,
+        "gen_tokens_per_s": 1.0 / per_token if per_token > 0 else float("inf"),
+    }
 
 
 def median(values: list[float]) -> float:

@@ -54,8 +54,10 @@ def find_trials(sweep_dir: Path) -> list[Trial]:
         overrides = [str(o) for o in OmegaConf.to_container(OmegaConf.load(overrides_file))]
         trials.append(read_trial(run_dir, run_dir.relative_to(sweep_dir).as_posix(), overrides))
     if not trials:
-        raise DistillError(f"no trials in {sweep_dir} (expected run dirs with .hydra/overrides.yaml: "
-                           "a multirun dir such as multirun/<task>/<time>)")
+        raise DistillError(
+            f"no trials in {sweep_dir} (expected run dirs with .hydra/overrides.yaml: "
+            "a multirun dir such as multirun/<task>/<time>)"
+        )
     return sorted(trials, key=lambda t: natural_key(t.name))
 
 
@@ -87,9 +89,14 @@ def cache_dir_of(run_dir: Path) -> str | None:
 
 def teacher_summary(trials: list[Trial]) -> list[str]:
     """Where the teacher ran: in which trials, and which caches (written once by distill-cache) the others read."""
-    ran = [t.name for t in trials if t.metrics and (t.metrics.get("teacher.source") == "live"
-                                                    or t.metrics.get("teacher.trained_in_run"))]
-    lines = [f"Teacher run or trained in {len(ran)} of {len(trials)} trials" + (f" ({', '.join(ran)})." if ran else ".")]
+    ran = [
+        t.name
+        for t in trials
+        if t.metrics and (t.metrics.get("teacher.source") == "live" or t.metrics.get("teacher.trained_in_run"))
+    ]
+    lines = [
+        f"Teacher run or trained in {len(ran)} of {len(trials)} trials" + (f" ({', '.join(ran)})." if ran else ".")
+    ]
     for cache in sorted({t.extra["cache_dir"] for t in trials if t.extra.get("cache_dir")}):
         readers = [t.name for t in trials if t.extra.get("cache_dir") == cache]
         manifest = Path(cache) / "manifest.json"
@@ -114,8 +121,11 @@ def pruned_at(run_dir: Path) -> int | None:
 def last_error(run_dir: Path) -> str | None:
     """The last error-looking line of the run's Hydra job log."""
     for log_file in sorted(run_dir.glob("*.log")):
-        lines = [ln.strip() for ln in log_file.read_text(errors="replace").splitlines()
-                 if re.search(r"Error|error:|Traceback|Killed|CANCELLED", ln)]
+        lines = [
+            ln.strip()
+            for ln in log_file.read_text(errors="replace").splitlines()
+            if re.search(r"Error|error:|Traceback|Killed|CANCELLED", ln)
+        ]
         if lines:
             return lines[-1][:200]
     return None
@@ -179,16 +189,24 @@ def markdown(trials: list[Trial], sweep_dir: Path, study: dict | None = None) ->
     shared = common_overrides(trials)
     lines = [f"# Sweep report: {sweep_dir}", ""]
     ok = [t for t in trials if t.ok]
-    lines.append(f"{len(trials)} trials: {len(ok)} finished, {len(trials) - len(ok)} failed or incomplete. "
-                 "★ = Pareto-optimal (val perplexity ↓, parameters ↓, tokens/s ↑) among trials that were not pruned.")
+    lines.append(
+        f"{len(trials)} trials: {len(ok)} finished, {len(trials) - len(ok)} failed or incomplete. "
+        "★ = Pareto-optimal (val perplexity ↓, parameters ↓, tokens/s ↑) among trials that were not pruned."
+    )
     if shared:
         lines += ["", "Every trial: `" + " ".join(shared) + "`"]
     lines += [""] + teacher_summary(trials)
     if study:
-        lines += ["", f"Optuna best value: {fmt(study.get('best_value'))} with "
-                      + ", ".join(f"`{k}={fmt(v, 3)}`" for k, v in (study.get('best_params') or {}).items())]
-    lines += ["", "| trial | overrides | student.val_ppl | student.params | train.tokens_per_s | wall s | teacher | |",
-              "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"Optuna best value: {fmt(study.get('best_value'))} with "
+            + ", ".join(f"`{k}={fmt(v, 3)}`" for k, v in (study.get("best_params") or {}).items()),
+        ]
+    lines += [
+        "",
+        "| trial | overrides | student.val_ppl | student.params | train.tokens_per_s | wall s | teacher | |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for t in trials:
         m = t.metrics or {}
         own = " ".join(short_override(o) for o in t.overrides if o not in shared) or "—"
@@ -196,8 +214,10 @@ def markdown(trials: list[Trial], sweep_dir: Path, study: dict | None = None) ->
         status = "★" if t.pareto else ("" if t.ok else "failed / incomplete")
         if t.extra.get("pruned_at") is not None:
             status = f"pruned at step {t.extra['pruned_at']}"
-        lines.append(f"| {t.name} | `{own}` | {fmt(m.get(PPL))} | {fmt(m.get(PARAMS))} | {fmt(m.get(SPEED))} | "
-                     f"{fmt(wall, 3)} | {t.extra['teacher']} | {status} |")
+        lines.append(
+            f"| {t.name} | `{own}` | {fmt(m.get(PPL))} | {fmt(m.get(PARAMS))} | {fmt(m.get(SPEED))} | "
+            f"{fmt(wall, 3)} | {t.extra['teacher']} | {status} |"
+        )
     bad = [t for t in trials if not t.ok]
     if bad:
         lines += ["", "## Failed or incomplete trials", ""]
@@ -222,10 +242,20 @@ def plot(trials: list[Trial], path: Path) -> None:
         points = ax.scatter(xs, ys, c=cs, cmap="viridis", s=40, zorder=2)
         fig.colorbar(points, ax=ax, label="train tokens/s")
         front = [t for t in ok if t.pareto]
-        ax.scatter([t.metrics[PARAMS] for t in front], [t.metrics[PPL] for t in front], s=160,
-                   facecolors="none", edgecolors="crimson", linewidths=1.5, label="Pareto-optimal", zorder=3)
+        ax.scatter(
+            [t.metrics[PARAMS] for t in front],
+            [t.metrics[PPL] for t in front],
+            s=160,
+            facecolors="none",
+            edgecolors="crimson",
+            linewidths=1.5,
+            label="Pareto-optimal",
+            zorder=3,
+        )
         for t in ok:
-            ax.annotate(t.name, (t.metrics[PARAMS], t.metrics[PPL]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            ax.annotate(
+                t.name, (t.metrics[PARAMS], t.metrics[PPL]), textcoords="offset points", xytext=(5, 4), fontsize=8
+            )
         ax.legend(loc="best", fontsize=8)
     else:
         ax.text(0.5, 0.5, "no finished trials", ha="center", va="center", transform=ax.transAxes)

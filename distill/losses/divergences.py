@@ -85,26 +85,36 @@ Teacher = Tensor | SparseTeacher | None
 # ---------------------------------------------------------------- plain references
 
 
-def forward_kl(s: Tensor, t: Tensor | SparseTeacher, temperature: float = 1.0, mask: Tensor | None = None,
-               *, tail: str = "bucket") -> Tensor:
+def forward_kl(
+    s: Tensor, t: Tensor | SparseTeacher, temperature: float = 1.0, mask: Tensor | None = None, *, tail: str = "bucket"
+) -> Tensor:
     """Mean over masked tokens of KL(p_T || q_T) · T²."""
     return _reference("forward_kl", s, t, temperature, mask, tail)
 
 
-def reverse_kl(s: Tensor, t: Tensor | SparseTeacher, temperature: float = 1.0, mask: Tensor | None = None,
-               *, tail: str = "bucket") -> Tensor:
+def reverse_kl(
+    s: Tensor, t: Tensor | SparseTeacher, temperature: float = 1.0, mask: Tensor | None = None, *, tail: str = "bucket"
+) -> Tensor:
     """Mean over masked tokens of KL(q_T || p_T) · T²."""
     return _reference("reverse_kl", s, t, temperature, mask, tail)
 
 
-def tvd(s: Tensor, t: Tensor | SparseTeacher, temperature: float = 1.0, mask: Tensor | None = None,
-        *, tail: str = "bucket") -> Tensor:
+def tvd(
+    s: Tensor, t: Tensor | SparseTeacher, temperature: float = 1.0, mask: Tensor | None = None, *, tail: str = "bucket"
+) -> Tensor:
     """Mean over masked tokens of ½·Σ|p_T − q_T| · T²."""
     return _reference("tvd", s, t, temperature, mask, tail)
 
 
-def jsd(s: Tensor, t: Tensor | SparseTeacher, beta: float = 0.5, temperature: float = 1.0,
-        mask: Tensor | None = None, *, tail: str = "bucket") -> Tensor:
+def jsd(
+    s: Tensor,
+    t: Tensor | SparseTeacher,
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    mask: Tensor | None = None,
+    *,
+    tail: str = "bucket",
+) -> Tensor:
     """Mean over masked tokens of TRL's generalized JSD · T²."""
     return _reference("jsd", s, t, temperature, mask, tail, beta)
 
@@ -165,9 +175,18 @@ _REFERENCE_PER_TOKEN = {
 # ---------------------------------------------------------------- per-chunk kernel
 
 
-def logit_chunk(s: Tensor, t: Teacher, y: Tensor, m: Tensor, coef: dict[str, float], *, temperature: float = 1.0,
-                beta: float = 0.5, tail: str = "bucket", want_grad: bool = True
-                ) -> tuple[dict[str, Tensor], Tensor | None]:
+def logit_chunk(
+    s: Tensor,
+    t: Teacher,
+    y: Tensor,
+    m: Tensor,
+    coef: dict[str, float],
+    *,
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    tail: str = "bucket",
+    want_grad: bool = True,
+) -> tuple[dict[str, Tensor], Tensor | None]:
     """Loss sums and their gradient for one chunk of tokens, in float32.
 
     s: [n, V] student logits (any float dtype); t: None, dense teacher logits [n, V] (already
@@ -182,8 +201,13 @@ def logit_chunk(s: Tensor, t: Teacher, y: Tensor, m: Tensor, coef: dict[str, flo
     x = s.float()  # never modified in place: it is ``s`` itself when s is float32
     if not isinstance(t, SparseTeacher) and set(divs) <= {"forward_kl"}:
         return _forward_kl_ce(x, t, y, m, coef, temperature, want_grad)
-    if (isinstance(t, SparseTeacher) and set(divs) == {"forward_kl"} and tail == "bucket" and temperature == 1
-            and t.indices.shape[-1] < x.shape[-1]):
+    if (
+        isinstance(t, SparseTeacher)
+        and set(divs) == {"forward_kl"}
+        and tail == "bucket"
+        and temperature == 1
+        and t.indices.shape[-1] < x.shape[-1]
+    ):
         return _bucket_forward_kl_ce(x, t, y, m, coef, want_grad)
     sums, grad = {}, None
     if isinstance(t, SparseTeacher) and divs:
@@ -388,20 +412,24 @@ def _jsd_terms(log_p, log_q, p, q, beta, want_grad):
     return value, h.sub_(kl_q.unsqueeze(-1)).mul_(q).mul_(1 - beta) if want_grad else None
 
 
-_PER_TOKEN = {
-    "forward_kl": _forward_kl_terms,
-    "reverse_kl": _reverse_kl_terms,
-    "jsd": _jsd_terms,
-    "tvd": _tvd_terms,
-}
+_PER_TOKEN = {"forward_kl": _forward_kl_terms, "reverse_kl": _reverse_kl_terms, "jsd": _jsd_terms, "tvd": _tvd_terms}
 
 
 # ---------------------------------------------------------------- chunked loss
 
 
-def chunked_logit_loss(student_logits: Tensor, teacher: Teacher, labels: Tensor, mask: Tensor | None = None, *,
-                       weights: dict[str, float], temperature: float = 1.0, beta: float = 0.5, tail: str = "bucket",
-                       chunk_size: int = 256) -> tuple[Tensor, dict[str, Tensor]]:
+def chunked_logit_loss(
+    student_logits: Tensor,
+    teacher: Teacher,
+    labels: Tensor,
+    mask: Tensor | None = None,
+    *,
+    weights: dict[str, float],
+    temperature: float = 1.0,
+    beta: float = 0.5,
+    tail: str = "bucket",
+    chunk_size: int = 256,
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ_term weights[term] · mean(term), fused and chunked; returns (loss, {term: detached mean}).
 
     student_logits [..., V]; teacher None, dense logits [..., V] or SparseTeacher [..., k];
@@ -437,8 +465,17 @@ class _ChunkedLogitLoss(torch.autograd.Function):
         totals = {term: torch.zeros((), device=s.device) for term in weights}
         for i in range(0, s2.shape[0], chunk):
             rows = slice(i, i + chunk)
-            sums, g = logit_chunk(s2[rows], None if t2 is None else t2[rows], y[rows], m[rows], coef,
-                                  temperature=T, beta=beta, tail=tail, want_grad=grad is not None)
+            sums, g = logit_chunk(
+                s2[rows],
+                None if t2 is None else t2[rows],
+                y[rows],
+                m[rows],
+                coef,
+                temperature=T,
+                beta=beta,
+                tail=tail,
+                want_grad=grad is not None,
+            )
             for term in weights:
                 totals[term] = totals[term] + sums[term]
             if grad is not None:
@@ -466,5 +503,7 @@ def _check_shapes(s, teacher, labels, mask):
     if isinstance(teacher, SparseTeacher) and (teacher.shape[:-1] != tokens or teacher.indices.shape != teacher.shape):
         raise DistillError(f"sparse teacher {tuple(teacher.shape)} does not match student logits {tuple(s.shape)}")
     if isinstance(teacher, Tensor) and teacher.shape != s.shape:
-        raise DistillError(f"teacher logits {tuple(teacher.shape)} do not match student logits {tuple(s.shape)} "
-                           "(trim the teacher to the student's vocabulary first)")
+        raise DistillError(
+            f"teacher logits {tuple(teacher.shape)} do not match student logits {tuple(s.shape)} "
+            "(trim the teacher to the student's vocabulary first)"
+        )

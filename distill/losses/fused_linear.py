@@ -65,8 +65,21 @@ def fused_linear_loss(
     float32. Peak memory beyond the gradients themselves: a few ``[chunk_size × V]`` float32
     buffers (256 × 128,256 → ~125 MiB each).
     """
-    spec = _prepare(student_hidden, student_weight, teacher_hidden, teacher_weight, labels, mask, weights,
-                    temperature, beta, vocab_size, chunk_size, student_bias, teacher_bias)
+    spec = _prepare(
+        student_hidden,
+        student_weight,
+        teacher_hidden,
+        teacher_weight,
+        labels,
+        mask,
+        weights,
+        temperature,
+        beta,
+        vocab_size,
+        chunk_size,
+        student_bias,
+        teacher_bias,
+    )
     labels = labels.reshape(-1)
     mask = (labels != IGNORE_INDEX) if mask is None else mask.reshape(-1)
     n_labelled, n_distilled = max(1, int((labels != IGNORE_INDEX).sum())), max(1, int(mask.sum()))
@@ -75,8 +88,10 @@ def fused_linear_loss(
     spec.want_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (student_hidden, student_weight, student_bias)
     )
-    spec.dtypes = (_matmul_dtype(student_hidden, student_weight),
-                   None if teacher_hidden is None else _matmul_dtype(teacher_hidden, teacher_weight))
+    spec.dtypes = (
+        _matmul_dtype(student_hidden, student_weight),
+        None if teacher_hidden is None else _matmul_dtype(teacher_hidden, teacher_weight),
+    )
     loss, means = _FusedLinearLoss.apply(
         student_hidden, student_weight, student_bias, teacher_hidden, teacher_weight, teacher_bias, labels, mask, spec
     )
@@ -140,8 +155,16 @@ def _run_chunks(h, w, b, th, tw, tb, labels, mask, spec: _Spec, needs):
         h_rows = h2[rows].to(student.weight.dtype)
         s = student.logits(h_rows)
         t = None if teacher is None else teacher.logits(th2[rows])
-        part, g = logit_chunk(s, t, labels[rows], mask[rows], spec.coef, temperature=spec.temperature,
-                              beta=spec.beta, want_grad=grads is not None)
+        part, g = logit_chunk(
+            s,
+            t,
+            labels[rows],
+            mask[rows],
+            spec.coef,
+            temperature=spec.temperature,
+            beta=spec.beta,
+            want_grad=grads is not None,
+        )
         del s, t  # free the chunk's logits before the gradient matmuls allocate
         sums = {term: sums[term] + part[term] for term in sums}
         if grads is not None:
@@ -160,7 +183,7 @@ class _Head:
     bias: Tensor | None  # [V]
 
     @classmethod
-    def cut(cls, w: Tensor, b: Tensor | None, vocab: int, dtype: torch.dtype) -> "_Head":
+    def cut(cls, w: Tensor, b: Tensor | None, vocab: int, dtype: torch.dtype) -> _Head:
         return cls(w[:vocab].to(dtype), None if b is None else b[:vocab].to(dtype))
 
     def logits(self, x: Tensor) -> Tensor:
@@ -218,8 +241,9 @@ def _prepare(h, w, th, tw, labels, mask, weights, temperature, beta, vocab_size,
     dimensions would be misaligned; a bias of the wrong length would broadcast; a teacher half
     given, or heads of different lengths, would silently drop or cut vocabulary."""
     if (th is None) != (tw is None) or (th is None and tb is not None):
-        raise DistillError("teacher_hidden and teacher_weight must both be given or both be None "
-                           "(and teacher_bias only with them)")
+        raise DistillError(
+            "teacher_hidden and teacher_weight must both be given or both be None (and teacher_bias only with them)"
+        )
     tokens = h.shape[:-1]
     if th is not None and th.shape[:-1] != tokens:
         raise DistillError(f"teacher_hidden tokens {tuple(th.shape[:-1])} != student's {tuple(tokens)}")
@@ -237,8 +261,10 @@ def _check_vocab(vocab_size: int | None, w: Tensor, tw: Tensor | None) -> int:
     rows = w.shape[0] if tw is None else min(w.shape[0], tw.shape[0])
     if vocab_size is None:
         if tw is not None and tw.shape[0] != w.shape[0]:
-            raise DistillError(f"student and teacher LM heads have {w.shape[0]} and {tw.shape[0]} rows: "
-                               "pass vocab_size (the real vocabulary; extra rows are padding)")
+            raise DistillError(
+                f"student and teacher LM heads have {w.shape[0]} and {tw.shape[0]} rows: "
+                "pass vocab_size (the real vocabulary; extra rows are padding)"
+            )
         return rows
     if not 1 <= vocab_size <= rows:
         raise DistillError(f"vocab_size {vocab_size} must be in [1, {rows}] (the LM heads' rows)")

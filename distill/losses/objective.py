@@ -67,8 +67,17 @@ class Objective(nn.Module):
         on_policy: dict | None = None,
     ):
         super().__init__()
-        spec = loss_spec(weights, temperature=temperature, beta=beta, tail=tail, chunk_size=chunk_size,
-                         fused_linear=fused_linear, hidden=hidden, attention=attention, on_policy=on_policy)
+        spec = loss_spec(
+            weights,
+            temperature=temperature,
+            beta=beta,
+            tail=tail,
+            chunk_size=chunk_size,
+            fused_linear=fused_linear,
+            hidden=hidden,
+            attention=attention,
+            on_policy=on_policy,
+        )
         self.weights = dict(spec.weights)  # loss schedules change weights and temperature between steps
         self.temperature, self.beta, self.tail = spec.temperature, spec.beta, spec.tail
         self.chunk_size, self.fused_linear = spec.chunk_size, spec.fused_linear
@@ -122,10 +131,13 @@ class Objective(nn.Module):
 
     def _on_internals(self) -> list[str]:
         """The wired terms on the teacher's hidden states or attention maps, as messages name them."""
-        return [f"{REGISTRY[term].title} (loss.weights.{term})" for term in TERMS
-                if self.wired(term) and REGISTRY[term].live_teacher_only]
+        return [
+            f"{REGISTRY[term].title} (loss.weights.{term})"
+            for term in TERMS
+            if self.wired(term) and REGISTRY[term].live_teacher_only
+        ]
 
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> "Objective":
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> Objective:
         """Build the representation terms for these models (projections sized to their widths)."""
         if teacher is None:
             if self._on_internals():
@@ -134,8 +146,9 @@ class Objective(nn.Module):
         s_cfg, t_cfg = student.config, teacher.config
         if self.needs_hidden_states:
             pairs = layer_pairs(self.hidden_spec["pairs"], t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
-            self.hidden_loss = HiddenStateLoss(pairs, s_cfg.hidden_size, t_cfg.hidden_size,
-                                               metric=self.hidden_spec["metric"])
+            self.hidden_loss = HiddenStateLoss(
+                pairs, s_cfg.hidden_size, t_cfg.hidden_size, metric=self.hidden_spec["metric"]
+            )
         if self.needs_attentions:
             pairs = layer_pairs(self.attention_spec["pairs"], t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
             self.attention_loss = AttentionLoss(pairs)
@@ -173,16 +186,23 @@ class Objective(nn.Module):
             if isinstance(t_logits, SparseTeacher):
                 raise DistillError("loss.fused_linear needs a live teacher; the cached top-k is already sparse")
             return fused_linear_loss(
-                student.last_hidden, student.head_weight,
-                None if teacher is None else teacher.last_hidden, None if teacher is None else teacher.head_weight,
-                labels, mask, vocab_size=student.vocab_size, chunk_size=self.chunk_size,
-                student_bias=student.head_bias, teacher_bias=None if teacher is None else teacher.head_bias, **common,
+                student.last_hidden,
+                student.head_weight,
+                None if teacher is None else teacher.last_hidden,
+                None if teacher is None else teacher.head_weight,
+                labels,
+                mask,
+                vocab_size=student.vocab_size,
+                chunk_size=self.chunk_size,
+                student_bias=student.head_bias,
+                teacher_bias=None if teacher is None else teacher.head_bias,
+                **common,
             )
-        return chunked_logit_loss(student.logits, t_logits, labels, mask, tail=self.tail,
-                                  chunk_size=self.chunk_size, **common)
+        return chunked_logit_loss(
+            student.logits, t_logits, labels, mask, tail=self.tail, chunk_size=self.chunk_size, **common
+        )
 
 
 def ce_only() -> Objective:
     """The objective of teacher-free training (a teacher from scratch, the control)."""
     return Objective(weights={"ce": 1.0})
-

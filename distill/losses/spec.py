@@ -49,8 +49,17 @@ class LossSpec:
     on_policy: OnPolicy = field(default_factory=OnPolicy)
 
 
-def loss_spec(weights, temperature=1.0, beta=0.5, tail="bucket", chunk_size=256, fused_linear=False,
-              hidden=None, attention=None, on_policy=None) -> LossSpec:
+def loss_spec(
+    weights,
+    temperature=1.0,
+    beta=0.5,
+    tail="bucket",
+    chunk_size=256,
+    fused_linear=False,
+    hidden=None,
+    attention=None,
+    on_policy=None,
+) -> LossSpec:
     """The one validation of the loss settings (arguments as in ``configs/loss/forward_kl.yaml``)."""
     return LossSpec(
         weights=check_weights(weights),
@@ -68,8 +77,9 @@ def loss_spec(weights, temperature=1.0, beta=0.5, tail="bucket", chunk_size=256,
 def check_weights(weights) -> dict[str, float]:
     """``{term: weight}``: known terms, numbers >= 0, not all 0. A weight of None leaves its term out."""
     if not hasattr(weights, "items"):
-        raise DistillError(f"loss.weights must map terms to weights (e.g. {{forward_kl: 1.0, ce: 0.5}}), "
-                           f"got {weights!r}")
+        raise DistillError(
+            f"loss.weights must map terms to weights (e.g. {{forward_kl: 1.0, ce: 0.5}}), got {weights!r}"
+        )
     weights = {str(name): w for name, w in weights.items() if w is not None}
     unknown = [name for name in weights if name not in REGISTRY]
     if unknown:
@@ -80,8 +90,10 @@ def check_weights(weights) -> dict[str, float]:
             raise DistillError(f"loss weights must be >= 0 and finite, got loss.weights.{name}={w!r}")
     weights = {name: float(w) for name, w in weights.items()}
     if not any(weights.values()):
-        raise DistillError(f"loss weights are all 0 ({weights or 'no term'}): give at least one term a weight > 0, "
-                           f"e.g. loss.weights.ce=1")
+        raise DistillError(
+            f"loss weights are all 0 ({weights or 'no term'}): give at least one term a weight > 0, "
+            f"e.g. loss.weights.ce=1"
+        )
     return weights
 
 
@@ -92,8 +104,9 @@ def _block(block: str, given) -> dict:
     allowed = block_settings(block)
     unknown = [key for key in given if key not in allowed]
     if unknown:
-        raise DistillError(f"loss.{block} has no setting {unknown[0]!r} ({REGISTRY[block].title} reads "
-                           f"{', '.join(allowed)})")
+        raise DistillError(
+            f"loss.{block} has no setting {unknown[0]!r} ({REGISTRY[block].title} reads {', '.join(allowed)})"
+        )
     settings = {**BLOCK_DEFAULTS[block], **given}
     return {key: _BLOCK_CHECKS[key](f"loss.{block}.{key}", value) for key, value in settings.items()}
 
@@ -106,24 +119,23 @@ def _pairs(key: str, value):
     return "auto" if pairs is None else pairs
 
 
-_BLOCK_CHECKS = {
-    "pairs": _pairs,
-    "metric": lambda key, value: _choice(key, value, HIDDEN_METRICS),
-}
+_BLOCK_CHECKS = {"pairs": _pairs, "metric": lambda key, value: _choice(key, value, HIDDEN_METRICS)}
 
 
 def _on_policy(given) -> OnPolicy:
     given = _mapping("loss.on_policy", given)
     unknown = [key for key in given if key not in OnPolicy.__dataclass_fields__]
     if unknown:
-        raise DistillError(f"loss.on_policy has no setting {unknown[0]!r} "
-                           f"(it reads {', '.join(OnPolicy.__dataclass_fields__)})")
+        raise DistillError(
+            f"loss.on_policy has no setting {unknown[0]!r} (it reads {', '.join(OnPolicy.__dataclass_fields__)})"
+        )
     spec = OnPolicy(**given)
     return OnPolicy(
         lmbda=_number("loss.on_policy.lmbda", spec.lmbda, lambda v: 0 <= v <= 1, "must be in [0, 1]"),
         max_new_tokens=_integer("loss.on_policy.max_new_tokens", spec.max_new_tokens, minimum=1),
-        temperature=_number("loss.on_policy.temperature", spec.temperature, lambda v: v >= 0,
-                            "must be >= 0 (0 = greedy)"),
+        temperature=_number(
+            "loss.on_policy.temperature", spec.temperature, lambda v: v >= 0, "must be >= 0 (0 = greedy)"
+        ),
     )
 
 

@@ -22,7 +22,6 @@ REPRESENTATION = "representation"
 LOGITS, HIDDEN_STATES, ATTENTIONS = "logits", "hidden_states", "attentions"
 
 
-
 @dataclass(frozen=True)
 class Term:
     """One loss term, named as in ``loss.weights.<name>``."""
@@ -51,22 +50,74 @@ class Term:
 _ENGINE = ("chunk_size", "fused_linear")
 _DIVERGENCE_SETTINGS = ("temperature", "tail", *_ENGINE)
 
-REGISTRY: dict[str, Term] = {term.name: term for term in (
-    Term("forward_kl", "forward KL(teacher || student)", DISTRIBUTION, True, LOGITS, _DIVERGENCE_SETTINGS,
-         aliases=("kl", "fkl", "kd", "kl_div")),
-    Term("reverse_kl", "reverse KL(student || teacher)", DISTRIBUTION, True, LOGITS, _DIVERGENCE_SETTINGS,
-         aliases=("rkl",)),
-    Term("jsd", "generalized Jensen-Shannon divergence", DISTRIBUTION, True, LOGITS,
-         ("beta", *_DIVERGENCE_SETTINGS), aliases=("js", "gkd")),
-    Term("tvd", "total variation distance", DISTRIBUTION, True, LOGITS, _DIVERGENCE_SETTINGS,
-         aliases=("tv", "total_variation")),
-    Term("ce", "next-token cross-entropy on the labels", DISTRIBUTION, False, LOGITS, _ENGINE,
-         aliases=("cross_entropy", "xent", "nll", "lm")),
-    Term("hidden", "hidden-state distillation", REPRESENTATION, True, HIDDEN_STATES,
-         ("hidden.pairs", "hidden.metric"), aliases=("hidden_states", "mse", "cosine")),
-    Term("attention", "attention-map distillation", REPRESENTATION, True, ATTENTIONS, ("attention.pairs",),
-         aliases=("attn", "attentions")),
-)}
+REGISTRY: dict[str, Term] = {
+    term.name: term
+    for term in (
+        Term(
+            "forward_kl",
+            "forward KL(teacher || student)",
+            DISTRIBUTION,
+            True,
+            LOGITS,
+            _DIVERGENCE_SETTINGS,
+            aliases=("kl", "fkl", "kd", "kl_div"),
+        ),
+        Term(
+            "reverse_kl",
+            "reverse KL(student || teacher)",
+            DISTRIBUTION,
+            True,
+            LOGITS,
+            _DIVERGENCE_SETTINGS,
+            aliases=("rkl",),
+        ),
+        Term(
+            "jsd",
+            "generalized Jensen-Shannon divergence",
+            DISTRIBUTION,
+            True,
+            LOGITS,
+            ("beta", *_DIVERGENCE_SETTINGS),
+            aliases=("js", "gkd"),
+        ),
+        Term(
+            "tvd",
+            "total variation distance",
+            DISTRIBUTION,
+            True,
+            LOGITS,
+            _DIVERGENCE_SETTINGS,
+            aliases=("tv", "total_variation"),
+        ),
+        Term(
+            "ce",
+            "next-token cross-entropy on the labels",
+            DISTRIBUTION,
+            False,
+            LOGITS,
+            _ENGINE,
+            aliases=("cross_entropy", "xent", "nll", "lm"),
+        ),
+        Term(
+            "hidden",
+            "hidden-state distillation",
+            REPRESENTATION,
+            True,
+            HIDDEN_STATES,
+            ("hidden.pairs", "hidden.metric"),
+            aliases=("hidden_states", "mse", "cosine"),
+        ),
+        Term(
+            "attention",
+            "attention-map distillation",
+            REPRESENTATION,
+            True,
+            ATTENTIONS,
+            ("attention.pairs",),
+            aliases=("attn", "attentions"),
+        ),
+    )
+}
 
 TERMS = tuple(REGISTRY)
 DISTRIBUTION_TERMS = tuple(name for name, term in REGISTRY.items() if term.compares == DISTRIBUTION)
@@ -87,5 +138,6 @@ def nearest(name: str, choices: tuple[str, ...]) -> str:
 
 def block_settings(block: str) -> tuple[str, ...]:
     """The keys terms read under ``loss.<block>`` (e.g. ``hidden`` -> ``("pairs", "metric")``)."""
-    return tuple(key.split(".", 1)[1] for term in REGISTRY.values() for key in term.settings
-                 if key.startswith(block + "."))
+    return tuple(
+        key.split(".", 1)[1] for term in REGISTRY.values() for key in term.settings if key.startswith(block + ".")
+    )

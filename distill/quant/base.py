@@ -11,9 +11,10 @@ linear layer of the LightningModule, so it cannot be used here.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Generator
+from typing import Any
 
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
@@ -26,7 +27,9 @@ def base_precision(precision: str | None, device: str = "cpu") -> Precision:
         return MixedPrecision(precision, device)
     if precision in ("32-true", "32"):
         return Precision()
-    raise ValueError(f"quantization plugins support trainer.precision 32-true, bf16-mixed or 16-mixed, got {precision!r}")
+    raise ValueError(
+        f"quantization plugins support trainer.precision 32-true, bf16-mixed or 16-mixed, got {precision!r}"
+    )
 
 
 class QuantPlugin(Precision):

@@ -4,7 +4,7 @@ printed before launch, and the report's section. The plugins themselves live bes
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from hydra.utils import instantiate
 
@@ -32,9 +32,16 @@ def log_memory_estimate(student, teacher_model, plugin, dm, precision, load_in, 
     from distill.quant.memory import estimate_memory, format_estimate
 
     check_load_in(load_in)
-    estimate = estimate_memory(student, teacher_model, batch_size=dm.batch_size, seq_len=dm.seq_len,
-                               precision=str(precision), quant=plugin.name if plugin else "none",
-                               teacher_load_in=load_in, vocab_size=vocab_size)
+    estimate = estimate_memory(
+        student,
+        teacher_model,
+        batch_size=dm.batch_size,
+        seq_len=dm.seq_len,
+        precision=str(precision),
+        quant=plugin.name if plugin else "none",
+        teacher_load_in=load_in,
+        vocab_size=vocab_size,
+    )
     log.debug("%s", format_estimate(estimate))  # the run plan shows the total; the breakdown on request
     return estimate
 
@@ -53,33 +60,47 @@ def quantize_teacher_for_run(model, load_in, device: str, val_ppl: Callable) -> 
     memory_before = model_memory_bytes(model)
     quantize_teacher(model, load_in, device)
     memory = model_memory_bytes(model)
-    return {"teacher.load_in": str(load_in), "teacher.memory_bytes_unquantized": memory_before,
-            "teacher.memory_bytes": memory, "teacher.memory_saved_bytes": memory_before - memory,
-            "teacher.val_ppl_unquantized": before}
+    return {
+        "teacher.load_in": str(load_in),
+        "teacher.memory_bytes_unquantized": memory_before,
+        "teacher.memory_bytes": memory,
+        "teacher.memory_saved_bytes": memory_before - memory,
+        "teacher.val_ppl_unquantized": before,
+    }
 
 
 def quant_section(metrics: dict) -> list[str]:
     lines = []
     if "quant" in metrics:
         q = metrics["quant"]
-        lines += [f"- student quantization: `{q['quant']}`"
-                  + (f", {q.get('quantized_layers', q.get('layers_quantized'))} layers quantized" if q else "")]
+        lines += [
+            f"- student quantization: `{q['quant']}`"
+            + (f", {q.get('quantized_layers', q.get('layers_quantized'))} layers quantized" if q else "")
+        ]
         skipped = q.get("skipped") or q.get("layers_skipped")
         if skipped:
-            lines.append(f"- layers left in full precision (listed, not silently skipped): {', '.join(map(str, skipped))}")
+            lines.append(
+                f"- layers left in full precision (listed, not silently skipped): {', '.join(map(str, skipped))}"
+            )
         for key, label in (("quant.packed_bytes", "packed low-bit checkpoint"), ("quant.hf_bytes", "HF export")):
             if key in metrics:
                 lines.append(f"- {label}: {metrics[key] / 1e6:.2f} MB on disk")
     if "teacher.memory_bytes" in metrics:
-        lines.append(f"- teacher loaded in `{metrics['teacher.load_in']}`: {metrics['teacher.memory_bytes'] / 1e6:.2f} MB "
-                     f"(was {metrics['teacher.memory_bytes_unquantized'] / 1e6:.2f} MB, "
-                     f"{metrics['teacher.memory_saved_bytes'] / 1e6:.2f} MB saved); teacher val ppl "
-                     f"{metrics['teacher.val_ppl_unquantized']:.3f} -> {metrics['teacher.val_ppl']:.3f}")
+        lines.append(
+            f"- teacher loaded in `{metrics['teacher.load_in']}`: {metrics['teacher.memory_bytes'] / 1e6:.2f} MB "
+            f"(was {metrics['teacher.memory_bytes_unquantized'] / 1e6:.2f} MB, "
+            f"{metrics['teacher.memory_saved_bytes'] / 1e6:.2f} MB saved); teacher val ppl "
+            f"{metrics['teacher.val_ppl_unquantized']:.3f} -> {metrics['teacher.val_ppl']:.3f}"
+        )
     measured = ""
     if "train.peak_cuda_bytes" in metrics:
         measured = f", measured peak {metrics['train.peak_cuda_bytes'] / 2**20:.1f} MiB (CUDA allocated)"
     elif "train.rss_growth_bytes" in metrics:
-        measured = (f", measured: the process's resident memory grew by {metrics['train.rss_growth_bytes'] / 2**20:.1f}"
-                    f" MiB during training (peak {metrics['train.peak_rss_bytes'] / 2**20:.1f} MiB, libraries included)")
-    lines.append(f"- training memory: estimated {metrics['memory.estimate_bytes'] / 2**20:.1f} MiB before launch{measured}")
+        measured = (
+            f", measured: the process's resident memory grew by {metrics['train.rss_growth_bytes'] / 2**20:.1f}"
+            f" MiB during training (peak {metrics['train.peak_rss_bytes'] / 2**20:.1f} MiB, libraries included)"
+        )
+    lines.append(
+        f"- training memory: estimated {metrics['memory.estimate_bytes'] / 2**20:.1f} MiB before launch{measured}"
+    )
     return ["## Quantization and memory", "", *lines]

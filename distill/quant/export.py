@@ -79,8 +79,15 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, 
     return q * expand(scale.to(torch.float32))
 
 
-def save_packed(model: nn.Module, out_dir: str | Path, bits: int, group_size: int | None, *,
-                scale_dtype: torch.dtype | None = None, dense_dtype: torch.dtype = torch.bfloat16) -> dict:
+def save_packed(
+    model: nn.Module,
+    out_dir: str | Path,
+    bits: int,
+    group_size: int | None,
+    *,
+    scale_dtype: torch.dtype | None = None,
+    dense_dtype: torch.dtype = torch.bfloat16,
+) -> dict:
     """Write ``quantized.safetensors`` + ``quantization.json`` (and the model's config.json, so
     the directory loads on its own) for a torchao-quantized model. Every quantized weight must be
     ``bits`` wide in groups of ``group_size`` (None: per channel). Scales are stored in
@@ -98,8 +105,14 @@ def save_packed(model: nn.Module, out_dir: str | Path, bits: int, group_size: in
             entries[name] = pack_entry(name, t, bits, group_size, scale_dtype, tensors)
         else:
             tensors[name] = t.detach().to(dense_dtype).contiguous()
-    manifest = {"format": FORMAT, "bits": bits, "group_size": group_size, "dense_dtype": str(dense_dtype),
-                "quantized": entries, "tied": tied}
+    manifest = {
+        "format": FORMAT,
+        "bits": bits,
+        "group_size": group_size,
+        "dense_dtype": str(dense_dtype),
+        "quantized": entries,
+        "tied": tied,
+    }
     save_file(tensors, out_dir / WEIGHTS, metadata={"format": FORMAT})
     (out_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     if getattr(model, "config", None) is not None:
@@ -110,8 +123,9 @@ def save_packed(model: nn.Module, out_dir: str | Path, bits: int, group_size: in
 def pack_entry(name: str, t, bits: int, group_size: int | None, scale_dtype, tensors: dict) -> dict:
     block = list(t.block_size)
     if tensor_bits(t) != bits or block != [1, group_size or t.shape[-1]]:
-        raise ValueError(f"{name}: quantized as {t.target_dtype} in blocks {block}, "
-                         f"not int{bits} in groups of {group_size}")
+        raise ValueError(
+            f"{name}: quantized as {t.target_dtype} in blocks {block}, not int{bits} in groups of {group_size}"
+        )
     qmin, qmax = qrange(bits)
     q = t.qdata.to(torch.int16)
     if q.min() < qmin or q.max() > qmax:
@@ -119,19 +133,27 @@ def pack_entry(name: str, t, bits: int, group_size: int | None, scale_dtype, ten
     scale_dtype = scale_dtype or (torch.bfloat16 if t.scale.dtype == torch.bfloat16 else SCALE_DTYPE)
     scale = t.scale.to(scale_dtype)
     if not torch.equal(scale.to(t.scale.dtype), t.scale):
-        log.warning("%s: scales rounded to %s when packing; the packed weights differ from the model's", name,
-                    scale_dtype)
+        log.warning(
+            "%s: scales rounded to %s when packing; the packed weights differ from the model's", name, scale_dtype
+        )
     tensors[f"{name}.qweight"] = pack_bits(q - qmin, bits)
     tensors[f"{name}.scales"] = scale.contiguous()
     asymmetric = bool(t.zero_point.ne(0).any())
     if asymmetric:
-        tensors[f"{name}.zeros"] = t.zero_point.to(torch.int8 if t.zero_point.dtype == torch.int8
-                                                   else scale_dtype).contiguous()
+        tensors[f"{name}.zeros"] = t.zero_point.to(
+            torch.int8 if t.zero_point.dtype == torch.int8 else scale_dtype
+        ).contiguous()
     # torchao's int8 dynamic per-token activation rounding is part of the quantized forward:
     # recorded so that load_packed reproduces it (a save_pretrained export cannot carry it)
     activations = "int8_per_token_asym" if getattr(t, "activation_quantization", None) is not None else None
-    return {"shape": list(t.shape), "bits": bits, "block": block, "zero_point": asymmetric,
-            "scale_dtype": str(scale_dtype), "activations": activations}
+    return {
+        "shape": list(t.shape),
+        "bits": bits,
+        "block": block,
+        "zero_point": asymmetric,
+        "scale_dtype": str(scale_dtype),
+        "activations": activations,
+    }
 
 
 def tied_keys(model: nn.Module, state: dict) -> dict:
@@ -145,8 +167,10 @@ def tied_keys(model: nn.Module, state: dict) -> dict:
         return {}
     head_key, embed_key = f"{names[id(head)]}.weight", f"{names[id(embed)]}.weight"
     a, b = state[head_key], state[embed_key]
-    same = (a is b) or (is_quantized(a) == is_quantized(b) and torch.equal(
-        a.dequantize() if is_quantized(a) else a, b.dequantize() if is_quantized(b) else b))
+    same = (a is b) or (
+        is_quantized(a) == is_quantized(b)
+        and torch.equal(a.dequantize() if is_quantized(a) else a, b.dequantize() if is_quantized(b) else b)
+    )
     if not same:
         raise ValueError("tie_word_embeddings is set but the LM head and the embedding hold different weights")
     return {head_key: embed_key}

@@ -32,8 +32,18 @@ from torch import nn
 ACT_BYTES = {"fp32": 4.0, "16": 2.7}  # bytes per saved activation value (see the module docstring)
 NF4_BYTES = 0.5 + 4 / 64  # 4-bit weight + one fp32 absmax per 64 weights
 OPTIMIZER_STATES = {"adamw": 2, "adam": 2, "sgd": 1, "none": 0}
-LOAD_BYTES = {"fp32": 4, "32": 4, "bf16": 2, "fp16": 2, "16": 2, "int8": 1, "8bit": 1, "nf4": NF4_BYTES,
-              "4bit": NF4_BYTES, "int4": NF4_BYTES}
+LOAD_BYTES = {
+    "fp32": 4,
+    "32": 4,
+    "bf16": 2,
+    "fp16": 2,
+    "16": 2,
+    "int8": 1,
+    "8bit": 1,
+    "nf4": NF4_BYTES,
+    "4bit": NF4_BYTES,
+    "int4": NF4_BYTES,
+}
 
 
 def unique_params(model: nn.Module) -> list[nn.Parameter]:
@@ -55,8 +65,9 @@ def nbytes(p: torch.Tensor) -> int:
     return p.numel() * p.element_size()
 
 
-def model_bytes(model: nn.Module, linear_bytes_per_param: float | None = None,
-                other_bytes_per_param: float | None = None) -> float:
+def model_bytes(
+    model: nn.Module, linear_bytes_per_param: float | None = None, other_bytes_per_param: float | None = None
+) -> float:
     """Parameter bytes; with ``linear_bytes_per_param`` the decoder linear weights count at that
     rate (quantized loading) and the rest at ``other_bytes_per_param`` (or their own dtype)."""
     if linear_bytes_per_param is None:
@@ -74,16 +85,25 @@ def model_bytes(model: nn.Module, linear_bytes_per_param: float | None = None,
 def model_dims(model: nn.Module) -> tuple[int, int, int]:
     """hidden, intermediate (MLP width; GPT-2's n_inner defaults to 4·hidden) and layers."""
     config = model.config
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
+    hidden = getattr(config, "hidden_size", None) or config.n_embd
     inter = getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * hidden
-    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
     return hidden, inter, layers
 
 
-def estimate_memory(student: nn.Module, teacher: nn.Module | None = None, *, batch_size: int, seq_len: int,
-                    precision: str = "32-true", optimizer: str = "adamw", quant: str = "none",
-                    lora_trainable: int | None = None, teacher_load_in: str | None = None,
-                    vocab_size: int) -> dict:
+def estimate_memory(
+    student: nn.Module,
+    teacher: nn.Module | None = None,
+    *,
+    batch_size: int,
+    seq_len: int,
+    precision: str = "32-true",
+    optimizer: str = "adamw",
+    quant: str = "none",
+    lora_trainable: int | None = None,
+    teacher_load_in: str | None = None,
+    vocab_size: int,
+) -> dict:
     """Bytes held during training: params, grads, optimizer, activations, teacher, total."""
     optimizer = optimizer.lower()
     if optimizer not in OPTIMIZER_STATES:
@@ -98,15 +118,17 @@ def estimate_memory(student: nn.Module, teacher: nn.Module | None = None, *, bat
     else:
         out["params"] = model_bytes(student)
     grads = sum(nbytes(p) for p in trainable)
-    states = sum(OPTIMIZER_STATES[optimizer] * nbytes(p) + (4 if optimizer in ("adam", "adamw") else 0)
-                 for p in trainable)
+    states = sum(
+        OPTIMIZER_STATES[optimizer] * nbytes(p) + (4 if optimizer in ("adam", "adamw") else 0) for p in trainable
+    )
     if lora_trainable:  # adapters not yet in the student: fp32 (their few 4-byte step tensors ignored)
         out["params"] += 4 * lora_trainable
         grads += 4 * lora_trainable
         states += OPTIMIZER_STATES[optimizer] * 4 * lora_trainable
     out["grads"], out["optimizer"] = float(grads), float(states)
-    out["activations"] = activation_bytes(student, batch_size, seq_len, precision, vocab_size,
-                                          live_teacher=teacher is not None)
+    out["activations"] = activation_bytes(
+        student, batch_size, seq_len, precision, vocab_size, live_teacher=teacher is not None
+    )
     if quant.startswith("qat"):  # fake-quantized weight copies saved for backward, one per linear
         out["activations"] += float(sum(nbytes(w) for w in decoder_linear_weights(student)))
     out["teacher"] = teacher_bytes(teacher, teacher_load_in) if teacher is not None else 0.0
@@ -114,8 +136,9 @@ def estimate_memory(student: nn.Module, teacher: nn.Module | None = None, *, bat
     return out
 
 
-def activation_bytes(model: nn.Module, batch_size: int, seq_len: int, precision: str, vocab_size: int,
-                     live_teacher: bool = False) -> float:
+def activation_bytes(
+    model: nn.Module, batch_size: int, seq_len: int, precision: str, vocab_size: int, live_teacher: bool = False
+) -> float:
     hidden, inter, layers = model_dims(model)
     mixed = str(precision) in ("bf16-mixed", "16-mixed")
     tokens = batch_size * seq_len
@@ -142,4 +165,6 @@ def format_estimate(d: dict) -> str:
     width = max(len(k) for k in d)
     rows = [f"{k.ljust(width)}  {v / 2**20:10.1f} MiB" for k, v in d.items() if k != "total"]
     rule = "-" * (width + 16)
-    return "\n".join(["estimated training memory", *rows, rule, f"{'total'.ljust(width)}  {d['total'] / 2**20:10.1f} MiB"])
+    return "\n".join(
+        ["estimated training memory", *rows, rule, f"{'total'.ljust(width)}  {d['total'] / 2**20:10.1f} MiB"]
+    )

@@ -26,22 +26,43 @@ from torch import nn
 from torchao.quantization import quantize_
 
 from distill.quant.export import SCALE_DTYPE
-from distill.quant.qat import (Plan, QATPlugin, Scheme, dequantized_copy, named, plan_layers, round_scales,
-                                 verify_quantized)
+from distill.quant.qat import (
+    Plan,
+    QATPlugin,
+    Scheme,
+    dequantized_copy,
+    named,
+    plan_layers,
+    round_scales,
+    verify_quantized,
+)
 
 log = logging.getLogger(__name__)
 
 
-def ptq_rtn(model: nn.Module, weight_bits: int = 4, group_size: int | None = 32, activations: str | None = "int8", *,
-            quantize_embeddings: bool = False, quantize_lm_head: bool = False, skip_indivisible: bool = False,
-            inplace: bool = False) -> nn.Module:
+def ptq_rtn(
+    model: nn.Module,
+    weight_bits: int = 4,
+    group_size: int | None = 32,
+    activations: str | None = "int8",
+    *,
+    quantize_embeddings: bool = False,
+    quantize_lm_head: bool = False,
+    skip_indivisible: bool = False,
+    inplace: bool = False,
+) -> nn.Module:
     """Round-to-nearest quantization of ``model`` (a copy unless ``inplace``): symmetric
     ``weight_bits`` weights per group of ``group_size`` (None: per channel), int8 per-token
     activations if asked. Returns the torchao-quantized model, its plan as ``model.quant_plan``."""
     scheme = Scheme(int(weight_bits), group_size or None, activations)
     model = model if inplace else copy.deepcopy(model)
-    plan = plan_layers(model, scheme, quantize_embeddings=quantize_embeddings, quantize_lm_head=quantize_lm_head,
-                       skip_indivisible=skip_indivisible)
+    plan = plan_layers(
+        model,
+        scheme,
+        quantize_embeddings=quantize_embeddings,
+        quantize_lm_head=quantize_lm_head,
+        skip_indivisible=skip_indivisible,
+    )
     apply_rtn(model, scheme, plan)
     model.quant_plan = plan
     return model.eval()
@@ -68,10 +89,18 @@ class PTQPlugin(QATPlugin):
 
     def quantize(self, student: nn.Module) -> None:
         # plan now, so a group size that does not fit fails before training, not after
-        self.plan = plan_layers(student, self.scheme, quantize_embeddings=self.quantize_embeddings,
-                                quantize_lm_head=self.quantize_lm_head, skip_indivisible=self.skip_indivisible)
-        log.info("PTQ %s: training in full precision; %d linear layer(s) rounded to nearest after training",
-                 self.name, len(self.plan.linears))
+        self.plan = plan_layers(
+            student,
+            self.scheme,
+            quantize_embeddings=self.quantize_embeddings,
+            quantize_lm_head=self.quantize_lm_head,
+            skip_indivisible=self.skip_indivisible,
+        )
+        log.info(
+            "PTQ %s: training in full precision; %d linear layer(s) rounded to nearest after training",
+            self.name,
+            len(self.plan.linears),
+        )
 
     def finalize(self, student: nn.Module) -> nn.Module:
         if self.plan is None:

@@ -39,8 +39,12 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torchao.quantization import IntxUnpackedToInt8Tensor, quantize_
-from torchao.quantization import Int8DynamicActivationIntxWeightConfig, IntxWeightOnlyConfig
+from torchao.quantization import (
+    Int8DynamicActivationIntxWeightConfig,
+    IntxUnpackedToInt8Tensor,
+    IntxWeightOnlyConfig,
+    quantize_,
+)
 from torchao.quantization.granularity import PerAxis, PerGroup
 from torchao.quantization.qat import FakeQuantizedEmbedding, FakeQuantizedLinear, QATConfig
 
@@ -75,8 +79,9 @@ class Scheme:
         if self.activations not in (None, "int8"):
             raise DistillError(f"quant.activations must be int8 or null, got {self.activations!r}")
         if self.group_size is not None and (not isinstance(self.group_size, int) or self.group_size < 1):
-            raise DistillError(f"quant.group_size must be a positive integer or null (per channel), "
-                               f"got {self.group_size!r}")
+            raise DistillError(
+                f"quant.group_size must be a positive integer or null (per channel), got {self.group_size!r}"
+            )
 
     @property
     def name(self) -> str:
@@ -102,8 +107,9 @@ class Scheme:
     def linear_config(self):
         """torchao's PTQ config for the linear layers (QAT infers its fake quantization from it)."""
         if self.activations == "int8":
-            return Int8DynamicActivationIntxWeightConfig(weight_dtype=self.weight_dtype,
-                                                         weight_granularity=self.granularity)
+            return Int8DynamicActivationIntxWeightConfig(
+                weight_dtype=self.weight_dtype, weight_granularity=self.granularity
+            )
         return IntxWeightOnlyConfig(weight_dtype=self.weight_dtype, granularity=self.granularity)
 
     def embedding_config(self):
@@ -124,8 +130,14 @@ class Plan:
         return set(self.linears) | set(self.embeddings)
 
 
-def plan_layers(model: nn.Module, scheme: Scheme, *, quantize_embeddings: bool = False,
-                quantize_lm_head: bool = False, skip_indivisible: bool = False) -> Plan:
+def plan_layers(
+    model: nn.Module,
+    scheme: Scheme,
+    *,
+    quantize_embeddings: bool = False,
+    quantize_lm_head: bool = False,
+    skip_indivisible: bool = False,
+) -> Plan:
     """The layers to quantize: every ``nn.Linear`` but the LM head (unless asked), the input
     embedding if asked. Refuses what it cannot quantize instead of leaving it out quietly."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -147,17 +159,26 @@ def plan_layers(model: nn.Module, scheme: Scheme, *, quantize_embeddings: bool =
                 plan.embeddings.append(name)
     unsupported = unsupported_weights(model)
     if unsupported:
-        raise DistillError("QAT quantizes nn.Linear layers only; these weights live in other modules and would stay "
-                           "in full precision: " + ", ".join(f"{n} ({t})" for n, t in unsupported[:6])
-                           + (f" and {len(unsupported) - 6} more" if len(unsupported) > 6 else ""))
+        raise DistillError(
+            "QAT quantizes nn.Linear layers only; these weights live in other modules and would stay "
+            "in full precision: "
+            + ", ".join(f"{n} ({t})" for n, t in unsupported[:6])
+            + (f" and {len(unsupported) - 6} more" if len(unsupported) > 6 else "")
+        )
     if plan.skipped:
         widths = ", ".join(f"{n} (in_features {w})" for n, w in plan.skipped.items())
         if not skip_indivisible:
-            raise DistillError(f"quant.group_size {scheme.group_size} does not divide the input width of {widths}; "
-                               "choose a group size that divides every width, or set quant.skip_indivisible=true "
-                               "to keep those layers in full precision")
-        log.warning("QAT: %d layer(s) kept in full precision (group size %s does not divide their width): %s",
-                    len(plan.skipped), scheme.group_size, widths)
+            raise DistillError(
+                f"quant.group_size {scheme.group_size} does not divide the input width of {widths}; "
+                "choose a group size that divides every width, or set quant.skip_indivisible=true "
+                "to keep those layers in full precision"
+            )
+        log.warning(
+            "QAT: %d layer(s) kept in full precision (group size %s does not divide their width): %s",
+            len(plan.skipped),
+            scheme.group_size,
+            widths,
+        )
     if not plan.linears:
         raise DistillError("QAT found no linear layer to quantize in the student")
     return plan
@@ -166,8 +187,10 @@ def plan_layers(model: nn.Module, scheme: Scheme, *, quantize_embeddings: bool =
 def check_ties(head, embed, quantize_embeddings: bool, quantize_lm_head: bool) -> None:
     tied = head is not None and embed is not None and head.weight is embed.weight
     if tied and quantize_embeddings != quantize_lm_head:
-        raise DistillError("the LM head and the input embedding share one weight (tie_word_embeddings): set "
-                           "quant.quantize_embeddings and quant.quantize_lm_head both true or both false")
+        raise DistillError(
+            "the LM head and the input embedding share one weight (tie_word_embeddings): set "
+            "quant.quantize_embeddings and quant.quantize_lm_head both true or both false"
+        )
 
 
 def unsupported_weights(model: nn.Module) -> list[tuple[str, str]]:
@@ -291,9 +314,17 @@ class QATPlugin(QuantPlugin):
     it to real quantized weights afterwards (``finalize``), writes a packed checkpoint
     (``export_extra``). The trainer's precision (32-true, bf16-mixed) is honoured as usual."""
 
-    def __init__(self, precision: str | None = "32-true", device: str = "cpu", weight_bits: int = 4,
-                 group_size: int | None = 32, activations: str | None = "int8", skip_indivisible: bool = False,
-                 quantize_embeddings: bool = False, quantize_lm_head: bool = False):
+    def __init__(
+        self,
+        precision: str | None = "32-true",
+        device: str = "cpu",
+        weight_bits: int = 4,
+        group_size: int | None = 32,
+        activations: str | None = "int8",
+        skip_indivisible: bool = False,
+        quantize_embeddings: bool = False,
+        quantize_lm_head: bool = False,
+    ):
         super().__init__(precision, device)
         # 0 also means per channel, for command lines where null is awkward.
         self.scheme = Scheme(int(weight_bits), group_size or None, activations)
@@ -304,11 +335,20 @@ class QATPlugin(QuantPlugin):
         self.quantized: nn.Module | None = None  # the torchao model, after finalize
 
     def quantize(self, student: nn.Module) -> None:
-        self.plan = plan_layers(student, self.scheme, quantize_embeddings=self.quantize_embeddings,
-                                quantize_lm_head=self.quantize_lm_head, skip_indivisible=self.skip_indivisible)
+        self.plan = plan_layers(
+            student,
+            self.scheme,
+            quantize_embeddings=self.quantize_embeddings,
+            quantize_lm_head=self.quantize_lm_head,
+            skip_indivisible=self.skip_indivisible,
+        )
         prepare(student, self.scheme, self.plan)
-        log.info("QAT %s: fake quantization in %d linear layer(s)%s", self.name, len(self.plan.linears),
-                 f" and {len(self.plan.embeddings)} embedding(s)" if self.plan.embeddings else "")
+        log.info(
+            "QAT %s: fake quantization in %d linear layer(s)%s",
+            self.name,
+            len(self.plan.linears),
+            f" and {len(self.plan.embeddings)} embedding(s)" if self.plan.embeddings else "",
+        )
 
     def finalize(self, student: nn.Module) -> nn.Module:
         """The plain dequantized model to evaluate and ``save_pretrained`` (fp32: int × fp16 scale
@@ -335,7 +375,13 @@ class QATPlugin(QuantPlugin):
 
     def report(self) -> dict:
         plan = self.plan or Plan()
-        return {"quant": self.name, "weight_bits": self.scheme.weight_bits,
-                "group_size": self.scheme.group_size, "activations": self.scheme.activations,
-                "quantized_layers": len(plan.linears) + len(plan.embeddings),
-                "embeddings": plan.embeddings, "lm_head": self.quantize_lm_head, "skipped": dict(plan.skipped)}
+        return {
+            "quant": self.name,
+            "weight_bits": self.scheme.weight_bits,
+            "group_size": self.scheme.group_size,
+            "activations": self.scheme.activations,
+            "quantized_layers": len(plan.linears) + len(plan.embeddings),
+            "embeddings": plan.embeddings,
+            "lm_head": self.quantize_lm_head,
+            "skipped": dict(plan.skipped),
+        }

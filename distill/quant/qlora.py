@@ -59,19 +59,22 @@ class FrozenLinear4bit(bnb.nn.Linear4bit):
     weight and its quant state but cannot load them into a quantized layer), so a Lightning
     checkpoint of a QLoRA run resumes."""
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         key = prefix + "weight"
-        stats = {k[len(key) + 1:]: v for k, v in state_dict.items() if k.startswith(key + ".")}
+        stats = {k[len(key) + 1 :]: v for k, v in state_dict.items() if k.startswith(key + ".")}
         if key in state_dict and stats:
-            self.weight = Params4bit.from_prequantized(state_dict[key], dict(stats), device=self.weight.device,
-                                                       module=self)
+            self.weight = Params4bit.from_prequantized(
+                state_dict[key], dict(stats), device=self.weight.device, module=self
+            )
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith(key)}
             if prefix + "bias" in state_dict and self.bias is not None:
                 self.bias.data = state_dict[prefix + "bias"].to(self.bias.device)
             return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
 
 def features(layer: nn.Module) -> tuple[int, int]:
@@ -105,19 +108,33 @@ def quantization_device(layer: nn.Module, device: str | torch.device | None) -> 
     return layer.weight.device
 
 
-def to_linear4bit(layer: nn.Module, *, quant_type: str = "nf4", double_quant: bool = True,
-                  compute_dtype: torch.dtype | None = None, device=None) -> FrozenLinear4bit:
+def to_linear4bit(
+    layer: nn.Module,
+    *,
+    quant_type: str = "nf4",
+    double_quant: bool = True,
+    compute_dtype: torch.dtype | None = None,
+    device=None,
+) -> FrozenLinear4bit:
     """A frozen 4-bit copy of ``layer`` (nn.Linear or Conv1D), quantized from its current weights."""
     n_in, n_out = features(layer)
     weight = layer.weight.detach()
     weight = weight.t() if isinstance(layer, Conv1D) else weight
-    q = FrozenLinear4bit(n_in, n_out, bias=layer.bias is not None, compute_dtype=compute_dtype,
-                         compress_statistics=double_quant, quant_type=quant_type, device="meta")
+    q = FrozenLinear4bit(
+        n_in,
+        n_out,
+        bias=layer.bias is not None,
+        compute_dtype=compute_dtype,
+        compress_statistics=double_quant,
+        quant_type=quant_type,
+        device="meta",
+    )
     # Without this, an eval forward under no_grad repacks the weights for a CPU inference kernel
     # that autograd cannot differentiate through: later LoRA gradients are silently wrong.
     q.support_avx512bf16_for_cpu = False
-    q.weight = Params4bit(weight.contiguous(), requires_grad=False, compress_statistics=double_quant,
-                          quant_type=quant_type, module=q)._quantize(quantization_device(layer, device))
+    q.weight = Params4bit(
+        weight.contiguous(), requires_grad=False, compress_statistics=double_quant, quant_type=quant_type, module=q
+    )._quantize(quantization_device(layer, device))
     if layer.bias is not None:
         q.bias = nn.Parameter(layer.bias.detach().to(q.weight.device), requires_grad=False)
     q.is_conv1d = isinstance(layer, Conv1D)  # finalize gives a Conv1D back: PEFT merges it transposed
@@ -187,8 +204,11 @@ def replace(model: nn.Module, name: str, new: nn.Module) -> None:
 def block_linears(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The linear layers inside the decoder blocks (nn.Linear or Conv1D, not yet quantized)."""
     prefix, _ = decoder_blocks(model)
-    return [(n, m) for n, m in model.named_modules()
-            if n.startswith(prefix + ".") and isinstance(m, LINEAR) and not isinstance(m, bnb.nn.Linear4bit)]
+    return [
+        (n, m)
+        for n, m in model.named_modules()
+        if n.startswith(prefix + ".") and isinstance(m, LINEAR) and not isinstance(m, bnb.nn.Linear4bit)
+    ]
 
 
 # -- the plugin --------------------------------------------------------------------
@@ -200,14 +220,22 @@ class QLoRAPlugin(QuantPlugin):
     name = "qlora"
     finalize_before_merge = True
 
-    def __init__(self, precision: str | None = "32-true", device: str = "cpu", quant_type: str = "nf4",
-                 double_quant: bool = True, compute_dtype: str = "bfloat16", export: str = "merged"):
+    def __init__(
+        self,
+        precision: str | None = "32-true",
+        device: str = "cpu",
+        quant_type: str = "nf4",
+        double_quant: bool = True,
+        compute_dtype: str = "bfloat16",
+        export: str = "merged",
+    ):
         super().__init__(precision, device)
         if quant_type not in QUANT_TYPES:
             raise DistillError(f"quant=qlora: quant_type must be one of {', '.join(QUANT_TYPES)}, got {quant_type!r}")
         if str(compute_dtype) not in COMPUTE_DTYPES:
-            raise DistillError(f"quant=qlora: compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, "
-                               f"got {compute_dtype!r}")
+            raise DistillError(
+                f"quant=qlora: compute_dtype must be one of {', '.join(COMPUTE_DTYPES)}, got {compute_dtype!r}"
+            )
         if export not in EXPORTS:
             raise DistillError(f"quant=qlora: export must be one of {', '.join(EXPORTS)}, got {export!r}")
         self.device, self.quant_type, self.double_quant = device, quant_type, bool(double_quant)
@@ -224,12 +252,17 @@ class QLoRAPlugin(QuantPlugin):
         if not isinstance(student, PeftModel) or not tuned:
             raise DistillError("quant=qlora needs LoRA adapters: set student.lora.r > 0")
         base_ids = {id(m.get_base_layer()) for m in tuned}
-        frozen = [(n, m) for n, m in block_linears(student)
-                  if not any(p.requires_grad for p in m.parameters()) and "lora_" not in n]
+        frozen = [
+            (n, m)
+            for n, m in block_linears(student)
+            if not any(p.requires_grad for p in m.parameters()) and "lora_" not in n
+        ]
         bad = bad_shapes([(n, m) for n, m in frozen if id(m) in base_ids])
         if bad:
-            raise DistillError(f"quant=qlora: bitsandbytes 4-bit layers need in/out features that are multiples of "
-                               f"{MULTIPLE}; these LoRA base layers are not: {listing(bad)}")
+            raise DistillError(
+                f"quant=qlora: bitsandbytes 4-bit layers need in/out features that are multiples of "
+                f"{MULTIPLE}; these LoRA base layers are not: {listing(bad)}"
+            )
         skipped = bad_shapes(frozen)
         chosen = [(n, m) for n, m in frozen if not bad_shapes([(n, m)])]
         return chosen, skipped
@@ -240,17 +273,34 @@ class QLoRAPlugin(QuantPlugin):
         before = after = 0
         for name, layer in chosen:
             before += layer_bytes(layer, seen_before)
-            q = to_linear4bit(layer, quant_type=self.quant_type, double_quant=self.double_quant,
-                              compute_dtype=COMPUTE_DTYPES[self.compute_dtype], device=self.device)
+            q = to_linear4bit(
+                layer,
+                quant_type=self.quant_type,
+                double_quant=self.double_quant,
+                compute_dtype=COMPUTE_DTYPES[self.compute_dtype],
+                device=self.device,
+            )
             replace(student, name, q)
             after += layer_bytes(q, seen_after)
         if skipped:
-            log.warning("quant=qlora: kept in full precision (features not multiples of %d): %s", MULTIPLE,
-                        listing(skipped))
-        log.info("quant=qlora: %d linear layers -> %s (double_quant=%s, compute %s): base weights %.2f MB -> %.2f MB",
-                 len(chosen), self.quant_type, self.double_quant, self.compute_dtype, before / 1e6, after / 1e6)
-        self._report = {"layers_quantized": len(chosen), "layers_skipped": skipped,
-                        "base_bytes_before": before, "base_bytes_after": after}
+            log.warning(
+                "quant=qlora: kept in full precision (features not multiples of %d): %s", MULTIPLE, listing(skipped)
+            )
+        log.info(
+            "quant=qlora: %d linear layers -> %s (double_quant=%s, compute %s): base weights %.2f MB -> %.2f MB",
+            len(chosen),
+            self.quant_type,
+            self.double_quant,
+            self.compute_dtype,
+            before / 1e6,
+            after / 1e6,
+        )
+        self._report = {
+            "layers_quantized": len(chosen),
+            "layers_skipped": skipped,
+            "base_bytes_before": before,
+            "base_bytes_after": after,
+        }
 
     def finalize(self, student: nn.Module) -> nn.Module:
         """Dequantize the base to fp32 and merge the adapters: a plain HF model (in place)."""
@@ -271,12 +321,19 @@ class QLoRAPlugin(QuantPlugin):
             write_adapters(*self._adapters, target)
         else:
             raise DistillError("quant=qlora export=adapters: no LoRA adapters to export (finalize saw none)")
-        return {"quant.adapters_dir": target.name,  # relative to the run dir: the run dir can move
-                "quant.adapters_bytes": sum(f.stat().st_size for f in target.iterdir() if f.is_file())}
+        return {
+            "quant.adapters_dir": target.name,  # relative to the run dir: the run dir can move
+            "quant.adapters_bytes": sum(f.stat().st_size for f in target.iterdir() if f.is_file()),
+        }
 
     def report(self) -> dict:
-        return {"quant": self.name, "quant_type": self.quant_type, "double_quant": self.double_quant,
-                "compute_dtype": self.compute_dtype, **self._report}
+        return {
+            "quant": self.name,
+            "quant_type": self.quant_type,
+            "double_quant": self.double_quant,
+            "compute_dtype": self.compute_dtype,
+            **self._report,
+        }
 
 
 def dequantize(model: nn.Module) -> int:
@@ -297,8 +354,11 @@ def adapter_snapshot(model: PeftModel) -> tuple[dict, object]:
 def write_adapters(state: dict, config, out_dir: Path) -> None:
     """What ``PeftModel.save_pretrained`` writes for one adapter: its weights and config."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / "adapter_model.safetensors"),
-              metadata={"format": "pt"})
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(out_dir / "adapter_model.safetensors"),
+        metadata={"format": "pt"},
+    )
     config = copy.deepcopy(config)
     config.inference_mode = True
     config.save_pretrained(str(out_dir))

@@ -22,8 +22,18 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from distill.errors import DistillError
-from distill.quant.qlora import (MULTIPLE, bad_shapes, block_linears, features, listing, quant_state_tensors,
-                                   quantization_device, replace, tensor_bytes, to_linear4bit)
+from distill.quant.qlora import (
+    MULTIPLE,
+    bad_shapes,
+    block_linears,
+    features,
+    listing,
+    quant_state_tensors,
+    quantization_device,
+    replace,
+    tensor_bytes,
+    to_linear4bit,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +62,12 @@ def to_linear8bit(layer: nn.Module, threshold: float = INT8_THRESHOLD, device=No
     n_in, n_out = features(layer)
     weight = layer.weight.detach()
     weight = weight.t() if isinstance(layer, Conv1D) else weight  # Conv1D stores in x out
-    q = bnb.nn.Linear8bitLt(n_in, n_out, bias=layer.bias is not None, has_fp16_weights=False, threshold=threshold,
-                            device="meta")
-    q.weight = Int8Params(weight.contiguous(), requires_grad=False,
-                          has_fp16_weights=False)._quantize(quantization_device(layer, device))
+    q = bnb.nn.Linear8bitLt(
+        n_in, n_out, bias=layer.bias is not None, has_fp16_weights=False, threshold=threshold, device="meta"
+    )
+    q.weight = Int8Params(weight.contiguous(), requires_grad=False, has_fp16_weights=False)._quantize(
+        quantization_device(layer, device)
+    )
     if layer.bias is not None:
         q.bias = nn.Parameter(layer.bias.detach().to(q.weight.device, copy=True), requires_grad=False)
     return q.eval()
@@ -82,16 +94,26 @@ def quantize_teacher(model: nn.Module, load_in: str | None, device: str | torch.
         named = block_linears(model)
         bad = bad_shapes(named)
         if bad:
-            raise DistillError(f"teacher.load_in={load_in}: bitsandbytes layers need in/out features that are "
-                               f"multiples of {MULTIPLE}; these teacher layers are not: {listing(bad)}")
+            raise DistillError(
+                f"teacher.load_in={load_in}: bitsandbytes layers need in/out features that are "
+                f"multiples of {MULTIPLE}; these teacher layers are not: {listing(bad)}"
+            )
         before = model_memory_bytes(model)
         for name, layer in named:
-            q = (to_linear8bit(layer, device=device) if load_in == "8bit"
-                 else to_linear4bit(layer, compute_dtype=None, device=device))
+            q = (
+                to_linear8bit(layer, device=device)
+                if load_in == "8bit"
+                else to_linear4bit(layer, compute_dtype=None, device=device)
+            )
             replace(model, name, q)
         memory = model_memory_bytes(model)
-        log.info("teacher.load_in=%s: %d linear layers quantized, %.2f MB -> %.2f MB", load_in, len(named),
-                 before / 1e6, memory / 1e6)
+        log.info(
+            "teacher.load_in=%s: %d linear layers quantized, %.2f MB -> %.2f MB",
+            load_in,
+            len(named),
+            before / 1e6,
+            memory / 1e6,
+        )
     model.requires_grad_(False)
     return model.eval()
 

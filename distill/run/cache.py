@@ -36,13 +36,25 @@ def build_cache(cfg: DictConfig) -> Path:
     filter_training_data(cfg, dm, teacher)  # the cache covers exactly the blocks the students will train on
     trainer_kwargs = {k: cfg.trainer[k] for k in ("accelerator", "devices", "precision") if k in cfg.trainer}
     device = device_of(cfg)
-    scores = evaluate({"teacher": model.to(device)}, dm.val_dataloader(), vocab_size, device=device,
-                      autocast_dtype=autocast_dtype(cfg.trainer.precision))["teacher"]
+    scores = evaluate(
+        {"teacher": model.to(device)},
+        dm.val_dataloader(),
+        vocab_size,
+        device=device,
+        autocast_dtype=autocast_dtype(cfg.trainer.precision),
+    )["teacher"]
     keys = {"teacher_key": teacher_fingerprint(model), "tokenizer_key": dm.tokenizer_key, "data_key": dm.data_key}
     path = write_teacher_cache(
-        model, {"train": dm.train_blocks, "val": dm.val_blocks}, cfg.teacher.cache_dir,
-        top_k=cfg.teacher.top_k, temperature=cfg.teacher.temperature, vocab_size=vocab_size, keys=keys,
-        shard_rows=cfg.teacher.shard_rows, micro_batch=cfg.teacher.micro_batch, trainer_kwargs=trainer_kwargs,
+        model,
+        {"train": dm.train_blocks, "val": dm.val_blocks},
+        cfg.teacher.cache_dir,
+        top_k=cfg.teacher.top_k,
+        temperature=cfg.teacher.temperature,
+        vocab_size=vocab_size,
+        keys=keys,
+        shard_rows=cfg.teacher.shard_rows,
+        micro_batch=cfg.teacher.micro_batch,
+        trainer_kwargs=trainer_kwargs,
         extra={"teacher.params": num_params(model), "teacher.val_ppl": scores["val_ppl"]},
     )
     log.info("teacher cache ready: %s", path)

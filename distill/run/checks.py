@@ -30,10 +30,14 @@ def check_combination(cfg: DictConfig, loss: Objective) -> None:
     kind = teacher_kind(cfg)
     if kind == "none":
         if student_needs_teacher(cfg):
-            raise DistillError("teacher=none has no teacher to prune the student from: use student=scratch or student=pretrained")
+            raise DistillError(
+                "teacher=none has no teacher to prune the student from: use student=scratch or student=pretrained"
+            )
         if loss.needs_teacher():
             log.info("teacher=none: training on the data with CE only (the teacher's knowledge is in the responses)")
     if kind == "cache":
         needs_live = loss.needs_live_teacher()  # the reasons, from the registry of terms (distill/losses/terms.py)
         if needs_live:
-            raise DistillError(f"{needs_live[0]} needs a live teacher, but teacher=cache stores only top-k log-probabilities")
+            raise DistillError(
+                f"{needs_live[0]} needs a live teacher, but teacher=cache stores only top-k log-probabilities"
+            )

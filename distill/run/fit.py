@@ -37,8 +37,9 @@ def fit(cfg: DictConfig, module, dm, role: str, max_steps: int | None = None, pl
         extra["plugins"] = [AtomicCheckpointIO(allow_pickle=cfg.get("allow_pickle", False))]
         loggers = instantiate_all(cfg.logger)
         log_run_info(loggers, run_info(cfg))
-        callbacks += [c for c in instantiate_all(cfg.callbacks)
-                      if loggers or not isinstance(c, LearningRateMonitor)]  # it refuses to run without a logger
+        callbacks += [
+            c for c in instantiate_all(cfg.callbacks) if loggers or not isinstance(c, LearningRateMonitor)
+        ]  # it refuses to run without a logger
         extra["logger"] = loggers or False
     else:
         callbacks += instantiate_all({k: c for k, c in cfg.callbacks.items() if k == "progress_bar"})

@@ -30,10 +30,16 @@ def log_plan(cfg: DictConfig, teacher: TeacherSource, student, dm, objective, me
         teacher_kind=teacher.kind,
         teacher_source=cfg.teacher.get("path") or (cfg.teacher.cache_dir if teacher.kind == "cache" else None),
         teacher_params=num_params(teacher.model) if teacher.model is not None else None,
-        student_builder=group_choice("student", cfg.student.get("_target_", "")), student_params=num_params(student),
-        data_name=group_choice("data", cfg.data.get("_target_", "")), train_tokens=int(dm.train_blocks.size),
-        objective=objective.weights, temperature=objective.temperature, steps=cfg.trainer.max_steps,
-        tokens_per_step=dm.batch_size * dm.seq_len, memory_bytes=memory_bytes)
+        student_builder=group_choice("student", cfg.student.get("_target_", "")),
+        student_params=num_params(student),
+        data_name=group_choice("data", cfg.data.get("_target_", "")),
+        train_tokens=int(dm.train_blocks.size),
+        objective=objective.weights,
+        temperature=objective.temperature,
+        steps=cfg.trainer.max_steps,
+        tokens_per_step=dm.batch_size * dm.seq_len,
+        memory_bytes=memory_bytes,
+    )
     log.info("\n".join(lines))
 
 
@@ -62,9 +68,14 @@ def measure_start(cfg: DictConfig, dm, vocab_size: int, teacher: TeacherSource, 
     device = device_of(cfg)
     models = {name: m for name, m in {"teacher": teacher.live_model, "student": student}.items() if m is not None}
     placed = {name: next(m.parameters()).device for name, m in models.items()}
-    results = evaluate({name: m.to(device) for name, m in models.items()}, dm.val_dataloader(), vocab_size,
-                       device=device, reference_top1=reference_top1(teacher),
-                       autocast_dtype=autocast_dtype(cfg.trainer.precision))["student"]
+    results = evaluate(
+        {name: m.to(device) for name, m in models.items()},
+        dm.val_dataloader(),
+        vocab_size,
+        device=device,
+        reference_top1=reference_top1(teacher),
+        autocast_dtype=autocast_dtype(cfg.trainer.precision),
+    )["student"]
     for name, m in models.items():
         m.to(placed[name])  # back where they were: the Trainer places them itself
     return {f"student.{k}_start": v for k, v in results.items() if k != "tokens"}
@@ -75,26 +86,35 @@ def measure(cfg, dm, vocab_size, teacher: TeacherSource, student, baseline, mete
     (written by distill-cache) and agreement is against its stored top-1 on the validation split."""
     models = {"teacher": teacher.live_model, "student": student, "baseline": baseline}
     models = {name: m.to(device) for name, m in models.items() if m is not None}
-    results = evaluate(models, dm.val_dataloader(), vocab_size, device=device, reference_top1=reference_top1(teacher),
-                       autocast_dtype=autocast_dtype(cfg.trainer.precision))
+    results = evaluate(
+        models,
+        dm.val_dataloader(),
+        vocab_size,
+        device=device,
+        reference_top1=reference_top1(teacher),
+        autocast_dtype=autocast_dtype(cfg.trainer.precision),
+    )
     metrics = {}
     speed_batches = [b[0] for _, b in zip(range(4), dm.val_dataloader())]  # cheap: the student/teacher speed ratio
     for name in ("teacher", "student"):
         if name in models:
             metrics[f"{name}.scoring_tokens_per_s"] = scoring_throughput(
-                models[name], speed_batches, device, autocast_dtype(cfg.trainer.precision))
+                models[name], speed_batches, device, autocast_dtype(cfg.trainer.precision)
+            )
     if teacher.cache is not None:
         metrics.update({k: v for k, v in teacher.cache_manifest.get("extra", {}).items() if k.startswith("teacher.")})
     for name, model in models.items():
         metrics[f"{name}.params"] = num_params(model)
         metrics.update({f"{name}.{k}": v for k, v in results[name].items()})
-    metrics.update({
-        "train.tokens": meter.tokens,
-        "train.tokens_per_s": meter.tokens_per_s,
-        "train.wall_s": meter.wall_s,
-        "train.steps": cfg.trainer.max_steps,
-        "val.tokens": results["student"]["tokens"],
-    })
+    metrics.update(
+        {
+            "train.tokens": meter.tokens,
+            "train.tokens_per_s": meter.tokens_per_s,
+            "train.wall_s": meter.wall_s,
+            "train.steps": cfg.trainer.max_steps,
+            "val.tokens": results["student"]["tokens"],
+        }
+    )
     for name in models:
         metrics.pop(f"{name}.tokens", None)
     if "teacher.params" in metrics:
@@ -125,7 +145,14 @@ def write_reports(metrics: dict, out: Path, filter_stats: dict | None, histories
 def report_sections(filter_stats: dict | None, metrics: dict) -> list[list[str]]:
     sections = [compression_section(metrics)]
     if filter_stats:
-        sections.append(["## Data filters (training split)", "", *markdown_table(filter_stats),
-                         "", "Per-filter details: `filter_stats.json`."])
+        sections.append(
+            [
+                "## Data filters (training split)",
+                "",
+                *markdown_table(filter_stats),
+                "",
+                "Per-filter details: `filter_stats.json`.",
+            ]
+        )
     sections.append(quant_section(metrics))
     return [s for s in sections if s]

@@ -26,7 +26,12 @@ def quantize_live_teacher(cfg: DictConfig, model, dm, vocab_size: int) -> dict:
     device = device_of(cfg)
 
     def val_ppl(m) -> float:
-        return evaluate({"teacher": m.to(device)}, dm.val_dataloader(), vocab_size, device=device,
-                        autocast_dtype=autocast_dtype(cfg.trainer.precision))["teacher"]["val_ppl"]
+        return evaluate(
+            {"teacher": m.to(device)},
+            dm.val_dataloader(),
+            vocab_size,
+            device=device,
+            autocast_dtype=autocast_dtype(cfg.trainer.precision),
+        )["teacher"]["val_ppl"]
 
     return quantize_teacher_for_run(model, cfg.teacher.get("load_in"), device, val_ppl)

@@ -12,10 +12,10 @@ from omegaconf import DictConfig
 
 from distill.cache import clean_leftovers
 from distill.callbacks import preemption
-# from distill.config import validate  # TODO(lead): wire when distill/config lands
+from distill.config import validate
 from distill.multirun_ranks import launch_ranks_as_this_job
 from distill.ranks import is_main_process
-from distill.safety import check_device, check_numbers, check_write_paths, set_load_policy, weight_kwargs
+from distill.safety import check_device, check_write_paths, set_load_policy, weight_kwargs
 from distill.teacher.load import check_context, check_model_dir, check_tokenizer_dir
 
 log = logging.getLogger(__name__)
@@ -24,9 +24,8 @@ log = logging.getLogger(__name__)
 def setup_run(cfg: DictConfig, app: str, preemptible: bool = False) -> Path:
     """Checks in one place, before any data or model work; returns the run dir (created).
     ``preemptible``: under SLURM, checkpoint and requeue on SIGUSR1/USR2/TERM (training runs)."""
-    # validate(cfg, app)  # types, ranges and key names of every group
+    validate(cfg, app)  # types, ranges and key names of every group
     set_load_policy(cfg.get("allow_pickle", False), cfg.get("trust_remote_code", False))
-    check_numbers(cfg)
     check_device(cfg)
     check_write_paths(cfg)
     check_model_dirs(cfg)

@@ -18,8 +18,13 @@ from distill.student.lora import merge_lora
 from distill.student.sparsity import bake_masks, masked_modules, verify_sparsity
 
 # Builders that cut the student out of the teacher's weights (scratch and pretrained ones do not).
-STUDENTS_FROM_TEACHER = ("distill.student.prune.", "distill.student.depth.", "distill.student.width.",
-                         "distill.student.sparsity.", "distill.student.moe.")
+STUDENTS_FROM_TEACHER = (
+    "distill.student.prune.",
+    "distill.student.depth.",
+    "distill.student.width.",
+    "distill.student.sparsity.",
+    "distill.student.moe.",
+)
 
 
 def student_needs_teacher(cfg: DictConfig) -> bool:

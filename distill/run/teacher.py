@@ -31,8 +31,9 @@ def resolve_teacher(cfg: DictConfig, dm, for_training: bool = True) -> TeacherSo
     """The teacher of this run. For training, its weights are loaded now when it runs (live) or when
     the student is cut out of them (a pruned student); otherwise only on demand (``load_weights``)."""
     kind = cfg.teacher.get("backend", "live")
-    source = TeacherSource(kind=kind, path=cfg.teacher.get("path"),
-                           loader=None if kind == "none" else lambda: prepare_teacher(cfg, dm))
+    source = TeacherSource(
+        kind=kind, path=cfg.teacher.get("path"), loader=None if kind == "none" else lambda: prepare_teacher(cfg, dm)
+    )
     if for_training and (source.live or (kind == "cache" and student_needs_teacher(cfg))):
         source.load_weights()
     return source
@@ -43,9 +44,14 @@ def connect_teacher(cfg: DictConfig, dm, source: TeacherSource, objective: Objec
     if source.kind == "none":
         log.info("teacher: none (black-box: the data is the teacher)")
     elif source.kind == "cache":
-        source.scorer = CachedTeacher(open_teacher_cache(cfg, dm, source.model), read_top_k=cfg.teacher.get("read_top_k"))
-        log.info("teacher: offline cache %s (top-%d); no teacher model is loaded or run",
-                 cfg.teacher.cache_dir, source.scorer.top_k)
+        source.scorer = CachedTeacher(
+            open_teacher_cache(cfg, dm, source.model), read_top_k=cfg.teacher.get("read_top_k")
+        )
+        log.info(
+            "teacher: offline cache %s (top-%d); no teacher model is loaded or run",
+            cfg.teacher.cache_dir,
+            source.scorer.top_k,
+        )
         if objective is not None:
             check_cache_temperature(source.scorer.temperature, objective)
     else:
@@ -62,15 +68,23 @@ def check_cache_temperature(cache_temperature: float, objective: Objective) -> N
             f"the teacher cache was written at temperature {cache_temperature:g} and loss.temperature="
             f"{objective.temperature:g} would soften it again (the teacher at {cache_temperature * objective.temperature:g}, "
             f"the student at {objective.temperature:g}): write the cache at teacher.temperature=1 (recommended) "
-            "or train with loss.temperature=1")
+            "or train with loss.temperature=1"
+        )
     if cache_temperature != 1.0:
-        log.info("teacher cache at temperature %g: the targets are softened by the cache, the student is not",
-                 cache_temperature)
+        log.info(
+            "teacher cache at temperature %g: the targets are softened by the cache, the student is not",
+            cache_temperature,
+        )
 
 
 def open_teacher_cache(cfg: DictConfig, dm, teacher_model=None) -> TeacherCache:
-    expect = {"tokenizer_key": dm.tokenizer_key, "data_key": dm.data_key, "seq_len": dm.seq_len,
-              "vocab_size": len(dm.tokenizer), "num_rows": {"train": len(dm.train_blocks)}}
+    expect = {
+        "tokenizer_key": dm.tokenizer_key,
+        "data_key": dm.data_key,
+        "seq_len": dm.seq_len,
+        "vocab_size": len(dm.tokenizer),
+        "num_rows": {"train": len(dm.train_blocks)},
+    }
     if teacher_model is not None:  # loaded anyway (to prune the student from): the cache must be its outputs
         expect["teacher_key"] = teacher_fingerprint(teacher_model)
     return TeacherCache(cfg.teacher.cache_dir, expect=expect)
@@ -84,16 +98,34 @@ def prepare_teacher(cfg: DictConfig, dm):
     vocab_size = len(dm.tokenizer)
     spec = OmegaConf.to_container(cfg.teacher.scratch, resolve=True)
     # the unfiltered data's key: data filters change what the student sees, never the teacher
-    key = fingerprint("teacher-v1", spec, getattr(dm, "source_key", dm.data_key), dm.tokenizer_key, dm.seq_len,
-                      dm.batch_size, cfg.seed, cfg.trainer.precision, *data_parallel_key(cfg))
+    key = fingerprint(
+        "teacher-v1",
+        spec,
+        getattr(dm, "source_key", dm.data_key),
+        dm.tokenizer_key,
+        dm.seq_len,
+        dm.batch_size,
+        cfg.seed,
+        cfg.trainer.precision,
+        *data_parallel_key(cfg),
+    )
     history: list[dict] = []
 
     def build(tmp: Path) -> None:
         arch = {k: spec[k] for k in ("hidden_size", "num_layers", "num_heads", "intermediate_size")}
         model = build_llama(vocab_size, max_seq_len=dm.seq_len, eos_token_id=dm.tokenizer.eos_token_id, **arch)
-        module = DistillationModule(model, ce_only(), vocab_size, lr=spec["lr"], weight_decay=spec["weight_decay"],
-                                    warmup_steps=spec["warmup_steps"], max_steps=spec["max_steps"])
-        log.info("training the teacher from scratch (%.2fM params, %d steps)", num_params(model) / 1e6, spec["max_steps"])
+        module = DistillationModule(
+            model,
+            ce_only(),
+            vocab_size,
+            lr=spec["lr"],
+            weight_decay=spec["weight_decay"],
+            warmup_steps=spec["warmup_steps"],
+            max_steps=spec["max_steps"],
+        )
+        log.info(
+            "training the teacher from scratch (%.2fM params, %d steps)", num_params(model) / 1e6, spec["max_steps"]
+        )
         _, _, rows = fit(cfg, module, dm, role="teacher", max_steps=spec["max_steps"])
         history.extend(rows)
         model = unsharded(model)  # FSDP2: full weights; every rank saves the same into its own tmp (atomic rename)

@@ -24,8 +24,13 @@ from distill.run.fit import fit, optim_args
 from distill.run.outputs import export_student, log_plan, measure, measure_start, write_reports
 from distill.run.quant import prepare_quantization
 from distill.run.setup import seed, setup_run
-from distill.run.student import (build_student, finalize_quantized, save_pruning_report, student_spec,
-                                 use_eager_attention)
+from distill.run.student import (
+    build_student,
+    finalize_quantized,
+    save_pruning_report,
+    student_spec,
+    use_eager_attention,
+)
 from distill.run.teacher import connect_teacher, resolve_teacher
 from distill.sharding import unsharded
 from distill.student.lora import apply_lora
@@ -78,11 +83,21 @@ def train(cfg: DictConfig) -> float:
     if plugin is not None:
         metrics.update(plugin.export_extra(student, out))
         metrics["quant"] = plugin.report()
-    metrics.update(compression_metrics(metrics, teacher.path, out / "student",
-                                       teacher_forward_tokens(teacher.kind, meter.tokens, teacher.cache_manifest),
-                                       time.perf_counter() - start))
-    write_reports(metrics, out, filter_stats, {"teacher (from scratch)": teacher.history,
-                                               "student (distilled)": history, "control": baseline_history})
+    metrics.update(
+        compression_metrics(
+            metrics,
+            teacher.path,
+            out / "student",
+            teacher_forward_tokens(teacher.kind, meter.tokens, teacher.cache_manifest),
+            time.perf_counter() - start,
+        )
+    )
+    write_reports(
+        metrics,
+        out,
+        filter_stats,
+        {"teacher (from scratch)": teacher.history, "student (distilled)": history, "control": baseline_history},
+    )
     return metrics[cfg.optimized_metric]
 
 
@@ -102,7 +117,8 @@ def run_facts(trainer, dm, teacher, filter_stats: dict | None, estimate: dict, m
         "train.steps": trainer.global_step,  # the steps taken: fewer than configured when stopped early (sweep pruning)
         "data.train_tokens_available": int(dm.train_blocks.size),  # after any filters: the budget's pool
         # where the teacher's outputs came from, and whether this run trained a teacher (sweep reports)
-        "teacher.source": teacher.kind, "teacher.trained_in_run": bool(teacher.history),
+        "teacher.source": teacher.kind,
+        "teacher.trained_in_run": bool(teacher.history),
         "memory.estimate_bytes": estimate["total"],
     }
     if filter_stats:

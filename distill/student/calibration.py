@@ -13,8 +13,9 @@ from the training data. This module holds the generic parts they share:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -98,9 +99,7 @@ def cosine_per_token(inp: Tensor, out: Tensor) -> Tensor:
 
 
 def capture_block_io(
-    model: nn.Module,
-    batches: list[Tensor],
-    statistic: Callable[[Tensor, Tensor], Tensor] = cosine_per_token,
+    model: nn.Module, batches: list[Tensor], statistic: Callable[[Tensor, Tensor], Tensor] = cosine_per_token
 ) -> list[float]:
     """Per decoder block, ``statistic(input_hidden, output_hidden)`` averaged over all calibration tokens.
 

@@ -95,10 +95,15 @@ def depth_pruned(
     importance = block_importance(teacher, batches)
 
     if target_params is not None:
-        fits = [k for k in range(n, 0, -1)
-                if outside + sum(per_layer[i] for i in most_important(importance, k)) <= target_params]
+        fits = [
+            k
+            for k in range(n, 0, -1)
+            if outside + sum(per_layer[i] for i in most_important(importance, k)) <= target_params
+        ]
         if not fits:  # only with blocks of unequal size: the most important one alone is too big
-            raise DistillError(f"depth pruning cannot reach target_params={target_params:,} with the most important layer")
+            raise DistillError(
+                f"depth pruning cannot reach target_params={target_params:,} with the most important layer"
+            )
         k = fits[0]
     else:
         k = num_layers if num_layers is not None else max(1, n // 2)
@@ -114,7 +119,13 @@ def depth_pruned(
     }
     scores = ", ".join(f"{i}:{v:.4f}" for i, v in enumerate(importance))
     log.info("depth pruning: block importance (1 - cos) %s", scores)
-    log.info("depth pruning: keeping %d of %d layers %s (%s -> %s parameters)",
-             k, n, kept, f"{report['params_before']:,}", f"{report['params_after']:,}")
+    log.info(
+        "depth pruning: keeping %d of %d layers %s (%s -> %s parameters)",
+        k,
+        n,
+        kept,
+        f"{report['params_before']:,}",
+        f"{report['params_after']:,}",
+    )
     student.pruning_report = report
     return student

@@ -68,8 +68,10 @@ def _resolve_targets(model: nn.Module, target_modules) -> tuple[list[str], bool]
         unknown = [t for t in wanted if not any(matches(n, t) for n in linears)]
         if unknown:
             leaves = sorted({n.rsplit(".", 1)[-1] for n in linears})
-            raise DistillError(f"LoRA: target_modules {unknown} match no linear layer of {type(model).__name__} "
-                               f"(its linear layers: {', '.join(leaves)})")
+            raise DistillError(
+                f"LoRA: target_modules {unknown} match no linear layer of {type(model).__name__} "
+                f"(its linear layers: {', '.join(leaves)})"
+            )
         chosen = [n for n in linears if any(matches(n, t) for t in wanted)]
     modules = dict(model.named_modules())
     return chosen, any(isinstance(modules[n], Conv1D) for n in chosen)
@@ -120,8 +122,13 @@ def apply_lora(
     if isinstance(model, PeftModel):
         raise DistillError("LoRA: the student already has PEFT adapters")
     targets, fan_in_fan_out = _resolve_targets(model, target_modules)
-    common = dict(lora_alpha=alpha, lora_dropout=float(dropout), target_modules=targets,
-                  fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM")
+    common = dict(
+        lora_alpha=alpha,
+        lora_dropout=float(dropout),
+        target_modules=targets,
+        fan_in_fan_out=fan_in_fan_out,
+        task_type="CAUSAL_LM",
+    )
 
     try:
         if kind == "lora":
@@ -130,10 +137,15 @@ def apply_lora(
                     raise DistillError(f"LoRA: {name} is an AdaLoRA setting (type=adalora); plain LoRA uses r")
             config = LoraConfig(r=r, **common, **extra)
         else:
-            if total_steps is None or isinstance(total_steps, bool) or not isinstance(total_steps, int) \
-                    or total_steps < 1:
-                raise DistillError(f"AdaLoRA needs the run's total optimizer steps (trainer.max_steps > 0), "
-                                   f"got {total_steps!r}")
+            if (
+                total_steps is None
+                or isinstance(total_steps, bool)
+                or not isinstance(total_steps, int)
+                or total_steps < 1
+            ):
+                raise DistillError(
+                    f"AdaLoRA needs the run's total optimizer steps (trainer.max_steps > 0), got {total_steps!r}"
+                )
             target_r = _positive_int("target_r", r if target_r is None else target_r)
             init_r = _positive_int("init_r", init_r if init_r is not None else -(-target_r * 3 // 2))
             if init_r < target_r:
@@ -143,10 +155,13 @@ def apply_lora(
             tinit = total_steps // 10 if tinit is None else tinit
             tfinal = total_steps // 5 if tfinal is None else tfinal
             if min(tinit, tfinal) < 0 or tinit >= total_steps - tfinal:
-                raise DistillError(f"AdaLoRA: tinit ({tinit}) + tfinal ({tfinal}) leave no rank-reduction "
-                                   f"phase in total_steps={total_steps}")
-            config = AdaLoraConfig(init_r=init_r, target_r=target_r, total_step=total_steps, tinit=tinit,
-                                   tfinal=tfinal, **common, **extra)
+                raise DistillError(
+                    f"AdaLoRA: tinit ({tinit}) + tfinal ({tfinal}) leave no rank-reduction "
+                    f"phase in total_steps={total_steps}"
+                )
+            config = AdaLoraConfig(
+                init_r=init_r, target_r=target_r, total_step=total_steps, tinit=tinit, tfinal=tfinal, **common, **extra
+            )
     except TypeError as e:  # an unknown key in extra
         raise DistillError(f"LoRA: bad setting for {kind}: {e}") from None
     except ValueError as e:  # PEFT's own validation
@@ -160,8 +175,16 @@ def apply_lora(
     trainable, total = count_params(peft_model)
     leaves = sorted({n.rsplit(".", 1)[-1] for n in targets})
     rank = f"r={r}" if kind == "lora" else f"init_r={init_r} -> target_r={target_r} over {total_steps} steps"
-    log.info("%s (%s) on %d modules (%s): %s trainable of %s params (%.2f%%)", kind, rank, len(targets),
-             ", ".join(leaves), f"{trainable:,}", f"{total:,}", 100 * trainable / max(total, 1))
+    log.info(
+        "%s (%s) on %d modules (%s): %s trainable of %s params (%.2f%%)",
+        kind,
+        rank,
+        len(targets),
+        ", ".join(leaves),
+        f"{trainable:,}",
+        f"{total:,}",
+        100 * trainable / max(total, 1),
+    )
     return peft_model
 
 
@@ -234,9 +257,13 @@ class AdaLoraAllocator(L.Callback):
             return {}
         model = self._model
         allocator = model.base_model.rankallocator
-        return {"rank_pattern": model.peft_config[model.active_adapter].rank_pattern,
-                "ipt": allocator.ipt, "exp_avg_ipt": allocator.exp_avg_ipt, "exp_avg_unc": allocator.exp_avg_unc,
-                "budgets": list(self.budgets)}
+        return {
+            "rank_pattern": model.peft_config[model.active_adapter].rank_pattern,
+            "ipt": allocator.ipt,
+            "exp_avg_ipt": allocator.exp_avg_ipt,
+            "exp_avg_unc": allocator.exp_avg_unc,
+            "budgets": list(self.budgets),
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         self._restored = dict(state_dict)  # applied at on_train_start, once the student is known
@@ -256,8 +283,11 @@ class AdaLoraAllocator(L.Callback):
         weight = student.peft_config[student.active_adapter].orth_reg_weight
         if weight <= 0:
             return
-        named = [(n, p) for n, p in student.named_parameters()
-                 if p.requires_grad and p.grad is not None and ("lora_A" in n or "lora_B" in n)]
+        named = [
+            (n, p)
+            for n, p in student.named_parameters()
+            if p.requires_grad and p.grad is not None and ("lora_A" in n or "lora_B" in n)
+        ]
         if not named:
             return
         params = [p for _, p in named]

@@ -46,54 +46,91 @@ def _dense_builder(base: str):
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError, ValueError):
-        raise DistillError(f"unknown base {base!r} for moe_upcycle: use one of {', '.join(BASES)} "
-                           "or the dotted path of a student builder") from None
+        raise DistillError(
+            f"unknown base {base!r} for moe_upcycle: use one of {', '.join(BASES)} "
+            "or the dotted path of a student builder"
+        ) from None
 
 
 def _moe_config(dense: PreTrainedModel, num_experts: int, experts_per_token: int):
     c = dense.config
     kind = c.model_type
     if kind not in TARGET:
-        raise DistillError(f"moe_upcycle turns llama, mistral or qwen2 students into MoEs; the dense student is {kind!r}")
+        raise DistillError(
+            f"moe_upcycle turns llama, mistral or qwen2 students into MoEs; the dense student is {kind!r}"
+        )
     if getattr(c, "mlp_bias", False) or (kind != "qwen2" and getattr(c, "attention_bias", False)):
-        raise DistillError(f"moe_upcycle: this {kind} student has biases (attention_bias/mlp_bias) its MoE "
-                           f"counterpart {TARGET[kind]} does not have")
+        raise DistillError(
+            f"moe_upcycle: this {kind} student has biases (attention_bias/mlp_bias) its MoE "
+            f"counterpart {TARGET[kind]} does not have"
+        )
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     keys = dict(
-        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
-        num_attention_heads=c.num_attention_heads, num_key_value_heads=c.num_key_value_heads,
-        hidden_act=c.hidden_act, max_position_embeddings=c.max_position_embeddings,
-        initializer_range=c.initializer_range, rms_norm_eps=c.rms_norm_eps,
-        tie_word_embeddings=c.tie_word_embeddings, rope_parameters=c.rope_parameters,
+        vocab_size=c.vocab_size,
+        hidden_size=c.hidden_size,
+        num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads,
+        num_key_value_heads=c.num_key_value_heads,
+        hidden_act=c.hidden_act,
+        max_position_embeddings=c.max_position_embeddings,
+        initializer_range=c.initializer_range,
+        rms_norm_eps=c.rms_norm_eps,
+        tie_word_embeddings=c.tie_word_embeddings,
+        rope_parameters=c.rope_parameters,
         attention_dropout=c.attention_dropout,
-        bos_token_id=c.bos_token_id, eos_token_id=c.eos_token_id, pad_token_id=c.pad_token_id,
+        bos_token_id=c.bos_token_id,
+        eos_token_id=c.eos_token_id,
+        pad_token_id=c.pad_token_id,
         num_experts_per_tok=experts_per_token,
     )
     if kind in ("llama", "mistral"):
-        keys.update(intermediate_size=c.intermediate_size, head_dim=head_dim, num_local_experts=num_experts,
-                    sliding_window=getattr(c, "sliding_window", None), router_jitter_noise=0.0)
+        keys.update(
+            intermediate_size=c.intermediate_size,
+            head_dim=head_dim,
+            num_local_experts=num_experts,
+            sliding_window=getattr(c, "sliding_window", None),
+            router_jitter_noise=0.0,
+        )
     else:  # qwen2 -> qwen2_moe: every layer sparse, renormalised top-k, no shared expert
         if head_dim != c.hidden_size // c.num_attention_heads:
             raise DistillError("moe_upcycle: Qwen2-MoE has no separate head_dim; this qwen2 student sets one")
-        keys.update(intermediate_size=c.intermediate_size, moe_intermediate_size=c.intermediate_size,
-                    shared_expert_intermediate_size=0, num_experts=num_experts, norm_topk_prob=True,
-                    decoder_sparse_step=1, mlp_only_layers=[], qkv_bias=True,
-                    use_sliding_window=c.use_sliding_window, sliding_window=c.sliding_window,
-                    max_window_layers=c.max_window_layers, layer_types=c.layer_types)
+        keys.update(
+            intermediate_size=c.intermediate_size,
+            moe_intermediate_size=c.intermediate_size,
+            shared_expert_intermediate_size=0,
+            num_experts=num_experts,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            qkv_bias=True,
+            use_sliding_window=c.use_sliding_window,
+            sliding_window=c.sliding_window,
+            max_window_layers=c.max_window_layers,
+            layer_types=c.layer_types,
+        )
     try:
         return CONFIG_MAPPING[TARGET[kind]](**keys)
     except Exception as e:
-        raise DistillError(f"cannot build a {TARGET[kind]} config for the upcycled student: "
-                           + " ".join(str(e).split())) from None
+        raise DistillError(
+            f"cannot build a {TARGET[kind]} config for the upcycled student: " + " ".join(str(e).split())
+        ) from None
 
 
-def upcycle(dense: PreTrainedModel, num_experts: int = 4, experts_per_token: int = 2, router_init_std: float = 0.02,
-            expert_noise_std: float = 0.0, seed: int = 0) -> PreTrainedModel:
+def upcycle(
+    dense: PreTrainedModel,
+    num_experts: int = 4,
+    experts_per_token: int = 2,
+    router_init_std: float = 0.02,
+    expert_noise_std: float = 0.0,
+    seed: int = 0,
+) -> PreTrainedModel:
     """The MoE counterpart of ``dense``: experts = copies of its MLPs, fresh routers, the rest copied."""
-    if not (isinstance(num_experts, int) and isinstance(experts_per_token, int)
-            and 1 <= experts_per_token <= num_experts):
-        raise DistillError(f"moe_upcycle needs 1 <= experts_per_token <= num_experts, "
-                           f"got {experts_per_token} of {num_experts}")
+    if not (
+        isinstance(num_experts, int) and isinstance(experts_per_token, int) and 1 <= experts_per_token <= num_experts
+    ):
+        raise DistillError(
+            f"moe_upcycle needs 1 <= experts_per_token <= num_experts, got {experts_per_token} of {num_experts}"
+        )
     if router_init_std < 0 or expert_noise_std < 0:
         raise DistillError("moe_upcycle: router_init_std and expert_noise_std must be >= 0")
     config = _moe_config(dense, num_experts, experts_per_token)
@@ -118,8 +155,10 @@ def upcycle(dense: PreTrainedModel, num_experts: int = 4, experts_per_token: int
     for i, p in sorted(parts.items()):
         prefix = f"{layers}{i}.mlp."
         gate_up = torch.cat([p["gate_proj"], p["up_proj"]], dim=0)  # [2I, H]: gate rows first, then up (chunk(2))
-        experts = {"experts.gate_up_proj": gate_up.expand(num_experts, *gate_up.shape).clone(),
-                   "experts.down_proj": p["down_proj"].expand(num_experts, *p["down_proj"].shape).clone()}
+        experts = {
+            "experts.gate_up_proj": gate_up.expand(num_experts, *gate_up.shape).clone(),
+            "experts.down_proj": p["down_proj"].expand(num_experts, *p["down_proj"].shape).clone(),
+        }
         for name, w in experts.items():
             if expert_noise_std > 0:
                 w += torch.randn(w.shape, generator=generator) * expert_noise_std * w.std()
@@ -132,8 +171,9 @@ def upcycle(dense: PreTrainedModel, num_experts: int = 4, experts_per_token: int
     missing = set(target) - set(state)
     extra = set(state) - set(target)
     if missing or extra:
-        raise DistillError(f"moe_upcycle: weight layout mismatch (missing {sorted(missing)[:3]}, "
-                           f"unexpected {sorted(extra)[:3]})")
+        raise DistillError(
+            f"moe_upcycle: weight layout mismatch (missing {sorted(missing)[:3]}, unexpected {sorted(extra)[:3]})"
+        )
     moe.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)
     return moe.to(next(dense.parameters()).dtype)
 
@@ -150,9 +190,18 @@ def active_params(moe: PreTrainedModel) -> tuple[int, int]:
     return total, total - (experts - c.num_experts_per_tok) * per_expert
 
 
-def moe_upcycle(teacher: PreTrainedModel | None, vocab_size: int, train_blocks=None, *, num_experts: int = 4,
-                experts_per_token: int = 2, base: str = "every_other_layer", router_init_std: float = 0.02,
-                expert_noise_std: float = 0.0, seed: int = 0) -> PreTrainedModel:
+def moe_upcycle(
+    teacher: PreTrainedModel | None,
+    vocab_size: int,
+    train_blocks=None,
+    *,
+    num_experts: int = 4,
+    experts_per_token: int = 2,
+    base: str = "every_other_layer",
+    router_init_std: float = 0.02,
+    expert_noise_std: float = 0.0,
+    seed: int = 0,
+) -> PreTrainedModel:
     """student=moe_upcycle: prune the teacher to a dense student (``base``), then upcycle it to an MoE."""
     if teacher is None:
         raise DistillError("student=moe_upcycle copies the teacher's weights: it needs a teacher (not teacher=none)")
@@ -160,10 +209,17 @@ def moe_upcycle(teacher: PreTrainedModel | None, vocab_size: int, train_blocks=N
     moe = upcycle(dense, num_experts, experts_per_token, router_init_std, expert_noise_std, seed)
     total, active = active_params(moe)
     dense_params = sum(p.numel() for p in dense.parameters())
-    router_params = sum(m.weight.numel() for n, m in moe.named_modules()
-                        if n.endswith(("mlp.gate", "mlp.shared_expert_gate")))
+    router_params = sum(
+        m.weight.numel() for n, m in moe.named_modules() if n.endswith(("mlp.gate", "mlp.shared_expert_gate"))
+    )
     moe.pruning_report = {
-        "method": "moe_upcycle", "base": base, "experts": num_experts, "experts_per_token": experts_per_token,
-        "params_total": total, "params_active": active, "dense_params": dense_params, "router_params": router_params,
+        "method": "moe_upcycle",
+        "base": base,
+        "experts": num_experts,
+        "experts_per_token": experts_per_token,
+        "params_total": total,
+        "params_active": active,
+        "dense_params": dense_params,
+        "router_params": router_params,
     }
     return moe

@@ -26,7 +26,9 @@ def check_same_vocab(teacher_vocab: dict, student_path: str) -> None:
         )
 
 
-def pretrained_student(teacher: PreTrainedModel | None, vocab_size: int, path: str, train_blocks=None) -> PreTrainedModel:
+def pretrained_student(
+    teacher: PreTrainedModel | None, vocab_size: int, path: str, train_blocks=None
+) -> PreTrainedModel:
     # A live teacher is always loaded from a directory that also holds its tokenizer; without one
     # (teacher=cache/none) the pipeline has already checked the student against the tokenizer.
     if teacher is not None and teacher.name_or_path:

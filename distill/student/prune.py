@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import re
 
-from torch import nn
 from transformers import PreTrainedModel
 
 from distill.errors import DistillError
@@ -46,8 +45,9 @@ def keep_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
     return student.to(next(teacher.parameters()).dtype)
 
 
-def every_other_layer(teacher: PreTrainedModel, vocab_size: int | None = None, train_blocks=None,
-                      offset: int = 0) -> PreTrainedModel:
+def every_other_layer(
+    teacher: PreTrainedModel, vocab_size: int | None = None, train_blocks=None, offset: int = 0
+) -> PreTrainedModel:
     """Keep layers offset, offset+2, ... (DistilBERT keeps every other layer of BERT)."""
     n = teacher.config.num_hidden_layers
     if n < 2:
@@ -55,8 +55,9 @@ def every_other_layer(teacher: PreTrainedModel, vocab_size: int | None = None, t
     return keep_layers(teacher, list(range(offset % 2, n, 2)))
 
 
-def listed_layers(teacher: PreTrainedModel, vocab_size: int | None = None, train_blocks=None,
-                  layers: list[int] = (0, -2, -1)) -> PreTrainedModel:
+def listed_layers(
+    teacher: PreTrainedModel, vocab_size: int | None = None, train_blocks=None, layers: list[int] = (0, -2, -1)
+) -> PreTrainedModel:
     """Keep the listed layers, in order; negative indices count from the end, as in Python.
 
     The default, the first and the last two blocks, keeps both ends of the network: for the

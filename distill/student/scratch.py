@@ -83,16 +83,32 @@ def build_llama(
     return LlamaForCausalLM(config)
 
 
-def _family_keys(arch: str, *, hidden: int, layers: int, heads: int, kv_heads: int, inter: int | None,
-                 seq: int, experts: int | None, k: int | None) -> dict:
+def _family_keys(
+    arch: str,
+    *,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    inter: int | None,
+    seq: int,
+    experts: int | None,
+    k: int | None,
+) -> dict:
     """Our flat sizes in ``arch``'s own config keys."""
     if arch == "gpt2":
         if kv_heads != heads:
             raise DistillError(f"gpt2 has no grouped-query attention: num_kv_heads ({kv_heads}) must equal num_heads")
         # GPT-2's MLP is a plain 4x GELU one: n_inner=None means 4 * hidden.
         return dict(n_embd=hidden, n_layer=layers, n_head=heads, n_inner=inter, n_positions=seq)
-    keys = dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
-                intermediate_size=inter or swiglu_width(hidden), max_position_embeddings=seq)
+    keys = dict(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=inter or swiglu_width(hidden),
+        max_position_embeddings=seq,
+    )
     if arch == "mistral":
         keys["sliding_window"] = None  # full attention: the window (4096) is longer than our blocks anyway
     if arch == "mixtral":  # intermediate_size is each expert's width
@@ -127,8 +143,10 @@ def scratch_config(
     over the defaults; ``extra_config`` (the family's own keys) is applied last and wins over all."""
     arch = str(architecture).lower()
     if arch not in CONFIG_MAPPING:
-        raise DistillError(f"unknown architecture {architecture!r}: use one of {', '.join(KNOWN)} "
-                           "or another Hugging Face causal-LM model_type")
+        raise DistillError(
+            f"unknown architecture {architecture!r}: use one of {', '.join(KNOWN)} "
+            "or another Hugging Face causal-LM model_type"
+        )
     if arch not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise DistillError(f"architecture {architecture!r} is not a causal language model in transformers")
     if preset is not None and str(preset).lower() not in PRESETS:
@@ -139,13 +157,20 @@ def scratch_config(
     hidden, layers, heads = size["hidden_size"], size["num_layers"], size["num_heads"]
     kv_heads = num_kv_heads if num_kv_heads is not None else heads
 
-    sizes = dict(vocab_size=vocab_size, hidden_size=hidden, num_layers=layers, num_heads=heads,
-                 num_kv_heads=kv_heads, max_seq_len=max_seq_len)
+    sizes = dict(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        max_seq_len=max_seq_len,
+    )
     if intermediate_size is not None:
         sizes["intermediate_size"] = intermediate_size
     if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in sizes.values()):
-        raise DistillError("model sizes must be integers >= 1, got "
-                           + ", ".join(f"{k}={v!r}" for k, v in sizes.items()))
+        raise DistillError(
+            "model sizes must be integers >= 1, got " + ", ".join(f"{k}={v!r}" for k, v in sizes.items())
+        )
     if hidden % heads:
         raise DistillError(f"hidden_size {hidden} is not divisible by num_heads {heads}")
     if heads % kv_heads:
@@ -162,19 +187,36 @@ def scratch_config(
         if any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in (experts, k)) or k > experts:
             raise DistillError(f"need 1 <= experts_per_token <= num_experts, got {k} of {experts}")
     elif num_experts is not None or experts_per_token is not None:
-        raise DistillError(f"num_experts/experts_per_token need a mixture-of-experts architecture "
-                           f"({', '.join(MOE)}, ...); {arch!r} is dense")
+        raise DistillError(
+            f"num_experts/experts_per_token need a mixture-of-experts architecture "
+            f"({', '.join(MOE)}, ...); {arch!r} is dense"
+        )
 
-    keys = _family_keys(arch, hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, inter=intermediate_size,
-                        seq=max_seq_len, experts=experts, k=k)
+    keys = _family_keys(
+        arch,
+        hidden=hidden,
+        layers=layers,
+        heads=heads,
+        kv_heads=kv_heads,
+        inter=intermediate_size,
+        seq=max_seq_len,
+        experts=experts,
+        k=k,
+    )
     if is_moe and arch not in MOE:  # another MoE family: its expert count and k under their usual names
         keys.update({experts_key: experts, "num_experts_per_tok": k})
     special = eos_token_id[0] if isinstance(eos_token_id, (list, tuple)) else eos_token_id
-    keys.update(vocab_size=vocab_size, tie_word_embeddings=bool(tie_embeddings),
-                bos_token_id=special, eos_token_id=eos_token_id, pad_token_id=special)
+    keys.update(
+        vocab_size=vocab_size,
+        tie_word_embeddings=bool(tie_embeddings),
+        bos_token_id=special,
+        eos_token_id=eos_token_id,
+        pad_token_id=special,
+    )
     # Hydra hands nested values over as DictConfig/ListConfig; the strict HF configs want plain ones.
-    keys.update({k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
-                 for k, v in extra_config.items()})
+    keys.update(
+        {k: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v for k, v in extra_config.items()}
+    )
     # Families with an explicit head_dim default it to a fixed number (Qwen3: 128, Gemma: 256), not
     # hidden / heads: pin it to the width we were asked for unless the caller set it.
     if "head_dim" not in keys and "head_dim" in fields:
@@ -211,10 +253,20 @@ def scratch_student(
     (hidden 256, 4 layers, 4 heads, SwiGLU 8/3 width, tied embeddings)."""
     eos = teacher.config.eos_token_id if teacher is not None else None
     config = scratch_config(
-        vocab_size, architecture=architecture, preset=preset, hidden_size=hidden_size, num_layers=num_layers,
-        num_heads=num_heads, num_kv_heads=num_kv_heads, intermediate_size=intermediate_size, max_seq_len=max_seq_len,
-        num_experts=num_experts, experts_per_token=experts_per_token, tie_embeddings=tie_embeddings,
-        eos_token_id=eos, **extra_config,
+        vocab_size,
+        architecture=architecture,
+        preset=preset,
+        hidden_size=hidden_size,
+        num_layers=num_layers,
+        num_heads=num_heads,
+        num_kv_heads=num_kv_heads,
+        intermediate_size=intermediate_size,
+        max_seq_len=max_seq_len,
+        num_experts=num_experts,
+        experts_per_token=experts_per_token,
+        tie_embeddings=tie_embeddings,
+        eos_token_id=eos,
+        **extra_config,
     )
     try:
         model = AutoModelForCausalLM.from_config(config)
@@ -223,8 +275,10 @@ def scratch_student(
     rows = model.get_output_embeddings().weight.shape[0]
     embed = model.get_input_embeddings().weight.shape
     if rows != vocab_size or embed[0] != vocab_size:
-        raise DistillError(f"the {config.model_type} student has {embed[0]} input / {rows} output rows "
-                           f"for a vocabulary of {vocab_size}")
+        raise DistillError(
+            f"the {config.model_type} student has {embed[0]} input / {rows} output rows "
+            f"for a vocabulary of {vocab_size}"
+        )
     if config.model_type not in KNOWN:
         check_causal(model)
     return model
@@ -245,5 +299,7 @@ def check_causal(model: PreTrainedModel) -> None:
     finally:
         model.train(was_training)
     if not torch.allclose(a, b, atol=1e-5):
-        raise DistillError(f"the {model.config.model_type} model attends to later tokens, so it cannot be a causal "
-                           "student (if the family has one, set its decoder switch, e.g. is_decoder: true)")
+        raise DistillError(
+            f"the {model.config.model_type} model attends to later tokens, so it cannot be a causal "
+            "student (if the family has one, set its decoder switch, e.g. is_decoder: true)"
+        )

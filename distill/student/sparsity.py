@@ -69,7 +69,7 @@ Pattern = float | tuple[int, int]
 
 def parse_sparsity(value) -> Pattern:
     """``0.5`` / ``"0.5"`` -> 0.5 (fraction zeroed); ``"2:4"`` -> ``(2, 4)`` (N kept per M)."""
-    bad = (f"sparsity must be a fraction in (0, 1) or 'N:M' with 0 < N < M (e.g. '2:4'), got {value!r}")
+    bad = f"sparsity must be a fraction in (0, 1) or 'N:M' with 0 < N < M (e.g. '2:4'), got {value!r}"
     if isinstance(value, bool):
         raise DistillError(bad)
     if isinstance(value, (tuple, list)) and len(value) == 2:
@@ -91,8 +91,9 @@ def parse_sparsity(value) -> Pattern:
         if 0.0 < s < 1.0:
             return s
         if isinstance(value, int) and value >= 60:  # YAML 1.1 reads an unquoted 2:4 as 2*60+4 = 124
-            raise DistillError(bad + f" -- quote N:M in YAML (sparsity: '2:4'); unquoted, 2:4 is read as the"
-                                     f" base-60 number {value}")
+            raise DistillError(
+                bad + f" -- quote N:M in YAML (sparsity: '2:4'); unquoted, 2:4 is read as the base-60 number {value}"
+            )
         raise DistillError(bad)
     raise DistillError(bad)
 
@@ -220,8 +221,13 @@ def verify_sparsity(model: nn.Module, pattern) -> dict:
                 violations.append(f"{name} ({bad} rows with fewer than {need}/{in_f} zeros)")
     if not layers:
         raise DistillError(f"{type(model).__name__} has no linear layers in its decoder blocks to check")
-    report = {"pattern": format_sparsity(pattern), "layers": layers,
-              "overall": 1.0 - nonzero / total, "params": total, "nonzero": nonzero}
+    report = {
+        "pattern": format_sparsity(pattern),
+        "layers": layers,
+        "overall": 1.0 - nonzero / total,
+        "params": total,
+        "nonzero": nonzero,
+    }
     if violations:
         more = f" and {len(violations) - 3} more" if len(violations) > 3 else ""
         raise DistillError(f"sparsity pattern {report['pattern']} violated: {'; '.join(violations[:3])}{more}")
@@ -241,8 +247,9 @@ def _raise_stop(*_):
 
 
 @torch.no_grad()
-def input_norms(model: nn.Module, modules: Iterable[nn.Module], batches: list[torch.Tensor],
-                stop_after: nn.Module | None = None) -> dict[nn.Module, torch.Tensor]:
+def input_norms(
+    model: nn.Module, modules: Iterable[nn.Module], batches: list[torch.Tensor], stop_after: nn.Module | None = None
+) -> dict[nn.Module, torch.Tensor]:
     """``||X_j||_2`` over all calibration tokens, per input feature of each module (float32).
     With ``stop_after``, each forward is cut short once that module has run."""
     modules = list(modules)
@@ -319,8 +326,11 @@ def sparse_student(
     student.to(work).eval()
 
     blocks = student.get_submodule(decoder_layers_name(student))
-    batches = (calibration_batches(train_blocks, calibration_samples, calibration_batch_size, seed)
-               if method == "wanda" else [])
+    batches = (
+        calibration_batches(train_blocks, calibration_samples, calibration_batch_size, seed)
+        if method == "wanda"
+        else []
+    )
     norms: dict[nn.Module, torch.Tensor] = {}
     if method == "wanda" and not sequential:
         norms = input_norms(student, [m for b in blocks for m in _block_linears(b)], batches)
@@ -344,6 +354,12 @@ def sparse_student(
         "calibration_samples": sum(len(b) for b in batches),
         "sequential": bool(sequential and method == "wanda"),
     }
-    log.info("%s pruning to %s: %d of %d decoder-block weights kept (%.1f%% zero)", method,
-             format_sparsity(pattern), checked["nonzero"], params_before, 100 * checked["overall"])
+    log.info(
+        "%s pruning to %s: %d of %d decoder-block weights kept (%.1f%% zero)",
+        method,
+        format_sparsity(pattern),
+        checked["nonzero"],
+        params_before,
+        100 * checked["overall"],
+    )
     return student

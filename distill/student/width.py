@@ -131,8 +131,14 @@ class _Layout:
     rules: list
 
 
-_LLAMA = _Layout("model.layers", "self_attn.o_proj", "mlp.down_proj",
-                 ("input_layernorm", "post_attention_layernorm"), "model.norm", _LLAMA_RULES)
+_LLAMA = _Layout(
+    "model.layers",
+    "self_attn.o_proj",
+    "mlp.down_proj",
+    ("input_layernorm", "post_attention_layernorm"),
+    "model.norm",
+    _LLAMA_RULES,
+)
 _GPT2 = _Layout("transformer.h", "attn.c_proj", "mlp.c_proj", ("ln_1", "ln_2"), "transformer.ln_f", _GPT2_RULES)
 
 
@@ -167,13 +173,20 @@ def _rule(layout: _Layout, name: str) -> tuple[int | None, tuple]:
         if m:
             layer = m.groupdict().get("layer")
             return (int(layer) if layer is not None else None), axes
-    raise DistillError(f"width pruning does not know how to slice {name!r}: "
-                       "an unsupported variant of this architecture?")
+    raise DistillError(
+        f"width pruning does not know how to slice {name!r}: an unsupported variant of this architecture?"
+    )
 
 
 def _axis_size(kind: str | None, dims: Dims, full: int) -> int:
-    return {None: full, "hidden": dims.hidden, "q": dims.heads * dims.head_dim, "kv": dims.kv_groups * dims.head_dim,
-            "qkv": 3 * dims.heads * dims.head_dim, "inter": dims.intermediate}[kind]
+    return {
+        None: full,
+        "hidden": dims.hidden,
+        "q": dims.heads * dims.head_dim,
+        "kv": dims.kv_groups * dims.head_dim,
+        "qkv": 3 * dims.heads * dims.head_dim,
+        "inter": dims.intermediate,
+    }[kind]
 
 
 def _shapes(teacher: PreTrainedModel) -> list[tuple[tuple, tuple]]:
@@ -211,6 +224,7 @@ def importance(teacher: PreTrainedModel, batches: list[Tensor]) -> Importance:
     def on_mlp(i):
         def hook(module, args, kwargs, output):
             inter[i].add_(_l2_seq_mean_batch(args[0]).cpu())
+
         return hook
 
     def on_attn(i):
@@ -218,6 +232,7 @@ def importance(teacher: PreTrainedModel, batches: list[Tensor]) -> Importance:
             x = args[0]
             per_head = x.float().unflatten(-1, (dims.heads, dims.head_dim)).norm(dim=-1)  # [B, T, heads]
             heads[i].add_(per_head.norm(dim=1).sum(0).cpu())
+
         return hook
 
     hooks = {teacher.get_submodule(layout.final_norm): on_norm}
@@ -240,9 +255,11 @@ def top(scores: Tensor, k: int) -> Tensor:
 
 
 def select(imp: Importance, dims: Dims) -> Keep:
-    return Keep(top(imp.hidden, dims.hidden),
-                [top(s, dims.intermediate) for s in imp.intermediate],
-                [top(s, dims.kv_groups) for s in imp.kv_groups])
+    return Keep(
+        top(imp.hidden, dims.hidden),
+        [top(s, dims.intermediate) for s in imp.intermediate],
+        [top(s, dims.kv_groups) for s in imp.kv_groups],
+    )
 
 
 # --- slicing -------------------------------------------------------------------------------
@@ -289,8 +306,9 @@ def _check_dim(name: str, value, limit: int) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= limit:
-        raise DistillError(f"width pruning: {name} must be an integer between 1 and the teacher's {limit}, "
-                           f"got {value!r}")
+        raise DistillError(
+            f"width pruning: {name} must be an integer between 1 and the teacher's {limit}, got {value!r}"
+        )
     return value
 
 
@@ -302,11 +320,15 @@ def _resolve_dims(teacher: PreTrainedModel, hidden_size, intermediate_size, num_
     kv = _check_dim("num_kv_groups", num_kv_groups, full.kv_groups)
     if gpt2:  # heads * head_dim == hidden
         if hidden is not None and hidden % full.head_dim:
-            raise DistillError(f"width pruning GPT-2: hidden_size must be a multiple of head_dim {full.head_dim} "
-                               f"(its heads follow the hidden size), got {hidden}")
+            raise DistillError(
+                f"width pruning GPT-2: hidden_size must be a multiple of head_dim {full.head_dim} "
+                f"(its heads follow the hidden size), got {hidden}"
+            )
         if hidden is not None and kv is not None and hidden != kv * full.head_dim:
-            raise DistillError(f"width pruning GPT-2: hidden_size {hidden} must equal num_kv_groups {kv} x head_dim "
-                               f"{full.head_dim}; give only one of them")
+            raise DistillError(
+                f"width pruning GPT-2: hidden_size {hidden} must equal num_kv_groups {kv} x head_dim "
+                f"{full.head_dim}; give only one of them"
+            )
         if kv is not None:
             hidden = kv * full.head_dim
 
@@ -319,8 +341,9 @@ def _resolve_dims(teacher: PreTrainedModel, hidden_size, intermediate_size, num_
             return dims(hidden or full.hidden, inter or full.intermediate)
         target_params = DEFAULT_FRACTION
     if isinstance(target_params, bool) or not isinstance(target_params, (int, float)) or target_params <= 0:
-        raise DistillError(f"width pruning: target_params must be a parameter count or a fraction in (0, 1), "
-                           f"got {target_params!r}")
+        raise DistillError(
+            f"width pruning: target_params must be a parameter count or a fraction in (0, 1), got {target_params!r}"
+        )
     shapes = _shapes(teacher)
     before = params_for(shapes, full)
     target = int(target_params * before) if target_params < 1 else int(target_params)
@@ -345,12 +368,17 @@ def _resolve_dims(teacher: PreTrainedModel, hidden_size, intermediate_size, num_
             best = (score, dims(h, i))
     if best is None:
         d = dims(grid(hidden, full.hidden, full.head_dim if gpt2 else CHANNEL_MULTIPLE)[0], widths[0])
-        raise DistillError(f"width pruning cannot reach target_params={target:,}: the narrowest student "
-                           f"(hidden {d.hidden}, intermediate {d.intermediate}, {d.kv_groups} KV groups) "
-                           f"has {params_for(shapes, d):,} parameters")
+        raise DistillError(
+            f"width pruning cannot reach target_params={target:,}: the narrowest student "
+            f"(hidden {d.hidden}, intermediate {d.intermediate}, {d.kv_groups} KV groups) "
+            f"has {params_for(shapes, d):,} parameters"
+        )
     if best[1] == full:
-        log.warning("width pruning: target_params=%s is not below the teacher's %s parameters: nothing is pruned",
-                    f"{target:,}", f"{before:,}")
+        log.warning(
+            "width pruning: target_params=%s is not below the teacher's %s parameters: nothing is pruned",
+            f"{target:,}",
+            f"{before:,}",
+        )
     return best[1]
 
 
@@ -426,8 +454,19 @@ def width_pruned(
         "params_before": sum(p.numel() for p in teacher.parameters()),
         "params_after": sum(p.numel() for p in student.parameters()),
     }
-    log.info("width pruning: keeping hidden %d/%d, intermediate %d/%d, KV groups %d/%d (%d query heads, head_dim %d): "
-             "%s -> %s parameters", dims.hidden, full.hidden, dims.intermediate, full.intermediate, dims.kv_groups,
-             full.kv_groups, dims.heads, dims.head_dim, f"{report['params_before']:,}", f"{report['params_after']:,}")
+    log.info(
+        "width pruning: keeping hidden %d/%d, intermediate %d/%d, KV groups %d/%d (%d query heads, head_dim %d): "
+        "%s -> %s parameters",
+        dims.hidden,
+        full.hidden,
+        dims.intermediate,
+        full.intermediate,
+        dims.kv_groups,
+        full.kv_groups,
+        dims.heads,
+        dims.head_dim,
+        f"{report['params_before']:,}",
+        f"{report['params_after']:,}",
+    )
     student.pruning_report = report
     return student

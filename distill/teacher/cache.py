@@ -39,14 +39,29 @@ VALUE_DTYPE = "float16"
 # Fields that define a cache's content: a writer refuses to resume into a cache whose
 # manifest differs in any of them (``extra`` is free-form and may change).
 IDENTITY_FIELDS = (
-    "format_version", "teacher_key", "tokenizer_key", "data_key", "top_k", "temperature",
-    "vocab_size", "seq_len", "shard_rows", "value_dtype", "index_dtype", "splits",
+    "format_version",
+    "teacher_key",
+    "tokenizer_key",
+    "data_key",
+    "top_k",
+    "temperature",
+    "vocab_size",
+    "seq_len",
+    "shard_rows",
+    "value_dtype",
+    "index_dtype",
+    "splits",
 )
 # What a mismatch in each field means to a user, for the reader's one-line refusal.
 _FIELD_MEANING = {
-    "data_key": "data", "seq_len": "data", "num_rows": "data",
-    "tokenizer_key": "tokenizer", "vocab_size": "tokenizer",
-    "teacher_key": "teacher", "top_k": "settings", "temperature": "settings",
+    "data_key": "data",
+    "seq_len": "data",
+    "num_rows": "data",
+    "tokenizer_key": "tokenizer",
+    "vocab_size": "tokenizer",
+    "teacher_key": "teacher",
+    "top_k": "settings",
+    "temperature": "settings",
 }
 
 
@@ -87,8 +102,15 @@ def missing_shards(cache_dir: str | Path, manifest: dict) -> list[tuple[str, int
 
 
 def build_manifest(
-    *, keys: dict, top_k: int, temperature: float, vocab_size: int, seq_len: int,
-    split_rows: dict[str, int], shard_rows: int, extra: dict | None = None,
+    *,
+    keys: dict,
+    top_k: int,
+    temperature: float,
+    vocab_size: int,
+    seq_len: int,
+    split_rows: dict[str, int],
+    shard_rows: int,
+    extra: dict | None = None,
 ) -> dict:
     missing = {"teacher_key", "tokenizer_key", "data_key"} - set(keys)
     if missing:
@@ -106,8 +128,9 @@ def build_manifest(
         "value_dtype": VALUE_DTYPE,
         "index_dtype": index_dtype_for(vocab_size).name,
         "bytes_per_token": bytes_per_token(top_k, vocab_size),
-        "splits": {name: {"num_rows": int(n), "num_shards": num_shards(n, shard_rows)}
-                   for name, n in split_rows.items()},
+        "splits": {
+            name: {"num_rows": int(n), "num_shards": num_shards(n, shard_rows)} for name, n in split_rows.items()
+        },
         "extra": dict(extra or {}),
     }
 
@@ -120,8 +143,10 @@ def read_manifest(cache_dir: str | Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
-        raise DistillError(f"teacher cache {cache_dir} has an unreadable {MANIFEST} ({e}); delete the directory "
-                           "and rerun distill-cache") from e
+        raise DistillError(
+            f"teacher cache {cache_dir} has an unreadable {MANIFEST} ({e}); delete the directory "
+            "and rerun distill-cache"
+        ) from e
 
 
 def write_manifest(cache_dir: str | Path, manifest: dict) -> None:
@@ -144,8 +169,11 @@ def teacher_fingerprint(model_or_dir: str | Path | nn.Module) -> str:
     if isinstance(model_or_dir, (str, Path)):
         p = Path(model_or_dir).expanduser()
         config = (p / "config.json").read_text() if (p / "config.json").is_file() else ""
-        weights = sorted((f.name, f.stat().st_size) for f in p.iterdir()
-                         if f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf"))
+        weights = sorted(
+            (f.name, f.stat().st_size)
+            for f in p.iterdir()
+            if f.suffix in (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+        )
         return fingerprint("teacher-dir-v1", config, weights)
     import hashlib
 
@@ -179,15 +207,19 @@ class TeacherCache:
             raise DistillError(f"no teacher cache at {self.cache_dir}: run distill-cache first")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
-            raise DistillError(f"teacher cache {self.cache_dir} has format version {version}; this distill reads "
-                               f"version {FORMAT_VERSION} (rebuild it with distill-cache)")
+            raise DistillError(
+                f"teacher cache {self.cache_dir} has format version {version}; this distill reads "
+                f"version {FORMAT_VERSION} (rebuild it with distill-cache)"
+            )
         self.manifest = manifest
         self._check_expect(expect or {})
         missing = missing_shards(self.cache_dir, manifest)
         if missing:
             total = len(all_shards(manifest))
-            raise DistillError(f"teacher cache {self.cache_dir} is incomplete: {len(missing)} of {total} shards are "
-                               "missing (rerun distill-cache to finish it)")
+            raise DistillError(
+                f"teacher cache {self.cache_dir} is incomplete: {len(missing)} of {total} shards are "
+                "missing (rerun distill-cache to finish it)"
+            )
         self.index_dtype = np.dtype(manifest["index_dtype"])
         self.max_open_shards = max_open_shards
         self._open: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
@@ -202,16 +234,22 @@ class TeacherCache:
                         what = "no" if split not in m["splits"] else f"{have}"
                         raise DistillError(
                             f"teacher cache {self.cache_dir} was built for different data ({what} {split} rows, "
-                            f"{rows} needed); rebuild it with distill-cache")
+                            f"{rows} needed); rebuild it with distill-cache"
+                        )
                 continue
             if key not in m:
                 raise ValueError(f"unknown teacher cache field {key!r}")
             if m[key] != want:
                 meaning = _FIELD_MEANING.get(key, "settings")
-                what = {"data": "different data", "tokenizer": "a different tokenizer",
-                        "teacher": "a different teacher"}.get(meaning, "different settings")
-                raise DistillError(f"teacher cache {self.cache_dir} was built for {what} ({key} {m[key]!r}, "
-                                   f"expected {want!r}); rebuild it with distill-cache")
+                what = {
+                    "data": "different data",
+                    "tokenizer": "a different tokenizer",
+                    "teacher": "a different teacher",
+                }.get(meaning, "different settings")
+                raise DistillError(
+                    f"teacher cache {self.cache_dir} was built for {what} ({key} {m[key]!r}, "
+                    f"expected {want!r}); rebuild it with distill-cache"
+                )
 
     # -- properties -------------------------------------------------------------
     @property
@@ -253,15 +291,18 @@ class TeacherCache:
         rows = min(m["shard_rows"], info["num_rows"] - shard * m["shard_rows"])
         shape = (rows, m["seq_len"], m["top_k"])
         if values.shape != shape or indices.shape != shape or indices.dtype != self.index_dtype:
-            raise DistillError(f"teacher cache {self.cache_dir} has a damaged shard {values_path.name} "
-                               f"(shape {values.shape}, expected {shape}); delete it and rerun distill-cache")
+            raise DistillError(
+                f"teacher cache {self.cache_dir} has a damaged shard {values_path.name} "
+                f"(shape {values.shape}, expected {shape}); delete it and rerun distill-cache"
+            )
         self._open[key] = (values, indices)
         if len(self._open) > self.max_open_shards:
             self._open.popitem(last=False)
         return values, indices
 
-    def lookup(self, rows: Tensor | np.ndarray | list[int], split: str = "train",
-               device: torch.device | str | None = None) -> SparseTeacher:
+    def lookup(
+        self, rows: Tensor | np.ndarray | list[int], split: str = "train", device: torch.device | str | None = None
+    ) -> SparseTeacher:
         """Teacher outputs of packed rows (any order, any shards): logprobs float32, indices long,
         both ``[B, seq_len, k]``. With ``device``, the compact float16 / narrow-int arrays travel
         and are widened there (2-4x less host-to-device traffic)."""
@@ -276,8 +317,10 @@ class TeacherCache:
         """The stored arrays (float16 values, narrow-int indices) of packed rows: one
         fancy-indexed read per shard touched, no per-row Python loop."""
         if split not in self.manifest["splits"]:
-            raise DistillError(f"teacher cache {self.cache_dir} has no {split!r} split (it has "
-                               f"{', '.join(self.splits) or 'none'}); rebuild it with distill-cache")
+            raise DistillError(
+                f"teacher cache {self.cache_dir} has no {split!r} split (it has "
+                f"{', '.join(self.splits) or 'none'}); rebuild it with distill-cache"
+            )
         r = rows.detach().cpu().numpy() if isinstance(rows, Tensor) else np.asarray(rows)
         r = r.astype(np.int64, copy=False).reshape(-1)
         n = self.num_rows(split)
@@ -313,7 +356,9 @@ class CachedTeacher:
         # Entries are stored best first, so the first k of a top-64 cache are exactly a top-k cache:
         # one cache serves a sweep over k.
         if read_top_k is not None and not 1 <= read_top_k <= cache.top_k:
-            raise DistillError(f"teacher.read_top_k must be between 1 and the cache's top_k {cache.top_k} (got {read_top_k})")
+            raise DistillError(
+                f"teacher.read_top_k must be between 1 and the cache's top_k {cache.top_k} (got {read_top_k})"
+            )
         self.read_top_k = read_top_k
 
     @property
@@ -334,8 +379,10 @@ class CachedTeacher:
     def has_split(self, split: str) -> bool:
         return split in self.cache.manifest["splits"]
 
-    def outputs(self, row_index: Tensor, split: str = "train", device: torch.device | str | None = None) -> SparseTeacher:
+    def outputs(
+        self, row_index: Tensor, split: str = "train", device: torch.device | str | None = None
+    ) -> SparseTeacher:
         out = self.cache.lookup(row_index, split, device=device)
         if self.read_top_k and self.read_top_k < self.cache.top_k:
-            out = SparseTeacher(out.logprobs[..., :self.read_top_k], out.indices[..., :self.read_top_k])
+            out = SparseTeacher(out.logprobs[..., : self.read_top_k], out.indices[..., : self.read_top_k])
         return out

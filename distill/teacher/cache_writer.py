@@ -25,7 +25,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from distill.errors import DistillError
 from distill.teacher.cache import (
-    IDENTITY_FIELDS, TeacherCache, all_shards, build_manifest, missing_shards, read_manifest, shard_paths,
+    IDENTITY_FIELDS,
+    TeacherCache,
+    all_shards,
+    build_manifest,
+    missing_shards,
+    read_manifest,
+    shard_paths,
     write_manifest,
 )
 
@@ -43,7 +49,7 @@ class ShardDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         split, shard = self.shards[i]
-        rows = self.blocks[split][shard * self.shard_rows:(shard + 1) * self.shard_rows, :-1]
+        rows = self.blocks[split][shard * self.shard_rows : (shard + 1) * self.shard_rows, :-1]
         return {"split": split, "shard": shard, "input_ids": torch.from_numpy(rows.astype(np.int64))}
 
 
@@ -65,7 +71,7 @@ class TopKTeacher(L.LightningModule):
         self.model.eval()
         self.vocab_size, self.top_k, self.temperature, self.micro_batch = vocab_size, top_k, temperature, micro_batch
 
-    def train(self, mode: bool = True) -> "TopKTeacher":
+    def train(self, mode: bool = True) -> TopKTeacher:
         return super().train(False)
 
     @torch.no_grad()
@@ -74,8 +80,10 @@ class TopKTeacher(L.LightningModule):
         for ids in batch["input_ids"].split(self.micro_batch):
             logits = self.model(input_ids=ids, use_cache=False).logits
             if logits.shape[-1] < self.vocab_size:
-                raise DistillError(f"vocabulary mismatch: the teacher predicts {logits.shape[-1]} tokens but the "
-                                   f"tokenizer has {self.vocab_size}")
+                raise DistillError(
+                    f"vocabulary mismatch: the teacher predicts {logits.shape[-1]} tokens but the "
+                    f"tokenizer has {self.vocab_size}"
+                )
             logits = logits[..., : self.vocab_size].float()
             if self.temperature != 1.0:
                 logits = logits / self.temperature
@@ -83,7 +91,9 @@ class TopKTeacher(L.LightningModule):
             values.append(v.cpu())
             indices.append(i.cpu())
         # Joined in numpy: torch.cat of float16 under a bf16 autocast context is refused by torch.
-        return np.concatenate([v.numpy() for v in values]).astype(np.float16), np.concatenate([i.numpy() for i in indices])
+        return np.concatenate([v.numpy() for v in values]).astype(np.float16), np.concatenate(
+            [i.numpy() for i in indices]
+        )
 
 
 class TeacherCacheWriter(BasePredictionWriter):
@@ -167,16 +177,25 @@ def write_teacher_cache(
     if shard_rows < 1 or micro_batch < 1:
         raise DistillError(f"shard_rows and micro_batch must be >= 1 (got {shard_rows}, {micro_batch})")
 
-    manifest = build_manifest(keys=keys, top_k=top_k, temperature=temperature, vocab_size=vocab_size,
-                              seq_len=seq_lens.pop(), split_rows={k: len(v) for k, v in blocks.items()},
-                              shard_rows=shard_rows, extra=extra)
+    manifest = build_manifest(
+        keys=keys,
+        top_k=top_k,
+        temperature=temperature,
+        vocab_size=vocab_size,
+        seq_len=seq_lens.pop(),
+        split_rows={k: len(v) for k, v in blocks.items()},
+        shard_rows=shard_rows,
+        extra=extra,
+    )
     old = read_manifest(cache_dir)
     if old is not None:
         differ = [f for f in IDENTITY_FIELDS if old.get(f) != manifest[f]]
         if differ:
             detail = ", ".join(f"{f} {old.get(f)!r} there, {manifest[f]!r} now" for f in differ)
-            raise DistillError(f"teacher cache {cache_dir} holds a different build ({detail}): use a new "
-                               "teacher.cache_dir or delete that one")
+            raise DistillError(
+                f"teacher cache {cache_dir} holds a different build ({detail}): use a new "
+                "teacher.cache_dir or delete that one"
+            )
         manifest["extra"] = {**old.get("extra", {}), **manifest["extra"]}
     write_manifest(cache_dir, manifest)  # first, so an interrupted cache says what it is
     for stale in cache_dir.glob("*/.shard-*.partial"):  # leftovers of a crash; no write is in flight yet
@@ -184,20 +203,32 @@ def write_teacher_cache(
 
     todo = missing_shards(cache_dir, manifest)
     total = len(all_shards(manifest))
-    log.info("teacher cache %s: %d of %d shards already written, writing %d (top-%d, %d bytes/token)",
-             cache_dir, total - len(todo), total, len(todo), top_k, manifest["bytes_per_token"])
+    log.info(
+        "teacher cache %s: %d of %d shards already written, writing %d (top-%d, %d bytes/token)",
+        cache_dir,
+        total - len(todo),
+        total,
+        len(todo),
+        top_k,
+        manifest["bytes_per_token"],
+    )
     if todo:
         writer = TeacherCacheWriter(cache_dir, np.dtype(manifest["index_dtype"]))
         loader = DataLoader(ShardDataset(blocks, todo, shard_rows), batch_size=1, collate_fn=_one_item)
         module = TopKTeacher(teacher_model, vocab_size, top_k, temperature, micro_batch)
         kwargs = {"accelerator": "auto", "devices": 1, **(trainer_kwargs or {})}
         with _quiet_lightning():
-            trainer = L.Trainer(callbacks=[writer], logger=False, enable_checkpointing=False,
-                                enable_model_summary=False, enable_progress_bar=progress_bar, **kwargs)
+            trainer = L.Trainer(
+                callbacks=[writer],
+                logger=False,
+                enable_checkpointing=False,
+                enable_model_summary=False,
+                enable_progress_bar=progress_bar,
+                **kwargs,
+            )
             trainer.predict(module, dataloaders=loader, return_predictions=False)
         if not trainer.is_global_zero:
             return cache_dir
     TeacherCache(cache_dir)  # checks every shard is there
     log.info("teacher cache %s: complete (%d shards, %d written now)", cache_dir, total, len(todo))
     return cache_dir
-

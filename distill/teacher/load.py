@@ -49,5 +49,6 @@ def check_context(path: str | Path, seq_len: int | None, what: str = "teacher.pa
     config = AutoConfig.from_pretrained(str(path), **pretrained_kwargs())
     limit = getattr(config, "max_position_embeddings", None)
     if limit is not None and seq_len is not None and seq_len > limit:
-        raise DistillError(f"data.seq_len={seq_len} is longer than {what}'s maximum positions ({limit}); "
-                           f"use data.seq_len<={limit}")
+        raise DistillError(
+            f"data.seq_len={seq_len} is longer than {what}'s maximum positions ({limit}); use data.seq_len<={limit}"
+        )

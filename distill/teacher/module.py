@@ -20,7 +20,7 @@ class Teacher(L.LightningModule):
         self.model = model
         self.freeze()  # eval() + requires_grad_(False)
 
-    def train(self, mode: bool = True) -> "Teacher":
+    def train(self, mode: bool = True) -> Teacher:
         return super().train(False)  # a teacher never leaves eval mode (no dropout)
 
     scores_new_tokens = True  # it can score any tokens, the student's own samples too (on-policy)

@@ -22,14 +22,16 @@ TAIL_MODES = ("bucket", "renormalize")
 
 @dataclass
 class SparseTeacher:
-    logprobs: Tensor  # [..., k] log p_teacher of the k most likely tokens (full-vocabulary softmax at the cache temperature)
+    logprobs: (
+        Tensor  # [..., k] log p_teacher of the k most likely tokens (full-vocabulary softmax at the cache temperature)
+    )
     indices: Tensor  # [..., k] token ids (long)
 
-    def flatten_tokens(self) -> "SparseTeacher":
+    def flatten_tokens(self) -> SparseTeacher:
         k = self.logprobs.shape[-1]
         return SparseTeacher(self.logprobs.reshape(-1, k), self.indices.reshape(-1, k))
 
-    def __getitem__(self, item) -> "SparseTeacher":
+    def __getitem__(self, item) -> SparseTeacher:
         return SparseTeacher(self.logprobs[item], self.indices[item])
 
     @property

@@ -9,8 +9,8 @@ needs them (to run it, or to prune the student from it), and what the training m
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 from distill.errors import DistillError
 

@@ -28,8 +28,10 @@ def find(out: Path, run: str, kind: str = "metrics") -> Path:
 
 def main(out: Path) -> None:
     base = json.loads(find(out, "none").read_text())
-    print("| training data | documents kept | training tokens kept | student val ppl | Δ vs no filter | "
-          "top-1 agreement | dropped, by reason |")
+    print(
+        "| training data | documents kept | training tokens kept | student val ppl | Δ vs no filter | "
+        "top-1 agreement | dropped, by reason |"
+    )
     print("|---|---:|---:|---:|---:|---:|---|")
     for run, label in ROWS:
         path = find(out, run)
@@ -50,10 +52,14 @@ def main(out: Path) -> None:
         tokens = m["data.train_tokens_available"]
         share = tokens / base["data.train_tokens_available"]
         delta = m["student.val_ppl"] - base["student.val_ppl"]
-        print(f"| {label} | {docs} | {tokens:,} ({100 * share:.0f}%) | {m['student.val_ppl']:.2f} | "
-              f"{delta:+.2f} | {m['student.top1_agreement']:.3f} | {reasons} |")
-    print(f"\nteacher val ppl {base['teacher.val_ppl']:.2f}; every run: {base['train.tokens']:,} training tokens "
-          f"({base['train.steps']} steps), the same {base['val.tokens']:,} validation tokens")
+        print(
+            f"| {label} | {docs} | {tokens:,} ({100 * share:.0f}%) | {m['student.val_ppl']:.2f} | "
+            f"{delta:+.2f} | {m['student.top1_agreement']:.3f} | {reasons} |"
+        )
+    print(
+        f"\nteacher val ppl {base['teacher.val_ppl']:.2f}; every run: {base['train.tokens']:,} training tokens "
+        f"({base['train.steps']} steps), the same {base['val.tokens']:,} validation tokens"
+    )
     web = out / "web_filter_only" / "filter_stats.json"
     web = web if web.exists() else HERE / "filter_stats_web.json"
     if web.exists():

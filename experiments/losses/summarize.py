@@ -33,11 +33,15 @@ def main(out: Path) -> None:
             print(f"| {label} | (no metrics.json) | | | |")
             continue
         m = json.loads(path.read_text())
-        print(f"| {label} | {m['student.val_ppl']:.2f} | {m['student.top1_agreement']:.3f} | "
-              f"{m['train.tokens_per_s']:,.0f} | {m['train.wall_s']:.0f} |")
+        print(
+            f"| {label} | {m['student.val_ppl']:.2f} | {m['student.top1_agreement']:.3f} | "
+            f"{m['train.tokens_per_s']:,.0f} | {m['train.wall_s']:.0f} |"
+        )
     t = json.loads(find(out, ROWS[0][0]).read_text())
-    print(f"\nteacher val ppl {t['teacher.val_ppl']:.2f} ({t['teacher.params'] / 1e6:.2f}M params), "
-          f"student {t['student.params'] / 1e6:.2f}M params")
+    print(
+        f"\nteacher val ppl {t['teacher.val_ppl']:.2f} ({t['teacher.params'] / 1e6:.2f}M params), "
+        f"student {t['student.params'] / 1e6:.2f}M params"
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """README.md (and results.png) of the minilm_embed study from the metrics.json the run wrote.
 
-    python experiments/minilm_embed/summarize.py RUN_DIR   # copy RUN_DIR's metrics.json, report.png, config here
-    python experiments/minilm_embed/summarize.py           # rewrite from the files committed here
+python experiments/minilm_embed/summarize.py RUN_DIR   # copy RUN_DIR's metrics.json, report.png, config here
+python experiments/minilm_embed/summarize.py           # rewrite from the files committed here
 """
 
 import json
@@ -77,8 +77,8 @@ from its sentence-transformers files). Student: the teacher's layers
 matches the output that the next kept teacher block expects), `similarity` the MSE of the in-batch
 cosine-similarity matrices. Student dropout {dropout}. Data (`data=docstrings`): the docstrings of the Python standard library (read
 with `ast`) and the pydoc topics, cut into paragraphs, split 90/10 by file (seeded);
-{m['train.texts']:,} training texts, {m['val.texts']:,} held-out texts, up to {cfg['data']['max_length']} tokens.
-{m['train.steps']} steps of {cfg['data']['batch_size']} texts, AdamW lr {cfg['optim']['lr']:g}, bf16 autocast on CPU
+{m["train.texts"]:,} training texts, {m["val.texts"]:,} held-out texts, up to {cfg["data"]["max_length"]} tokens.
+{m["train.steps"]} steps of {cfg["data"]["batch_size"]} texts, AdamW lr {cfg["optim"]["lr"]:g}, bf16 autocast on CPU
 (`config.yaml`: the run's composed config). The reference without
 distillation is the same pruned student before training, measured in the same run.
 
@@ -90,22 +90,22 @@ python experiments/minilm_embed/summarize.py /tmp/exp_minilm_embed  # copies met
 ## Results
 
 Held-out texts only: mean cosine between the two models' embeddings of each text; top-10 overlap:
-for each of {m['eval.queries']} held-out queries, the fraction of the teacher's 10 nearest held-out
+for each of {m["eval.queries"]} held-out queries, the fraction of the teacher's 10 nearest held-out
 texts that are also among the student's 10 nearest.
 
 | model | layers | params | mean cosine to teacher | top-10 overlap | sentences/s (encode) |
 |---|---:|---:|---:|---:|---:|
-| teacher (all-MiniLM-L6-v2) | {m['teacher.layers']} | {m['teacher.params'] / 1e6:.2f}M | 1 | 1 | {m['teacher.sentences_per_s']:,.1f} |
-| student, pruned, no distillation | {m['student.layers']} | {m['student.params'] / 1e6:.2f}M | {m['pruned.embed_cosine']:.4f} | {m['pruned.top10_overlap']:.4f} | — |
-| student, distilled | {m['student.layers']} | {m['student.params'] / 1e6:.2f}M | {cos:.4f} | {ov:.4f} | {m['student.sentences_per_s']:,.1f} |
+| teacher (all-MiniLM-L6-v2) | {m["teacher.layers"]} | {m["teacher.params"] / 1e6:.2f}M | 1 | 1 | {m["teacher.sentences_per_s"]:,.1f} |
+| student, pruned, no distillation | {m["student.layers"]} | {m["student.params"] / 1e6:.2f}M | {m["pruned.embed_cosine"]:.4f} | {m["pruned.top10_overlap"]:.4f} | — |
+| student, distilled | {m["student.layers"]} | {m["student.params"] / 1e6:.2f}M | {cos:.4f} | {ov:.4f} | {m["student.sentences_per_s"]:,.1f} |
 
-- parameter ratio (student / teacher): **{m['student.params_ratio']:.3f}** (the 11.7M-parameter
+- parameter ratio (student / teacher): **{m["student.params_ratio"]:.3f}** (the 11.7M-parameter
   word-embedding table is kept whole; the encoder blocks are halved)
-- encode speed-up: **{m['speedup']:.2f}×** (the same held-out batches, same process, warmed up,
+- encode speed-up: **{m["speedup"]:.2f}×** (the same held-out batches, same process, warmed up,
   models alternating batch by batch over 3 rounds). Halving the encoder blocks predicts about 2×;
   this 2-core CPU was shared with other jobs during the run, so the measured value is noisy
   (rerun `run.sh` on an idle machine for a clean number)
-- cost: {m['train.tokens']:,} tokens in {m['train.wall_s']:.0f} s ({m['train.tokens_per_s']:,.0f} tokens/s,
+- cost: {m["train.tokens"]:,} tokens in {m["train.wall_s"]:.0f} s ({m["train.tokens_per_s"]:,.0f} tokens/s,
   on the same shared CPU)
 
 ![agreement before and after distillation](results.png)
@@ -116,10 +116,10 @@ texts that are also among the student's 10 nearest.
 
 ## Conclusion
 
-Distillation moves the pruned student from a mean cosine of {m['pruned.embed_cosine']:.3f} to
-{verdict(cos, GOALS['embed_cosine'])} and the top-10 overlap from {m['pruned.top10_overlap']:.3f} to
-{verdict(ov, GOALS['top10_overlap'])}, with {m['student.params_ratio']:.0%} of the teacher's
-parameters and a measured {m['speedup']:.2f}× encode speed-up (noisy, see above). The gain is the distillation's: the
+Distillation moves the pruned student from a mean cosine of {m["pruned.embed_cosine"]:.3f} to
+{verdict(cos, GOALS["embed_cosine"])} and the top-10 overlap from {m["pruned.top10_overlap"]:.3f} to
+{verdict(ov, GOALS["top10_overlap"])}, with {m["student.params_ratio"]:.0%} of the teacher's
+parameters and a measured {m["speedup"]:.2f}× encode speed-up (noisy, see above). The gain is the distillation's: the
 reference row is the same student before training. The run is a few CPU minutes; more steps
 (the loss was still falling) and more text are the obvious levers.
 """

@@ -32,13 +32,17 @@ def main(out: Path) -> None:
         path = find(out / "prune" / name / "pruning_report.json", f"pruning_report_{name}.json")
         if path.exists():
             r = json.loads(path.read_text())
-            print(f"| {name} | {r['student.params'] / 1e6:.2f}M | {r['student.params_ratio']:.3f} | "
-                  f"{r['student.val_ppl_pruned']:,.1f} | {r['student.top1_agreement_pruned']:.3f} |")
+            print(
+                f"| {name} | {r['student.params'] / 1e6:.2f}M | {r['student.params_ratio']:.3f} | "
+                f"{r['student.val_ppl_pruned']:,.1f} | {r['student.top1_agreement_pruned']:.3f} |"
+            )
     base = json.loads(find(out / "train" / TRAINED[0] / "metrics.json", f"metrics_{TRAINED[0]}.json").read_text())
     target, steps = base["baseline.val_ppl"], base["train.steps"]
     print(f"\nteacher val ppl {base['teacher.val_ppl']:.2f}; from-scratch control after {steps} steps: {target:.2f}\n")
-    print("| student | params (active per token) | val ppl after distillation | top-1 agreement | "
-          "steps to reach the control's final ppl | tokens saved |")
+    print(
+        "| student | params (active per token) | val ppl after distillation | top-1 agreement | "
+        "steps to reach the control's final ppl | tokens saved |"
+    )
     print("|---|---:|---:|---:|---:|---:|")
     for name in TRAINED:
         metrics = find(out / "train" / name / "metrics.json", f"metrics_{name}.json")
@@ -53,8 +57,10 @@ def main(out: Path) -> None:
         report = find(out / "train" / name / "pruning_report.json", f"pruning_report_train_{name}.json")
         active = json.loads(report.read_text()).get("params_active") if report.exists() else None
         params = f"{m['student.params'] / 1e6:.2f}M" + (f" ({active / 1e6:.2f}M)" if active else "")
-        print(f"| {name} | {params} | {m['student.val_ppl']:.2f} | {m['student.top1_agreement']:.3f} | "
-              f"{reach or '—'} | {saved} |")
+        print(
+            f"| {name} | {params} | {m['student.val_ppl']:.2f} | {m['student.top1_agreement']:.3f} | "
+            f"{reach or '—'} | {saved} |"
+        )
 
 
 def plot(out: Path, path: Path = HERE / "results.png") -> None:
@@ -70,7 +76,9 @@ def plot(out: Path, path: Path = HERE / "results.png") -> None:
         if find(out / "train" / name / "csv" / "metrics.csv", f"val_curve_{name}.csv").exists():
             steps, ppl = zip(*[(s + 1, p) for s, p in val_curve(out, name)])
             ax.plot(steps, ppl, label=name)
-    ax.axhline(base["baseline.val_ppl"], color="gray", linestyle="--", label=f"control after {base['train.steps']} steps")
+    ax.axhline(
+        base["baseline.val_ppl"], color="gray", linestyle="--", label=f"control after {base['train.steps']} steps"
+    )
     ax.axhline(base["teacher.val_ppl"], color="black", linestyle=":", label="teacher")
     ax.set_xlabel("distillation step")
     ax.set_ylabel("validation perplexity")

@@ -14,12 +14,12 @@ the stock sweep loop (TPE, batches of ``n_jobs``, failure rate, any launcher, SL
 It lives under ``hydra_plugins`` because Hydra instantiates sweepers only from there.
 """
 
-
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
 
@@ -34,8 +34,9 @@ class PruningOptunaSweeperConf(OptunaSweeperConf):
     trial_key: str = "optuna_trial"  # the config key that receives the trial number
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="optuna_pruning", node=PruningOptunaSweeperConf,
-                             provider="distill")
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="optuna_pruning", node=PruningOptunaSweeperConf, provider="distill"
+)
 
 
 class PruningOptunaSweeper(OptunaSweeper):
@@ -45,12 +46,13 @@ class PruningOptunaSweeper(OptunaSweeper):
         self.sweeper.pruner, self.sweeper.trial_key = pruner, trial_key
 
 
-@lru_cache(maxsize=None)
+@cache
 def impl_classes():
     """Built on first use: Hydra imports every plugin module at each app start, and optuna is slow to import."""
     import optuna
-    from hydra_plugins.hydra_optuna_sweeper import _impl
     from optuna.trial import TrialState
+
+    from hydra_plugins.hydra_optuna_sweeper import _impl
 
     class PrunedAwareStudy(optuna.Study):
         """A study whose ``tell`` records PRUNED for a trial its job marked as pruned."""
@@ -59,8 +61,11 @@ def impl_classes():
             trial_id = trial._trial_id if isinstance(trial, optuna.trial.Trial) else None
             # read past the storage's cache: the job marked the trial through its own connection
             storage = getattr(self._storage, "_backend", self._storage)
-            if (trial_id is not None and state != TrialState.FAIL
-                    and PRUNED_AT in storage.get_trial(trial_id).user_attrs):
+            if (
+                trial_id is not None
+                and state != TrialState.FAIL
+                and PRUNED_AT in storage.get_trial(trial_id).user_attrs
+            ):
                 return super().tell(trial, state=TrialState.PRUNED)
             return super().tell(trial, values=values, state=state)
 

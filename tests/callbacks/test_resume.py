@@ -28,10 +28,12 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint():
 def _trainer(rank: int, world: int, batches_done: int = 0):
     """What ExactResume reads of a trainer, for rank ``rank`` of ``world`` with a fresh training loader."""
     progress = SimpleNamespace(current=SimpleNamespace(processed=batches_done))
-    return SimpleNamespace(fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
-                           train_dataloader=train_loader(list(range(30)), batch_size=2, seed=4, rank=rank,
-                                                         world_size=world),
-                           current_epoch=1, distributed_sampler_kwargs={"num_replicas": world, "rank": rank})
+    return SimpleNamespace(
+        fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress)),
+        train_dataloader=train_loader(list(range(30)), batch_size=2, seed=4, rank=rank, world_size=world),
+        current_epoch=1,
+        distributed_sampler_kwargs={"num_replicas": world, "rank": rank},
+    )
 
 
 def _epoch(loader, epoch=1):

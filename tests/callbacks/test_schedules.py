@@ -12,7 +12,11 @@ def test_linear_and_cosine_reach_their_ends():
     lin = Schedule(start=4.0, end=1.0, kind="linear")
     cos = Schedule(start=4.0, end=1.0, kind="cosine")
     assert lin.value(0, 101) == 4.0 and lin.value(50, 101) == pytest.approx(2.5) and lin.value(100, 101) == 1.0
-    assert cos.value(0, 101) == 4.0 and cos.value(50, 101) == pytest.approx(2.5) and cos.value(100, 101) == pytest.approx(1.0)
+    assert (
+        cos.value(0, 101) == 4.0
+        and cos.value(50, 101) == pytest.approx(2.5)
+        and cos.value(100, 101) == pytest.approx(1.0)
+    )
     # cosine is slower than linear at the start and faster in the middle
     assert cos.value(10, 101) > lin.value(10, 101)
     assert lin.value(500, 101) == 1.0  # held after the end
@@ -42,8 +46,12 @@ class _Module(SimpleNamespace):
 def test_callback_sets_temperature_and_weights_and_logs_them():
     objective = Objective(weights={"forward_kl": 1.0, "ce": 0.5})
     module = _Module(loss=objective, logged={})
-    cb = LossSchedules({"temperature": {"start": 4.0, "end": 1.0, "kind": "linear"},
-                        "ce": {"start": 0.0, "end": 1.0, "kind": "cosine"}})
+    cb = LossSchedules(
+        {
+            "temperature": {"start": 4.0, "end": 1.0, "kind": "linear"},
+            "ce": {"start": 0.0, "end": 1.0, "kind": "cosine"},
+        }
+    )
     trainer = SimpleNamespace(global_step=5, max_steps=11)
     cb.on_train_batch_start(trainer, module, None, 0)
     assert objective.temperature == pytest.approx(2.5)

@@ -29,21 +29,36 @@ def build_random_model(arch: str, vocab_size: int, eos: int):
     """A random ``arch`` model (llama, qwen2 or gpt2) at test size, its end-of-text token ``eos``."""
     if arch == "llama":
         config = LlamaConfig(
-            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos,
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=eos,
+            eos_token_id=eos,
+            pad_token_id=eos,
             tie_word_embeddings=False,
         )
         return LlamaForCausalLM(config)
     if arch == "qwen2":
         config = Qwen2Config(
-            vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=128, bos_token_id=eos, eos_token_id=eos,
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+            bos_token_id=eos,
+            eos_token_id=eos,
             tie_word_embeddings=True,
         )
         return Qwen2ForCausalLM(config)
     if arch == "gpt2":
         config = GPT2Config(
-            vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=eos, eos_token_id=eos,
+            vocab_size=vocab_size, n_embd=64, n_layer=2, n_head=4, n_positions=128, bos_token_id=eos, eos_token_id=eos
         )
         return GPT2LMHeadModel(config)
     raise ValueError(arch)
@@ -63,8 +78,15 @@ def save_random_model(out: Path, arch: str, tokenizer_dir: Path, vocab_size: int
 def byo_args(teacher: Path, data: Path, out: Path, *extra: str) -> list[str]:
     """distill-train on a brought teacher dir and JSONL data (text under ``content``): smoke sizes, no control."""
     return [
-        "experiment=smoke", f"teacher.path={teacher}", "data=files", f"data.paths=[{data}]", "data.text_field=content",
-        f"hydra.run.dir={out}", f"trainer.max_steps={MAX_STEPS}", "control=false", *extra,
+        "experiment=smoke",
+        f"teacher.path={teacher}",
+        "data=files",
+        f"data.paths=[{data}]",
+        "data.text_field=content",
+        f"hydra.run.dir={out}",
+        f"trainer.max_steps={MAX_STEPS}",
+        "control=false",
+        *extra,
     ]
 
 

@@ -18,8 +18,14 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.cli
 
 DESIGN_KEYS = {
-    "teacher.params", "teacher.val_ppl", "student.params", "student.val_ppl", "student.top1_agreement",
-    "train.tokens", "train.tokens_per_s", "train.wall_s",
+    "teacher.params",
+    "teacher.val_ppl",
+    "student.params",
+    "student.val_ppl",
+    "student.top1_agreement",
+    "train.tokens",
+    "train.tokens_per_s",
+    "train.wall_s",
 }
 SMOKE_BATCH, SMOKE_SEQ = 4, 64  # experiment=smoke's data sizes
 
@@ -89,7 +95,9 @@ def test_pretrained_student_with_another_tokenizer(byo, cache_dir, tmp_path):
     teacher_dir = save_random_model(tmp_path / "teacher", "llama", byo["tok_a"])
     student_dir = save_random_model(tmp_path / "student-model", "llama", byo["tok_b"])
     out = tmp_path / "run"
-    proc = run_cli(byo_args(teacher_dir, byo["data"], out, "student=pretrained", f"student.path={student_dir}"), cache_dir)
+    proc = run_cli(
+        byo_args(teacher_dir, byo["data"], out, "student=pretrained", f"student.path={student_dir}"), cache_dir
+    )
     assert proc.returncode != 0
     assert "Traceback" not in proc.stderr
     errors = _error_lines(proc)
@@ -104,7 +112,9 @@ def test_pretrained_student_sharing_the_tokenizer(byo, cache_dir, tmp_path):
     teacher_dir = save_random_model(tmp_path / "teacher", "llama", byo["tok_a"])
     student_dir = save_random_model(tmp_path / "student-model", "gpt2", byo["tok_a"], seed=1)
     out = tmp_path / "run"
-    proc = run_cli(byo_args(teacher_dir, byo["data"], out, "student=pretrained", f"student.path={student_dir}"), cache_dir)
+    proc = run_cli(
+        byo_args(teacher_dir, byo["data"], out, "student=pretrained", f"student.path={student_dir}"), cache_dir
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert DESIGN_KEYS <= set(metrics)

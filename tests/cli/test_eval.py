@@ -17,10 +17,19 @@ pytestmark = pytest.mark.cli
 def test_eval_compares_teacher_and_student_on_the_training_split(smoke_run, cache_dir, tmp_path):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
     teacher = metrics["teacher.path"]  # the cached smoke teacher
-    proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path}",
-                    f"models={{teacher: {teacher}, student: {smoke_run / 'student'}}}",
-                    "speed.batches=1", "speed.rounds=1", "speed.new_tokens=4", "generation.max_new_tokens=8"],
-                   cache_dir, prog="distill-eval")
+    proc = run_cli(
+        [
+            "experiment=smoke",
+            f"hydra.run.dir={tmp_path}",
+            f"models={{teacher: {teacher}, student: {smoke_run / 'student'}}}",
+            "speed.batches=1",
+            "speed.rounds=1",
+            "speed.new_tokens=4",
+            "generation.max_new_tokens=8",
+        ],
+        cache_dir,
+        prog="distill-eval",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["reference"] == "teacher" and list(result["models"]) == ["teacher", "student"]
@@ -41,25 +50,44 @@ def test_eval_compares_teacher_and_student_on_the_training_split(smoke_run, cach
 
 def test_eval_refuses_models_with_different_tokenizers(cache_dir, tmp_path):
     a, b = tiny_model_dir(tmp_path / "a", 300), tiny_model_dir(tmp_path / "b", 280)
-    proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path / 'out'}", f"models=[{a},{b}]"], cache_dir,
-                   prog="distill-eval")
+    proc = run_cli(
+        ["experiment=smoke", f"hydra.run.dir={tmp_path / 'out'}", f"models=[{a},{b}]"], cache_dir, prog="distill-eval"
+    )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1].startswith("distill-eval: error: models a and b have different tokenizers")
+    assert (
+        proc.stderr.strip().splitlines()[-1].startswith("distill-eval: error: models a and b have different tokenizers")
+    )
     assert not (tmp_path / "out" / "eval.json").exists()
 
 
 def test_eval_names_a_missing_model(cache_dir, tmp_path):
-    proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path}", f"models=[{tmp_path / 'nope'}]"], cache_dir,
-                   prog="distill-eval")
+    proc = run_cli(
+        ["experiment=smoke", f"hydra.run.dir={tmp_path}", f"models=[{tmp_path / 'nope'}]"],
+        cache_dir,
+        prog="distill-eval",
+    )
     assert proc.returncode == 2 and "models.nope does not exist" in proc.stderr
 
 
 @pytest.mark.slow
 def test_lm_eval_harness_scores_the_exported_student_on_local_tasks(smoke_run, cache_dir, tmp_path):
     pytest.importorskip("lm_eval")
-    proc = run_cli(["experiment=smoke", f"hydra.run.dir={tmp_path}", f"models=[{smoke_run / 'student'}]",
-                    "lm_eval.run=true", "lm_eval.max_docs=2", "lm_eval.max_items=8", "speed.batches=1", "speed.rounds=1",
-                    "speed.new_tokens=2", "generation.max_new_tokens=2"], cache_dir, prog="distill-eval")
+    proc = run_cli(
+        [
+            "experiment=smoke",
+            f"hydra.run.dir={tmp_path}",
+            f"models=[{smoke_run / 'student'}]",
+            "lm_eval.run=true",
+            "lm_eval.max_docs=2",
+            "lm_eval.max_items=8",
+            "speed.batches=1",
+            "speed.rounds=1",
+            "speed.new_tokens=2",
+            "generation.max_new_tokens=2",
+        ],
+        cache_dir,
+        prog="distill-eval",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads((tmp_path / "eval.json").read_text())["models"]["student"]
     assert row["lm_eval.distill_ppl.bits_per_byte"] > 0

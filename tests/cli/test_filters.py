@@ -10,8 +10,13 @@ from tests.conftest import run_cli
 pytestmark = pytest.mark.cli
 
 # teacher=none and a tiny scratch student: for runs that must fail before any training
-NO_TEACHER = ["teacher=none", "student=scratch", "student.num_layers=1", "student.hidden_size=32",
-              "student.num_heads=2"]
+NO_TEACHER = [
+    "teacher=none",
+    "student=scratch",
+    "student.num_layers=1",
+    "student.hidden_size=32",
+    "student.num_heads=2",
+]
 
 
 def last_line(proc) -> str:
@@ -29,8 +34,9 @@ def assert_one_line_error(proc, prog: str, message: str) -> None:
 def filter_run(cache_dir, tmp_path_factory):
     """``distill-filter experiment=smoke data/filters=[code,dedup]``, once for this module."""
     out = tmp_path_factory.mktemp("filter-run")
-    proc = run_cli(["experiment=smoke", "data/filters=[code,dedup]", f"hydra.run.dir={out}"], cache_dir,
-                   prog="distill-filter")
+    proc = run_cli(
+        ["experiment=smoke", "data/filters=[code,dedup]", f"hydra.run.dir={out}"], cache_dir, prog="distill-filter"
+    )
     return proc, out
 
 
@@ -51,8 +57,9 @@ def test_distill_filter_prints_the_table_and_writes_stats(filter_run):
 def test_distill_filter_again_uses_the_cache(filter_run, cache_dir, tmp_path):
     first, first_out = filter_run
     assert first.returncode == 0, first.stderr[-3000:]
-    proc = run_cli(["experiment=smoke", "data/filters=[code,dedup]", f"hydra.run.dir={tmp_path}"], cache_dir,
-                   prog="distill-filter")
+    proc = run_cli(
+        ["experiment=smoke", "data/filters=[code,dedup]", f"hydra.run.dir={tmp_path}"], cache_dir, prog="distill-filter"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = proc.stdout + proc.stderr
     assert "filtered data: cached" in logs and "preparing over the whole corpus" not in logs
@@ -69,8 +76,9 @@ def test_distill_filter_without_filters_is_an_error(cache_dir, tmp_path):
 def test_train_with_filters_reuses_distill_filter_and_reports(filter_run, cache_dir, tmp_path):
     """distill-filter's result is what the training run uses (cached), and the run reports it."""
     assert filter_run[0].returncode == 0
-    proc = run_cli(["experiment=smoke", "data/filters=[code,dedup]", "control=false", f"hydra.run.dir={tmp_path}"],
-                   cache_dir)
+    proc = run_cli(
+        ["experiment=smoke", "data/filters=[code,dedup]", "control=false", f"hydra.run.dir={tmp_path}"], cache_dir
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "filtered data: cached" in proc.stdout + proc.stderr
     stats = json.loads((tmp_path / "filter_stats.json").read_text())
@@ -85,8 +93,9 @@ def test_train_with_filters_reuses_distill_filter_and_reports(filter_run, cache_
 
 @pytest.mark.slow
 def test_teacher_perplexity_band_through_training(cache_dir, tmp_path):
-    proc = run_cli(["experiment=smoke", "data/filters=teacher_ppl", "control=false", f"hydra.run.dir={tmp_path}"],
-                   cache_dir)
+    proc = run_cli(
+        ["experiment=smoke", "data/filters=teacher_ppl", "control=false", f"hydra.run.dir={tmp_path}"], cache_dir
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     stage = json.loads((tmp_path / "filter_stats.json").read_text())["stages"]["teacher_ppl"]
     assert set(stage["dropped"]) == {"ppl_below_band", "ppl_above_band"}
@@ -99,9 +108,21 @@ def test_teacher_perplexity_band_through_training(cache_dir, tmp_path):
 @pytest.mark.parametrize("prog", ["distill-train", "distill-filter"])
 def test_prompt_response_data_refuses_filters(prog, cache_dir, tmp_path):
     data = qa_file(tmp_path / "qa.jsonl")
-    proc = run_cli(["experiment=smoke", *NO_TEACHER, "data=prompt_response", f"data.paths=[{data}]",
-                    "data.prompt_field=question", "data.response_field=answer", "data.seq_len=32",
-                    "data/filters=code", f"hydra.run.dir={tmp_path / 'run'}"], cache_dir, prog=prog)
+    proc = run_cli(
+        [
+            "experiment=smoke",
+            *NO_TEACHER,
+            "data=prompt_response",
+            f"data.paths=[{data}]",
+            "data.prompt_field=question",
+            "data.response_field=answer",
+            "data.seq_len=32",
+            "data/filters=code",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        cache_dir,
+        prog=prog,
+    )
     assert_one_line_error(proc, prog, "not on prompt/response examples")
 
 
@@ -114,8 +135,9 @@ def test_filters_that_drop_everything_stop_the_run(cache_dir, tmp_path):
 
 def test_distill_filter_reports_a_pipeline_that_drops_everything(cache_dir, tmp_path):
     """distill-filter still prints and saves the stats (which filter dropped what), then fails."""
-    proc = run_cli(["experiment=smoke", "data/filters=web", f"hydra.run.dir={tmp_path}"], cache_dir,
-                   prog="distill-filter")
+    proc = run_cli(
+        ["experiment=smoke", "data/filters=web", f"hydra.run.dir={tmp_path}"], cache_dir, prog="distill-filter"
+    )
     assert_one_line_error(proc, "distill-filter", "the filters dropped every training document (36 in)")
     assert "gopher_below_alpha_threshold" in proc.stdout  # the table, before the error
     stats = json.loads((tmp_path / "filter_stats.json").read_text())

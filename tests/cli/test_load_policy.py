@@ -60,8 +60,16 @@ def remote_code(teacher, tmp_path_factory):
 def _args(prog: str, teacher, byo, out) -> list[str]:
     data = ["data=files", f"data.paths=[{byo['data']}]", "data.text_field=content"]
     if prog == "distill-eval":
-        return ["experiment=smoke", *data, f"models=[{teacher}]", f"hydra.run.dir={out}", "speed.rounds=1",
-                "speed.batches=1", "speed.new_tokens=2", "generation.max_new_tokens=2"]
+        return [
+            "experiment=smoke",
+            *data,
+            f"models=[{teacher}]",
+            f"hydra.run.dir={out}",
+            "speed.rounds=1",
+            "speed.batches=1",
+            "speed.new_tokens=2",
+            "generation.max_new_tokens=2",
+        ]
     return ["experiment=smoke", f"teacher.path={teacher}", *data, f"hydra.run.dir={out}", *CLIS[prog]]
 
 
@@ -86,8 +94,11 @@ def test_allow_pickle_lets_every_cli_load_them(prog, pickled, byo, cache_dir, tm
     out = tmp_path / "run"
     proc = run_cli([*_args(prog, pickled, byo, out), "allow_pickle=true"], cache_dir, prog=prog)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    produced = {"distill-prune": "pruning_report.json", "distill-filter": "filter_stats.json",
-                "distill-eval": "eval.json"}[prog]
+    produced = {
+        "distill-prune": "pruning_report.json",
+        "distill-filter": "filter_stats.json",
+        "distill-eval": "eval.json",
+    }[prog]
     assert (out / produced).is_file()
 
 

@@ -23,9 +23,18 @@ TERMS = {
 @pytest.mark.slow
 @pytest.mark.parametrize("loss", sorted(TERMS))
 def test_loss_preset_trains_with_each_of_its_terms(loss, cache_dir, tmp_path):
-    proc = run_cli(["experiment=smoke", f"loss={loss}", "control=false", "trainer.max_steps=6",
-                    "trainer.val_check_interval=6", "trainer.log_every_n_steps=1", f"hydra.run.dir={tmp_path}"],
-                   cache_dir)
+    proc = run_cli(
+        [
+            "experiment=smoke",
+            f"loss={loss}",
+            "control=false",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=6",
+            "trainer.log_every_n_steps=1",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert_terms_active(tmp_path, "loss", *TERMS[loss])  # on_policy: some of the 6 batches were sampled
     metrics = read_metrics(tmp_path)
@@ -34,10 +43,18 @@ def test_loss_preset_trains_with_each_of_its_terms(loss, cache_dir, tmp_path):
 
 
 def test_scheduled_temperature_is_applied_and_logged(cache_dir, tmp_path):
-    proc = run_cli(["experiment=smoke", "control=false", "trainer.max_steps=6", "trainer.val_check_interval=6",
-                    "trainer.log_every_n_steps=1",
-                    "+callbacks.loss_schedules.schedules.temperature={kind: linear, start: 3.0, end: 1.0}",
-                    f"hydra.run.dir={tmp_path}"], cache_dir)
+    proc = run_cli(
+        [
+            "experiment=smoke",
+            "control=false",
+            "trainer.max_steps=6",
+            "trainer.val_check_interval=6",
+            "trainer.log_every_n_steps=1",
+            "+callbacks.loss_schedules.schedules.temperature={kind: linear, start: 3.0, end: 1.0}",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()
     col = lines[0].split(",").index("schedule/temperature")
@@ -51,8 +68,9 @@ def test_fused_linear_loss_trains_like_the_chunked_one(cache_dir, tmp_path):
     ppl = {}
     for fused in ("false", "true"):
         out = tmp_path / fused
-        proc = run_cli(["experiment=smoke", "control=false", f"loss.fused_linear={fused}", f"hydra.run.dir={out}"],
-                       cache_dir)
+        proc = run_cli(
+            ["experiment=smoke", "control=false", f"loss.fused_linear={fused}", f"hydra.run.dir={out}"], cache_dir
+        )
         assert proc.returncode == 0, proc.stderr[-3000:]
         ppl[fused] = json.loads((out / "metrics.json").read_text())["student.val_ppl"]
     assert ppl["true"] == pytest.approx(ppl["false"], rel=0.02)

@@ -26,8 +26,18 @@ CONFIG_DIR = REPO / "configs"
 PRESETS = sorted(p.stem for p in (CONFIG_DIR / "quant").glob("*.yaml"))
 SMOKE = ["experiment=smoke", "control=false"]
 # the smoke student (every other layer of the 2-layer smoke teacher): one decoder layer, 7 linears
-BLOCK_LINEARS = [f"model.layers.0.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
-                                                  "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+BLOCK_LINEARS = [
+    f"model.layers.0.{m}"
+    for m in (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    )
+]
 WIDE_INPUT = {"model.layers.0.mlp.down_proj"}  # in_features 192; every other block linear takes 64
 
 
@@ -139,8 +149,12 @@ def test_preset_composes_into_its_plugin(name, experiment):
     assert plugin.name == name  # the name the memory estimate, metrics and report use, before any training
     if name == "qlora":
         assert type(plugin) is QLoRAPlugin and plugin.finalize_before_merge
-        assert (plugin.quant_type, plugin.double_quant, plugin.compute_dtype, plugin.export) == \
-            ("nf4", True, "bfloat16", "merged")
+        assert (plugin.quant_type, plugin.double_quant, plugin.compute_dtype, plugin.export) == (
+            "nf4",
+            True,
+            "bfloat16",
+            "merged",
+        )
         assert cfg.student.lora.r == 16  # QLoRA turns LoRA on
         return
     assert type(plugin) is (PTQPlugin if name.startswith("ptq_") else QATPlugin)
@@ -168,8 +182,9 @@ def test_preset_overrides_reach_the_plugin():
     assert plugin_of(compose_train("quant=qlora", "quant.export=adapters")).export == "adapters"
 
 
-@pytest.mark.parametrize("load_in, expected", [("null", None), ("fp32", "fp32"), ("bf16", "bf16"), ("8bit", "8bit"),
-                                               ("4bit", "4bit")])
+@pytest.mark.parametrize(
+    "load_in, expected", [("null", None), ("fp32", "fp32"), ("bf16", "bf16"), ("8bit", "8bit"), ("4bit", "4bit")]
+)
 def test_teacher_load_in_composes(load_in, expected):
     from distill.quant.memory import LOAD_BYTES
     from distill.quant.quantized_teacher import LOAD_IN
@@ -344,8 +359,14 @@ def test_indivisible_group_size_fails_before_training(preset, warm_cache, tmp_pa
 
 @pytest.fixture(scope="module")
 def skip_run(tmp_path_factory, warm_cache) -> Path:
-    return train_run(tmp_path_factory.mktemp("qat_skip"), warm_cache, "quant=qat_int8_int4", "quant.group_size=48",
-                     "quant.skip_indivisible=true", "trainer.max_steps=5")
+    return train_run(
+        tmp_path_factory.mktemp("qat_skip"),
+        warm_cache,
+        "quant=qat_int8_int4",
+        "quant.group_size=48",
+        "quant.skip_indivisible=true",
+        "trainer.max_steps=5",
+    )
 
 
 @pytest.mark.slow
@@ -396,8 +417,11 @@ def test_qlora_exports_a_plain_hf_student(qlora_run):
     assert not [k for k in keys if re.search(r"lora_|base_layer|absmax|quant_map|quant_state|nested", k)]
     model, info = AutoModelForCausalLM.from_pretrained(qlora_run / "student", output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys"))
-    foreign = {type(mod).__module__ for mod in model.modules()
-               if type(mod).__module__.split(".")[0] in ("bitsandbytes", "peft")}
+    foreign = {
+        type(mod).__module__
+        for mod in model.modules()
+        if type(mod).__module__.split(".")[0] in ("bitsandbytes", "peft")
+    }
     assert not foreign
     assert m["student.params"] == sum(p.numel() for p in model.parameters())  # no adapter params left
     assert "- student quantization: `qlora`, 7 layers quantized" in report_section(qlora_run)
@@ -405,8 +429,13 @@ def test_qlora_exports_a_plain_hf_student(qlora_run):
 
 @pytest.fixture(scope="module")
 def qlora_adapters_run(tmp_path_factory, cache_dir) -> Path:
-    return train_run(tmp_path_factory.mktemp("qlora_adapters"), cache_dir, "quant=qlora", "quant.export=adapters",
-                     "trainer.max_steps=5")
+    return train_run(
+        tmp_path_factory.mktemp("qlora_adapters"),
+        cache_dir,
+        "quant=qlora",
+        "quant.export=adapters",
+        "trainer.max_steps=5",
+    )
 
 
 @pytest.mark.slow
@@ -431,8 +460,11 @@ def test_qlora_adapters_export_is_the_merged_students_delta(qlora_adapters_run):
     hf = exported(run)
     for name in BLOCK_LINEARS:
         # every_other_layer keeps teacher layers 0, 2, ...: student layer 0 is teacher layer 0
-        base = dequantized_weight(to_linear4bit(teacher.get_submodule(name), quant_type="nf4", double_quant=True,
-                                                compute_dtype=torch.bfloat16))
+        base = dequantized_weight(
+            to_linear4bit(
+                teacher.get_submodule(name), quant_type="nf4", double_quant=True, compute_dtype=torch.bfloat16
+            )
+        )
         a = lora[f"base_model.model.{name}.lora_A.weight"]
         b = lora[f"base_model.model.{name}.lora_B.weight"]
         assert b.abs().max() > 0, name  # the adapters trained
@@ -445,8 +477,10 @@ def test_qlora_adapters_export_is_the_merged_students_delta(qlora_adapters_run):
 @pytest.mark.slow
 @pytest.mark.cli
 def test_qlora_width_not_a_multiple_of_64_is_one_clear_error(warm_cache, tmp_path):
-    proc = run_cli([*SMOKE, f"hydra.run.dir={tmp_path}", "quant=qlora", "student=width",
-                    "student.intermediate_size=160"], warm_cache)
+    proc = run_cli(
+        [*SMOKE, f"hydra.run.dir={tmp_path}", "quant=qlora", "student=width", "student.intermediate_size=160"],
+        warm_cache,
+    )
     line = one_line_error(proc, tmp_path)
     assert "multiples of 64" in line and "mlp.gate_proj.base_layer (64 -> 160)" in line
     no_training(proc)
@@ -465,7 +499,7 @@ def test_qlora_without_adapters_is_one_clear_error(warm_cache, tmp_path):
 def test_unknown_teacher_load_in_is_one_clear_error(warm_cache, tmp_path):
     proc = run_cli([*SMOKE, f"hydra.run.dir={tmp_path}", "teacher.load_in=2bit"], warm_cache)
     line = one_line_error(proc, tmp_path)
-    assert "teacher.load_in must be one of fp32, bf16, 8bit, 4bit, got '2bit'" in line
+    assert "teacher.load_in='2bit': expected one of 'fp32', 'bf16', '8bit', '4bit'" in line
     no_training(proc)
 
 
@@ -473,8 +507,16 @@ def test_unknown_teacher_load_in_is_one_clear_error(warm_cache, tmp_path):
 @pytest.mark.cli
 def test_8bit_teacher_width_not_a_multiple_of_64_is_one_clear_error(cache_dir, tmp_path):
     # a teacher with 160-wide MLPs (trained for 1 step: only its shape matters)
-    proc = run_cli([*SMOKE, f"hydra.run.dir={tmp_path}", "teacher.load_in=8bit",
-                    "teacher.scratch.intermediate_size=160", "teacher.scratch.max_steps=1"], cache_dir)
+    proc = run_cli(
+        [
+            *SMOKE,
+            f"hydra.run.dir={tmp_path}",
+            "teacher.load_in=8bit",
+            "teacher.scratch.intermediate_size=160",
+            "teacher.scratch.max_steps=1",
+        ],
+        cache_dir,
+    )
     line = one_line_error(proc, tmp_path)
     assert "teacher.load_in=8bit" in line and "model.layers.0.mlp.gate_proj (64 -> 160)" in line
     assert "max_steps=20" not in proc.stdout + proc.stderr  # the student never trained
@@ -490,8 +532,12 @@ def teacher_runs(tmp_path_factory, cache_dir):
 
     def get(load_in: str) -> Path:
         if load_in not in runs:
-            runs[load_in] = train_run(tmp_path_factory.mktemp(f"teacher_{load_in}"), cache_dir,
-                                      f"teacher.load_in={load_in}", "trainer.max_steps=5")
+            runs[load_in] = train_run(
+                tmp_path_factory.mktemp(f"teacher_{load_in}"),
+                cache_dir,
+                f"teacher.load_in={load_in}",
+                "trainer.max_steps=5",
+            )
         return runs[load_in]
 
     return get
@@ -522,8 +568,9 @@ def test_quantized_teacher_saves_memory(load_in, teacher_runs, qat_run):
 @pytest.mark.slow
 @pytest.mark.cli
 def test_teacher_memory_shrinks_with_fewer_bits(teacher_runs):
-    memory = {load_in: metrics_of(teacher_runs(load_in))["teacher.memory_bytes"]
-              for load_in in ("bf16", "8bit", "4bit")}
+    memory = {
+        load_in: metrics_of(teacher_runs(load_in))["teacher.memory_bytes"] for load_in in ("bf16", "8bit", "4bit")
+    }
     unquantized = metrics_of(teacher_runs("bf16"))["teacher.memory_bytes_unquantized"]
     assert memory["4bit"] < memory["8bit"] < unquantized
     # bf16 halves every parameter (fp32 buffers such as RoPE's inv_freq stay)
@@ -549,8 +596,9 @@ def test_resume_from_last_checkpoint(preset, warm_cache, tmp_path):
     train_run(out, warm_cache, f"quant={preset}", "trainer.max_steps=10")
     first = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     assert first["global_step"] == 10
-    proc = run_cli([*SMOKE, f"hydra.run.dir={out}", f"quant={preset}", "trainer.max_steps=20", "ckpt_path=last"],
-                   warm_cache)
+    proc = run_cli(
+        [*SMOKE, f"hydra.run.dir={out}", f"quant={preset}", "trainer.max_steps=20", "ckpt_path=last"], warm_cache
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Restored all states from the checkpoint" in proc.stdout + proc.stderr
     m = metrics_of(out)

@@ -19,13 +19,35 @@ from tests.conftest import REPO, run_cli
 
 pytestmark = pytest.mark.cli
 
-ARGS = ["experiment=smoke", "trainer.max_steps=40", "trainer.deterministic=true", "control=false", "logger=none",
-        "callbacks.model_checkpoint.every_n_train_steps=4"]
+ARGS = [
+    "experiment=smoke",
+    "trainer.max_steps=40",
+    "trainer.deterministic=true",
+    "control=false",
+    "logger=none",
+    "callbacks.model_checkpoint.every_n_train_steps=4",
+]
 # Two ranks on a shared 2-core machine: few steps, a checkpoint every 4, validation at step 10.
-DDP = ["experiment=smoke", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.max_steps=12",
-       "trainer.deterministic=true", "control=false", "logger=none", "callbacks.model_checkpoint.every_n_train_steps=4"]
-SAME = ["student.val_ppl", "student.top1_agreement", "student.kl_to_teacher", "teacher.val_ppl", "train.tokens",
-        "train.steps", "student.params"]
+DDP = [
+    "experiment=smoke",
+    "trainer=ddp",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "trainer.max_steps=12",
+    "trainer.deterministic=true",
+    "control=false",
+    "logger=none",
+    "callbacks.model_checkpoint.every_n_train_steps=4",
+]
+SAME = [
+    "student.val_ppl",
+    "student.top1_agreement",
+    "student.kl_to_teacher",
+    "teacher.val_ppl",
+    "train.tokens",
+    "train.steps",
+    "student.params",
+]
 
 
 def _checkpoint_step(path) -> int:
@@ -39,8 +61,14 @@ def _run_and_kill(args, out, cache, kill_after_step: int) -> int:
     """Start a run and SIGKILL it (every process it launched: DDP's other ranks too) as soon as a checkpoint
     of step ``kill_after_step`` or later is on disk; the step that checkpoint holds."""
     env = {**os.environ, "DISTILL_CACHE_DIR": str(cache), "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.Popen([sys.executable, "-m", "distill.cli.train", *args, f"hydra.run.dir={out}"], cwd=REPO,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "distill.cli.train", *args, f"hydra.run.dir={out}"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     last = out / "checkpoints" / "last.ckpt"
     deadline = time.time() + 600
     while proc.poll() is None and time.time() < deadline:

@@ -15,8 +15,14 @@ from tests.conftest import run_cli
 
 pytestmark = [pytest.mark.slow, pytest.mark.cli]
 
-TWO_CPU = ["experiment=smoke", "trainer.accelerator=cpu", "trainer.devices=2", "control=false", "logger=none",
-           "+callbacks.replica_check._target_=distill.strategies.ReplicaCheck"]
+TWO_CPU = [
+    "experiment=smoke",
+    "trainer.accelerator=cpu",
+    "trainer.devices=2",
+    "control=false",
+    "logger=none",
+    "+callbacks.replica_check._target_=distill.strategies.ReplicaCheck",
+]
 
 
 def run_ok(args, cache):
@@ -45,7 +51,9 @@ def fsdp_run(tmp_path_factory, cache_dir):
 def assert_one_run_written_by_rank_zero(out):
     replicas = json.loads((out / "replicas.json").read_text())
     assert len(replicas["hashes"]) == 2 and replicas["identical"], replicas
-    assert [p.relative_to(out) for p in out.rglob("metrics.json")] == [p.relative_to(out) for p in [out / "metrics.json"]]
+    assert [p.relative_to(out) for p in out.rglob("metrics.json")] == [
+        p.relative_to(out) for p in [out / "metrics.json"]
+    ]
     assert sorted(p.parent.name for p in out.rglob("config.json")) == ["student"]  # one export
     assert (out / "train_ddp_process_1.log").exists()  # rank 1 ran in this same dir
     assert not list(out.rglob("*.partial*"))
@@ -82,8 +90,17 @@ def test_fsdp_trains_the_same_student_as_ddp(ddp_run, fsdp_run):
 
 def test_fsdp_resumes_from_its_distributed_checkpoint(fsdp_run, tmp_path, cache_dir):
     shutil.copytree(fsdp_run / "checkpoints", tmp_path / "checkpoints")
-    proc = run_ok(["trainer=fsdp", "trainer.strategy.shard_teacher=true", *TWO_CPU, f"hydra.run.dir={tmp_path}",
-                   "ckpt_path=last", "trainer.max_steps=30"], cache_dir)
+    proc = run_ok(
+        [
+            "trainer=fsdp",
+            "trainer.strategy.shard_teacher=true",
+            *TWO_CPU,
+            f"hydra.run.dir={tmp_path}",
+            "ckpt_path=last",
+            "trainer.max_steps=30",
+        ],
+        cache_dir,
+    )
     assert "Restored all states from the checkpoint" in proc.stdout + proc.stderr
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["train.steps"] == 30
@@ -95,14 +112,18 @@ def test_deepspeed_preset_fails_in_one_line_here(tmp_path, cache_dir):
     proc = run_cli(["experiment=smoke", "trainer=deepspeed", f"hydra.run.dir={tmp_path}"], cache_dir)
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
-    assert line.startswith("distill-train: error: trainer=deepspeed") and ("'deepspeed' package" in line or "CUDA" in line)
+    assert line.startswith("distill-train: error: trainer=deepspeed") and (
+        "'deepspeed' package" in line or "CUDA" in line
+    )
     assert not (tmp_path / "metrics.json").exists()
 
 
 def test_ddp_in_a_local_multirun_runs_each_job_once(tmp_path, cache_dir):
     """Lightning re-runs the command line for rank 1; under -m that must be this job, not the sweep."""
-    proc = run_ok(["-m", "trainer=ddp", *TWO_CPU, "trainer.max_steps=10", "optim.lr=1e-3,2e-3",
-                   f"hydra.sweep.dir={tmp_path}"], cache_dir)
+    proc = run_ok(
+        ["-m", "trainer=ddp", *TWO_CPU, "trainer.max_steps=10", "optim.lr=1e-3,2e-3", f"hydra.sweep.dir={tmp_path}"],
+        cache_dir,
+    )
     assert (proc.stdout + proc.stderr).count("Launching 2 jobs") == 1
     hashes = []
     for job in ("0", "1"):

@@ -11,19 +11,18 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from tests.conftest import run_cli
-from tests.run_outputs import (
-    assert_terms_active,
-    exported_config,
-    exported_weights,
-    logged,
-    read_metrics,
-)
+from tests.run_outputs import assert_terms_active, exported_config, exported_weights, logged, read_metrics
 
 pytestmark = pytest.mark.cli
 
 # every step logged (smoke logs every 5th): the CSV logger then shows each term of the 4 steps
-SMOKE = ["experiment=smoke", "control=false", "trainer.max_steps=4", "trainer.val_check_interval=4",
-         "trainer.log_every_n_steps=1"]
+SMOKE = [
+    "experiment=smoke",
+    "control=false",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=4",
+    "trainer.log_every_n_steps=1",
+]
 # the default objective (forward KL + CE) trains every preset here
 TERMS = ("forward_kl", "ce")
 
@@ -57,8 +56,9 @@ def test_distill_prune_writes_student_and_report(cache_dir, tmp_path):
 
 
 def test_distill_prune_refuses_students_not_made_from_the_teacher(cache_dir, tmp_path):
-    proc = run_cli(["experiment=smoke", "student=scratch", f"hydra.run.dir={tmp_path}"], cache_dir,
-                   prog="distill-prune")
+    proc = run_cli(
+        ["experiment=smoke", "student=scratch", f"hydra.run.dir={tmp_path}"], cache_dir, prog="distill-prune"
+    )
     assert proc.returncode != 0 and "distill-prune" in proc.stderr.strip().splitlines()[-1]
 
 
@@ -167,8 +167,16 @@ def test_pretrained_student_with_adalora_starts_from_the_given_weights(smoke_run
     """student=pretrained on the smoke run's export: it starts where that student ended (same weights,
     same validation data), AdaLoRA adapters leave it unchanged at init and are merged on export."""
     smoke = read_metrics(smoke_run)
-    metrics = distill(["student=pretrained", f"student.path={smoke_run / 'student'}", "student.lora.r=4",
-                       "student.lora.type=adalora"], cache_dir, tmp_path)
+    metrics = distill(
+        [
+            "student=pretrained",
+            f"student.path={smoke_run / 'student'}",
+            "student.lora.r=4",
+            "student.lora.type=adalora",
+        ],
+        cache_dir,
+        tmp_path,
+    )
     assert metrics["student.val_ppl_start"] == pytest.approx(smoke["student.val_ppl"], rel=1e-3)
     assert exported_config(tmp_path / "student") == exported_config(smoke_run / "student")
     assert not any("lora" in k for k in exported_weights(tmp_path / "student"))

@@ -14,15 +14,25 @@ from tests.conftest import REPO, run_cli
 pytestmark = [pytest.mark.slow, pytest.mark.cli]
 # Fewer documents than the smoke default: the cache (a teacher forward over the data) is the slow part.
 DATA = ["experiment=smoke", "data.max_docs=12"]
-SECRETS = {"HF_TOKEN": "hf_sweepSECRET0123456789", "WANDB_API_KEY": "wbSECRETkey0123456789abcdef",
-           "MY_DB_PASSWORD": "hunter2-sweep-secret"}
+SECRETS = {
+    "HF_TOKEN": "hf_sweepSECRET0123456789",
+    "WANDB_API_KEY": "wbSECRETkey0123456789abcdef",
+    "MY_DB_PASSWORD": "hunter2-sweep-secret",
+}
 LITERAL = "literalSECRETkey987"
 
 
 def sweep(sweep_dir, cache_dir, n_trials):
-    args = ["hparams_search=kd_optuna", *DATA, f"hydra.sweep.dir={sweep_dir}", f"hydra.sweeper.n_trials={n_trials}",
-            "logger=[csv,tensorboard,wandb]", "+hub.token=${oc.env:HF_TOKEN}", "+note=${oc.env:MY_DB_PASSWORD}",
-            f"+hub.api_key={LITERAL}"]
+    args = [
+        "hparams_search=kd_optuna",
+        *DATA,
+        f"hydra.sweep.dir={sweep_dir}",
+        f"hydra.sweeper.n_trials={n_trials}",
+        "logger=[csv,tensorboard,wandb]",
+        "+hub.token=${oc.env:HF_TOKEN}",
+        "+note=${oc.env:MY_DB_PASSWORD}",
+        f"+hub.api_key={LITERAL}",
+    ]
     old = {k: os.environ.get(k) for k in SECRETS}
     os.environ.update(SECRETS)  # run_cli passes os.environ to the child
     try:
@@ -80,8 +90,13 @@ def test_run_info_and_wandb_group(first_sweep):
 def leaks(sweep_dir) -> list[tuple[str, str]]:
     """(file, secret) for every secret found in a file under the sweep dir."""
     secrets = [v.encode() for v in (*SECRETS.values(), LITERAL)]
-    return [(str(p.relative_to(sweep_dir)), s.decode()) for p in sweep_dir.rglob("*") if p.is_file()
-            for s in secrets if s in p.read_bytes()]
+    return [
+        (str(p.relative_to(sweep_dir)), s.decode())
+        for p in sweep_dir.rglob("*")
+        if p.is_file()
+        for s in secrets
+        if s in p.read_bytes()
+    ]
 
 
 def test_no_secret_in_any_file_the_sweep_wrote(first_sweep):
@@ -94,11 +109,16 @@ def test_no_secret_in_any_file_the_sweep_wrote(first_sweep):
     assert "${oc.env:HF_TOKEN}" in config and "api_key: '***'" in config
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "known limit (README): hydra-optuna-sweeper stores the command-line overrides it does not search as "
-    "trial attributes in the study database, so a secret typed literally on the command line lands in "
-    "optuna.db (secrets from the environment, also through ${oc.env:...}, do not). Strict: the day it is "
-    "fixed this test passes, fails the suite, and the xfail and the README's note go."))
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason=(
+        "known limit (README): hydra-optuna-sweeper stores the command-line overrides it does not search as "
+        "trial attributes in the study database, so a secret typed literally on the command line lands in "
+        "optuna.db (secrets from the environment, also through ${oc.env:...}, do not). Strict: the day it is "
+        "fixed this test passes, fails the suite, and the xfail and the README's note go."
+    ),
+)
 def test_no_secret_typed_on_the_command_line_in_the_study_database(first_sweep):
     sweep_dir, _ = first_sweep
     assert ("optuna.db", LITERAL) not in leaks(sweep_dir)
@@ -116,8 +136,15 @@ def test_rerun_resumes_the_study_and_report_covers_every_trial(first_sweep, cach
     assert (sweep_dir / "1+0" / "metrics.json").exists()
 
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([sys.executable, "-m", "distill.cli.report", str(sweep_dir)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "distill.cli.report", str(sweep_dir)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = (sweep_dir / "sweep_report.md").read_text()
     rows = [ln for ln in report.splitlines() if ln.startswith(("| 0 ", "| 1+0 "))]

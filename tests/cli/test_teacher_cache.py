@@ -15,8 +15,11 @@ SMOKE = ["experiment=smoke", "control=false"]
 def teacher_cache(tmp_path_factory, cache_dir):
     where = tmp_path_factory.mktemp("teacher-cache") / "cache"
     run_dir = tmp_path_factory.mktemp("cache-run")
-    proc = run_cli([*SMOKE, f"teacher.cache_dir={where}", "teacher.shard_rows=64", f"hydra.run.dir={run_dir}"],
-                   cache_dir, prog="distill-cache")
+    proc = run_cli(
+        [*SMOKE, f"teacher.cache_dir={where}", "teacher.shard_rows=64", f"hydra.run.dir={run_dir}"],
+        cache_dir,
+        prog="distill-cache",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return where
 
@@ -28,15 +31,27 @@ def test_cache_has_manifest_shards_and_teacher_numbers(teacher_cache):
 
 
 def test_rerun_skips_finished_shards(teacher_cache, cache_dir, tmp_path):
-    proc = run_cli([*SMOKE, f"teacher.cache_dir={teacher_cache}", "teacher.shard_rows=64", f"hydra.run.dir={tmp_path}"],
-                   cache_dir, prog="distill-cache")
+    proc = run_cli(
+        [*SMOKE, f"teacher.cache_dir={teacher_cache}", "teacher.shard_rows=64", f"hydra.run.dir={tmp_path}"],
+        cache_dir,
+        prog="distill-cache",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "0 written now" in proc.stdout + proc.stderr
 
 
 def test_sweep_from_cache_never_runs_the_teacher(teacher_cache, cache_dir, tmp_path):
-    proc = run_cli(["-m", *SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "optim.lr=1e-3,2e-3",
-                    f"hydra.sweep.dir={tmp_path}"], cache_dir)
+    proc = run_cli(
+        [
+            "-m",
+            *SMOKE,
+            "teacher=cache",
+            f"teacher.cache_dir={teacher_cache}",
+            "optim.lr=1e-3,2e-3",
+            f"hydra.sweep.dir={tmp_path}",
+        ],
+        cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     logs = proc.stdout + proc.stderr
     assert logs.count("no teacher model is loaded or run") == 2
@@ -49,23 +64,41 @@ def test_sweep_from_cache_never_runs_the_teacher(teacher_cache, cache_dir, tmp_p
 
 
 def test_cache_for_other_data_is_refused(teacher_cache, cache_dir, tmp_path):
-    proc = run_cli([*SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "data.max_docs=30",
-                    f"hydra.run.dir={tmp_path}"], cache_dir)
+    proc = run_cli(
+        [
+            *SMOKE,
+            "teacher=cache",
+            f"teacher.cache_dir={teacher_cache}",
+            "data.max_docs=30",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cache_dir,
+    )
     assert proc.returncode != 0
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("distill-train: error:") and "cache" in last
 
 
 def test_live_only_terms_are_refused_with_a_cache(teacher_cache, cache_dir, tmp_path):
-    proc = run_cli([*SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "loss=gkd",
-                    f"hydra.run.dir={tmp_path}"], cache_dir)
+    proc = run_cli(
+        [*SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "loss=gkd", f"hydra.run.dir={tmp_path}"],
+        cache_dir,
+    )
     assert proc.returncode != 0 and "needs a live teacher" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_cache_from_another_teacher_is_refused(teacher_cache, cache_dir, tmp_path):
     """The student is pruned from a teacher that is not the one whose outputs the cache holds."""
-    proc = run_cli([*SMOKE, "teacher=cache", f"teacher.cache_dir={teacher_cache}", "teacher.scratch.max_steps=12",
-                    f"hydra.run.dir={tmp_path}"], cache_dir)
+    proc = run_cli(
+        [
+            *SMOKE,
+            "teacher=cache",
+            f"teacher.cache_dir={teacher_cache}",
+            "teacher.scratch.max_steps=12",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cache_dir,
+    )
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert "was built for a different teacher (teacher_key" in last, last

@@ -12,8 +12,15 @@ from tests.run_outputs import assert_terms_active, read_metrics
 pytestmark = pytest.mark.cli
 
 DESIGN_KEYS = {
-    "teacher.params", "teacher.val_ppl", "student.params", "student.val_ppl", "student.top1_agreement",
-    "train.tokens", "train.tokens_per_s", "train.wall_s", "baseline.val_ppl",
+    "teacher.params",
+    "teacher.val_ppl",
+    "student.params",
+    "student.val_ppl",
+    "student.top1_agreement",
+    "train.tokens",
+    "train.tokens_per_s",
+    "train.wall_s",
+    "baseline.val_ppl",
 }
 
 

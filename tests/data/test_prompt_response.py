@@ -21,8 +21,10 @@ from distill.data.prompt_response import (
 from distill.errors import DistillError
 
 # 3 prompts are asked twice (with different answers): the split must keep each prompt on one side.
-RECORDS = [{"prompt": f"What is {i % 21} plus {i % 21}?", "response": f"The answer is {2 * (i % 21)}.", "id": i}
-           for i in range(24)]
+RECORDS = [
+    {"prompt": f"What is {i % 21} plus {i % 21}?", "response": f"The answer is {2 * (i % 21)}.", "id": i}
+    for i in range(24)
+]
 SMALL = dict(vocab_size=300, seq_len=24, batch_size=4, val_fraction=0.2, seed=0, max_val_blocks=8)
 
 
@@ -195,8 +197,16 @@ def test_config_composes_with_smoke(data_file, tmp_path, monkeypatch):
     register()
     configs = Path(__file__).resolve().parents[2] / "configs"
     with initialize_config_dir(config_dir=str(configs), version_base="1.3"):
-        cfg = compose("train", overrides=["experiment=smoke", "data=prompt_response", f"data.paths=[{data_file}]",
-                                          "data.prompt_field=prompt", "data.template='Q: {prompt} A: '"])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=smoke",
+                "data=prompt_response",
+                f"data.paths=[{data_file}]",
+                "data.prompt_field=prompt",
+                "data.template='Q: {prompt} A: '",
+            ],
+        )
     dm = instantiate(cfg.data)
     assert isinstance(dm, pr.PromptResponseDataModule)
     assert dm.seq_len == 64 and dm.template == "Q: {prompt} A: " and dm.cache_dir == str(tmp_path / "cache")

@@ -20,8 +20,9 @@ VOCAB, P, N = 300, 6, 5
 def model():
     torch.manual_seed(0)
     # untied: a tiny random model with tied embeddings just repeats its last token, a weak greedy check
-    return build_llama(VOCAB, hidden_size=32, num_layers=1, num_heads=2, max_seq_len=64, eos_token_id=0,
-                       tie_embeddings=False).eval()
+    return build_llama(
+        VOCAB, hidden_size=32, num_layers=1, num_heads=2, max_seq_len=64, eos_token_id=0, tie_embeddings=False
+    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +47,9 @@ def _manual_greedy(model, prompt: np.ndarray, steps: int, eos: int | None) -> li
 def test_greedy_matches_a_manual_loop_and_masks_prompt_and_after_eos(model, blocks):
     free = [_manual_greedy(model, b[:P], N, None) for b in blocks[:2]]
     eos = free[0][2]  # make row 0 stop after its third token
-    rows, targets = generate_continuations(model, blocks, prompt_tokens=P, new_tokens=N, eos_token_id=eos,
-                                           pad_token_id=VOCAB - 1, batch_size=2)
+    rows, targets = generate_continuations(
+        model, blocks, prompt_tokens=P, new_tokens=N, eos_token_id=eos, pad_token_id=VOCAB - 1, batch_size=2
+    )
     assert rows.shape == (5, P + N) and targets.shape == (5, P + N - 1)
     assert np.array_equal(rows[:, :P], blocks[:, :P])
     assert (targets[:, : P - 1] == -100).all()
@@ -93,9 +95,19 @@ class _Tok:
 
 
 def test_seqkd_datamodule_serves_cached_continuations(tmp_path: Path, model, blocks):
-    base = SimpleNamespace(train_blocks=blocks, val_blocks=blocks[:2], tokenizer=_Tok(), tokenizer_key="k",
-                           data_key="d", seq_len=16, batch_size=2, seed=0, num_workers=0, cache_dir=str(tmp_path),
-                           val_dataloader=lambda: "base val loader")
+    base = SimpleNamespace(
+        train_blocks=blocks,
+        val_blocks=blocks[:2],
+        tokenizer=_Tok(),
+        tokenizer_key="k",
+        data_key="d",
+        seq_len=16,
+        batch_size=2,
+        seed=0,
+        num_workers=0,
+        cache_dir=str(tmp_path),
+        val_dataloader=lambda: "base val loader",
+    )
     kw = dict(teacher_key="teacher", prompt_tokens=P, new_tokens=N)
     dm = seqkd_datamodule(base, model, **kw)
     assert dm.seq_len == 16 and dm.val_dataloader() == "base val loader" and dm.data_key != "d"

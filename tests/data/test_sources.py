@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from distill.data.sources import Skips, Document, file_documents, stdlib_documents
+from distill.data.sources import Document, Skips, file_documents, stdlib_documents
 from distill.errors import DistillError
 
 TEXTS = ["def f():\n    return 1\n", "class A:\n    pass\n", "print('hello world')\n"]
@@ -108,8 +108,10 @@ def test_saved_dataset_dict_uses_train_split(tmp_path):
 
     ds_dir = tmp_path / "dsd"
     datasets.DatasetDict(
-        {"validation": datasets.Dataset.from_dict({"text": ["val doc"]}),
-         "train": datasets.Dataset.from_dict({"text": TEXTS})}
+        {
+            "validation": datasets.Dataset.from_dict({"text": ["val doc"]}),
+            "train": datasets.Dataset.from_dict({"text": TEXTS}),
+        }
     ).save_to_disk(str(ds_dir))
     assert [d.text for d in file_documents([str(ds_dir)])] == TEXTS
 
@@ -177,9 +179,15 @@ def test_every_kind_of_bad_record_is_skipped_and_counted(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sources, "MAX_DOC_BYTES", 1000)
     path = tmp_path / "mixed.jsonl"
-    lines = [json.dumps({"text": "good one"}).encode(), json.dumps({"text": ""}).encode(),
-             json.dumps({"body": "no text field"}).encode(), b'{"text": "bad bytes \xff\xfe"}',
-             json.dumps({"text": "x" * 5000}).encode(), b"{not json", json.dumps({"text": "good two"}).encode()]
+    lines = [
+        json.dumps({"text": "good one"}).encode(),
+        json.dumps({"text": ""}).encode(),
+        json.dumps({"body": "no text field"}).encode(),
+        b'{"text": "bad bytes \xff\xfe"}',
+        json.dumps({"text": "x" * 5000}).encode(),
+        b"{not json",
+        json.dumps({"text": "good two"}).encode(),
+    ]
     path.write_bytes(b"\n".join(lines) + b"\n")
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00 not utf-8")
     (tmp_path / "blank.txt").write_text("   \n")

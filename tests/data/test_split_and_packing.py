@@ -163,13 +163,15 @@ def test_batches_are_shifted_blocks(prepared):
     assert dm.tokens_per_batch == SMALL["batch_size"] * SMALL["seq_len"]
     train_batches = list(dm.train_dataloader())
     assert len(train_batches) == len(dm.train_blocks) // SMALL["batch_size"]  # drop_last
-    for inputs, targets, rows in train_batches[:3] + list(dm.val_dataloader()):
+    for inputs, targets, _rows in train_batches[:3] + list(dm.val_dataloader()):
         assert inputs.shape == targets.shape and inputs.shape[1] == SMALL["seq_len"]
         assert inputs.dtype == targets.dtype == torch.int64
         assert torch.equal(inputs[:, 1:], targets[:, :-1])
         assert int(torch.cat([inputs, targets]).max()) < len(dm.tokenizer)
     inputs, _, rows = train_batches[0]
-    assert torch.equal(inputs, torch.from_numpy(dm.train_blocks[rows.numpy(), :-1]).long())  # rows index the packed array
+    assert torch.equal(
+        inputs, torch.from_numpy(dm.train_blocks[rows.numpy(), :-1]).long()
+    )  # rows index the packed array
     assert inputs.shape[0] == SMALL["batch_size"]
     # the EOS separator appears in the packed stream (30 documents, several per block at most)
     assert (dm.train_blocks == dm.tokenizer.eos_token_id).sum() >= 1

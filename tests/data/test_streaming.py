@@ -52,8 +52,15 @@ def write_jsonl(path, texts, bad_lines=0):
 
 def test_streaming_datamodule_never_holds_the_training_documents(tmp_path):
     data = write_jsonl(tmp_path / "corpus.jsonl", TEXTS, bad_lines=2)
-    dm = from_files([str(data)], streaming=True, seq_len=16, batch_size=4, val_fraction=0.1,
-                    vocab_size=300, cache_dir=str(tmp_path / "cache"))
+    dm = from_files(
+        [str(data)],
+        streaming=True,
+        seq_len=16,
+        batch_size=4,
+        val_fraction=0.1,
+        vocab_size=300,
+        cache_dir=str(tmp_path / "cache"),
+    )
     dm.load_documents()
     assert isinstance(dm.train_docs, DocStream)
     train_ids = [d.id for d in dm.train_docs]
@@ -74,9 +81,18 @@ def test_streaming_datamodule_never_holds_the_training_documents(tmp_path):
 def test_streaming_filters_keep_a_stream(tmp_path):
     long_line = "x = [" + ", ".join(map(str, range(400))) + "]\n"
     data = write_jsonl(tmp_path / "corpus.jsonl", TEXTS + [long_line] * 20)
-    dm = from_files([str(data)], streaming=True, seq_len=16, batch_size=4, val_fraction=0.1, vocab_size=300,
-                    cache_dir=str(tmp_path / "cache"), filters={"code": code_stage(max_line_length=1000)},
-                    filter_tasks=2, filter_workers=1)
+    dm = from_files(
+        [str(data)],
+        streaming=True,
+        seq_len=16,
+        batch_size=4,
+        val_fraction=0.1,
+        vocab_size=300,
+        cache_dir=str(tmp_path / "cache"),
+        filters={"code": code_stage(max_line_length=1000)},
+        filter_tasks=2,
+        filter_workers=1,
+    )
     dm.load_documents()
     dm.use_tokenizer(dm.train_tokenizer())
     stats = dm.apply_filters()

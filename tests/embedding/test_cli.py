@@ -12,14 +12,37 @@ from tests.run_outputs import assert_terms_active, read_metrics
 
 pytestmark = [pytest.mark.slow, pytest.mark.cli]
 
-TINY = ["data.max_docs=20", "data.max_train_texts=48", "data.max_val_texts=40", "data.batch_size=8",
-        "data.max_length=32", "data.eval_batch_size=20", "trainer.max_steps=4", "trainer.val_check_interval=2",
-        "trainer.log_every_n_steps=1",
-        "callbacks.model_checkpoint.every_n_train_steps=2", "embedding.queries=10", "embedding.speed_batches=1",
-        "embedding.speed_rounds=1"]
-KEYS = {"teacher.params", "student.params", "student.params_ratio", "student.embed_cosine", "student.top10_overlap",
-        "pruned.embed_cosine", "pruned.top10_overlap", "teacher.sentences_per_s", "student.sentences_per_s",
-        "speedup", "train.tokens", "train.tokens_per_s", "train.wall_s", "val.texts"}
+TINY = [
+    "data.max_docs=20",
+    "data.max_train_texts=48",
+    "data.max_val_texts=40",
+    "data.batch_size=8",
+    "data.max_length=32",
+    "data.eval_batch_size=20",
+    "trainer.max_steps=4",
+    "trainer.val_check_interval=2",
+    "trainer.log_every_n_steps=1",
+    "callbacks.model_checkpoint.every_n_train_steps=2",
+    "embedding.queries=10",
+    "embedding.speed_batches=1",
+    "embedding.speed_rounds=1",
+]
+KEYS = {
+    "teacher.params",
+    "student.params",
+    "student.params_ratio",
+    "student.embed_cosine",
+    "student.top10_overlap",
+    "pruned.embed_cosine",
+    "pruned.top10_overlap",
+    "teacher.sentences_per_s",
+    "student.sentences_per_s",
+    "speedup",
+    "train.tokens",
+    "train.tokens_per_s",
+    "train.wall_s",
+    "val.texts",
+}
 
 
 @pytest.fixture(scope="module")

@@ -18,8 +18,11 @@ from tests.embedding.tiny import tiny_bert
 
 def test_minilm_embed_composes_and_instantiates(out_dir):
     cfg = compose_train(out_dir, "experiment=minilm_embed")
-    resolved = {k: OmegaConf.to_container(cfg[k], resolve=True, throw_on_missing=True)
-                for k in cfg if k != "hydra" and OmegaConf.is_config(cfg[k])}
+    resolved = {
+        k: OmegaConf.to_container(cfg[k], resolve=True, throw_on_missing=True)
+        for k in cfg
+        if k != "hydra" and OmegaConf.is_config(cfg[k])
+    }
     assert cfg.task == "embedding" and cfg.optimized_metric == "student.embed_cosine"
     assert resolved["data"]["seed"] == cfg.seed
 

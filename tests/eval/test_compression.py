@@ -17,8 +17,15 @@ def _dirs(tmp_path):
 
 def test_ratios_flops_and_wall_time(tmp_path):
     t, s = _dirs(tmp_path)
-    metrics = {"teacher.params": 800, "student.params": 200, "teacher.val_ppl": 10.0, "student.val_ppl": 12.5,
-               "teacher.scoring_tokens_per_s": 100.0, "student.scoring_tokens_per_s": 300.0, "train.tokens": 64}
+    metrics = {
+        "teacher.params": 800,
+        "student.params": 200,
+        "teacher.val_ppl": 10.0,
+        "student.val_ppl": 12.5,
+        "teacher.scoring_tokens_per_s": 100.0,
+        "student.scoring_tokens_per_s": 300.0,
+        "train.tokens": 64,
+    }
     out = compression_metrics(metrics, t, s, forward_tokens=64, run_wall_s=3.0)
     assert out["compression.params_x"] == 4.0
     assert out["compression.size_x"] == 4.0

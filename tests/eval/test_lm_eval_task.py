@@ -38,7 +38,10 @@ def test_write_tasks_writes_data_and_task_configs(tmp_path):
 
 def test_read_results_takes_the_newest_file(tmp_path):
     (tmp_path / "m").mkdir()
-    (tmp_path / "m" / "results_1.json").write_text(json.dumps(
-        {"results": {"t_ppl": {"alias": "t_ppl", "bits_per_byte,none": 2.0, "bits_per_byte_stderr,none": "N/A"}}}))
+    (tmp_path / "m" / "results_1.json").write_text(
+        json.dumps(
+            {"results": {"t_ppl": {"alias": "t_ppl", "bits_per_byte,none": 2.0, "bits_per_byte_stderr,none": "N/A"}}}
+        )
+    )
     assert read_results(tmp_path) == {"t_ppl": {"bits_per_byte": 2.0}}
     assert read_results(tmp_path / "empty") == {}

@@ -19,21 +19,32 @@ def make_trial(root, name, overrides, metrics=None, log=""):
 
 
 def m(ppl, params, speed, source="cache"):
-    return {"student.val_ppl": ppl, "student.params": params, "train.tokens_per_s": speed, "train.wall_s": 3.0,
-            "teacher.source": source, "teacher.trained_in_run": False}
+    return {
+        "student.val_ppl": ppl,
+        "student.params": params,
+        "train.tokens_per_s": speed,
+        "train.wall_s": 3.0,
+        "teacher.source": source,
+        "teacher.trained_in_run": False,
+    }
 
 
 @pytest.fixture
 def sweep(tmp_path):
     common = ["experiment=smoke", "hparams_search=kd_optuna"]
-    make_trial(tmp_path, "0", ["optim.lr=0.001", *common], m(20.0, 1000, 500.0))   # front: best ppl
-    make_trial(tmp_path, "1", ["optim.lr=0.002", *common], m(25.0, 500, 500.0))    # front: smallest
-    make_trial(tmp_path, "2", ["optim.lr=0.003", *common], m(26.0, 600, 400.0))    # dominated by 1
+    make_trial(tmp_path, "0", ["optim.lr=0.001", *common], m(20.0, 1000, 500.0))  # front: best ppl
+    make_trial(tmp_path, "1", ["optim.lr=0.002", *common], m(25.0, 500, 500.0))  # front: smallest
+    make_trial(tmp_path, "2", ["optim.lr=0.003", *common], m(26.0, 600, 400.0))  # dominated by 1
     make_trial(tmp_path, "3", ["optim.lr=0.004", *common], m(30.0, 1000, 900.0, source="live"))  # front: fastest
     make_trial(tmp_path, "10", ["optim.lr=0.005", *common], None, log="[x][ERROR] - RuntimeError: boom\n")
-    make_trial(tmp_path, "4", ["optim.lr=0.006", *common], None)                   # killed: no log line
-    make_trial(tmp_path, "5", ["optim.lr=0.007", *common], m(19.0, 400, 950.0),    # would dominate all, but pruned
-               log="[distill.sweep][INFO] - optuna trial 5 pruned at step 20 (val/ce 5.6)\n")
+    make_trial(tmp_path, "4", ["optim.lr=0.006", *common], None)  # killed: no log line
+    make_trial(
+        tmp_path,
+        "5",
+        ["optim.lr=0.007", *common],
+        m(19.0, 400, 950.0),  # would dominate all, but pruned
+        log="[distill.sweep][INFO] - optuna trial 5 pruned at step 20 (val/ce 5.6)\n",
+    )
     return tmp_path
 
 

@@ -87,16 +87,21 @@ def test_jsd_limits_are_the_kls(kind, T):
     teacher, tail = _teacher(kind, te), _tail(kind)
 
     def run(term, beta=0.5):
-        return _value_and_grad(lambda x: chunked_logit_loss(x, teacher, y, mask, weights={term: 1.0}, temperature=T,
-                                                            beta=beta, tail=tail, chunk_size=4)[0], s)
+        return _value_and_grad(
+            lambda x: chunked_logit_loss(
+                x, teacher, y, mask, weights={term: 1.0}, temperature=T, beta=beta, tail=tail, chunk_size=4
+            )[0],
+            s,
+        )
 
     for beta, term in ((0.0, "forward_kl"), (1.0, "reverse_kl")):
         (j, gj), (d, gd) = run("jsd", beta), run(term)
         if kind == "renormalize" and term == "forward_kl":
             # JSD renormalizes the student over the k tokens; forward KL keeps DistillKit's full-vocabulary student
             lp, idx = teacher.logprobs, teacher.indices
-            per_token = F.kl_div(F.log_softmax(s.gather(-1, idx) / T, -1), F.log_softmax(lp / T, -1),
-                                 reduction="none", log_target=True).sum(-1)
+            per_token = F.kl_div(
+                F.log_softmax(s.gather(-1, idx) / T, -1), F.log_softmax(lp / T, -1), reduction="none", log_target=True
+            ).sum(-1)
             d = per_token[mask].mean() * T**2
             torch.testing.assert_close(j, d)
             continue
@@ -125,7 +130,8 @@ def test_combined_weights_are_the_weighted_sum_of_single_terms(kind):
     expected, g_expected = 0.0, 0.0
     for term, w in weights.items():
         (single, _), g_single = _value_and_grad(
-            lambda x: chunked_logit_loss(x, teacher, y, mask, weights={term: 1.0}, **kw), s)
+            lambda x: chunked_logit_loss(x, teacher, y, mask, weights={term: 1.0}, **kw), s
+        )
         torch.testing.assert_close(parts[term], single)
         expected, g_expected = expected + w * single, g_expected + w * g_single
     torch.testing.assert_close(loss, expected)
@@ -160,8 +166,11 @@ def test_no_distilled_tokens_gives_zero_without_nan(kind):
     s, te, y, mask = _inputs(7)
     weights = {term: 1.0 for term in DIVERGENCES}
     (loss, parts), g = _value_and_grad(
-        lambda x: chunked_logit_loss(x, _teacher(kind, te), y, torch.zeros_like(mask), weights=weights,
-                                     tail=_tail(kind)), s)
+        lambda x: chunked_logit_loss(
+            x, _teacher(kind, te), y, torch.zeros_like(mask), weights=weights, tail=_tail(kind)
+        ),
+        s,
+    )
     assert loss.item() == 0 and all(p.item() == 0 for p in parts.values())
     assert torch.equal(g, torch.zeros_like(g))
     y_none = torch.full_like(y, IGNORE_INDEX)

@@ -52,8 +52,9 @@ def _close(actual, expected, rtol=1e-5, atol=1e-6):
 def test_fp32_matches_naive_values_and_grads(chunk, temperature, weights):
     h, w, th, tw, y, _ = _inputs()
     ref, ref_parts = _naive(h, w, th, tw, y, weights, temperature)
-    loss, parts = fused_linear_loss(h, w, th, tw, y, weights=weights, temperature=temperature, vocab_size=V,
-                                    chunk_size=chunk)
+    loss, parts = fused_linear_loss(
+        h, w, th, tw, y, weights=weights, temperature=temperature, vocab_size=V, chunk_size=chunk
+    )
     _close(loss, ref)
     assert parts.keys() == ref_parts.keys()
     for term in parts:
@@ -67,8 +68,19 @@ def test_bias_gets_gradients_and_padding_rows_get_none():
     h, w, th, tw, y, b = _inputs(1, bias=True)
     weights = {"forward_kl": 0.5, "ce": 0.5}
     ref, _ = _naive(h, w, th, tw, y, weights, 2.0, b=b)
-    loss, _ = fused_linear_loss(h, w, th, tw, y, weights=weights, temperature=2.0, vocab_size=V, chunk_size=7,
-                                student_bias=b, teacher_bias=torch.zeros(V_T))
+    loss, _ = fused_linear_loss(
+        h,
+        w,
+        th,
+        tw,
+        y,
+        weights=weights,
+        temperature=2.0,
+        vocab_size=V,
+        chunk_size=7,
+        student_bias=b,
+        teacher_bias=torch.zeros(V_T),
+    )
     got, want = _grads(loss, h, w, b), _grads(ref, h, w, b)
     for g, r in zip(got, want):
         _close(g, r)
@@ -81,8 +93,7 @@ def test_distill_mask_differs_from_labels():
     mask = torch.rand(B, N, generator=torch.Generator().manual_seed(3)) > 0.3  # includes unlabelled tokens
     weights = {"forward_kl": 1.0, "ce": 0.5}
     ref, ref_parts = _naive(h, w, th, tw, y, weights, 1.5, mask=mask)
-    loss, parts = fused_linear_loss(h, w, th, tw, y, mask, weights=weights, temperature=1.5, vocab_size=V,
-                                    chunk_size=9)
+    loss, parts = fused_linear_loss(h, w, th, tw, y, mask, weights=weights, temperature=1.5, vocab_size=V, chunk_size=9)
     _close(loss, ref)
     _close(parts["forward_kl"], ref_parts["forward_kl"])
     for got, want in zip(_grads(loss, h, w), _grads(ref, h, w)):
@@ -92,8 +103,9 @@ def test_distill_mask_differs_from_labels():
 def test_without_teacher_is_cross_entropy_only():
     h, w, _, _, y, _ = _inputs(4)
     ref, _ = _naive(h, w, None, None, y, {"ce": 1.0})
-    loss, parts = fused_linear_loss(h, w, None, None, y, weights={"forward_kl": 0.0, "ce": 1.0}, vocab_size=V,
-                                    chunk_size=10)
+    loss, parts = fused_linear_loss(
+        h, w, None, None, y, weights={"forward_kl": 0.0, "ce": 1.0}, vocab_size=V, chunk_size=10
+    )
     assert set(parts) == {"ce"}
     _close(loss, ref)
     for got, want in zip(_grads(loss, h, w), _grads(ref, h, w)):
@@ -133,8 +145,9 @@ def test_bf16_close_to_fp32_with_bf16_grads():
     h, w, th, tw, y, b = _inputs(8, dtype=torch.bfloat16, bias=True)
     weights = {"forward_kl": 1.0, "ce": 0.5}
     ref, _ = _naive(h, w, th, tw, y, weights, 2.0, b=b)  # float32 math on the same bf16 values
-    loss, _ = fused_linear_loss(h, w, th, tw, y, weights=weights, temperature=2.0, vocab_size=V, chunk_size=7,
-                                student_bias=b)
+    loss, _ = fused_linear_loss(
+        h, w, th, tw, y, weights=weights, temperature=2.0, vocab_size=V, chunk_size=7, student_bias=b
+    )
     assert loss.dtype == torch.float32
     _close(loss, ref, rtol=2e-2, atol=1e-2)
     got, want = _grads(loss, h, w, b), _grads(ref, h, w, b)
@@ -173,8 +186,7 @@ class _LargestTensor(TorchDispatchMode):
 def test_never_materializes_all_tokens_logits():
     h, w, th, tw, y, _ = _inputs(10)
     with _LargestTensor() as probe:
-        loss, _ = fused_linear_loss(h, w, th, tw, y, weights={"forward_kl": 1.0, "ce": 1.0}, vocab_size=V,
-                                    chunk_size=4)
+        loss, _ = fused_linear_loss(h, w, th, tw, y, weights={"forward_kl": 1.0, "ce": 1.0}, vocab_size=V, chunk_size=4)
         loss.backward()
     assert B * N * V > max(V_S * H_S, B * N * H_S, 4 * V_S)  # else the check below proves nothing
     assert probe.largest <= max(V_S * H_S, B * N * H_S, 4 * V_S)  # weight or hidden grads, one chunk's logits
@@ -192,11 +204,25 @@ def test_every_divergence_matches_plain_reference(term, temperature):
     with torch.no_grad():
         t = th @ tw[:V].t()
     extra = dict(beta=0.3) if term == "jsd" else {}
-    ref_parts = {term: getattr(divergences, term)(s, t, temperature=temperature, mask=mask, **extra),
-                 "ce": divergences.cross_entropy(s, y)}
+    ref_parts = {
+        term: getattr(divergences, term)(s, t, temperature=temperature, mask=mask, **extra),
+        "ce": divergences.cross_entropy(s, y),
+    }
     ref = ref_parts[term] + 0.3 * ref_parts["ce"]
-    loss, parts = fused_linear_loss(h, w, th, tw, y, mask, weights=weights, temperature=temperature, beta=0.3,
-                                    vocab_size=V, chunk_size=7, student_bias=b)
+    loss, parts = fused_linear_loss(
+        h,
+        w,
+        th,
+        tw,
+        y,
+        mask,
+        weights=weights,
+        temperature=temperature,
+        beta=0.3,
+        vocab_size=V,
+        chunk_size=7,
+        student_bias=b,
+    )
     _close(loss, ref)
     for k in weights:
         _close(parts[k], ref_parts[k])
@@ -206,8 +232,9 @@ def test_every_divergence_matches_plain_reference(term, temperature):
 
 def test_all_terms_at_once_match_chunked_logit_loss_on_materialized_logits():
     h, w, th, tw, y, _ = _inputs(14)
-    kw = dict(weights={"forward_kl": 0.2, "reverse_kl": 0.3, "jsd": 0.4, "tvd": 0.5, "ce": 0.6}, temperature=1.5,
-              beta=0.7)
+    kw = dict(
+        weights={"forward_kl": 0.2, "reverse_kl": 0.3, "jsd": 0.4, "tvd": 0.5, "ce": 0.6}, temperature=1.5, beta=0.7
+    )
     s = h @ w[:V].t()
     with torch.no_grad():
         t = th @ tw[:V].t()
@@ -252,7 +279,16 @@ def test_rejects_shapes_it_would_read_wrongly(change, message):
     args = dict(h=h, w=w, th=th, tw=tw, y=y, mask=None, b=None, tb=None, vocab_size=V)
     args.update(change)
     with pytest.raises(DistillError, match=message):
-        fused_linear_loss(args["h"], args["w"], args["th"], args["tw"], args["y"], args["mask"],
-                          weights={"forward_kl": 1.0, "ce": 0.5}, vocab_size=args["vocab_size"], chunk_size=8,
-                          student_bias=args["b"], teacher_bias=args["tb"])
-
+        fused_linear_loss(
+            args["h"],
+            args["w"],
+            args["th"],
+            args["tw"],
+            args["y"],
+            args["mask"],
+            weights={"forward_kl": 1.0, "ce": 0.5},
+            vocab_size=args["vocab_size"],
+            chunk_size=8,
+            student_bias=args["b"],
+            teacher_bias=args["tb"],
+        )

@@ -15,7 +15,11 @@ from distill.teacher.outputs import SparseTeacher
 
 def _logits(seed=0, n=(2, 6), vocab=40):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(*n, vocab, generator=g), torch.randn(*n, vocab, generator=g), torch.randint(0, vocab, n, generator=g)
+    return (
+        torch.randn(*n, vocab, generator=g),
+        torch.randn(*n, vocab, generator=g),
+        torch.randint(0, vocab, n, generator=g),
+    )
 
 
 def test_without_teacher_it_is_plain_cross_entropy():
@@ -30,7 +34,9 @@ def test_weighted_sum_of_terms_matches_references():
     s, t, y = _logits()
     obj = Objective({"forward_kl": 0.3, "reverse_kl": 0.7, "ce": 0.5}, temperature=2.0)
     terms = obj(Outputs(logits=s), Outputs(logits=t), y)
-    want = 0.3 * forward_kl(s, t, 2.0) + 0.7 * reverse_kl(s, t, 2.0) + 0.5 * F.cross_entropy(s.flatten(0, 1), y.flatten())
+    want = (
+        0.3 * forward_kl(s, t, 2.0) + 0.7 * reverse_kl(s, t, 2.0) + 0.5 * F.cross_entropy(s.flatten(0, 1), y.flatten())
+    )
     torch.testing.assert_close(terms["loss"], want, rtol=1e-5, atol=1e-6)
     assert set(terms) == {"loss", "forward_kl", "reverse_kl", "ce"}
 
@@ -48,9 +54,13 @@ def test_fused_linear_equals_logits_path():
     w_s, w_t = torch.randn(44, 16, requires_grad=True), torch.randn(44, 24)  # 4 padding rows past vocab 40
     y = torch.randint(0, 40, (2, 5))
     fused = Objective({"forward_kl": 1.0, "ce": 0.5}, fused_linear=True)(
-        Outputs(last_hidden=h_s, head_weight=w_s, vocab_size=40), Outputs(last_hidden=h_t, head_weight=w_t, vocab_size=40), y)
+        Outputs(last_hidden=h_s, head_weight=w_s, vocab_size=40),
+        Outputs(last_hidden=h_t, head_weight=w_t, vocab_size=40),
+        y,
+    )
     plain = Objective({"forward_kl": 1.0, "ce": 0.5})(
-        Outputs(logits=(h_s @ w_s.T)[..., :40]), Outputs(logits=(h_t @ w_t.T)[..., :40]), y)
+        Outputs(logits=(h_s @ w_s.T)[..., :40]), Outputs(logits=(h_t @ w_t.T)[..., :40]), y
+    )
     torch.testing.assert_close(fused["loss"], plain["loss"], rtol=1e-5, atol=1e-6)
     g_fused = torch.autograd.grad(fused["loss"], (h_s, w_s))
     g_plain = torch.autograd.grad(plain["loss"], (h_s, w_s))

@@ -253,7 +253,7 @@ def _tiny(layers, width, heads):
 def test_require_eager_attention_on_sdpa_model():
     model = _tiny(1, 16, 2)
     assert model.config._attn_implementation == "sdpa"  # the transformers 5 default
-    with pytest.raises(DistillError, match='needs attn_implementation="eager".*teacher uses \'sdpa\'') as info:
+    with pytest.raises(DistillError, match="needs attn_implementation=\"eager\".*teacher uses 'sdpa'") as info:
         require_eager_attention(model, "teacher")
     assert "\n" not in str(info.value)
     ids = torch.randint(0, 40, (1, 4))

@@ -33,8 +33,11 @@ def _yaml_keys(path: Path) -> set[str]:
     """Dotted keys a config file spells (its defaults list aside)."""
     cfg = OmegaConf.to_container(OmegaConf.load(path))
     cfg.pop("defaults", None)
-    return {f"{k}.{sub}" if isinstance(v, dict) else k for k, v in cfg.items()
-            for sub in (v if isinstance(v, dict) else [None])}
+    return {
+        f"{k}.{sub}" if isinstance(v, dict) else k
+        for k, v in cfg.items()
+        for sub in (v if isinstance(v, dict) else [None])
+    }
 
 
 def test_each_term_has_one_config_file_holding_its_own_settings():
@@ -46,7 +49,9 @@ def test_each_term_has_one_config_file_holding_its_own_settings():
         assert spelled[name] <= set(term.settings), name
         for setting in term.settings:  # each setting is spelled in exactly one file
             assert [where for where, keys in [("base", base), *spelled.items()] if setting in keys] in (
-                [name], ["base"]), setting
+                [name],
+                ["base"],
+            ), setting
 
 
 def test_the_models_return_what_the_wired_terms_need():
@@ -58,13 +63,15 @@ def test_the_models_return_what_the_wired_terms_need():
     assert Objective({"tvd": 1.0, "attention": 0.5}).needs_teacher() == ["tvd", "attention"]
 
 
-@pytest.mark.parametrize("kwargs, reasons", [
-    (dict(weights={"forward_kl": 1.0, "jsd": 1.0, "ce": 0.5}, tail="renormalize"), []),
-    (dict(weights={"forward_kl": 1.0, "hidden": 0.0}), ["hidden-state distillation (loss.weights.hidden)"]),
-    (dict(weights={"forward_kl": 1.0, "attention": 1.0}), ["attention-map distillation (loss.weights.attention)"]),
-    (dict(weights={"jsd": 1.0}, on_policy={"lmbda": 0.5}), ["on-policy sampling (loss.on_policy.lmbda > 0)"]),
-    (dict(weights={"forward_kl": 1.0}, fused_linear=True), ["the fused LM-head loss (loss.fused_linear)"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, reasons",
+    [
+        (dict(weights={"forward_kl": 1.0, "jsd": 1.0, "ce": 0.5}, tail="renormalize"), []),
+        (dict(weights={"forward_kl": 1.0, "hidden": 0.0}), ["hidden-state distillation (loss.weights.hidden)"]),
+        (dict(weights={"forward_kl": 1.0, "attention": 1.0}), ["attention-map distillation (loss.weights.attention)"]),
+        (dict(weights={"jsd": 1.0}, on_policy={"lmbda": 0.5}), ["on-policy sampling (loss.on_policy.lmbda > 0)"]),
+        (dict(weights={"forward_kl": 1.0}, fused_linear=True), ["the fused LM-head loss (loss.fused_linear)"]),
+    ],
+)
 def test_needs_live_teacher_names_what_a_cache_cannot_serve(kwargs, reasons):
     assert Objective(**kwargs).needs_live_teacher() == reasons
-

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from distill.quant.export import (
-    MANIFEST, WEIGHTS, dir_size_bytes, load_packed, pack_bits, qrange, save_packed, unpack_bits,
+    MANIFEST,
+    WEIGHTS,
+    dir_size_bytes,
+    load_packed,
+    pack_bits,
+    qrange,
+    save_packed,
+    unpack_bits,
 )
 from distill.quant.ptq import ptq_rtn
 from distill.student.scratch import build_llama
@@ -57,8 +64,11 @@ def test_round_trip_is_exact_and_small(tmp_path, bits, group):
 
     with safe_open(tmp_path / WEIGHTS, "pt") as f:
         keys = list(f.keys())
-        packed = sum(f.get_tensor(k).numel() * f.get_tensor(k).element_size() for k in keys
-                     if k.endswith((".qweight", ".scales", ".zeros")))
+        packed = sum(
+            f.get_tensor(k).numel() * f.get_tensor(k).element_size()
+            for k in keys
+            if k.endswith((".qweight", ".scales", ".zeros"))
+        )
     linear_params = sum(model.get_submodule(n).weight.numel() for n in linear_names(model))
     ratio = packed / (2 * linear_params)
     expected = (bits + 16 / (group or 128)) / 16

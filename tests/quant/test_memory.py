@@ -52,8 +52,9 @@ def test_qlora_base_in_four_bits_and_only_adapters_train():
     model = llama()
     linear = sum(w.numel() for w in decoder_linear_weights(model))
     other = sum(p.numel() for p in model.parameters()) - linear
-    est = estimate_memory(model, batch_size=1, seq_len=8, quant="qlora", lora_trainable=1000, vocab_size=512,
-                          optimizer="adamw")
+    est = estimate_memory(
+        model, batch_size=1, seq_len=8, quant="qlora", lora_trainable=1000, vocab_size=512, optimizer="adamw"
+    )
     assert est["params"] == pytest.approx(linear * NF4_BYTES + other * 4 + 1000 * 4)
     assert est["grads"] == 4 * other + 4 * 1000  # embeddings/norms still trainable here, the base is not
     qat = estimate_memory(model, batch_size=1, seq_len=8, quant="qat_int8_int4", vocab_size=512)
@@ -79,8 +80,10 @@ def saved_activation_bytes(model, x, autocast: bool) -> int:
         return t
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), \
-            torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    with (
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+        torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast),
+    ):
         logits = model(input_ids=x, use_cache=False).logits.float()
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten())
     return sum(n for ptr, n in storages.items() if ptr not in params)
@@ -108,7 +111,8 @@ def test_teacher_estimate_matches_the_quantized_teacher(load_in):
     from distill.quant.quantized_teacher import model_memory_bytes, quantize_teacher
 
     student, teacher = llama(), llama(hidden_size=256)
-    estimate = estimate_memory(student, teacher, teacher_load_in=load_in, batch_size=2, seq_len=16,
-                               vocab_size=teacher.config.vocab_size)["teacher"]
+    estimate = estimate_memory(
+        student, teacher, teacher_load_in=load_in, batch_size=2, seq_len=16, vocab_size=teacher.config.vocab_size
+    )["teacher"]
     actual = model_memory_bytes(quantize_teacher(teacher, load_in))
     assert abs(estimate - actual) / actual < 0.1, (estimate, actual)

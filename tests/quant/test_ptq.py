@@ -53,8 +53,9 @@ def test_rtn_matches_torchaos_quantized_forward():
     s = (hi - lo) / 255
     zp = torch.clamp(-128 - torch.round(lo / s), -128, 127)
     hq = (torch.clamp(torch.round(h / s) + zp, -128, 127) - zp) * s
-    torch.testing.assert_close(layer(h), torch.nn.functional.linear(hq, layer.weight.dequantize()),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        layer(h), torch.nn.functional.linear(hq, layer.weight.dequantize()), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("bits,group,act", [(4, 32, "int8"), (2, 32, "int8"), (8, None, "int8"), (4, 64, None)])

@@ -104,15 +104,23 @@ def batches(n=8, seq=16, seed=0):
 def _fit_tiny(plugin=None):
     """40 steps of KD on a tiny Llama pair; returns (student, module, loss on a batch before, after)."""
     teacher, student = tiny_model("llama", seed=1), tiny_model("llama")  # untied head: 4 x 7 linears + head
-    module = DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}), VOCAB, teacher=Teacher(teacher),
-                                lr=1e-2, max_steps=40)
+    module = DistillationModule(
+        student, Objective({"forward_kl": 1.0, "ce": 0.5}), VOCAB, teacher=Teacher(teacher), lr=1e-2, max_steps=40
+    )
     data = batches()
     x, y = next(iter(data))
     objective = lambda: module.loss(module.student_outputs(x), module.teacher_outputs(x, None), y)["loss"].item()  # noqa: E731
     before = objective()
     precision = {"plugins": [plugin]} if plugin is not None else {"precision": "bf16-mixed"}
-    trainer = L.Trainer(accelerator="cpu", max_steps=40, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, **precision)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=40,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        **precision,
+    )
     trainer.fit(module, data)
     student.eval()
     return student, x, before, objective()

@@ -182,30 +182,55 @@ def fitted():
     """One QLoRA fit for the tests below; the finalize test, last in the file, merges it in place."""
     model = student()
     teacher = Teacher(tiny_model("llama", seed=1, **LLAMA))
-    module = DistillationModule(model, Objective({"ce": 1.0, "forward_kl": 0.5}), VOCAB, teacher=teacher,
-                                lr=1e-2, max_steps=30)
+    module = DistillationModule(
+        model, Objective({"ce": 1.0, "forward_kl": 0.5}), VOCAB, teacher=teacher, lr=1e-2, max_steps=30
+    )
     data = batches()
     before = sum(batch_loss(module, b) for b in data) / len(data)
     module.train()  # Lightning keeps the modes it finds; a real student trains in train mode
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     plugin = QLoRAPlugin("32-true", compute_dtype="float32", export="adapters")
-    trainer = L.Trainer(plugins=[plugin], accelerator="cpu", max_steps=30, val_check_interval=10, check_val_every_n_epoch=None,
-                        num_sanity_val_steps=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False)
+    trainer = L.Trainer(
+        plugins=[plugin],
+        accelerator="cpu",
+        max_steps=30,
+        val_check_interval=10,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     # Validation runs every 10 steps: eval passes in between training steps, as in a real run.
     packed = {}
 
     class Snapshot(L.Callback):
         def on_train_start(self, trainer, pl_module):
-            packed.update({n: (m.weight.data.clone(), m.weight.quant_state.absmax.clone())
-                           for n, m in pl_module.student.named_modules() if isinstance(m, bnb.nn.Linear4bit)})
+            packed.update(
+                {
+                    n: (m.weight.data.clone(), m.weight.quant_state.absmax.clone())
+                    for n, m in pl_module.student.named_modules()
+                    if isinstance(m, bnb.nn.Linear4bit)
+                }
+            )
 
     trainer.callbacks.append(Snapshot())
     trainer.fit(module, DataLoader(data, batch_size=2), DataLoader(data[:2], batch_size=2))
     after = sum(batch_loss(module, b) for b in data) / len(data)
-    return dict(trainer=trainer, module=module, model=model, plugin=plugin, before=before, after=after, frozen=frozen, lora=lora,
-                packed=packed, data=data)
+    return dict(
+        trainer=trainer,
+        module=module,
+        model=model,
+        plugin=plugin,
+        before=before,
+        after=after,
+        frozen=frozen,
+        lora=lora,
+        packed=packed,
+        data=data,
+    )
 
 
 def test_fit_lowers_the_loss_and_trains_only_the_adapters(fitted):
@@ -235,8 +260,16 @@ def test_a_checkpoint_resumes_into_a_quantized_student(fitted, tmp_path):
     module = DistillationModule(model, Objective({"ce": 1.0}), VOCAB, lr=1e-2, max_steps=30)
     plugin = QLoRAPlugin("32-true", compute_dtype="float32")
     plugin.convert_module(module)
-    trainer = L.Trainer(plugins=[plugin], accelerator="cpu", max_steps=30, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    trainer = L.Trainer(
+        plugins=[plugin],
+        accelerator="cpu",
+        max_steps=30,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     trainer.fit(module, DataLoader(fitted["data"], batch_size=2), ckpt_path=path)  # at max_steps: restore only
     assert trainer.global_step == 30
     restored, trained = model.state_dict(), fitted["model"].state_dict()
@@ -271,8 +304,7 @@ def test_finalize_gives_a_plain_model_with_the_same_logits(fitted, tmp_path):
     plugin.export_extra(final, tmp_path / "after")
     for side in ("before", "after"):
         base = tiny_model("llama", **LLAMA)
-        block_linears = [(n, m) for n, m in base.named_modules()
-                         if ".layers." in n and isinstance(m, torch.nn.Linear)]
+        block_linears = [(n, m) for n, m in base.named_modules() if ".layers." in n and isinstance(m, torch.nn.Linear)]
         for name, layer in block_linears:
             parent, _, leaf = name.rpartition(".")
             setattr(base.get_submodule(parent), leaf, to_linear(to_linear4bit(layer, compute_dtype=torch.float32)))

@@ -14,8 +14,7 @@ from distill.quant.quantized_teacher import model_memory_bytes, quantize_teacher
 from tests.student.tiny_models import VOCAB, tiny_model
 
 # Decoder linears dominate (as in a real teacher), all multiples of 64.
-LLAMA = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=4,
-             num_hidden_layers=2)
+LLAMA = dict(hidden_size=128, intermediate_size=256, num_attention_heads=4, num_key_value_heads=4, num_hidden_layers=2)
 # load_in -> (bytes of the decoder linears relative to fp32: ideal, upper bound; logit error bound).
 # 8bit: int8 weights + one fp32 scale per row. 4bit: 4 bits + an 8-bit scale per 64 weights
 # (double quantization) + per-layer codebooks (1 KB each, about 1% here). The tiny random teacher is a hard case for NF4
@@ -28,8 +27,12 @@ def teacher():
 
 
 def decoder_linear_bytes(model) -> int:
-    return sum(p.nbytes for n, m in model.named_modules() if ".layers." in n and isinstance(m, torch.nn.Linear)
-               for p in m.parameters())
+    return sum(
+        p.nbytes
+        for n, m in model.named_modules()
+        if ".layers." in n and isinstance(m, torch.nn.Linear)
+        for p in m.parameters()
+    )
 
 
 @pytest.mark.parametrize("load_in", ["bf16", "8bit", "4bit"])

@@ -17,7 +17,9 @@ CLUSTER = REPO / "slurm" / "local-cluster.sh"
 def slurm_cluster():
     if shutil.which("sbatch") is None or shutil.which("slurmctld") is None:
         if os.environ.get("DISTILL_REQUIRE_SLURM") == "1":
-            pytest.fail("DISTILL_REQUIRE_SLURM=1 but Slurm is not installed (apt-get install slurmctld slurmd slurm-client munge)")
+            pytest.fail(
+                "DISTILL_REQUIRE_SLURM=1 but Slurm is not installed (apt-get install slurmctld slurmd slurm-client munge)"
+            )
         pytest.skip("Slurm is not installed (slurm/local-cluster.sh start installs it)")
     was_up = subprocess.run([CLUSTER, "status"], capture_output=True).returncode == 0
     proc = subprocess.run([CLUSTER, "start"], capture_output=True, text=True, timeout=300)

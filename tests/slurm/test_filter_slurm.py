@@ -20,8 +20,12 @@ from tests.conftest import run_cli
 # dedup stage's own global pass (MinHash would add three more jobs and nothing this test checks)
 FILTERS = ["experiment=smoke", "data/filters=[code,dedup]", "~data.filters.minhash", "data.filter_tasks=2"]
 # the local cluster's partition; one CPU per shard, so both shards of a pass run side by side
-ON_SLURM = ["data.executor=slurm", "data.slurm.partition=debug", "data.slurm.cpus_per_task=1",
-            "data.slurm.mem_per_cpu_gb=1"]
+ON_SLURM = [
+    "data.executor=slurm",
+    "data.slurm.partition=debug",
+    "data.slurm.cpus_per_task=1",
+    "data.slurm.mem_per_cpu_gb=1",
+]
 PASSES = {"distill-filter-pass0", "distill-filter-exact_dedup.exact_dedup_hash_normalized", "distill-filter-pass1"}
 
 
@@ -36,14 +40,21 @@ def last_line(proc: subprocess.CompletedProcess) -> str:
 def filtered_docs(cache: Path) -> dict[str, str]:
     """The published result in a cache: the documents a training run on these filters reads."""
     (result,) = [p for p in (cache / "filtered").iterdir() if (p / "filter_stats.json").is_file()]
-    return {row["id"]: row["text"] for path in sorted((result / "docs").glob("*.jsonl.gz"))
-            for row in map(json.loads, gzip.open(path, "rt", encoding="utf-8"))}
+    return {
+        row["id"]: row["text"]
+        for path in sorted((result / "docs").glob("*.jsonl.gz"))
+        for row in map(json.loads, gzip.open(path, "rt", encoding="utf-8"))
+    }
 
 
 def jobs_of_account(account: str) -> list[tuple[str, str]]:
     """(job name, state) of every array task charged to ``account``; finished jobs stay listed for 10 minutes."""
-    out = subprocess.run(["squeue", "--noheader", "--states=all", f"--account={account}", "--format=%j %T"],
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        ["squeue", "--noheader", "--states=all", f"--account={account}", "--format=%j %T"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     return [tuple(line.split()) for line in out.splitlines()]
 
 
@@ -51,8 +62,9 @@ def jobs_of_account(account: str) -> list[tuple[str, str]]:
 @pytest.mark.slurm
 def test_distill_filter_on_slurm_matches_the_local_executor(slurm_cluster, tmp_path):
     account = f"research-{os.getpid()}"  # this run's jobs among any others the cluster still lists
-    on_slurm = filter_cli([*ON_SLURM, f"+data.slurm.account={account}"], tmp_path / "slurm-cache",
-                          tmp_path / "slurm-run")
+    on_slurm = filter_cli(
+        [*ON_SLURM, f"+data.slurm.account={account}"], tmp_path / "slurm-cache", tmp_path / "slurm-run"
+    )
     assert on_slurm.returncode == 0, on_slurm.stderr[-3000:]
     local = filter_cli([], tmp_path / "local-cache", tmp_path / "local-run")
     assert local.returncode == 0, local.stderr[-3000:]
@@ -78,8 +90,9 @@ def test_distill_filter_on_slurm_matches_the_local_executor(slurm_cluster, tmp_p
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_a_partition_sbatch_refuses_is_a_one_line_error(slurm_cluster, tmp_path):
-    proc = filter_cli(["data.executor=slurm", "data.slurm.partition=no-such-partition"], tmp_path / "cache",
-                      tmp_path / "run")
+    proc = filter_cli(
+        ["data.executor=slurm", "data.slurm.partition=no-such-partition"], tmp_path / "cache", tmp_path / "run"
+    )
     assert proc.returncode != 0
     assert last_line(proc).startswith("distill-filter: error: sbatch refused filter pass pass0"), proc.stderr[-3000:]
     assert "invalid partition" in proc.stderr.lower() and "Traceback" not in proc.stderr
@@ -88,10 +101,14 @@ def test_a_partition_sbatch_refuses_is_a_one_line_error(slurm_cluster, tmp_path)
 @pytest.mark.cli
 def test_an_unknown_slurm_setting_stops_distill_filter_before_any_work(tmp_path):
     """No cluster needed: the settings are checked when the data module is built."""
-    proc = filter_cli(["data.executor=slurm", "data.slurm.partition=debug", "+data.slurm.acount=research"],
-                      tmp_path / "cache", tmp_path / "run")
+    proc = filter_cli(
+        ["data.executor=slurm", "data.slurm.partition=debug", "+data.slurm.acount=research"],
+        tmp_path / "cache",
+        tmp_path / "run",
+    )
     assert proc.returncode != 0
     assert last_line(proc) == (
         "distill-filter: error: data.slurm.acount is neither a keyword of datatrove's SlurmPipelineExecutor nor an "
-        "sbatch option (did you mean data.slurm.account?); other sbatch options go under data.slurm.sbatch_args")
+        "sbatch option (did you mean data.slurm.account?); other sbatch options go under data.slurm.sbatch_args"
+    )
     assert "Traceback" not in proc.stderr and not (tmp_path / "cache" / "filtered").exists()

@@ -29,8 +29,13 @@ FINAL = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEM
 # deterministic kernels, no control fit; checkpoints every 5 steps tell the driver how far a job is
 # enough steps that a signal sent at step 25 lands mid-training even on an idle machine (40 took ~3 s in CI)
 MAX_STEPS = 150
-RUN = ["experiment=smoke", "control=false", "trainer.deterministic=true", f"trainer.max_steps={MAX_STEPS}",
-       "callbacks.model_checkpoint.every_n_train_steps=5"]
+RUN = [
+    "experiment=smoke",
+    "control=false",
+    "trainer.deterministic=true",
+    f"trainer.max_steps={MAX_STEPS}",
+    "callbacks.model_checkpoint.every_n_train_steps=5",
+]
 # (step reached, signal): USR1 as Slurm sends it ahead of the time limit, TERM as on preemption
 PREEMPT_PLAN = [(5, "USR1"), (25, "TERM")]
 COMPARED = ["student.val_ppl", "student.top1_agreement", "student.kl_to_teacher", "teacher.val_ppl", "train.tokens"]
@@ -39,14 +44,24 @@ COMPARED = ["student.val_ppl", "student.top1_agreement", "student.kl_to_teacher"
 def job_env(cache: Path, **extra) -> dict:
     """What a user's shell would export to sbatch: the venv's distill-train on PATH, the test cache."""
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    return {**os.environ, "PATH": path, "DISTILL_CACHE_DIR": str(cache), "HF_HUB_OFFLINE": "1",
-            "WANDB_MODE": "offline", **extra}
+    return {
+        **os.environ,
+        "PATH": path,
+        "DISTILL_CACHE_DIR": str(cache),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        **extra,
+    }
 
 
 def sbatch(workdir: Path, run_dir: Path, cache: Path, name: str, args: list[str]) -> str:
-    proc = subprocess.run(["sbatch", "--parsable", f"--job-name={name}", f"--chdir={workdir}", "--cpus-per-task=1",
-                           str(TEMPLATE), *args], env=job_env(cache, RUN_DIR=str(run_dir)),
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["sbatch", "--parsable", f"--job-name={name}", f"--chdir={workdir}", "--cpus-per-task=1", str(TEMPLATE), *args],
+        env=job_env(cache, RUN_DIR=str(run_dir)),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return proc.stdout.strip().split(";")[0]
 
 
@@ -71,18 +86,26 @@ def wait_done(job_id: str, timeout: float = 600) -> dict:
 
 
 def latest_step(run_dir: Path) -> int:
-    steps = [int(m.group(1)) for p in (run_dir / "checkpoints").glob("step*.ckpt")
-             if (m := re.fullmatch(r"step(\d+)\.ckpt", p.name))]
+    steps = [
+        int(m.group(1))
+        for p in (run_dir / "checkpoints").glob("step*.ckpt")
+        if (m := re.fullmatch(r"step(\d+)\.ckpt", p.name))
+    ]
     return max(steps, default=-1)
 
 
 def preempt(job_id: str, run_dir: Path, log: list) -> None:
     """Signal the job once per plan entry, each in a later attempt, once it reached that step."""
     for restarts, (step, sig) in enumerate(PREEMPT_PLAN):
+
         def ready(restarts=restarts, step=step):
             info = job_info(job_id)
-            return (info.get("JobState") == "RUNNING" and int(info.get("Restarts", 0)) == restarts
-                    and latest_step(run_dir) >= step)
+            return (
+                info.get("JobState") == "RUNNING"
+                and int(info.get("Restarts", 0)) == restarts
+                and latest_step(run_dir) >= step
+            )
+
         wait_for(ready, timeout=300, poll=0.2)
         subprocess.run(["scancel", "--signal", sig, job_id], check=True)
         log.append((sig, latest_step(run_dir)))
@@ -109,8 +132,14 @@ def jobs(slurm_cluster, cache_dir, tmp_path_factory):
 
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
-    yield {"work": work, "reference": (ref, ref_dir), "preempted": (pre, pre_dir), "driver": driver,
-           "signals": signals, "errors": errors}
+    yield {
+        "work": work,
+        "reference": (ref, ref_dir),
+        "preempted": (pre, pre_dir),
+        "driver": driver,
+        "signals": signals,
+        "errors": errors,
+    }
     subprocess.run(["scancel", ref, pre], capture_output=True)
 
 
@@ -129,8 +158,18 @@ def test_sbatch_template_runs_a_smoke_run(jobs):
 
 def test_submitit_launcher_runs_a_smoke_run(jobs, cache_dir, tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_cli(["-m", "hydra/launcher=slurm", "hydra.launcher.cpus_per_task=1", f"hydra.sweep.dir={sweep}",
-                    "experiment=smoke", "control=false", "trainer.max_steps=10"], cache_dir)
+    proc = run_cli(
+        [
+            "-m",
+            "hydra/launcher=slurm",
+            "hydra.launcher.cpus_per_task=1",
+            f"hydra.sweep.dir={sweep}",
+            "experiment=smoke",
+            "control=false",
+            "trainer.max_steps=10",
+        ],
+        cache_dir,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((sweep / "0" / "metrics.json").read_text())
     assert metrics["train.steps"] == 10

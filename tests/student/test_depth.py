@@ -133,16 +133,25 @@ def test_needs_a_teacher_and_calibration_data(data):
 
 
 def test_unsupported_architecture_names_the_supported_ones(data):
-    config = OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, ffn_dim=64,
-                       num_attention_heads=2, max_position_embeddings=32, word_embed_proj_dim=32)
+    config = OPTConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        num_hidden_layers=2,
+        ffn_dim=64,
+        num_attention_heads=2,
+        max_position_embeddings=32,
+        word_embed_proj_dim=32,
+    )
     with pytest.raises(DistillError, match="llama, mistral, qwen2, qwen3, gemma, gpt2.*'opt'"):
         depth_pruned(OPTForCausalLM(config), VOCAB, data, num_layers=1)
 
 
 def test_calibration_seed_makes_the_scores_reproducible(data):
     teacher = tiny_model("llama")
-    runs = [depth_pruned(teacher, VOCAB, data, num_layers=2, seed=s, calibration_samples=3).pruning_report
-            for s in (0, 0, 1)]
+    runs = [
+        depth_pruned(teacher, VOCAB, data, num_layers=2, seed=s, calibration_samples=3).pruning_report
+        for s in (0, 0, 1)
+    ]
     assert runs[0]["importance"] == runs[1]["importance"] != runs[2]["importance"]
 
 

@@ -115,8 +115,14 @@ def test_wrapped_model_serves_the_lightning_module_calls(arch):
         fused = nn.functional.linear(hidden, head.weight, head.bias)
     torch.testing.assert_close(fused, logits, atol=1e-5, rtol=0)
     assert peft.config.vocab_size == VOCAB
-    out = peft.generate(input_ids=x, attention_mask=torch.ones_like(x), max_new_tokens=3, min_new_tokens=3,
-                        do_sample=False, pad_token_id=0)
+    out = peft.generate(
+        input_ids=x,
+        attention_mask=torch.ones_like(x),
+        max_new_tokens=3,
+        min_new_tokens=3,
+        do_sample=False,
+        pad_token_id=0,
+    )
     assert out.shape == (2, 11)
 
 
@@ -128,18 +134,21 @@ def test_explicit_target_modules_and_merge_of_a_plain_model():
     assert names == {"q_proj", "v_proj"} and not is_adalora(peft)
 
 
-@pytest.mark.parametrize("settings, match", [
-    (dict(type="qlora"), "type must be"),
-    (dict(r=0), "r must be"),
-    (dict(dropout=1.0), "dropout"),
-    (dict(target_modules=["q_proj", "nope"]), "nope"),
-    (dict(target_modules=["embed_tokens"]), "match no linear"),
-    (dict(init_r=4), "AdaLoRA setting"),
-    (dict(not_a_setting=1), "bad setting"),
-    (dict(type="adalora"), "total optimizer steps"),
-    (dict(type="adalora", total_steps=10, tinit=5, tfinal=5), "no rank-reduction"),
-    (dict(type="adalora", total_steps=10, init_r=2, target_r=4), "init_r"),
-])
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        (dict(type="qlora"), "type must be"),
+        (dict(r=0), "r must be"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(target_modules=["q_proj", "nope"]), "nope"),
+        (dict(target_modules=["embed_tokens"]), "match no linear"),
+        (dict(init_r=4), "AdaLoRA setting"),
+        (dict(not_a_setting=1), "bad setting"),
+        (dict(type="adalora"), "total optimizer steps"),
+        (dict(type="adalora", total_steps=10, tinit=5, tfinal=5), "no rank-reduction"),
+        (dict(type="adalora", total_steps=10, init_r=2, target_r=4), "init_r"),
+    ],
+)
 def test_bad_settings_are_one_line_errors(settings, match):
     with pytest.raises(DistillError, match=match) as e:
         apply_lora(llama(), **settings)
@@ -170,17 +179,23 @@ class Tiny(L.LightningModule):
 def fit(student, steps, accumulate=1):
     data = DataLoader(TensorDataset(batch(0, n=4 * steps * accumulate)), batch_size=4)
     allocator = AdaLoraAllocator()
-    trainer = L.Trainer(max_steps=steps, accumulate_grad_batches=accumulate, accelerator="cpu", logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[allocator])
+    trainer = L.Trainer(
+        max_steps=steps,
+        accumulate_grad_batches=accumulate,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[allocator],
+    )
     trainer.fit(Tiny(student), data)
     return allocator
 
 
 def test_adalora_allocator_shrinks_the_rank_budget_and_merges():
     steps, init_r, target_r = 8, 6, 2
-    peft = apply_lora(llama(), type="adalora", init_r=init_r, target_r=target_r, total_steps=steps,
-                      tinit=1, tfinal=2)
+    peft = apply_lora(llama(), type="adalora", init_r=init_r, target_r=target_r, total_steps=steps, tinit=1, tfinal=2)
     assert is_adalora(peft)
     n_modules = sum(1 for n, _ in peft.named_parameters() if "lora_E" in n)
     allocator = fit(peft, steps, accumulate=2)
@@ -244,12 +259,20 @@ def test_allocator_adds_the_orthogonal_penalty_to_the_gradients():
 def test_adalora_resumes_from_a_checkpoint_after_the_final_allocation(tmp_path):
     """The rank pattern lives in the allocator's checkpointed state: a run resumed after
     ``total_step - tfinal`` keeps masking the pruned ranks (PEFT alone would have none)."""
+
     def student():
         return apply_lora(llama(), type="adalora", init_r=4, target_r=2, total_steps=8, tinit=1, tfinal=2)
 
     def trainer(steps, allocator):
-        return L.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, callbacks=[allocator])
+        return L.Trainer(
+            max_steps=steps,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[allocator],
+        )
 
     data = DataLoader(TensorDataset(batch(0, n=32)), batch_size=4)
     first = AdaLoraAllocator()

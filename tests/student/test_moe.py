@@ -119,12 +119,15 @@ def test_base_can_be_any_dense_builder(llama):
     assert moe.config.num_hidden_layers == 2
 
 
-@pytest.mark.parametrize("teacher,kwargs,match", [
-    (None, {}, "needs a teacher"),
-    ("gpt2", {}, "llama, mistral or qwen2"),
-    ("llama", dict(num_experts=2, experts_per_token=3), "experts_per_token <= num_experts"),
-    ("llama", dict(base="nowhere"), "unknown base"),
-])
+@pytest.mark.parametrize(
+    "teacher,kwargs,match",
+    [
+        (None, {}, "needs a teacher"),
+        ("gpt2", {}, "llama, mistral or qwen2"),
+        ("llama", dict(num_experts=2, experts_per_token=3), "experts_per_token <= num_experts"),
+        ("llama", dict(base="nowhere"), "unknown base"),
+    ],
+)
 def test_bad_choices_are_one_line_errors(teacher, kwargs, match):
     with pytest.raises(DistillError, match=match):
         moe_upcycle(tiny_model(teacher) if teacher else None, VOCAB, **kwargs)

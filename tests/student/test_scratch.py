@@ -54,8 +54,9 @@ def test_every_family_builds_runs_and_round_trips(architecture, tmp_path):
 
 
 # The counts documented next to PRESETS (Llama, tied embeddings, vocab 4096), measured on the meta device.
-@pytest.mark.parametrize("preset,count", [("1m", 1_058_016), ("5m", 5_065_472), ("20m", 19_275_648),
-                                          ("100m", 102_258_432)])
+@pytest.mark.parametrize(
+    "preset,count", [("1m", 1_058_016), ("5m", 5_065_472), ("20m", 19_275_648), ("100m", 102_258_432)]
+)
 def test_presets_have_the_documented_sizes(preset, count):
     with torch.device("meta"):
         model = scratch_student(None, 4096, preset=preset)
@@ -100,18 +101,21 @@ def test_another_hf_family_goes_through_the_standard_names():
     assert model.config.model_type == "gpt_neox" and model.config.num_hidden_layers == 2
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(architecture="nope"), "unknown architecture"),
-    (dict(architecture="vit"), "not a causal language model"),
-    (dict(architecture="bert"), "attends to later tokens"),
-    (dict(preset="3m"), "unknown preset"),
-    (dict(num_heads=3), "not divisible by num_heads"),
-    (dict(num_kv_heads=3), "not divisible by num_kv_heads"),
-    (dict(architecture="gpt2", num_kv_heads=2), "no grouped-query"),
-    (dict(num_experts=4), "mixture-of-experts"),
-    (dict(architecture="mixtral", num_experts=2, experts_per_token=3), "experts_per_token <= num_experts"),
-    (dict(hidden_size=0), "integers >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(architecture="nope"), "unknown architecture"),
+        (dict(architecture="vit"), "not a causal language model"),
+        (dict(architecture="bert"), "attends to later tokens"),
+        (dict(preset="3m"), "unknown preset"),
+        (dict(num_heads=3), "not divisible by num_heads"),
+        (dict(num_kv_heads=3), "not divisible by num_kv_heads"),
+        (dict(architecture="gpt2", num_kv_heads=2), "no grouped-query"),
+        (dict(num_experts=4), "mixture-of-experts"),
+        (dict(architecture="mixtral", num_experts=2, experts_per_token=3), "experts_per_token <= num_experts"),
+        (dict(hidden_size=0), "integers >= 1"),
+    ],
+)
 def test_bad_choices_are_one_line_errors(kwargs, match):
     kw = {**dict(hidden_size=32, num_layers=1, num_heads=4, max_seq_len=16), **kwargs}
     with pytest.raises(DistillError, match=match) as err:

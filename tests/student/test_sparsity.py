@@ -15,6 +15,7 @@ from transformers import AutoModelForCausalLM
 from transformers.pytorch_utils import Conv1D
 
 from distill.errors import DistillError
+from distill.student.scratch import build_llama
 from distill.student.sparsity import (
     bake_masks,
     mask_from_scores,
@@ -23,7 +24,6 @@ from distill.student.sparsity import (
     target_linears,
     verify_sparsity,
 )
-from distill.student.scratch import build_llama
 from tests.student.tiny_models import CONFIGS, VOCAB, tiny_model
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "student"
@@ -48,8 +48,10 @@ def logits(model, ids):
 
 def input_sq_sums(model, modules, ids) -> dict:
     sums = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a: sums.__setitem__(m, a[0].reshape(-1, a[0].shape[-1]).pow(2).sum(0)))
-             for m in modules]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, a: sums.__setitem__(m, a[0].reshape(-1, a[0].shape[-1]).pow(2).sum(0)))
+        for m in modules
+    ]
     logits(model, ids)
     for h in hooks:
         h.remove()
@@ -58,8 +60,10 @@ def input_sq_sums(model, modules, ids) -> dict:
 
 # --- patterns ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("value, expected", [(0.5, 0.5), ("0.5", 0.5), (" 0.25 ", 0.25), ("2:4", (2, 4)),
-                                             ("1:4", (1, 4)), ([2, 4], (2, 4))])
+
+@pytest.mark.parametrize(
+    "value, expected", [(0.5, 0.5), ("0.5", 0.5), (" 0.25 ", 0.25), ("2:4", (2, 4)), ("1:4", (1, 4)), ([2, 4], (2, 4))]
+)
 def test_parse_sparsity(value, expected):
     assert parse_sparsity(value) == expected
 
@@ -82,6 +86,7 @@ def test_n_m_needs_divisible_inputs():
 
 
 # --- exact masks ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])
 @pytest.mark.parametrize("method", ["wanda", "magnitude"])
@@ -135,11 +140,15 @@ def test_magnitude_drops_the_smallest_weights(pattern):
         assert torch.isfinite(dropped).all()
 
 
-@pytest.mark.parametrize("kind, layer", [("llama", "self_attn.q_proj"), ("llama", "mlp.down_proj"), ("gpt2", "mlp.c_fc")])
+@pytest.mark.parametrize(
+    "kind, layer", [("llama", "self_attn.q_proj"), ("llama", "mlp.down_proj"), ("gpt2", "mlp.c_fc")]
+)
 def test_wanda_scores_are_weight_times_input_norm(kind, layer):
     """First block: nothing before it is pruned, so its inputs are the dense teacher's."""
     teacher, data = tiny_model(kind), blocks()
-    student = sparse_student(teacher, VOCAB, data, sparsity=0.5, calibration_samples=len(data), calibration_batch_size=4)
+    student = sparse_student(
+        teacher, VOCAB, data, sparsity=0.5, calibration_samples=len(data), calibration_batch_size=4
+    )
     block = teacher.model.layers[0] if kind != "gpt2" else teacher.transformer.h[0]
     sblock = student.model.layers[0] if kind != "gpt2" else student.transformer.h[0]
     m = block.get_submodule(layer)
@@ -149,7 +158,9 @@ def test_wanda_scores_are_weight_times_input_norm(kind, layer):
     expected = torch.ones_like(score, dtype=torch.bool).scatter_(1, score.argsort(1)[:, :k], False)
     assert torch.equal(rows(m, mask_of(sblock.get_submodule(layer))), expected)
     # and it is not just magnitude in disguise
-    by_magnitude = torch.ones_like(score, dtype=torch.bool).scatter_(1, rows(m, m.weight).abs().argsort(1)[:, :k], False)
+    by_magnitude = torch.ones_like(score, dtype=torch.bool).scatter_(
+        1, rows(m, m.weight).abs().argsort(1)[:, :k], False
+    )
     assert not torch.equal(expected, by_magnitude)
 
 
@@ -173,6 +184,7 @@ def test_wanda_later_blocks_see_pruned_or_dense_inputs(sequential):
 
 
 # --- fixed during training, exported with the zeros ----------------------------------------------
+
 
 def test_masks_survive_optimizer_steps_and_gradients_reach_kept_weights():
     student = sparse_student(tiny_model("llama"), VOCAB, blocks(), sparsity=0.5).train()
@@ -234,12 +246,15 @@ def test_verify_rejects_a_dense_model():
 
 # --- every architecture, the configs, the errors ---------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", sorted(CONFIGS))
 def test_every_architecture_end_to_end(kind, tmp_path):
     teacher, data = tiny_model(kind), blocks(4, 9)
     ids = torch.as_tensor(data[:2, :-1])
     for pattern in (0.5, "2:4"):
-        student = sparse_student(teacher, VOCAB, data, sparsity=pattern, calibration_samples=4, calibration_batch_size=2)
+        student = sparse_student(
+            teacher, VOCAB, data, sparsity=pattern, calibration_samples=4, calibration_batch_size=2
+        )
         report = student.pruning_report
         assert report["method"] == "wanda" and report["nonzero_after"] * 2 == report["params_before"]
         assert torch.isfinite(logits(student, ids)).all()
@@ -256,8 +271,12 @@ def test_configs_build_a_sparse_student(name):
     student = make(teacher=tiny_model("llama"), vocab_size=VOCAB, train_blocks=blocks())
     assert student.pruning_report["method"] == name
     cfg.student.sparsity = "2:4"
-    assert instantiate(cfg.student)(teacher=tiny_model("gpt2"), vocab_size=VOCAB, train_blocks=blocks()) \
-        .pruning_report["sparsity"] == "2:4"
+    assert (
+        instantiate(cfg.student)(teacher=tiny_model("gpt2"), vocab_size=VOCAB, train_blocks=blocks()).pruning_report[
+            "sparsity"
+        ]
+        == "2:4"
+    )
 
 
 def test_sparsify_every_other_layer():
@@ -285,6 +304,7 @@ def test_errors():
 
 
 # --- Wanda vs magnitude -------------------------------------------------------------------------
+
 
 def markov_blocks(successors: np.ndarray, n: int, length: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
@@ -320,8 +340,10 @@ def test_wanda_damages_less_than_magnitude_with_outlier_features():
     dense = logits(teacher, held_out[:, :-1]).log_softmax(-1)
 
     def damage(method, pattern):
-        s = logits(sparse_student(teacher, VOCAB, train, method=method, sparsity=pattern, calibration_samples=32),
-                   held_out[:, :-1]).log_softmax(-1)
+        s = logits(
+            sparse_student(teacher, VOCAB, train, method=method, sparsity=pattern, calibration_samples=32),
+            held_out[:, :-1],
+        ).log_softmax(-1)
         kl = F.kl_div(s, dense, log_target=True, reduction="none").sum(-1).mean().item()
         ppl = F.nll_loss(s.flatten(0, 1), held_out[:, 1:].flatten()).exp().item()
         return kl, ppl

@@ -119,8 +119,15 @@ def test_dead_mlp_channels_rank_last_and_pruning_them_changes_nothing(kind, bloc
         assert imp.intermediate[layer].count_nonzero() == full.intermediate - 5
         kept = top(imp.intermediate[layer], full.intermediate - 5)
         assert not set(kept.tolist()) & set(channels)
-    student = width_pruned(teacher, VOCAB, blocks, intermediate_size=full.intermediate - 5,
-                           num_kv_groups=full.kv_groups, hidden_size=full.hidden, **CALIB)
+    student = width_pruned(
+        teacher,
+        VOCAB,
+        blocks,
+        intermediate_size=full.intermediate - 5,
+        num_kv_groups=full.kv_groups,
+        hidden_size=full.hidden,
+        **CALIB,
+    )
     assert student.pruning_report["importance"]["intermediate"]["dropped_max"] == 0
     torch.testing.assert_close(logits(student, ids), logits(teacher, ids))
 
@@ -177,24 +184,30 @@ def test_target_params_with_a_fixed_dimension(blocks):
     assert count(width_pruned(teacher, VOCAB, blocks, target_params=10**9, **CALIB)) == count(teacher)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(target_params=5_000), "cannot reach target_params=5,000"),
-    (dict(hidden_size=64, intermediate_size=128, target_params=100_000), "cannot reach"),
-    (dict(target_params=-1), "target_params"),
-    (dict(hidden_size=65), "hidden_size must be an integer between 1 and the teacher's 64"),
-    (dict(intermediate_size=0), "intermediate_size"),
-    (dict(num_kv_groups=3), "num_kv_groups"),
-    (dict(num_kv_groups=1.5), "num_kv_groups"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(target_params=5_000), "cannot reach target_params=5,000"),
+        (dict(hidden_size=64, intermediate_size=128, target_params=100_000), "cannot reach"),
+        (dict(target_params=-1), "target_params"),
+        (dict(hidden_size=65), "hidden_size must be an integer between 1 and the teacher's 64"),
+        (dict(intermediate_size=0), "intermediate_size"),
+        (dict(num_kv_groups=3), "num_kv_groups"),
+        (dict(num_kv_groups=1.5), "num_kv_groups"),
+    ],
+)
 def test_impossible_sizes_are_one_clear_error(kwargs, match, blocks):
     with pytest.raises(DistillError, match=match):
         width_pruned(tiny_model("llama"), VOCAB, blocks, **kwargs, **CALIB)
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(hidden_size=40), "multiple of head_dim 16"),
-    (dict(hidden_size=48, num_kv_groups=2), "must equal num_kv_groups 2 x head_dim 16"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(hidden_size=40), "multiple of head_dim 16"),
+        (dict(hidden_size=48, num_kv_groups=2), "must equal num_kv_groups 2 x head_dim 16"),
+    ],
+)
 def test_gpt2_heads_follow_the_hidden_size(kwargs, match, blocks):
     with pytest.raises(DistillError, match=match):
         width_pruned(tiny_model("gpt2"), VOCAB, blocks, **kwargs, **CALIB)
@@ -203,8 +216,16 @@ def test_gpt2_heads_follow_the_hidden_size(kwargs, match, blocks):
 
 
 def test_unsupported_architecture_names_the_supported_ones(blocks):
-    config = AutoConfig.for_model("opt", vocab_size=VOCAB, hidden_size=16, num_hidden_layers=1, ffn_dim=32,
-                                  num_attention_heads=2, word_embed_proj_dim=16, max_position_embeddings=32)
+    config = AutoConfig.for_model(
+        "opt",
+        vocab_size=VOCAB,
+        hidden_size=16,
+        num_hidden_layers=1,
+        ffn_dim=32,
+        num_attention_heads=2,
+        word_embed_proj_dim=16,
+        max_position_embeddings=32,
+    )
     supported = "width pruning supports llama, mistral, qwen2, qwen3, gemma, gpt2; the teacher is 'opt'"
     with pytest.raises(DistillError, match=supported):
         width_pruned(AutoModelForCausalLM.from_config(config), VOCAB, blocks)

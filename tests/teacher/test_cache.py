@@ -22,16 +22,7 @@ from distill.teacher.cache import (
     shard_paths,
     teacher_fingerprint,
 )
-from tests.teacher.tiny_cache import (
-    KEYS,
-    SEQ,
-    K,
-    T,
-    live_topk,
-    random_blocks,
-    tiny_teacher,
-    write_cache,
-)
+from tests.teacher.tiny_cache import KEYS, SEQ, K, T, live_topk, random_blocks, tiny_teacher, write_cache
 
 
 def test_cache_equals_live_teacher_topk(built):

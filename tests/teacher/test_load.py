@@ -15,7 +15,8 @@ def model_with_code(tmp_path):
     marker = tmp_path / "code_ran"
     (tmp_path / "evil.py").write_text(
         f"open({str(marker)!r}, 'w').write('yes')\n"
-        "from transformers import LlamaConfig\nclass EvilConfig(LlamaConfig):\n    pass\n")
+        "from transformers import LlamaConfig\nclass EvilConfig(LlamaConfig):\n    pass\n"
+    )
     config = json.loads((tmp_path / "config.json").read_text())
     config["auto_map"] = {"AutoConfig": "evil.EvilConfig"}
     (tmp_path / "config.json").write_text(json.dumps(config))

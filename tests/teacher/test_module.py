@@ -11,7 +11,12 @@ def _module():
     torch.manual_seed(0)
     teacher_model = build_llama(vocab_size=100, hidden_size=32, num_layers=2, num_heads=2)
     student = every_other_layer(teacher_model)
-    return DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}, temperature=2.0), vocab_size=100, teacher=Teacher(teacher_model)), teacher_model
+    return DistillationModule(
+        student,
+        Objective({"forward_kl": 1.0, "ce": 0.5}, temperature=2.0),
+        vocab_size=100,
+        teacher=Teacher(teacher_model),
+    ), teacher_model
 
 
 def test_teacher_is_frozen_and_stays_in_eval_mode():

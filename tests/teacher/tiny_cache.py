@@ -21,14 +21,24 @@ def tiny_teacher(vocab: int = VOCAB) -> nn.Module:
 
 def random_blocks(vocab: int = VOCAB) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
-    return {"train": rng.integers(0, vocab, (40, SEQ + 1)).astype(np.uint16),
-            "val": rng.integers(0, vocab, (6, SEQ + 1)).astype(np.uint16)}
+    return {
+        "train": rng.integers(0, vocab, (40, SEQ + 1)).astype(np.uint16),
+        "val": rng.integers(0, vocab, (6, SEQ + 1)).astype(np.uint16),
+    }
 
 
 def write_cache(model, blocks, cache_dir, **kw):
     """write_teacher_cache at these sizes; keyword arguments override its settings."""
-    args = {"vocab_size": VOCAB, "keys": KEYS, "top_k": K, "temperature": T, "shard_rows": SHARD, "micro_batch": 5,
-            "trainer_kwargs": {"accelerator": "cpu"}, "progress_bar": False}
+    args = {
+        "vocab_size": VOCAB,
+        "keys": KEYS,
+        "top_k": K,
+        "temperature": T,
+        "shard_rows": SHARD,
+        "micro_batch": 5,
+        "trainer_kwargs": {"accelerator": "cpu"},
+        "progress_bar": False,
+    }
     return write_teacher_cache(model, blocks, cache_dir, **{**args, **kw})
 
 

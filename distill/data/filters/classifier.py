@@ -37,9 +37,10 @@ import torch.nn.functional as F
 from datatrove.pipeline.base import PipelineStep
 from torch import nn
 
-from distill.data.filters.scoring import CHARS_PER_TOKEN_CAP, ShardScorer, collate, length_batches, read_scores, write_json
-from distill.data.filters.stage import DecisionFilter, FilterContext, FilterStage, write_decisions
 from distill.cache import write_atomic
+from distill.data.filters.lm_nll import CHARS_PER_TOKEN_CAP, collate, length_batches
+from distill.data.filters.scoring import ShardScorer, read_scores, write_json
+from distill.data.filters.stage import DecisionFilter, FilterContext, FilterStage, write_decisions
 from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
@@ -72,16 +73,18 @@ def load_embedder(model_path: str, device: str = "cpu"):
 
 
 @torch.inference_mode()
-def embed_texts(texts: list[str], model_path: str | None = None, batch_size: int = 32, max_tokens: int = 256,
-                device: str = "cpu") -> np.ndarray:
+def embed_texts(
+    texts: list[str], model_path: str | None = None, batch_size: int = 32, max_tokens: int = 256, device: str = "cpu"
+) -> np.ndarray:
     """L2-normalised mean-pooled embeddings, ``(len(texts), dim)`` float32.
 
     Mean pooling over real tokens, then L2 normalisation, is exactly what the model's own
     sentence-transformers modules (Pooling, Normalize) declare; doing it on ``AutoModel`` gives the
     same vectors without importing sentence-transformers (seconds, and a stack of optional kernels)."""
     tokenizer, model = load_embedder(str(model_path or default_model_path()), device)
-    seqs = tokenizer([t[: max_tokens * CHARS_PER_TOKEN_CAP] for t in texts], truncation=True,
-                     max_length=max_tokens)["input_ids"]
+    seqs = tokenizer([t[: max_tokens * CHARS_PER_TOKEN_CAP] for t in texts], truncation=True, max_length=max_tokens)[
+        "input_ids"
+    ]
     out = np.zeros((len(texts), model.config.hidden_size), dtype=np.float32)
     for batch in length_batches(seqs, batch_size):  # similar lengths together: little padding
         ids, mask = collate([seqs[i] for i in batch])
@@ -101,8 +104,9 @@ class Head(nn.Module):
     def __init__(self, dim: int, hidden: int = 0):
         super().__init__()
         self.dim, self.hidden = dim, hidden
-        self.net = nn.Linear(dim, 1) if hidden == 0 else nn.Sequential(nn.Linear(dim, hidden), nn.GELU(),
-                                                                      nn.Linear(hidden, 1))
+        self.net = (
+            nn.Linear(dim, 1) if hidden == 0 else nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, 1))
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).squeeze(-1)
@@ -134,8 +138,16 @@ def regression_metrics(pred: np.ndarray, target: np.ndarray) -> dict[str, float]
     return {"r2": 1 - mse / sst if sst > 0 else math.nan, "spearman": spearman, "mse": mse}
 
 
-def train_head(embeddings: np.ndarray, scores, hidden: int = 0, epochs: int = 500, lr: float = 1e-2,
-               weight_decay: float = 1e-3, heldout_fraction: float = 0.2, seed: int = 0) -> tuple[Head, dict]:
+def train_head(
+    embeddings: np.ndarray,
+    scores,
+    hidden: int = 0,
+    epochs: int = 500,
+    lr: float = 1e-2,
+    weight_decay: float = 1e-3,
+    heldout_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[Head, dict]:
     """Fit a head on a seeded split, full-batch AdamW on MSE; returns it and its held-out metrics.
 
     Full-batch on CPU is deterministic and, for the thousands of labels this is meant for, takes
@@ -161,15 +173,21 @@ def train_head(embeddings: np.ndarray, scores, hidden: int = 0, epochs: int = 50
     metrics = regression_metrics(head.predict(x[test].numpy()), y[test].numpy().astype(np.float64))
     train_mse = float(np.mean((head.predict(x[train].numpy()) - y[train].numpy()) ** 2))
     metrics.update(train_mse=train_mse, n_train=len(train), n_heldout=held)
-    log.info("classifier head: held-out R² %.3f, Spearman %.3f on %d rows (trained on %d)",
-             metrics["r2"], metrics["spearman"], held, len(train))
+    log.info(
+        "classifier head: held-out R² %.3f, Spearman %.3f on %d rows (trained on %d)",
+        metrics["r2"],
+        metrics["spearman"],
+        held,
+        len(train),
+    )
     return head, metrics
 
 
 def save_head(path: Path, head: Head, metrics: dict, key: str) -> None:
     buf = io.BytesIO()
-    torch.save({"state_dict": head.state_dict(), "dim": head.dim, "hidden": head.hidden, "metrics": metrics,
-                "key": key}, buf)
+    torch.save(
+        {"state_dict": head.state_dict(), "dim": head.dim, "hidden": head.hidden, "metrics": metrics, "key": key}, buf
+    )
     write_atomic(path, buf.getvalue())
 
 
@@ -211,12 +229,15 @@ def read_labels(path: str | Path, minimum: int = MIN_LABELS) -> tuple[list[str],
             texts.append(row["text"])
             scores.append(float(row["score"]))
     if skipped:
-        log.warning("classifier labels %s: skipped %d malformed lines (need {\"text\": str, \"score\": number})",
-                    path, skipped)
+        log.warning(
+            'classifier labels %s: skipped %d malformed lines (need {"text": str, "score": number})', path, skipped
+        )
     if len(texts) < minimum:
-        raise DistillError(f"data.filters.classifier.labels: {path} has {len(texts)} valid labelled rows "
-                           f"({skipped} malformed lines skipped); need at least {minimum} "
-                           '(JSONL lines {"text": ..., "score": number})')
+        raise DistillError(
+            f"data.filters.classifier.labels: {path} has {len(texts)} valid labelled rows "
+            f"({skipped} malformed lines skipped); need at least {minimum} "
+            '(JSONL lines {"text": ..., "score": number})'
+        )
     return texts, scores, skipped
 
 
@@ -237,8 +258,9 @@ class ClassifierScorer(ShardScorer):
     name = "quality classifier"
     chunk = 512
 
-    def __init__(self, out_dir, head_path, model_path: str, batch_size: int = 32, max_tokens: int = 256,
-                 device: str = "cpu"):
+    def __init__(
+        self, out_dir, head_path, model_path: str, batch_size: int = 32, max_tokens: int = 256, device: str = "cpu"
+    ):
         super().__init__(out_dir)
         self.head_path, self.model_path = str(head_path), str(model_path)
         self.batch_size, self.max_tokens, self.device = batch_size, max_tokens, device
@@ -260,18 +282,34 @@ class QualityClassifier(FilterStage):
     needs_prepare = True
     uses_model = True
 
-    def __init__(self, labels: str | None = None, threshold: float = DEFAULT_THRESHOLD, model_path: str | None = None,
-                 batch_size: int = 32, max_tokens: int = 256, hidden: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        labels: str | None = None,
+        threshold: float = DEFAULT_THRESHOLD,
+        model_path: str | None = None,
+        batch_size: int = 32,
+        max_tokens: int = 256,
+        hidden: int = 0,
+        seed: int = 0,
+    ):
         if not labels:
-            raise DistillError('data.filters.classifier: labels is required (a JSONL file of {"text": ..., '
-                               '"score": number} lines)')
+            raise DistillError(
+                'data.filters.classifier: labels is required (a JSONL file of {"text": ..., "score": number} lines)'
+            )
         if not Path(labels).expanduser().is_file():
             raise DistillError(f"data.filters.classifier.labels: no such file: {labels}")
         if int(batch_size) < 1 or int(max_tokens) < 2 or int(hidden) < 0:
-            raise DistillError(f"data.filters.classifier: need batch_size >= 1, max_tokens >= 2, hidden >= 0; got "
-                               f"{batch_size}, {max_tokens}, {hidden}")
+            raise DistillError(
+                f"data.filters.classifier: need batch_size >= 1, max_tokens >= 2, hidden >= 0; got "
+                f"{batch_size}, {max_tokens}, {hidden}"
+            )
         self.labels, self.threshold, self.model_path = str(Path(labels).expanduser()), float(threshold), model_path
-        self.batch_size, self.max_tokens, self.hidden, self.seed = int(batch_size), int(max_tokens), int(hidden), int(seed)
+        self.batch_size, self.max_tokens, self.hidden, self.seed = (
+            int(batch_size),
+            int(max_tokens),
+            int(hidden),
+            int(seed),
+        )
         self._labels_sha256 = file_sha256(self.labels)  # the labels as configured, for the cache key
 
     def config(self) -> dict:

@@ -94,8 +94,10 @@ class ShardDecisionFilter(BaseFilter):
         self._index = 0
         yield from super().run(data, rank, world_size)
         if self._drops and max(self._drops) >= self._index:
-            raise RuntimeError(f"shard {rank} has {self._index} documents but a decision for index "
-                               f"{max(self._drops)}: the pass does not read what prepare read")
+            raise RuntimeError(
+                f"shard {rank} has {self._index} documents but a decision for index "
+                f"{max(self._drops)}: the pass does not read what prepare read"
+            )
 
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         # BaseFilter.run (batch_size 1) calls filter once per document, in stream order
@@ -105,13 +107,13 @@ class ShardDecisionFilter(BaseFilter):
             return True
         doc_id, reason = drop
         if doc.id != doc_id:
-            raise RuntimeError(f"document {index} is {doc.id!r}, prepare saw {doc_id!r}: "
-                               "the pass does not read what prepare read")
+            raise RuntimeError(
+                f"document {index} is {doc.id!r}, prepare saw {doc_id!r}: the pass does not read what prepare read"
+            )
         return False, reason
 
 
-def write_shard_decisions(out_dir: Path, tasks: int, drops: dict[int, list[int]], ids_dir: Path,
-                          reason: str) -> None:
+def write_shard_decisions(out_dir: Path, tasks: int, drops: dict[int, list[int]], ids_dir: Path, reason: str) -> None:
     """One decisions file per shard (empty ones too: a missing file means prepare did not run)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for rank in range(tasks):
@@ -147,15 +149,18 @@ class ExactDedup(_DedupStage):
 
     def prepare(self, ctx: FilterContext, input_dir: Path) -> None:
         shards = self._dir(ctx) / "shards"
-        ctx.run([RecordShard(shards, content_hash=True, normalize=self.normalize)],
-                f"{self.name}_hash_{self._dir(ctx).name}", input_dir)
+        ctx.run(
+            [RecordShard(shards, content_hash=True, normalize=self.normalize)],
+            f"{self.name}_hash_{self._dir(ctx).name}",
+            input_dir,
+        )
         hashes = [np.load(shards / f"{r:05d}.hashes.npy") for r in range(ctx.tasks)]
         # np.unique's return_index is the first occurrence in (shard, index) order
         _, first = np.unique(np.concatenate(hashes), return_index=True)
         keep = np.zeros(sum(len(h) for h in hashes), dtype=bool)
         keep[first] = True
         offsets = np.cumsum([0] + [len(h) for h in hashes])
-        drops = {r: np.flatnonzero(~keep[offsets[r]:offsets[r + 1]]).tolist() for r in range(ctx.tasks)}
+        drops = {r: np.flatnonzero(~keep[offsets[r] : offsets[r + 1]]).tolist() for r in range(ctx.tasks)}
         write_shard_decisions(self._dir(ctx) / "decisions", ctx.tasks, drops, shards, "exact_duplicate")
 
 
@@ -166,8 +171,9 @@ class MinhashDedup(_DedupStage):
     hashes, so documents with Jaccard similarity above ~0.72 ((1/14)^(1/8)) likely collide. Of
     each cluster we keep the earliest document in (shard, index) order."""
 
-    def __init__(self, name: str = "minhash", n_grams: int = 5, num_buckets: int = 14,
-                 hashes_per_bucket: int = 8, seed: int = 1):
+    def __init__(
+        self, name: str = "minhash", n_grams: int = 5, num_buckets: int = 14, hashes_per_bucket: int = 8, seed: int = 1
+    ):
         self.name = name
         self.n_grams = n_grams
         self.num_buckets = num_buckets
@@ -177,9 +183,13 @@ class MinhashDedup(_DedupStage):
     def _config(self) -> MinhashConfig:
         # sha1 shingle hashes, not datatrove's default xxhash: datatrove 0.10 passes str to xxhash,
         # which xxhash>=4 refuses (datatrove's own extra pins xxhash<4); sha1 works with either
-        return MinhashConfig(n_grams=self.n_grams, num_buckets=self.num_buckets,
-                             hashes_per_bucket=self.hashes_per_bucket, seed=self.seed,
-                             hash_config=HashConfig(precision=64, hash_fc="sha1"))
+        return MinhashConfig(
+            n_grams=self.n_grams,
+            num_buckets=self.num_buckets,
+            hashes_per_bucket=self.hashes_per_bucket,
+            seed=self.seed,
+            hash_config=HashConfig(precision=64, hash_fc="sha1"),
+        )
 
     def _dir(self, ctx: FilterContext) -> Path:
         # one folder per setting: a changed setting never reuses another's signatures
@@ -187,13 +197,22 @@ class MinhashDedup(_DedupStage):
 
     def prepare(self, ctx: FilterContext, input_dir: Path) -> None:
         root, config = self._dir(ctx), self._config()
-        ctx.run([RecordShard(root / "ids"), MinhashDedupSignature(str(root / "signatures"), config=config)],
-                f"{self.name}_signature_{root.name}", input_dir)
+        ctx.run(
+            [RecordShard(root / "ids"), MinhashDedupSignature(str(root / "signatures"), config=config)],
+            f"{self.name}_signature_{root.name}",
+            input_dir,
+        )
         # buckets and clusters read signature files, not documents: no reader, their own task counts
-        self._local([MinhashDedupBuckets(str(root / "signatures"), str(root / "buckets"), config=config)],
-                    config.num_buckets, root / "logs" / "buckets")
-        self._local([MinhashDedupCluster(str(root / "buckets"), str(root / "clusters"), config=config,
-                                         save_cluster_id=True)], 1, root / "logs" / "clusters")
+        self._local(
+            [MinhashDedupBuckets(str(root / "signatures"), str(root / "buckets"), config=config)],
+            config.num_buckets,
+            root / "logs" / "buckets",
+        )
+        self._local(
+            [MinhashDedupCluster(str(root / "buckets"), str(root / "clusters"), config=config, save_cluster_id=True)],
+            1,
+            root / "logs" / "clusters",
+        )
         drops = cluster_drops(root / "clusters", ctx.tasks)
         write_shard_decisions(root / "decisions", ctx.tasks, drops, root / "ids", "near_duplicate")
 

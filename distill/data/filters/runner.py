@@ -45,9 +45,9 @@ class ExecutorSpec:
 
     kind: str = "local"
     tasks: int = 4
-    workers: int = -1                      # local processes; -1 = one per CPU core
+    workers: int = -1  # local processes; -1 = one per CPU core
     slurm: dict = field(default_factory=dict)  # data.slurm: datatrove executor keywords and sbatch options
-    poll_s: float = 30.0                   # longest wait between looks at SLURM jobs' completion markers
+    poll_s: float = 30.0  # longest wait between looks at SLURM jobs' completion markers
     slurm_kwargs: dict = field(init=False, default_factory=dict)  # ``slurm`` as SlurmPipelineExecutor takes it
 
     def __post_init__(self):
@@ -73,18 +73,34 @@ class FilterResult:
                     yield Document(record["id"], record["text"])
 
 
-def filter_documents(docs: Iterable[Document], stages: dict[str, FilterStage], *, input_key: str,
-                     cache_dir: str | Path, executor: ExecutorSpec | None = None, keep_excluded: bool = False,
-                     tokenizer_path: str | None = None, teacher_path: str | None = None, device: str = "cpu",
-                     seed: int = 0, source_skipped: dict | None = None) -> FilterResult:
+def filter_documents(
+    docs: Iterable[Document],
+    stages: dict[str, FilterStage],
+    *,
+    input_key: str,
+    cache_dir: str | Path,
+    executor: ExecutorSpec | None = None,
+    keep_excluded: bool = False,
+    tokenizer_path: str | None = None,
+    teacher_path: str | None = None,
+    device: str = "cpu",
+    seed: int = 0,
+    source_skipped: dict | None = None,
+) -> FilterResult:
     """Filter ``docs`` through ``stages`` (in order); returns the cached result."""
     executor = executor or ExecutorSpec()
     quiet_datatrove()
     stages = {name: stage for name, stage in stages.items() if stage is not None}
     # the teacher is part of the result only where a stage scores with it: distill-filter (which has no
     # teacher unless a filter needs one) and distill-train (which always has one) must share the key
-    key = fingerprint(FORMAT, input_key, [(n, s.config()) for n, s in stages.items()], tokenizer_path,
-                      teacher_path if scores_with_run_teacher(stages.values()) else None, keep_excluded)
+    key = fingerprint(
+        FORMAT,
+        input_key,
+        [(n, s.config()) for n, s in stages.items()],
+        tokenizer_path,
+        teacher_path if scores_with_run_teacher(stages.values()) else None,
+        keep_excluded,
+    )
     final = Path(cache_dir).expanduser() / "filtered" / key
     if (final / "filter_stats.json").is_file():
         log.info("filtered data: cached %s", final)
@@ -94,8 +110,9 @@ def filter_documents(docs: Iterable[Document], stages: dict[str, FilterStage], *
     work = final.with_name(key + ".work")
     n_in = materialise(docs, work / "input", executor.tasks)
     plan = Plan(work, executor, keep_excluded)
-    ctx_args = dict(tasks=executor.tasks, tokenizer_path=tokenizer_path, teacher_path=teacher_path,
-                    device=device, seed=seed)
+    ctx_args = dict(
+        tasks=executor.tasks, tokenizer_path=tokenizer_path, teacher_path=teacher_path, device=device, seed=seed
+    )
     out_dir = plan.run_stages(stages, work / "input", ctx_args)
     stats = plan.stats(n_in, count_docs(out_dir), source_skipped or {})
     publish(work, out_dir, final, stats, keep_excluded)
@@ -216,8 +233,7 @@ class Plan:
 
     def _pass(self, name: str, input_dir: Path, stages: list[tuple[str, list]], uses_model: bool) -> Path:
         out = self.work / name
-        pipeline = [reader(input_dir), *[s for _, steps in stages for s in steps],
-                    JsonlWriter(str(out))]
+        pipeline = [reader(input_dir), *[s for _, steps in stages for s in steps], JsonlWriter(str(out))]
         self.passes.append((name, [(stage, len(steps)) for stage, steps in stages]))
         self.execute(pipeline, name, one_process=uses_model)
         out.mkdir(parents=True, exist_ok=True)  # the writer creates nothing when every document was dropped
@@ -227,8 +243,7 @@ class Plan:
         """``ctx.run`` for a stage's own global passes (reader + its steps, no writer)."""
 
         def run(steps, pass_name: str, input_dir: Path) -> None:
-            self.execute([reader(input_dir), *steps], f"{stage_name}.{pass_name}",
-                         one_process=stage.uses_model)
+            self.execute([reader(input_dir), *steps], f"{stage_name}.{pass_name}", one_process=stage.uses_model)
 
         return run
 
@@ -238,8 +253,9 @@ class Plan:
             return
         for i, step in enumerate(steps):
             if hasattr(step, "exclusion_writer") and step.exclusion_writer is None:
-                step.exclusion_writer = JsonlWriter(str(self.work / "excluded" / stage),
-                                                    output_filename=f"{i}_${{rank}}.jsonl.gz")
+                step.exclusion_writer = JsonlWriter(
+                    str(self.work / "excluded" / stage), output_filename=f"{i}_${{rank}}.jsonl.gz"
+                )
 
     def execute(self, pipeline: list, name: str, one_process: bool = False) -> None:
         logs = self.work / "logs" / name
@@ -251,8 +267,13 @@ class Plan:
 
         # A model-scoring pass uses every core inside one process; more processes would fight over them.
         workers = 1 if one_process else (spec.workers if spec.workers > 0 else os.cpu_count() or 1)
-        LocalPipelineExecutor(pipeline=pipeline, tasks=spec.tasks, workers=min(workers, spec.tasks),
-                              logging_dir=str(logs), start_method="fork").run()
+        LocalPipelineExecutor(
+            pipeline=pipeline,
+            tasks=spec.tasks,
+            workers=min(workers, spec.tasks),
+            logging_dir=str(logs),
+            start_method="fork",
+        ).run()
 
     # -- stats ------------------------------------------------------------------------------------------
     def stats(self, n_in: int, n_out: int, source_skipped: dict) -> dict:
@@ -267,10 +288,16 @@ class Plan:
                     stages[stage]["details"] = details
         for stage in self.skipped:
             stages[stage] = stage_stats([])
-        return {"input": n_in, "kept": n_out, "dropped": n_in - n_out,
-                "kept_fraction": n_out / n_in if n_in else 0.0, "stages": stages,
-                "source_skipped": dict(source_skipped), "executor": self.executor.kind,
-                "tasks": self.executor.tasks}
+        return {
+            "input": n_in,
+            "kept": n_out,
+            "dropped": n_in - n_out,
+            "kept_fraction": n_out / n_in if n_in else 0.0,
+            "stages": stages,
+            "source_skipped": dict(source_skipped),
+            "executor": self.executor.kind,
+            "tasks": self.executor.tasks,
+        }
 
 
 def merged_step_stats(logs: Path) -> list[dict[str, float]]:
@@ -303,7 +330,7 @@ def stage_stats(steps: list[dict]) -> dict:
         return {"input": 0, "kept": 0, "dropped": {}}
     dropped: dict[str, int] = {}
     for step in steps:
-        reasons = {k[len("dropped_"):]: int(v) for k, v in step.items() if k.startswith("dropped_")}
+        reasons = {k[len("dropped_") :]: int(v) for k, v in step.items() if k.startswith("dropped_")}
         unnamed = int(step.get("dropped", 0)) - sum(reasons.values())
         if unnamed > 0:  # a block that drops without naming a reason: count it under the block's name
             reasons[step["_name"]] = reasons.get(step["_name"], 0) + unnamed

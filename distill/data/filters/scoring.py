@@ -4,11 +4,7 @@ Both stages are global: ``prepare`` runs a scoring pass (``ctx.run``) whose step
 ``{doc_id: [mean NLL under model 1, model 2, ...]}`` to ``work_dir/scores/<rank>.json``, merges the
 shards, decides, and writes ``work_dir/decisions.json``; ``steps`` is the ``DecisionFilter`` over it.
 
-``score_texts`` is hand-written: evaluate's perplexity metric pads every text to the longest of the
-whole list, and lm-eval is a harness to run, not a function to call inside a datatrove step. Here
-texts are sorted by length into batches, padded positions never reach the loss, and the loss is
-taken one sequence at a time on a view of the logits, so no second vocabulary-sized tensor the size
-of the batch is ever made (a 128k-vocabulary teacher's logits are already the largest tensor).
+The scores themselves (mean NLL of a text under a causal LM) come from ``lm_nll.py``.
 """
 
 from __future__ import annotations
@@ -19,101 +15,19 @@ import math
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from datatrove.utils.batching import batched
-from transformers import AutoConfig, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoConfig, AutoTokenizer
 
 from distill.cache import write_atomic
+from distill.data.filters.lm_nll import encode, score_ids
 from distill.data.filters.stage import DecisionFilter, FilterContext, FilterStage, write_decisions
 from distill.errors import DistillError
-from distill.teacher.load import check_model_dir, load_causal_lm
 from distill.safety import pretrained_kwargs
+from distill.teacher.load import check_model_dir, load_causal_lm
 
 log = logging.getLogger(__name__)
-
-# A byte-level token covers at least one byte; cutting the text at this many characters per allowed
-# token before tokenizing changes nothing in practice and keeps a 10 MB document from being
-# tokenized whole only to keep its first 512 tokens.
-CHARS_PER_TOKEN_CAP = 64
-
-
-# --- scoring ------------------------------------------------------------------------------------
-
-
-def encode(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int) -> list[list[int]]:
-    """Token ids of each text, starting with BOS (or EOS, the document separator the teacher was
-    trained with) so that the first real token is predicted too; at most ``max_tokens`` ids."""
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    cut = [t[: max_tokens * CHARS_PER_TOKEN_CAP] for t in texts]
-    ids = tokenizer(cut, add_special_tokens=True)["input_ids"]
-    if start is not None:
-        ids = [s if s[:1] == [start] else [start, *s] for s in ids]
-    return [s[:max_tokens] for s in ids]
-
-
-def collate(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and attention mask: real tokens keep positions 0..n-1 and, being causal,
-    never attend to the padding after them, so their logits equal the unpadded ones."""
-    width = max(len(s) for s in seqs)
-    ids = torch.zeros(len(seqs), width, dtype=torch.long)
-    mask = torch.zeros(len(seqs), width, dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
-        mask[i, : len(s)] = 1
-    return ids, mask
-
-
-def length_batches(seqs: list[list[int]], batch_size: int) -> list[list[int]]:
-    """Indices of ``seqs`` grouped into batches of similar length, longest first (an out-of-memory
-    batch then fails at once, not at the end of a shard)."""
-    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
-    return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-@torch.inference_mode()
-def batch_nll(model, ids: torch.Tensor, mask: torch.Tensor, bf16: bool = False) -> list[float]:
-    """Mean next-token NLL of each right-padded row (NaN for a row with fewer than two tokens)."""
-    device = next(model.parameters()).device
-    ids, mask = ids.to(device), mask.to(device)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits
-    out = []
-    for row, n in enumerate(mask.sum(1).tolist()):
-        if n < 2:
-            out.append(float("nan"))
-            continue
-        # A contiguous view of this row's real positions: the padded ones are never touched.
-        loss = F.cross_entropy(logits[row, : n - 1].float(), ids[row, 1:n])
-        out.append(loss.item())
-    return out
-
-
-def score_ids(model, seqs: list[list[int]], batch_size: int = 8, bf16: bool = False) -> list[float]:
-    """Mean NLL of already-encoded sequences, in input order."""
-    scores = [float("nan")] * len(seqs)
-    for batch in length_batches(seqs, batch_size):
-        ids, mask = collate([seqs[i] for i in batch])
-        for i, s in zip(batch, batch_nll(model, ids, mask, bf16)):
-            scores[i] = s
-    return scores
-
-
-def score_texts(model, tokenizer: PreTrainedTokenizerBase, texts: list[str], batch_size: int = 8,
-                max_tokens: int = 512, device: str = "cpu", bf16: bool = False) -> list[float]:
-    """Mean per-token negative log-likelihood (nats; ``exp`` of it is the perplexity) of each text
-    under a causal LM in eval mode, on its first ``max_tokens`` tokens. NaN for an empty text."""
-    if batch_size < 1 or max_tokens < 2:
-        raise DistillError(f"need batch_size >= 1 and max_tokens >= 2, got {batch_size} and {max_tokens}")
-    model.to(device)
-    # Learned position tables (GPT-2) end at the context length; rotary models degrade past it.
-    max_tokens = min(max_tokens, getattr(model.config, "max_position_embeddings", None) or max_tokens)
-    return score_ids(model, encode(tokenizer, texts, max_tokens), batch_size, bf16)
-
-
-# --- the scoring pass ---------------------------------------------------------------------------
 
 
 def write_json(path: Path, obj) -> None:
@@ -175,8 +89,16 @@ class LMScorer(ShardScorer):
 
     name = "lm nll"
 
-    def __init__(self, out_dir, model_paths: list[str], tokenizer_path: str, device: str = "cpu",
-                 batch_size: int = 8, max_tokens: int = 512, bf16: bool = False):
+    def __init__(
+        self,
+        out_dir,
+        model_paths: list[str],
+        tokenizer_path: str,
+        device: str = "cpu",
+        batch_size: int = 8,
+        max_tokens: int = 512,
+        bf16: bool = False,
+    ):
         super().__init__(out_dir)
         self.model_paths, self.tokenizer_path = [str(p) for p in model_paths], str(tokenizer_path)
         self.device, self.batch_size, self.max_tokens, self.bf16 = device, batch_size, max_tokens, bf16
@@ -195,8 +117,16 @@ class LMScorer(ShardScorer):
         return [[_nan_to_none(s) for s in doc] for doc in zip(*per_model)]
 
 
-def score_corpus(ctx: FilterContext, input_dir: Path, pass_name: str, model_paths: list[str], tokenizer_path: str,
-                 batch_size: int, max_tokens: int, bf16: bool) -> dict[str, list[float]]:
+def score_corpus(
+    ctx: FilterContext,
+    input_dir: Path,
+    pass_name: str,
+    model_paths: list[str],
+    tokenizer_path: str,
+    batch_size: int,
+    max_tokens: int,
+    bf16: bool,
+) -> dict[str, list[float]]:
     """``{doc_id: [NLL per model]}`` for the whole corpus (None -> NaN), by a ``ctx.run`` pass."""
     scores_dir = Path(ctx.work_dir) / "scores"
     step = LMScorer(scores_dir, model_paths, tokenizer_path, ctx.device, batch_size, max_tokens, bf16)
@@ -227,8 +157,9 @@ def resolve_model(ctx: FilterContext, model_path: str | None, stage: str) -> tup
 
 def _check_sizes(stage: str, batch_size: int, max_tokens: int) -> None:
     if int(batch_size) < 1 or int(max_tokens) < 2:
-        raise DistillError(f"data.filters.{stage}: need batch_size >= 1 and max_tokens >= 2, "
-                           f"got {batch_size} and {max_tokens}")
+        raise DistillError(
+            f"data.filters.{stage}: need batch_size >= 1 and max_tokens >= 2, got {batch_size} and {max_tokens}"
+        )
 
 
 # --- stages -------------------------------------------------------------------------------------
@@ -261,26 +192,49 @@ class TeacherPerplexity(FilterStage):
     uses_model = True
     scores_with_teacher = True  # no model_path: the run's teacher scores
 
-    def __init__(self, low_percentile: float = 10.0, high_percentile: float = 90.0, model_path: str | None = None,
-                 batch_size: int = 8, max_tokens: int = 512, bf16: bool = False):
+    def __init__(
+        self,
+        low_percentile: float = 10.0,
+        high_percentile: float = 90.0,
+        model_path: str | None = None,
+        batch_size: int = 8,
+        max_tokens: int = 512,
+        bf16: bool = False,
+    ):
         if not 0.0 <= float(low_percentile) < float(high_percentile) <= 100.0:
-            raise DistillError(f"data.filters.teacher_ppl: need 0 <= low_percentile < high_percentile <= 100, "
-                               f"got {low_percentile} and {high_percentile}")
+            raise DistillError(
+                f"data.filters.teacher_ppl: need 0 <= low_percentile < high_percentile <= 100, "
+                f"got {low_percentile} and {high_percentile}"
+            )
         _check_sizes(self.name, batch_size, max_tokens)
         self.low_percentile, self.high_percentile = float(low_percentile), float(high_percentile)
-        self.model_path, self.batch_size, self.max_tokens, self.bf16 = model_path, int(batch_size), int(max_tokens), bf16
+        self.model_path, self.batch_size, self.max_tokens, self.bf16 = (
+            model_path,
+            int(batch_size),
+            int(max_tokens),
+            bf16,
+        )
 
     def prepare(self, ctx: FilterContext, input_dir: Path) -> None:
         model, tokenizer = resolve_model(ctx, self.model_path, self.name)
-        nll = {k: v[0] for k, v in score_corpus(ctx, input_dir, f"{self.name}_score", [model], tokenizer,
-                                                   self.batch_size, self.max_tokens, self.bf16).items()}
+        nll = {
+            k: v[0]
+            for k, v in score_corpus(
+                ctx, input_dir, f"{self.name}_score", [model], tokenizer, self.batch_size, self.max_tokens, self.bf16
+            ).items()
+        }
         decisions, (lo, hi) = band_decisions(nll, self.low_percentile, self.high_percentile)
         write_decisions(Path(ctx.work_dir) / "decisions.json", decisions)
         # NLL is log-perplexity: the band's edges in perplexity, for the log and the run's records.
         summary = dict(docs=len(nll), dropped=len(decisions), ppl_low=math.exp(lo), ppl_high=math.exp(hi))
         write_json(Path(ctx.work_dir) / "summary.json", summary)
-        log.info("teacher_ppl: kept perplexity band [%.4g, %.4g], dropped %d of %d documents",
-                 summary["ppl_low"], summary["ppl_high"], len(decisions), len(nll))
+        log.info(
+            "teacher_ppl: kept perplexity band [%.4g, %.4g], dropped %d of %d documents",
+            summary["ppl_low"],
+            summary["ppl_high"],
+            len(decisions),
+            len(nll),
+        )
 
     def steps(self, ctx: FilterContext) -> list[PipelineStep]:
         return [DecisionFilter(Path(ctx.work_dir) / "decisions.json")]
@@ -294,14 +248,18 @@ def check_same_vocab(tokenizer_path: str, reference_path: str) -> None:
         ref_vocab = AutoTokenizer.from_pretrained(reference_path, **pretrained_kwargs()).get_vocab()
         if ref_vocab != teacher_vocab:
             differ = len(set(ref_vocab.items()) ^ set(teacher_vocab.items()))
-            raise DistillError(f"data.filters.reference_ratio: the reference model {reference_path} has a different "
-                               f"vocabulary from the teacher's tokenizer {tokenizer_path} ({len(ref_vocab)} vs "
-                               f"{len(teacher_vocab)} tokens, {differ} entries differ); it must share the tokenizer")
+            raise DistillError(
+                f"data.filters.reference_ratio: the reference model {reference_path} has a different "
+                f"vocabulary from the teacher's tokenizer {tokenizer_path} ({len(ref_vocab)} vs "
+                f"{len(teacher_vocab)} tokens, {differ} entries differ); it must share the tokenizer"
+            )
         return
     rows = AutoConfig.from_pretrained(reference_path, **pretrained_kwargs()).vocab_size
     if rows < max(teacher_vocab.values()) + 1:
-        raise DistillError(f"data.filters.reference_ratio: the reference model {reference_path} has {rows} embedding "
-                           f"rows, fewer than the {len(teacher_vocab)} tokens of the teacher's tokenizer")
+        raise DistillError(
+            f"data.filters.reference_ratio: the reference model {reference_path} has {rows} embedding "
+            f"rows, fewer than the {len(teacher_vocab)} tokens of the teacher's tokenizer"
+        )
 
 
 def top_fraction(score: dict[str, float], keep_fraction: float) -> dict[str, str]:
@@ -324,11 +282,20 @@ class ReferenceRatio(FilterStage):
     uses_model = True
     scores_with_teacher = True
 
-    def __init__(self, reference_path: str | None = None, keep_fraction: float = 0.5, model_path: str | None = None,
-                 batch_size: int = 8, max_tokens: int = 512, bf16: bool = False):
+    def __init__(
+        self,
+        reference_path: str | None = None,
+        keep_fraction: float = 0.5,
+        model_path: str | None = None,
+        batch_size: int = 8,
+        max_tokens: int = 512,
+        bf16: bool = False,
+    ):
         if not reference_path:
-            raise DistillError("data.filters.reference_ratio: reference_path is required (a small causal LM "
-                               "directory sharing the teacher's tokenizer)")
+            raise DistillError(
+                "data.filters.reference_ratio: reference_path is required (a small causal LM "
+                "directory sharing the teacher's tokenizer)"
+            )
         check_model_dir(reference_path, "data.filters.reference_ratio.reference_path")
         if not 0.0 < float(keep_fraction) <= 1.0:
             raise DistillError(f"data.filters.reference_ratio: keep_fraction must be in (0, 1], got {keep_fraction}")
@@ -339,13 +306,25 @@ class ReferenceRatio(FilterStage):
     def prepare(self, ctx: FilterContext, input_dir: Path) -> None:
         model, tokenizer = resolve_model(ctx, self.model_path, self.name)
         check_same_vocab(tokenizer, self.reference_path)
-        nll = score_corpus(ctx, input_dir, f"{self.name}_score", [model, self.reference_path], tokenizer,
-                           self.batch_size, self.max_tokens, self.bf16)
+        nll = score_corpus(
+            ctx,
+            input_dir,
+            f"{self.name}_score",
+            [model, self.reference_path],
+            tokenizer,
+            self.batch_size,
+            self.max_tokens,
+            self.bf16,
+        )
         ratio = {k: ref - teacher for k, (teacher, ref) in nll.items()}  # = log p_t - log p_ref per token
         decisions = top_fraction(ratio, self.keep_fraction)
         write_decisions(Path(ctx.work_dir) / "decisions.json", decisions)
-        log.info("reference_ratio: kept the top %.0f%%, dropped %d of %d documents",
-                 100 * self.keep_fraction, len(decisions), len(ratio))
+        log.info(
+            "reference_ratio: kept the top %.0f%%, dropped %d of %d documents",
+            100 * self.keep_fraction,
+            len(decisions),
+            len(ratio),
+        )
 
     def steps(self, ctx: FilterContext) -> list[PipelineStep]:
         return [DecisionFilter(Path(ctx.work_dir) / "decisions.json")]

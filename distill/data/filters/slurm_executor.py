@@ -30,34 +30,146 @@ log = logging.getLogger(__name__)
 
 # sbatch's long options (Slurm 22.05 to 24.11, ``man sbatch``). Those datatrove's executor has no keyword
 # for (account, constraint, gres, reservation ...) reach sbatch through its ``sbatch_args``.
-SBATCH_OPTIONS = frozenset({
-    "account", "acctg-freq", "array", "batch", "bb", "bbf", "begin", "chdir", "cluster-constraint", "clusters",
-    "comment", "constraint", "container", "container-id", "contiguous", "core-spec", "cores-per-socket", "cpu-freq",
-    "cpus-per-gpu", "cpus-per-task", "deadline", "delay-boot", "dependency", "distribution", "error", "exclude",
-    "exclusive", "export", "export-file", "extra", "extra-node-info", "get-user-env", "gid", "gpu-bind", "gpu-freq",
-    "gpus", "gpus-per-node", "gpus-per-socket", "gpus-per-task", "gres", "gres-flags", "hint", "hold", "ignore-pbs",
-    "input", "job-name", "kill-on-invalid-dep", "licenses", "mail-type", "mail-user", "mcs-label", "mem", "mem-bind",
-    "mem-per-cpu", "mem-per-gpu", "mincpus", "network", "nice", "no-kill", "no-requeue", "nodefile", "nodelist",
-    "nodes", "ntasks", "ntasks-per-core", "ntasks-per-gpu", "ntasks-per-node", "ntasks-per-socket", "open-mode",
-    "output", "overcommit", "oversubscribe", "parsable", "partition", "power", "prefer", "priority", "profile",
-    "propagate", "qos", "quiet", "reboot", "requeue", "reservation", "signal", "sockets-per-node", "spread-job",
-    "switches", "test-only", "thread-spec", "threads-per-core", "time", "time-min", "tmp", "tres-per-task", "uid",
-    "use-min-nodes", "verbose", "wait", "wait-all-nodes", "wckey", "wrap"
-})
+SBATCH_OPTIONS = frozenset(
+    {
+        "account",
+        "acctg-freq",
+        "array",
+        "batch",
+        "bb",
+        "bbf",
+        "begin",
+        "chdir",
+        "cluster-constraint",
+        "clusters",
+        "comment",
+        "constraint",
+        "container",
+        "container-id",
+        "contiguous",
+        "core-spec",
+        "cores-per-socket",
+        "cpu-freq",
+        "cpus-per-gpu",
+        "cpus-per-task",
+        "deadline",
+        "delay-boot",
+        "dependency",
+        "distribution",
+        "error",
+        "exclude",
+        "exclusive",
+        "export",
+        "export-file",
+        "extra",
+        "extra-node-info",
+        "get-user-env",
+        "gid",
+        "gpu-bind",
+        "gpu-freq",
+        "gpus",
+        "gpus-per-node",
+        "gpus-per-socket",
+        "gpus-per-task",
+        "gres",
+        "gres-flags",
+        "hint",
+        "hold",
+        "ignore-pbs",
+        "input",
+        "job-name",
+        "kill-on-invalid-dep",
+        "licenses",
+        "mail-type",
+        "mail-user",
+        "mcs-label",
+        "mem",
+        "mem-bind",
+        "mem-per-cpu",
+        "mem-per-gpu",
+        "mincpus",
+        "network",
+        "nice",
+        "no-kill",
+        "no-requeue",
+        "nodefile",
+        "nodelist",
+        "nodes",
+        "ntasks",
+        "ntasks-per-core",
+        "ntasks-per-gpu",
+        "ntasks-per-node",
+        "ntasks-per-socket",
+        "open-mode",
+        "output",
+        "overcommit",
+        "oversubscribe",
+        "parsable",
+        "partition",
+        "power",
+        "prefer",
+        "priority",
+        "profile",
+        "propagate",
+        "qos",
+        "quiet",
+        "reboot",
+        "requeue",
+        "reservation",
+        "signal",
+        "sockets-per-node",
+        "spread-job",
+        "switches",
+        "test-only",
+        "thread-spec",
+        "threads-per-core",
+        "time",
+        "time-min",
+        "tmp",
+        "tres-per-task",
+        "uid",
+        "use-min-nodes",
+        "verbose",
+        "wait",
+        "wait-all-nodes",
+        "wckey",
+        "wrap",
+    }
+)
 # sbatch options the executor writes itself, from one of its keywords (a second value would fight it) or for
 # the runner (the array of shards, where the logs go, a job that runs at once): what to set instead, if any
 SBATCH_SET_BY_EXECUTOR = {
-    "mem": "data.slurm.mem_per_cpu_gb", "mem-per-cpu": "data.slurm.mem_per_cpu_gb",
-    "mem-per-gpu": "data.slurm.mem_per_cpu_gb", "nodes": "data.slurm.nodes_per_task",
-    "gpus": "data.slurm.gpus_per_task", "no-requeue": "data.slurm.requeue=false",
-    "output": "data.slurm.slurm_logs_folder", "error": "data.slurm.slurm_logs_folder", "array": None,
-    "dependency": None, "export": None, "wrap": None, "parsable": None, "wait": None, "test-only": None,
-    "hold": None}
+    "mem": "data.slurm.mem_per_cpu_gb",
+    "mem-per-cpu": "data.slurm.mem_per_cpu_gb",
+    "mem-per-gpu": "data.slurm.mem_per_cpu_gb",
+    "nodes": "data.slurm.nodes_per_task",
+    "gpus": "data.slurm.gpus_per_task",
+    "no-requeue": "data.slurm.requeue=false",
+    "output": "data.slurm.slurm_logs_folder",
+    "error": "data.slurm.slurm_logs_folder",
+    "array": None,
+    "dependency": None,
+    "export": None,
+    "wrap": None,
+    "parsable": None,
+    "wait": None,
+    "test-only": None,
+    "hold": None,
+}
 # executor keywords the runner sets: a pass is one array job over data.filter_tasks shards whose completion
 # markers it waits on, so array jobs of a pass must run one after another and skip finished shards
-RUNNER_KEYWORDS = {"tasks": "data.filter_tasks", "pipeline": None, "logging_dir": None, "job_name": None,
-                   "skip_completed": None, "depends": None, "depends_job_id": None, "job_id_position": None,
-                   "job_id_retriever": None, "max_array_launch_parallel": None}
+RUNNER_KEYWORDS = {
+    "tasks": "data.filter_tasks",
+    "pipeline": None,
+    "logging_dir": None,
+    "job_name": None,
+    "skip_completed": None,
+    "depends": None,
+    "depends_job_id": None,
+    "job_id_position": None,
+    "job_id_retriever": None,
+    "max_array_launch_parallel": None,
+}
 # where ours differ from datatrove's: no --qos unless asked (its "normal" does not exist on every cluster)
 SLURM_DEFAULTS = {"time": "04:00:00", "cpus_per_task": 2, "mem_per_cpu_gb": 2, "qos": None}
 
@@ -116,8 +228,9 @@ def with_defaults(kwargs: dict, keywords: dict) -> dict:
         kwargs["env_command"] = f"export PATH={shlex.quote(str(Path(sys.executable).parent))}:$PATH"
     for name, param in keywords.items():
         if param.default is param.empty and name not in kwargs and name not in RUNNER_KEYWORDS:
-            raise DistillError(f"data.executor=slurm needs data.slurm.{name} "
-                               "(set it in configs/local/ or on the command line)")
+            raise DistillError(
+                f"data.executor=slurm needs data.slurm.{name} (set it in configs/local/ or on the command line)"
+            )
     return kwargs
 
 
@@ -131,8 +244,10 @@ def unknown_setting(key: str, keywords: dict) -> DistillError:
     valid += sorted(o.replace("-", "_") for o in SBATCH_OPTIONS - SBATCH_SET_BY_EXECUTOR.keys())
     near = difflib.get_close_matches(str(key).replace("-", "_"), valid, n=1)
     hint = f" (did you mean data.slurm.{near[0]}?)" if near else ""
-    return DistillError(f"data.slurm.{key} is neither a keyword of datatrove's SlurmPipelineExecutor nor an sbatch "
-                        f"option{hint}; other sbatch options go under data.slurm.sbatch_args")
+    return DistillError(
+        f"data.slurm.{key} is neither a keyword of datatrove's SlurmPipelineExecutor nor an sbatch "
+        f"option{hint}; other sbatch options go under data.slurm.sbatch_args"
+    )
 
 
 def plain(value):
@@ -156,15 +271,18 @@ def check_submit_host() -> None:
 def run_on_slurm(pipeline: list, name: str, logs: Path, *, tasks: int, slurm_kwargs: dict, poll_s: float) -> None:
     """Submit the pass as a SLURM array job (datatrove) over ``tasks`` shards, with ``slurm_kwargs`` from
     :func:`slurm_executor_kwargs`, and wait for every shard's completion marker (see :func:`wait_for_shards`)."""
-    executor = FilterPassExecutor(pipeline=pipeline, tasks=tasks, logging_dir=str(logs),
-                                  job_name=f"distill-filter-{name}", **slurm_kwargs)
+    executor = FilterPassExecutor(
+        pipeline=pipeline, tasks=tasks, logging_dir=str(logs), job_name=f"distill-filter-{name}", **slurm_kwargs
+    )
     try:
         # launch_job, not run(): inside any Slurm array task (a swept distill-train), run() would take
         # that task's index for a shard of this pass and run it here
         executor.launch_job()
     except subprocess.CalledProcessError as e:
-        raise DistillError(f"sbatch refused filter pass {name} (exit {e.returncode}, its message is above); "
-                           f"script: {logs / 'launch_script.slurm'}") from None
+        raise DistillError(
+            f"sbatch refused filter pass {name} (exit {e.returncode}, its message is above); "
+            f"script: {logs / 'launch_script.slurm'}"
+        ) from None
     try:
         wait_for_shards(executor, name, tasks=tasks, poll_s=poll_s)
     except BaseException:
@@ -187,10 +305,13 @@ def wait_for_shards(executor: SlurmPipelineExecutor, name: str, *, tasks: int, p
         elif left_queue_at is None:
             left_queue_at = time.monotonic()
         elif time.monotonic() - left_queue_at >= poll_s:
-            raise DistillError(f"filter pass {name}: SLURM job {executor.job_id} ended with {len(incomplete)} of "
-                               f"{tasks} shards unfinished; their logs are in {executor.slurm_logs_folder}")
-        log.info("filter pass %s: %d of %d shards unfinished (SLURM job %s)", name, len(incomplete), tasks,
-                 executor.job_id)
+            raise DistillError(
+                f"filter pass {name}: SLURM job {executor.job_id} ended with {len(incomplete)} of "
+                f"{tasks} shards unfinished; their logs are in {executor.slurm_logs_folder}"
+            )
+        log.info(
+            "filter pass %s: %d of %d shards unfinished (SLURM job %s)", name, len(incomplete), tasks, executor.job_id
+        )
         time.sleep(delay)
         delay = min(delay * 2, poll_s)
 
@@ -198,8 +319,13 @@ def wait_for_shards(executor: SlurmPipelineExecutor, name: str, *, tasks: int, p
 def slurm_job_queued(job_id: str) -> bool:
     """Whether a task of the job is pending, running or requeued (squeue lists only those by default)."""
     try:
-        proc = subprocess.run(["squeue", "--noheader", f"--jobs={job_id}", "--format=%T"], capture_output=True,
-                              text=True, timeout=60, check=False)
+        proc = subprocess.run(
+            ["squeue", "--noheader", f"--jobs={job_id}", "--format=%T"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
     except subprocess.TimeoutExpired:  # a busy controller says nothing about the job
         return True
     if proc.returncode != 0:  # a job the controller has already forgotten is an "Invalid job id"

@@ -15,9 +15,9 @@ of the run's tokenizer and teacher, which model-based filters need. This module 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from datatrove.data import Document
 from datatrove.pipeline.base import PipelineStep
@@ -32,11 +32,11 @@ class FilterContext:
     configured executor (local processes or SLURM) over ``tasks`` shards and returns when done;
     reruns skip shards that finished before."""
 
-    work_dir: Path                       # scratch space of this stage (kept across reruns)
-    tasks: int                           # shards of every pass
+    work_dir: Path  # scratch space of this stage (kept across reruns)
+    tasks: int  # shards of every pass
     run: Callable[[list[PipelineStep], str, Path], None]  # (steps, pass name, input_dir)
-    tokenizer_path: str | None = None    # the run's tokenizer (chars/token, model scoring)
-    teacher_path: str | None = None      # the run's teacher (a Hugging Face causal-LM dir)
+    tokenizer_path: str | None = None  # the run's tokenizer (chars/token, model scoring)
+    teacher_path: str | None = None  # the run's teacher (a Hugging Face causal-LM dir)
     device: str = "cpu"
     seed: int = 0
     extra: dict = field(default_factory=dict)
@@ -47,7 +47,7 @@ class FilterStage:
 
     name: str = "filter"
     needs_prepare: bool = False  # True: the runner materialises the corpus, then calls prepare
-    uses_model: bool = False     # True: the pass runs in one process (the model uses every core)
+    uses_model: bool = False  # True: the pass runs in one process (the model uses every core)
 
     def prepare(self, ctx: FilterContext, input_dir: Path) -> None:
         """Global work over every document in ``input_dir`` (sharded JSONL written by the runner)."""
@@ -76,7 +76,7 @@ class Streaming(FilterStage):
     def steps(self, ctx: FilterContext) -> list[PipelineStep]:
         return self._steps
 
-    def bind_tokenizer(self, path: str | None) -> "Streaming":
+    def bind_tokenizer(self, path: str | None) -> Streaming:
         """Give the run's tokenizer to the blocks that take one (the code filter's chars/token rule);
         the runner calls this on the stage, which would otherwise never reach its blocks."""
         for step in self._steps:
@@ -92,11 +92,17 @@ def repr_step(step: PipelineStep) -> dict:
     """A stable description of a block: its class and its scalar settings. Collections of strings
     are sorted: datatrove builds some from sets (FineWeb's ``stop_chars``), whose order changes
     from process to process with hash randomisation, and the description is a cache key."""
-    scalars = {k: v for k, v in sorted(vars(step).items())
-               if isinstance(v, (int, float, str, bool, type(None), tuple, list, set, frozenset))
-               and not k.startswith("_") and k not in ("stats",)}
-    return {"class": f"{type(step).__module__}.{type(step).__qualname__}",
-            **{k: _stable_str(v) for k, v in scalars.items()}}
+    scalars = {
+        k: v
+        for k, v in sorted(vars(step).items())
+        if isinstance(v, (int, float, str, bool, type(None), tuple, list, set, frozenset))
+        and not k.startswith("_")
+        and k not in ("stats",)
+    }
+    return {
+        "class": f"{type(step).__module__}.{type(step).__qualname__}",
+        **{k: _stable_str(v) for k, v in scalars.items()},
+    }
 
 
 def _stable_str(v) -> str:

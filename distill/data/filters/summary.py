@@ -8,8 +8,9 @@ def stats_rows(stats: dict) -> list[tuple[str, int, int, str]]:
     rows = []
     skipped = stats.get("source_skipped") or {}
     if skipped:
-        rows.append(("source (bad input skipped)", stats["input"] + sum(skipped.values()), stats["input"],
-                     _reasons(skipped)))
+        rows.append(
+            ("source (bad input skipped)", stats["input"] + sum(skipped.values()), stats["input"], _reasons(skipped))
+        )
     for name, s in stats["stages"].items():
         rows.append((name, s["input"], s["kept"], _reasons(s["dropped"])))
     return rows
@@ -23,8 +24,10 @@ def _reasons(dropped: dict) -> str:
 def markdown_table(stats: dict) -> list[str]:
     lines = ["| filter | documents in | kept | dropped, by reason |", "|---|---:|---:|---|"]
     lines += [f"| {name} | {n_in:,} | {kept:,} | {reasons} |" for name, n_in, kept, reasons in stats_rows(stats)]
-    lines.append(f"| **total** | {stats['input']:,} | {stats['kept']:,} ({100 * stats['kept_fraction']:.1f}%) | "
-                 f"{stats['dropped']:,} |")
+    lines.append(
+        f"| **total** | {stats['input']:,} | {stats['kept']:,} ({100 * stats['kept_fraction']:.1f}%) | "
+        f"{stats['dropped']:,} |"
+    )
     return lines
 
 
@@ -37,6 +40,10 @@ def print_table(stats: dict) -> None:
         table.add_column(col, justify=justify)
     for name, n_in, kept, reasons in stats_rows(stats):
         table.add_row(name, f"{n_in:,}", f"{kept:,}", reasons)
-    table.add_row("total", f"{stats['input']:,}", f"{stats['kept']:,} ({100 * stats['kept_fraction']:.1f}%)",
-                  f"{stats['dropped']:,}")
+    table.add_row(
+        "total",
+        f"{stats['input']:,}",
+        f"{stats['kept']:,} ({100 * stats['kept_fraction']:.1f}%)",
+        f"{stats['dropped']:,}",
+    )
     Console().print(table)

@@ -16,8 +16,10 @@ from datatrove.pipeline.writers import JsonlWriter
 from distill.data.filters.stage import FilterContext
 
 # English prose that ships with Python: the module docstrings of the standard library.
-PROSE_MODULES = ("json os collections itertools argparse subprocess csv string random heapq tempfile difflib "
-                 "pickle re shelve zipfile gzip sqlite3 unittest xml").split()
+PROSE_MODULES = (
+    "json os collections itertools argparse subprocess csv string random heapq tempfile difflib "
+    "pickle re shelve zipfile gzip sqlite3 unittest xml"
+).split()
 
 
 @pytest.fixture(scope="session")
@@ -50,8 +52,12 @@ def make_ctx(tmp_path):
         def run(steps, name: str, folder: Path) -> None:
             from datatrove.executor import LocalPipelineExecutor
 
-            LocalPipelineExecutor(pipeline=[JsonlReader(str(folder)), *steps], tasks=tasks, workers=1,
-                                  logging_dir=str(tmp_path / "logs" / name)).run()
+            LocalPipelineExecutor(
+                pipeline=[JsonlReader(str(folder)), *steps],
+                tasks=tasks,
+                workers=1,
+                logging_dir=str(tmp_path / "logs" / name),
+            ).run()
 
         work = tmp_path / "work"
         work.mkdir(exist_ok=True)

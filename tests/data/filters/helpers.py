@@ -18,13 +18,13 @@ LONG = "z = [" + ", ".join(map(str, range(60))) + "]\n"  # one line of ~230 char
 # doc i goes to shard i % 2; dedup keeps the first copy in (shard, position) order, so each
 # original sits in the same shard as its copy, before it.
 CORPUS = [
-    Document("a", SHORT_A),      # shard 0: kept
-    Document("b", SHORT_B),      # shard 1: kept
+    Document("a", SHORT_A),  # shard 0: kept
+    Document("b", SHORT_B),  # shard 1: kept
     Document("a-copy", SHORT_A),  # shard 0: exact_duplicate of a
     Document("b-copy", SHORT_B),  # shard 1: exact_duplicate of b
-    Document("long", LONG),      # shard 0: max_line_length
+    Document("long", LONG),  # shard 0: max_line_length
     Document("long-copy", LONG),  # shard 1: max_line_length (dedup never sees it)
-    Document("c", SHORT_C),      # shard 0: kept
+    Document("c", SHORT_C),  # shard 0: kept
 ]
 KEPT = {"a": SHORT_A, "b": SHORT_B, "c": SHORT_C}
 

@@ -72,8 +72,16 @@ def test_stage_drops_noise_and_caches_its_head(paragraphs, noise, make_ctx, appl
 
 
 def test_malformed_label_lines_are_skipped_and_counted(tmp_path):
-    bad = ["not json", "[1, 2]", '{"text": "no score"}', '{"score": 3}', '{"text": "", "score": 1}',
-           '{"text": "a word", "score": "high"}', '{"text": "a word", "score": true}', '{"text": "x", "score": NaN}']
+    bad = [
+        "not json",
+        "[1, 2]",
+        '{"text": "no score"}',
+        '{"score": 3}',
+        '{"text": "", "score": 1}',
+        '{"text": "a word", "score": "high"}',
+        '{"text": "a word", "score": true}',
+        '{"text": "x", "score": NaN}',
+    ]
     texts = [f"document number {i}" for i in range(8)]
     path = write_labels(tmp_path / "labels.jsonl", texts, list(range(8)), bad)
     got_texts, got_scores, skipped = read_labels(path)

@@ -39,8 +39,12 @@ def reindent(text: str) -> str:
 # under another id (shard 1) and a near copy (shard 1); everything else is distinct.
 SHARDS = [
     [doc("textwrap.py"), doc("glob.py"), doc("bisect.py")],
-    [doc("fnmatch.py"), doc("textwrap.py", "textwrap-reindented", reindent), doc("shlex.py"),
-     doc("textwrap.py", "textwrap-near", near)],
+    [
+        doc("fnmatch.py"),
+        doc("textwrap.py", "textwrap-reindented", reindent),
+        doc("shlex.py"),
+        doc("textwrap.py", "textwrap-near", near),
+    ],
     [doc("textwrap.py"), doc("colorsys.py"), doc("sched.py")],
 ]
 
@@ -55,8 +59,9 @@ def write_shards(folder: Path, shards: list[list[Document]]) -> None:
 
 def make_ctx(tmp: Path, tasks: int) -> FilterContext:
     def run(steps, name, input_dir):
-        LocalPipelineExecutor([JsonlReader(str(input_dir)), *steps], tasks=tasks, workers=1,
-                              logging_dir=str(tmp / "logs" / name)).run()
+        LocalPipelineExecutor(
+            [JsonlReader(str(input_dir)), *steps], tasks=tasks, workers=1, logging_dir=str(tmp / "logs" / name)
+        ).run()
 
     return FilterContext(work_dir=tmp / "work", tasks=tasks, run=run)
 
@@ -66,11 +71,17 @@ def apply(stage, ctx: FilterContext, input_dir: Path, out: Path) -> tuple[list[l
     stage.prepare(ctx, input_dir)
     stats = LocalPipelineExecutor(
         [JsonlReader(str(input_dir)), *stage.steps(ctx), JsonlWriter(str(out), output_filename="${rank}.jsonl.gz")],
-        tasks=ctx.tasks, workers=1, logging_dir=str(out.parent / f"logs-{out.name}"),
+        tasks=ctx.tasks,
+        workers=1,
+        logging_dir=str(out.parent / f"logs-{out.name}"),
     ).run()
     counts = {k: v.total for k, v in stats.stats[1].stats.items() if k.startswith("dropped")}
-    kept = [[json.loads(line)["id"] for line in gzip.open(out / f"{r:05d}.jsonl.gz", "rt")]
-            if (out / f"{r:05d}.jsonl.gz").exists() else [] for r in range(ctx.tasks)]
+    kept = [
+        [json.loads(line)["id"] for line in gzip.open(out / f"{r:05d}.jsonl.gz", "rt")]
+        if (out / f"{r:05d}.jsonl.gz").exists()
+        else []
+        for r in range(ctx.tasks)
+    ]
     return kept, counts
 
 
@@ -87,9 +98,11 @@ def corpus(tmp_path) -> Path:
 def test_exact_dedup_keeps_first_copy_even_under_a_shared_id(corpus, tmp_path):
     ctx = make_ctx(tmp_path, tasks=3)
     kept, counts = apply(ExactDedup(), ctx, corpus, tmp_path / "out")
-    assert kept == [["textwrap.py", "glob.py", "bisect.py"],
-                    ["fnmatch.py", "shlex.py", "textwrap-near"],
-                    ["colorsys.py", "sched.py"]]
+    assert kept == [
+        ["textwrap.py", "glob.py", "bisect.py"],
+        ["fnmatch.py", "shlex.py", "textwrap-near"],
+        ["colorsys.py", "sched.py"],
+    ]
     assert counts == {"dropped": 2, "dropped_exact_duplicate": 2}
 
 
@@ -115,8 +128,14 @@ def test_minhash_drops_near_and_exact_copies_and_is_deterministic(corpus, tmp_pa
     shutil.rmtree(tmp_path / "logs")
     stage.prepare(ctx, corpus)
     assert decisions(ctx) == first
-    assert stage.config() == {"stage": "MinhashDedup", "name": "minhash", "n_grams": 5, "num_buckets": 14,
-                              "hashes_per_bucket": 8, "seed": 1}
+    assert stage.config() == {
+        "stage": "MinhashDedup",
+        "name": "minhash",
+        "n_grams": 5,
+        "num_buckets": 14,
+        "hashes_per_bucket": 8,
+        "seed": 1,
+    }
 
 
 def test_minhash_keeps_distinct_documents(tmp_path):

@@ -25,11 +25,10 @@ from tests.data.filters.helpers import CORPUS, KEPT, SHORT_A, SHORT_B, run, stag
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 
 
-
 def untouchable():
     """A corpus that fails the test if the runner reads it (it should use what it already has)."""
     raise AssertionError("the input corpus was read again")
-    yield  # noqa: unreachable - makes this a generator
+    yield  # unreachable: makes this a generator
 
 
 def read_rows(folder: Path) -> list[dict]:
@@ -43,7 +42,9 @@ def test_two_stages_chain_and_count_reasons(tmp_path):
         "code": {"input": 7, "kept": 5, "dropped": {"max_line_length": 2}},
         "exact_dedup": {"input": 5, "kept": 3, "dropped": {"exact_duplicate": 2}},
     }
-    assert s["stages"]["exact_dedup"]["input"] == s["stages"]["code"]["kept"]  # the second stage sees only what the first kept
+    assert (
+        s["stages"]["exact_dedup"]["input"] == s["stages"]["code"]["kept"]
+    )  # the second stage sees only what the first kept
     assert (s["input"], s["kept"], s["dropped"]) == (7, 3, 4) and s["kept_fraction"] == pytest.approx(3 / 7)
     assert (s["source_skipped"], s["executor"], s["tasks"]) == ({"binary": 2, "decode_error": 1}, "local", 2)
     assert json.loads((result.docs_dir.parent / "filter_stats.json").read_text()) == s
@@ -104,10 +105,14 @@ def test_keep_excluded_writes_dropped_documents_with_their_reason(tmp_path):
     result = run(tmp_path, keep_excluded=True)
     excluded = result.docs_dir.parent / "excluded"
     assert sorted(p.name for p in excluded.iterdir()) == ["code", "exact_dedup"]
-    reasons = {stage: {r["id"]: r["metadata"]["filter_reason"] for r in read_rows(excluded / stage)}
-               for stage in ("code", "exact_dedup")}
-    assert reasons == {"code": {"long": "max_line_length", "long-copy": "max_line_length"},
-                       "exact_dedup": {"a-copy": "exact_duplicate", "b-copy": "exact_duplicate"}}
+    reasons = {
+        stage: {r["id"]: r["metadata"]["filter_reason"] for r in read_rows(excluded / stage)}
+        for stage in ("code", "exact_dedup")
+    }
+    assert reasons == {
+        "code": {"long": "max_line_length", "long-copy": "max_line_length"},
+        "exact_dedup": {"a-copy": "exact_duplicate", "b-copy": "exact_duplicate"},
+    }
     assert {r["text"] for r in read_rows(excluded / "exact_dedup")} == {SHORT_A, SHORT_B}
     assert not (run(tmp_path).docs_dir.parent / "excluded").exists()  # not asked for: none kept
 
@@ -163,7 +168,6 @@ def test_bad_executor_settings_are_user_errors(kwargs):
         ExecutorSpec(**kwargs)
 
 
-
 def test_no_documents_is_a_user_error(tmp_path):
     with pytest.raises(DistillError, match="no documents to filter"):
         run(tmp_path, docs=[])
@@ -172,10 +176,13 @@ def test_no_documents_is_a_user_error(tmp_path):
 def test_the_runs_tokenizer_reaches_the_code_filter(tmp_path):
     """The chars/token rule needs the run's tokenizer; the runner hands it to the stage's blocks."""
     tok = tmp_path / "tok"
-    train_bpe([(STDLIB / n).read_text() for n in ("textwrap.py", "glob.py", "bisect.py", "heapq.py")],
-              vocab_size=600, out_dir=tok)
+    train_bpe(
+        [(STDLIB / n).read_text() for n in ("textwrap.py", "glob.py", "bisect.py", "heapq.py")],
+        vocab_size=600,
+        out_dir=tok,
+    )
     blob = base64.b64encode(random.Random(0).randbytes(3000)).decode()
-    payload = 'DATA = """\n' + "\n".join(blob[i:i + 76] for i in range(0, len(blob), 76)) + '\n"""\n'
+    payload = 'DATA = """\n' + "\n".join(blob[i : i + 76] for i in range(0, len(blob), 76)) + '\n"""\n'
     docs = [Document("payload", payload), Document("glob", (STDLIB / "glob.py").read_text())]
     code = {"code": code_stage()}
     without = run(tmp_path, docs=docs, stages=code)

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from datatrove.data import Document
 from transformers import AutoTokenizer
 
-from distill.data.filters.scoring import ReferenceRatio, TeacherPerplexity, score_texts
+from distill.data.filters.lm_nll import score_texts
+from distill.data.filters.scoring import ReferenceRatio, TeacherPerplexity
 from distill.data.tokenizer import train_bpe
 from distill.errors import DistillError
 from distill.student.scratch import build_llama
@@ -28,7 +29,7 @@ def train_tiny(tok, texts: list[str], steps: int = 150, seed: int = 0):
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        x = torch.stack([ids[s: s + 65] for s in torch.randint(0, len(ids) - 65, (16,), generator=g)])
+        x = torch.stack([ids[s : s + 65] for s in torch.randint(0, len(ids) - 65, (16,), generator=g)])
         loss = F.cross_entropy(model(input_ids=x[:, :-1]).logits.flatten(0, 1), x[:, 1:].flatten())
         opt.zero_grad()
         loss.backward()
@@ -125,8 +126,10 @@ def test_reference_ratio_keeps_top_fraction(lms, prose, noise, make_ctx, apply):
 
     (teacher, tok), (ref, _) = load(lms / "teacher"), load(lms / "reference")
     texts = [d.text for d in docs]
-    ratio = [r - t for t, r in zip(score_texts(teacher, tok, texts, max_tokens=128),
-                                   score_texts(ref, tok, texts, max_tokens=128))]
+    ratio = [
+        r - t
+        for t, r in zip(score_texts(teacher, tok, texts, max_tokens=128), score_texts(ref, tok, texts, max_tokens=128))
+    ]
     top = {docs[i].id for i in sorted(range(len(docs)), key=lambda i: -ratio[i])[:5]}
     assert kept == top
     assert "noise" not in kept  # the teacher knows noise no better than an untrained model

@@ -23,8 +23,9 @@ from tests.data.filters.helpers import KEPT, run
 def pass_executor(tmp_path: Path, settings) -> slurm_executor.FilterPassExecutor:
     """The executor a pass would submit with these ``data.slurm`` settings (nothing is submitted)."""
     spec = ExecutorSpec("slurm", tasks=2, slurm=settings)
-    return slurm_executor.FilterPassExecutor(pipeline=[], tasks=2, logging_dir=str(tmp_path / "logs"),
-                                             job_name="pass0", **spec.slurm_kwargs)
+    return slurm_executor.FilterPassExecutor(
+        pipeline=[], tasks=2, logging_dir=str(tmp_path / "logs"), job_name="pass0", **spec.slurm_kwargs
+    )
 
 
 def test_slurm_without_a_partition_is_a_user_error(tmp_path):
@@ -33,21 +34,48 @@ def test_slurm_without_a_partition_is_a_user_error(tmp_path):
 
 
 def test_slurm_settings_reach_the_executor_keywords_or_sbatch(tmp_path):
-    settings = OmegaConf.create({  # as Hydra hands them over
-        "partition": "debug", "time": "00:10:00", "cpus-per-task": 1, "mem_per_cpu_gb": 3, "workers": 1,
-        "account": "research", "qos": "high", "constraint": "a100", "gres": "gpu:1", "exclusive": True,
-        "requeue": False, "reservation": None, "overcommit": False,
-        "sbatch_args": {"gpu-bind": "closest", "account": "not-this-one"}})
+    settings = OmegaConf.create(
+        {  # as Hydra hands them over
+            "partition": "debug",
+            "time": "00:10:00",
+            "cpus-per-task": 1,
+            "mem_per_cpu_gb": 3,
+            "workers": 1,
+            "account": "research",
+            "qos": "high",
+            "constraint": "a100",
+            "gres": "gpu:1",
+            "exclusive": True,
+            "requeue": False,
+            "reservation": None,
+            "overcommit": False,
+            "sbatch_args": {"gpu-bind": "closest", "account": "not-this-one"},
+        }
+    )
     executor = pass_executor(tmp_path, settings)
     assert (executor.partition, executor.time, executor.cpus_per_task, executor.mem_per_cpu_gb) == (
-        "debug", "00:10:00", 1, 3)
+        "debug",
+        "00:10:00",
+        1,
+        3,
+    )
     args = executor.get_sbatch_args(max_array=2)
     assert {k: args[k] for k in ("partition", "time", "cpus-per-task", "mem-per-cpu", "qos", "array")} == {
-        "partition": "debug", "time": "00:10:00", "cpus-per-task": 1, "mem-per-cpu": "3G", "qos": "high",
-        "array": "0-1%1"}
+        "partition": "debug",
+        "time": "00:10:00",
+        "cpus-per-task": 1,
+        "mem-per-cpu": "3G",
+        "qos": "high",
+        "array": "0-1%1",
+    }
     # sbatch options datatrove has no keyword for: a named key wins over the same one in sbatch_args
     assert {k: args[k] for k in ("account", "constraint", "gres", "exclusive", "gpu-bind")} == {
-        "account": "research", "constraint": "a100", "gres": "gpu:1", "exclusive": "", "gpu-bind": "closest"}
+        "account": "research",
+        "constraint": "a100",
+        "gres": "gpu:1",
+        "exclusive": "",
+        "gpu-bind": "closest",
+    }
     assert not {"requeue", "reservation", "overcommit"} & args.keys()  # false flags and nulls are left out
     script = executor.get_launch_file_contents(args, "true")
     assert "#SBATCH --account=research\n" in script and "#SBATCH --exclusive\n" in script
@@ -70,9 +98,17 @@ def test_slurm_jobs_run_the_submitting_python_environment(tmp_path):
     assert "source /opt/env/bin/activate" in venv.get_launch_file_contents({}, "x") and venv.env_command is None
 
 
-@pytest.mark.parametrize(("key", "nearest"), [
-    ("acount", "account"), ("partiton", "partition"), ("cpu_per_task", "cpus_per_task"),
-    ("mem_per_cpu_g", "mem_per_cpu_gb"), ("reservaton", "reservation"), ("constraints", "constraint")])
+@pytest.mark.parametrize(
+    ("key", "nearest"),
+    [
+        ("acount", "account"),
+        ("partiton", "partition"),
+        ("cpu_per_task", "cpus_per_task"),
+        ("mem_per_cpu_g", "mem_per_cpu_gb"),
+        ("reservaton", "reservation"),
+        ("constraints", "constraint"),
+    ],
+)
 def test_an_unknown_slurm_setting_is_one_line_naming_the_nearest(key, nearest):
     with pytest.raises(DistillError) as err:
         ExecutorSpec("slurm", slurm={"partition": "debug", key: "x"})
@@ -81,10 +117,20 @@ def test_an_unknown_slurm_setting_is_one_line_naming_the_nearest(key, nearest):
     assert f"did you mean data.slurm.{nearest}?" in message and "\n" not in message
 
 
-@pytest.mark.parametrize(("key", "instead"), [
-    ("tasks", "data.filter_tasks"), ("mem", "data.slurm.mem_per_cpu_gb"), ("mem-per-cpu", "data.slurm.mem_per_cpu_gb"),
-    ("nodes", "data.slurm.nodes_per_task"), ("output", "data.slurm.slurm_logs_folder"), ("array", None),
-    ("job_name", None), ("dependency", None), ("logging_dir", None)])
+@pytest.mark.parametrize(
+    ("key", "instead"),
+    [
+        ("tasks", "data.filter_tasks"),
+        ("mem", "data.slurm.mem_per_cpu_gb"),
+        ("mem-per-cpu", "data.slurm.mem_per_cpu_gb"),
+        ("nodes", "data.slurm.nodes_per_task"),
+        ("output", "data.slurm.slurm_logs_folder"),
+        ("array", None),
+        ("job_name", None),
+        ("dependency", None),
+        ("logging_dir", None),
+    ],
+)
 def test_settings_the_runner_owns_are_refused(key, instead):
     with pytest.raises(DistillError, match=f"data.slurm.{key} is set by the filter runner") as err:
         ExecutorSpec("slurm", slurm={"partition": "debug", key: "x"})
@@ -104,8 +150,12 @@ def test_the_settings_follow_the_installed_datatrove(monkeypatch):
     assert set(slurm_executor.RUNNER_KEYWORDS) <= set(params)
     assert set(slurm_executor.SLURM_DEFAULTS) <= set(params)
     assert inspect.signature(SlurmPipelineExecutor).bind(
-        pipeline=[], logging_dir="logs", job_name="pass0", tasks=2,
-        **slurm_executor.slurm_executor_kwargs({"partition": "p"}))
+        pipeline=[],
+        logging_dir="logs",
+        job_name="pass0",
+        tasks=2,
+        **slurm_executor.slurm_executor_kwargs({"partition": "p"}),
+    )
 
     class Upgraded(slurm_executor.FilterPassExecutor):
         def __init__(self, pipeline, tasks, time, partition, *, new_knob: int = 0, **kwargs):
@@ -151,8 +201,9 @@ def in_process_slurm(tmp_path, monkeypatch) -> list[str]:
 def test_slurm_executor_gets_every_pass_and_waits_for_its_shards(tmp_path, in_process_slurm):
     """data.executor=slurm: each pass is one array job over the shards, submitted with the configured
     settings; the result equals a local run's (tests/slurm/test_filter_slurm.py: on a real cluster)."""
-    spec = ExecutorSpec("slurm", tasks=2, slurm={"partition": "cpu", "time": "00:10:00", "account": "research"},
-                        poll_s=0)
+    spec = ExecutorSpec(
+        "slurm", tasks=2, slurm={"partition": "cpu", "time": "00:10:00", "account": "research"}, poll_s=0
+    )
     result = run(tmp_path / "slurm", executor=spec)
     local = run(tmp_path / "local")
     assert {d.id: d.text for d in result.documents()} == KEPT
@@ -160,15 +211,17 @@ def test_slurm_executor_gets_every_pass_and_waits_for_its_shards(tmp_path, in_pr
     # the code filter's pass (dedup prepares on what it keeps), dedup's hashing pass, dedup's filter pass;
     # no stats-merging job (the runner sums the shards' stats itself)
     names = [re.search(r"^#SBATCH --job-name=(\S+)$", s, re.MULTILINE).group(1) for s in in_process_slurm]
-    assert names == ["distill-filter-pass0", "distill-filter-exact_dedup.exact_dedup_hash_normalized",
-                     "distill-filter-pass1"]
+    assert names == [
+        "distill-filter-pass0",
+        "distill-filter-exact_dedup.exact_dedup_hash_normalized",
+        "distill-filter-pass1",
+    ]
     for script in in_process_slurm:
         for line in ("--partition=cpu", "--time=00:10:00", "--account=research", "--array=0-1"):
             assert f"#SBATCH {line}\n" in script
 
 
-def test_a_slurm_job_that_ends_with_shards_unfinished_is_an_error_not_a_hang(tmp_path, in_process_slurm,
-                                                                              monkeypatch):
+def test_a_slurm_job_that_ends_with_shards_unfinished_is_an_error_not_a_hang(tmp_path, in_process_slurm, monkeypatch):
     from datatrove.executor import slurm
 
     cancelled = []
