@@ -68,15 +68,21 @@ def deepspeed_strategy(accelerator: str = "auto", **kwargs):
 FSDP_PRECISIONS = ("32-true", "bf16-mixed", "bf16-true", "16-true")
 
 
-def check_strategy(trainer_cfg, loss, quant=None, teacher_load_in=None) -> None:
-    """Strategy presets that cannot run here, named in one line before any data or model work
-    (building a strategy object is cheap; Lightning builds its own from the same config later)."""
+def strategy_that_runs_here(trainer_cfg):
+    """The configured strategy object, or one line saying why it cannot run on this machine (building
+    one is cheap; Lightning builds its own from the same config later). None for a plain name."""
     from hydra.utils import instantiate
 
     spec = trainer_cfg.get("strategy")
     if not hasattr(spec, "get") or "_target_" not in spec:
-        return  # a name Lightning resolves itself (auto, ddp, ...)
-    strategy = instantiate(spec)  # deepspeed_strategy raises here where it cannot run
+        return None  # a name Lightning resolves itself (auto, ddp, ...)
+    return instantiate(spec)  # deepspeed_strategy raises here where it cannot run
+
+
+def check_strategy(trainer_cfg, loss, quant=None, teacher_load_in=None) -> None:
+    """Strategy presets that cannot run with this objective or quantization, named in one line before
+    any data or model work."""
+    strategy = strategy_that_runs_here(trainer_cfg)
     if not isinstance(strategy, FSDP2Strategy):
         return
     precision = str(trainer_cfg.get("precision"))

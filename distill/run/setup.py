@@ -16,6 +16,7 @@ from distill.config import validate
 from distill.multirun_ranks import launch_ranks_as_this_job
 from distill.ranks import is_main_process
 from distill.safety import check_device, check_write_paths, set_load_policy, weight_kwargs
+from distill.strategies import strategy_that_runs_here
 from distill.teacher.load import check_context, check_model_dir, check_tokenizer_dir
 
 log = logging.getLogger(__name__)
@@ -26,6 +27,7 @@ def setup_run(cfg: DictConfig, app: str, preemptible: bool = False) -> Path:
     ``preemptible``: under SLURM, checkpoint and requeue on SIGUSR1/USR2/TERM (training runs)."""
     validate(cfg, app)  # types, ranges and key names of every group
     set_load_policy(cfg.get("allow_pickle", False), cfg.get("trust_remote_code", False))
+    strategy_that_runs_here(cfg.trainer)  # a preset that cannot run here says why, before the generic device check
     check_device(cfg)
     check_write_paths(cfg)
     check_model_dirs(cfg)
