@@ -70,7 +70,9 @@ def _args(prog: str, teacher, byo, out) -> list[str]:
             "speed.new_tokens=2",
             "generation.max_new_tokens=2",
         ]
-    return ["experiment=smoke", f"teacher.path={teacher}", *data, f"hydra.run.dir={out}", *CLIS[prog]]
+    # the cache goes under the run dir: the session's shared cache holds the smoke cache other tests read
+    own_cache = [f"teacher.cache_dir={out}/teacher_cache"] if prog == "distill-cache" else []
+    return ["experiment=smoke", f"teacher.path={teacher}", *data, f"hydra.run.dir={out}", *CLIS[prog], *own_cache]
 
 
 def _refused(proc, prog: str) -> str:

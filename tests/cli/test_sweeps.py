@@ -26,6 +26,7 @@ def sweep(sweep_dir, cache_dir, n_trials):
     args = [
         "hparams_search=kd_optuna",
         *DATA,
+        f"teacher.cache_dir={teacher_cache(cache_dir)}",
         f"hydra.sweep.dir={sweep_dir}",
         f"hydra.sweeper.n_trials={n_trials}",
         "logger=[csv,tensorboard,wandb]",
@@ -44,6 +45,12 @@ def sweep(sweep_dir, cache_dir, n_trials):
     return proc
 
 
+def teacher_cache(cache_dir):
+    """The sweep's own teacher cache: the default path (teacher_cache/smoke) is shared with every
+    other smoke test in the session, and a cache of another build there is (rightly) refused."""
+    return cache_dir / "sweep_teacher_cache"
+
+
 def study_trials(sweep_dir):
     import optuna
 
@@ -53,7 +60,8 @@ def study_trials(sweep_dir):
 @pytest.fixture(scope="module")
 def first_sweep(tmp_path_factory, cache_dir):
     cache_run = tmp_path_factory.mktemp("sweep-cache-run")
-    proc = run_cli([*DATA, f"hydra.run.dir={cache_run}"], cache_dir, prog="distill-cache")
+    args = [*DATA, f"teacher.cache_dir={teacher_cache(cache_dir)}", f"hydra.run.dir={cache_run}"]
+    proc = run_cli(args, cache_dir, prog="distill-cache")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((cache_run / "run_info.json").read_text())["config"]["teacher"]["backend"] == "cache"  # every CLI
     sweep_dir = tmp_path_factory.mktemp("sweep") / "s"
