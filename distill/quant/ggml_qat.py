@@ -1,0 +1,184 @@
+"""Quantization-aware training in llama.cpp's own formats: ``quant=qat_q4_0|qat_q8_0|qat_ternary``.
+
+The student trains through ``distill.quant.ggml.fake_quantize``, ggml's reference quantizer in
+torch, bit for bit: every linear layer of the decoder blocks in ``weights`` (Q4_0, Q8_0 or TQ2_0),
+the input embedding and the LM head in ``embeddings`` (F16 by default, as llama.cpp's converter
+keeps them; any ggml type). So the weights the student is trained and evaluated with are exactly
+the ones its GGUF file holds: ``finalize`` bakes the fake-quantized values into a plain HF model,
+which quantizes to itself again (the formats are idempotent), and ``distill-export`` /
+``export.gguf`` writes those blocks (``tests/export``: read back, they equal the model's weights).
+
+How, and why not torchao: the weight of each planned module gets a ``torch.nn.utils.parametrize``
+parametrization (``ggml.FakeQuantize``: exact forward, straight-through gradient), so Linear and
+Embedding are handled alike, a tied head and embedding stay one parameter, and the optimizer
+keeps the full-precision originals. torchao's fake quantizers use a symmetric grid
+(``max|w| / 7.5``); Q4_0 maps the signed extreme to -8 and truncates ``x / d + 8.5``, and Q8_0 /
+TQ2_0 round half away from zero, so torchao's grid is not llama.cpp's.
+
+``PTQ`` (``quant=ptq_q4_0`` ...) is the baseline: full-precision training, the same quantizer once
+at the end; exactly what converting the full-precision student to that type gives.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from torch import nn
+from torch.nn.utils import parametrize
+
+from distill.errors import DistillError
+from distill.quant.base import QuantPlugin
+from distill.quant.ggml import BLOCK_SIZE, TYPES, FakeQuantize, fake_quantize
+from distill.quant.qat import unsupported_weights
+
+log = logging.getLogger(__name__)
+
+WEIGHT_TYPES = tuple(BLOCK_SIZE)  # q4_0, q8_0, tq2_0
+# the name a run reports (metrics.json "quant", the memory estimate reads its qat_/ptq_ prefix)
+NAMES = {"q4_0": "q4_0", "q8_0": "q8_0", "tq2_0": "ternary"}
+# the record saved in the student's config.json: what distill-export writes without being told
+CONFIG_KEY = "ggml_qat"
+
+
+def plan(model: nn.Module, weights: str, embeddings: str) -> dict[str, str]:
+    """Qualified module name -> ggml type, for every module whose weight gets fake-quantized:
+    each ``nn.Linear`` but the head in ``weights``, the input embedding and the head in
+    ``embeddings``. Refuses (DistillError) weights it cannot place and widths the block does not divide."""
+    if weights not in WEIGHT_TYPES:
+        raise DistillError(f"quant.weights must be one of {', '.join(WEIGHT_TYPES)}, got {weights!r}")
+    if embeddings not in TYPES:
+        raise DistillError(f"quant.embeddings must be one of {', '.join(TYPES)}, got {embeddings!r}")
+    if any("lora" in name for name, _ in model.named_modules()):
+        raise DistillError(
+            f"quant=qat_{NAMES[weights]} trains the student's own weights in {weights}; LoRA adapters merged "
+            "afterwards would move them off the grid: set student.lora.r=0"
+        )
+    unsupported = unsupported_weights(model)
+    if unsupported:
+        raise DistillError(
+            "ggml QAT places nn.Linear / nn.Embedding weights only; these live in other modules "
+            f"(e.g. fused MoE experts): {', '.join(f'{n} ({t})' for n, t in unsupported[:4])}"
+        )
+    head = model.get_output_embeddings()
+    embed = model.get_input_embeddings()
+    types: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if module is head or module is embed:
+            types[name] = embeddings
+        elif isinstance(module, nn.Linear):
+            types[name] = weights
+    bad = [
+        f"{name} (width {module.weight.shape[-1]})"
+        for name, module in model.named_modules()
+        if name in types and types[name] in BLOCK_SIZE and module.weight.shape[-1] % BLOCK_SIZE[types[name]]
+    ]
+    if bad:
+        qtype = next(types[n.split(" ")[0]] for n in bad)
+        raise DistillError(
+            f"{qtype} quantizes rows in blocks of {BLOCK_SIZE[qtype]}; these input widths are not multiples: "
+            + ", ".join(bad[:4])
+            + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+        )
+    if not any(t == weights for t in types.values()):
+        raise DistillError("ggml QAT found no linear layer to quantize in the student")
+    return types
+
+
+def attach(model: nn.Module, types: dict[str, str]) -> None:
+    """Fake quantization on every planned weight, in place."""
+    modules = dict(model.named_modules())
+    for name, qtype in types.items():
+        if qtype != "f32":  # a tied head and embedding: both parametrized, one original parameter
+            parametrize.register_parametrization(modules[name], "weight", FakeQuantize(qtype), unsafe=True)
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Replace every parametrized weight by its fake-quantized value (a plain model again), in place."""
+    for module in list(model.modules()):
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+    retie(model)
+    return model
+
+
+def retie(model: nn.Module) -> None:
+    config = getattr(model, "config", None)
+    if config is not None and getattr(config, "tie_word_embeddings", False):
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        if head is not None and embed is not None:
+            head.weight = embed.weight
+
+
+def round_weights(model: nn.Module, types: dict[str, str]) -> None:
+    """PTQ: each planned weight replaced by its quantized value once (no training through it)."""
+    modules = dict(model.named_modules())
+    for name, qtype in types.items():
+        w = modules[name].weight
+        w.data = fake_quantize(w.data, qtype)
+
+
+class GGMLQATPlugin(QuantPlugin):
+    """Lightning precision plugin: ggml-format fake quantization while training, baked into a plain
+    model at the end. ``gguf_type`` is the type the run's GGUF export writes."""
+
+    kind = "qat"
+
+    def __init__(self, precision: str | None = "32-true", device: str = "cpu", weights: str = "q4_0", embeddings="f16"):
+        super().__init__(precision, device)
+        if weights not in WEIGHT_TYPES:
+            raise DistillError(f"quant.weights must be one of {', '.join(WEIGHT_TYPES)}, got {weights!r}")
+        self.weights, self.embeddings = weights, str(embeddings)
+        self.name = f"{self.kind}_{NAMES[weights]}"
+        self.types: dict[str, str] | None = None
+
+    @property
+    def gguf_type(self) -> str:
+        return self.weights
+
+    def quantize(self, student: nn.Module) -> None:
+        self.types = plan(student, self.weights, self.embeddings)
+        attach(student, self.types)
+        log.info(
+            "QAT %s: %d linear layer(s) trained through ggml's %s quantizer, embeddings/head in %s",
+            self.name,
+            sum(t == self.weights for t in self.types.values()),
+            self.weights,
+            self.embeddings,
+        )
+
+    def finalize(self, student: nn.Module) -> nn.Module:
+        if self.types is None:
+            raise RuntimeError(f"{type(self).__name__}.finalize before quantize")
+        student = bake(student)
+        student.config.update({CONFIG_KEY: {"weights": self.weights, "embeddings": self.embeddings}})
+        return student.eval()
+
+    def export_extra(self, student: nn.Module, out_dir: Path) -> dict:
+        return {}  # the GGUF export (distill.export) is the packed form, written by the run's export step
+
+    def report(self) -> dict:
+        types = self.types or {}
+        return {
+            "quant": self.name,
+            "gguf_type": self.weights,
+            "embeddings": self.embeddings,
+            "quantized_layers": sum(t == self.weights for t in types.values()),
+        }
+
+
+class GGMLPTQPlugin(GGMLQATPlugin):
+    """``quant=ptq_q4_0|ptq_q8_0|ptq_ternary``: trains in full precision; ``finalize`` rounds the planned
+    weights once with the same quantizer. The baseline QAT must beat, in the same exports and report."""
+
+    kind = "ptq"
+
+    def quantize(self, student: nn.Module) -> None:
+        self.types = plan(student, self.weights, self.embeddings)  # refuse a bad width before training
+
+    def finalize(self, student: nn.Module) -> nn.Module:
+        if self.types is None:
+            raise RuntimeError(f"{type(self).__name__}.finalize before quantize")
+        round_weights(student, self.types)
+        student.config.update({CONFIG_KEY: {"weights": self.weights, "embeddings": self.embeddings}})
+        return student.eval()
