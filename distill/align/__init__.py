@@ -1,0 +1,1 @@
+"""Cross-tokenizer alignment: two tokenizations of one text, aligned by character offsets."""

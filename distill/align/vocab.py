@@ -1,0 +1,146 @@
+"""Which tokens two vocabularies share: the same text, however each tokenizer spells it.
+
+Tokenizers spell the same text differently: byte-level BPE (GPT-2, Llama 3, Qwen) writes a space
+as 'Ġ' and every byte as a printable stand-in character; SentencePiece-style vocabularies (Llama 2,
+Gemma, Mistral) write a space as '▁' and bytes as '<0xNN>' pieces; WordPiece marks a word's
+continuation with '##'. Each token is reduced to the bytes of text it stands for, and two tokens
+match when those bytes are equal. A string that several tokens of one vocabulary reduce to (a
+WordPiece word start and its '##' continuation) is ambiguous and left unmatched. Special tokens
+match by role, not by spelling: EOS with EOS, BOS with BOS ("the document ends" is one event).
+
+Built once from the two vocabularies (a few hundred ms for 100k-token vocabularies); GOLD
+(``distill.losses.cross_vocab``) compares the two models exactly on the matched tokens and the
+top-1 agreement metric (``distill.eval.bytes``) maps the teacher's choice into the student's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")  # SentencePiece byte fallback
+
+
+@lru_cache(maxsize=1)
+def byte_level_alphabet() -> dict[str, int]:
+    """GPT-2's printable stand-in character for each byte, inverted (stand-in -> byte)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    chars, extra = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+def spelling(tokenizer) -> str:
+    """How the vocabulary spells text: 'byte_level', 'metaspace', 'wordpiece' or 'plain'."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = spec.get("model") or {}
+    around = json.dumps([spec.get("pre_tokenizer"), spec.get("decoder"), spec.get("normalizer")])
+    if '"ByteLevel"' in around:
+        return "byte_level"
+    if model.get("type") == "WordPiece":
+        return "wordpiece"
+    if "\u2581" in around or "Metaspace" in around or model.get("byte_fallback"):
+        return "metaspace"
+    return "plain"
+
+
+def token_text(token: str, kind: str) -> bytes | None:
+    """The bytes of text one vocabulary entry stands for (None when it cannot be read)."""
+    if kind == "byte_level":
+        table = byte_level_alphabet()
+        return bytes(table[c] for c in token) if all(c in table for c in token) else token.encode()
+    if kind == "metaspace":
+        piece = BYTE_PIECE.match(token)
+        return bytes([int(piece.group(1), 16)]) if piece else token.replace("\u2581", " ").encode()
+    if kind == "wordpiece" and token.startswith("##"):
+        return token[2:].encode()
+    return token.encode()
+
+
+def vocabulary_text(tokenizer) -> dict[bytes, list[int]]:
+    """Text bytes -> the ids of the ordinary (non-special) tokens that stand for them.
+
+    A byte-fallback piece ('<0x61>') counts only for a byte no ordinary token spells: the
+    tokenizer emits it only then, so it is no rival to the ordinary 'a'."""
+    kind, special = spelling(tokenizer), set(tokenizer.all_special_ids)
+    table: dict[bytes, list[int]] = {}
+    pieces = []
+    for token, i in tokenizer.get_vocab().items():
+        if kind == "metaspace" and BYTE_PIECE.match(token):
+            pieces.append((token, i))
+            continue
+        text = None if i in special else token_text(token, kind)
+        if text:
+            table.setdefault(text, []).append(i)
+    for token, i in pieces:
+        table.setdefault(token_text(token, kind), [i])
+    return table
+
+
+@dataclass(frozen=True)
+class VocabMapping:
+    """Matched pairs (teacher id, student id), one-to-one, and what could not be matched."""
+
+    teacher_ids: np.ndarray  # [M] int64
+    student_ids: np.ndarray  # [M] int64
+    teacher_size: int
+    student_size: int
+    ambiguous: int  # strings left out: several tokens of one vocabulary stand for them
+
+    @property
+    def teacher_to_student(self) -> np.ndarray:
+        """[teacher_size] int64: each teacher id's student id, −1 where unmatched."""
+        out = np.full(self.teacher_size, -1, np.int64)
+        out[self.teacher_ids] = self.student_ids
+        return out
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.teacher_ids)} tokens matched by text ({len(self.teacher_ids) / max(1, self.teacher_size):.0%} "
+            f"of the teacher's {self.teacher_size}, {len(self.student_ids) / max(1, self.student_size):.0%} of the "
+            f"student's {self.student_size}); {self.ambiguous} ambiguous strings left out"
+        )
+
+
+def vocab_mapping(teacher_tokenizer, student_tokenizer) -> VocabMapping:
+    """The tokens two vocabularies share (see the module doc), built once per pair of tokenizers."""
+    t_text, s_text = vocabulary_text(teacher_tokenizer), vocabulary_text(student_tokenizer)
+    pairs, ambiguous = [], 0
+    for text, t_ids in t_text.items():
+        s_ids = s_text.get(text)
+        if s_ids is None:
+            continue
+        if len(t_ids) > 1 or len(s_ids) > 1:
+            ambiguous += 1
+            continue
+        pairs.append((t_ids[0], s_ids[0]))
+    pairs += _special_pairs(teacher_tokenizer, student_tokenizer)
+    t, s = np.asarray(sorted(pairs), np.int64).reshape(-1, 2).T if pairs else (np.zeros(0, np.int64),) * 2
+    assert max(Counter(t.tolist()).values(), default=1) == 1 and max(Counter(s.tolist()).values(), default=1) == 1
+    return VocabMapping(t, s, _size(teacher_tokenizer), _size(student_tokenizer), ambiguous)
+
+
+def _special_pairs(teacher, student) -> list[tuple[int, int]]:
+    """EOS with EOS, then BOS with BOS where both exist and neither id is paired yet."""
+    pairs, used_t, used_s = [], set(), set()
+    for role in ("eos_token_id", "bos_token_id"):
+        t, s = getattr(teacher, role, None), getattr(student, role, None)
+        if t is not None and s is not None and t not in used_t and s not in used_s:
+            pairs.append((int(t), int(s)))
+            used_t.add(t)
+            used_s.add(s)
+    return pairs
+
+
+def _size(tokenizer) -> int:
+    """Rows of the model's distribution the tokenizer can produce (added tokens included)."""
+    return max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)

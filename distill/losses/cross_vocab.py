@@ -1,0 +1,188 @@
+"""Distillation across vocabularies: ULD and GOLD on aligned spans, chunked over spans.
+
+A teacher and a student with different tokenizers do not predict the same tokens, so their
+distributions are compared per aligned span (``distill.align``): a group of teacher tokens and a
+group of student tokens covering the same characters. Each side's distribution for a span is its
+distribution over the span's first token, multiplied by the probabilities it gives the span's
+later tokens under teacher forcing (the chain rule: the probability of the span's text; GOLD's
+"observed" merge, MinED-style alignment). In log space, with z the logits row that predicts the
+span's first token and T the temperature::
+
+    v = log_softmax(z / T) + Σ_{later tokens j} log softmax(z_j / T)[token_j]
+
+Terms (names as in ``loss.weights``):
+
+- ``uld``  Universal Logit Distillation (Boizard et al. 2024): both probability vectors exp(v)
+           sorted in decreasing order, the shorter padded with zeros to the longer's length, and
+           their L1 distance Σ|sort(p) − sort(q)|. It needs no shared tokens at all.
+- ``gold`` TRL's GOLD hybrid: on the tokens both vocabularies share (``distill.align.vocab``),
+           the exact forward KL(p || q) on the shared tokens plus one bucket holding each side's
+           remaining mass (the repo's "bucket" convention for a partial outcome space,
+           ``distill.losses.divergences``: a proper distribution on M + 1 outcomes, 0 only when
+           the two agree on every shared token); ULD on the unshared tokens' sorted
+           probabilities. Combined as GOLD combines them: w·KL + (1 − w)·ULD with w the shared
+           share of the teacher's vocabulary (TRL's adaptive weight) or ``matched_weight``.
+
+Both are scaled by T² like every divergence here (Hinton's convention, so weights stay
+comparable across temperatures) and averaged over spans weighted by ``AlignedBatch.weight``.
+
+``cross_vocab_loss`` computes them chunked over spans: each chunk gathers its rows' logits in
+float32 ([chunk, V] for each model) and differentiates the chunk alone, so no [spans × vocab]
+buffer exists beyond one chunk's and the gradient w.r.t. the student logits. The merged later
+tokens' gradients are sent back to their own rows in a final chunked pass. The plain,
+per-span references these kernels are tested against are in ``tests/losses/test_cross_vocab.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from distill.align.batch import AlignedBatch, SideIndex
+from distill.align.vocab import VocabMapping
+from distill.losses.divergences import TAIL_EPS
+
+TERMS = ("uld", "gold")
+
+
+def sorted_l1(p: Tensor, q: Tensor) -> Tensor:
+    """Per row Σ|sort↓(p) − sort↓(q)|, the shorter vector padded with zeros (ULD's distance)."""
+    p, q = p.sort(dim=-1, descending=True).values, q.sort(dim=-1, descending=True).values
+    n = min(p.shape[-1], q.shape[-1])
+    return (p[:, :n] - q[:, :n]).abs().sum(-1) + p[:, n:].sum(-1) + q[:, n:].sum(-1)
+
+
+def uld_per_span(lv_s: Tensor, lv_t: Tensor, shared=None) -> Tensor:
+    return sorted_l1(lv_t.exp(), lv_s.exp())
+
+
+def bucket_log(lv: Tensor, offset: Tensor, matched: Tensor, unmatched: Tensor, floor: float) -> Tensor:
+    """log of (the matched outcomes' probabilities, one bucket with the rest), normalized.
+
+    The rest is 1 − e^offset (the span's later tokens going otherwise) plus e^offset times the
+    unmatched tokens' mass, summed from those small probabilities themselves (no 1 − Σ cancellation)."""
+    rest = -torch.expm1(offset) + torch.logsumexp(lv[:, unmatched], dim=-1).exp()
+    logs = torch.cat([lv[:, matched], rest.clamp_min(floor).log().unsqueeze(-1)], dim=-1)
+    return torch.log_softmax(logs, dim=-1)
+
+
+def gold_per_span(lv_s: Tensor, lv_t: Tensor, shared: Shared, off_s: Tensor, off_t: Tensor) -> Tensor:
+    log_p = bucket_log(lv_t, off_t, shared.teacher, shared.teacher_rest, TAIL_EPS)
+    log_q = bucket_log(lv_s, off_s, shared.student, shared.student_rest, torch.finfo(torch.float32).tiny)
+    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
+    uld = sorted_l1(lv_t[:, shared.teacher_rest].exp(), lv_s[:, shared.student_rest].exp())
+    return shared.weight * kl + (1 - shared.weight) * uld
+
+
+class Shared:
+    """The vocabulary mapping as index tensors on the logits' device, and GOLD's weight."""
+
+    def __init__(self, mapping: VocabMapping, device, matched_weight: float | None = None):
+        as_long = lambda a: torch.as_tensor(a, dtype=torch.long, device=device)
+        self.teacher, self.student = as_long(mapping.teacher_ids), as_long(mapping.student_ids)
+        self.teacher_rest = _complement(self.teacher, mapping.teacher_size, device)
+        self.student_rest = _complement(self.student, mapping.student_size, device)
+        adaptive = len(mapping.teacher_ids) / max(1, mapping.teacher_size)  # TRL's default
+        self.weight = adaptive if matched_weight is None else float(matched_weight)
+
+
+def _complement(ids: Tensor, size: int, device) -> Tensor:
+    keep = torch.ones(size, dtype=torch.bool, device=device)
+    keep[ids] = False
+    return keep.nonzero().squeeze(-1)
+
+
+def token_logprobs(logits: Tensor, rows: Tensor, ids: Tensor, T: float, chunk: int) -> Tensor:
+    """log softmax(logits[row] / T)[id] per (row, id), in float32, chunk by chunk (no gradient)."""
+    out = torch.empty(len(rows), device=logits.device)
+    for i in range(0, len(rows), chunk):
+        x = logits[rows[i : i + chunk]].float() / T
+        out[i : i + chunk] = x.gather(-1, ids[i : i + chunk, None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
+    return out
+
+
+def merged_offsets(logits: Tensor, side: SideIndex, spans: int, T: float, chunk: int) -> Tensor:
+    """[K] Σ of each span's later tokens' log-probabilities (0 for a one-token span)."""
+    lp = token_logprobs(logits, side.extra_rows, side.extra_ids, T, chunk)
+    return torch.zeros(spans, device=logits.device).index_add_(0, side.extra_span, lp)
+
+
+def cross_vocab_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    aligned: AlignedBatch,
+    *,
+    weights: dict[str, float],
+    temperature: float = 1.0,
+    mapping: VocabMapping | None = None,
+    matched_weight: float | None = None,
+    chunk_size: int = 256,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Σ_term weights[term] · term, each averaged over the aligned spans by ``aligned.weight``;
+    returns (loss, {term: detached value}).
+
+    student_logits [B, Ls, Vs] (or [B·Ls, Vs]) trimmed to the student's vocabulary; teacher_logits
+    [B, Lt, Vt] likewise (no gradient); ``aligned`` indexes their flattened rows
+    (``distill.align.batch.collate``). ``gold`` needs ``mapping`` (``distill.align.vocab``).
+    Settings are trusted (terms of ``TERMS``, weights >= 0, temperature > 0, chunk_size >= 1)."""
+    s2 = student_logits.reshape(-1, student_logits.shape[-1])
+    t2 = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
+    shared = Shared(mapping, s2.device, matched_weight) if "gold" in weights else None
+    loss, parts = _CrossVocabLoss.apply(s2, t2, aligned, weights, shared, float(temperature), int(chunk_size))
+    return loss, dict(zip(weights, parts.unbind()))
+
+
+_PER_SPAN = {"uld": lambda lv_s, lv_t, shared, off_s, off_t: uld_per_span(lv_s, lv_t), "gold": gold_per_span}
+
+
+class _CrossVocabLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, s2, t2, aligned, weights, shared, T, chunk):
+        K = len(aligned)
+        span_w = aligned.weight.to(s2.device, torch.float32)
+        denom = float(span_w.sum()) or 1.0
+        off_s = merged_offsets(s2, aligned.student, K, T, chunk)
+        off_t = merged_offsets(t2, aligned.teacher, K, T, chunk)
+        want_grad = s2.requires_grad
+        grad = torch.zeros(s2.shape, device=s2.device) if want_grad else None
+        grad_off = torch.zeros(K, device=s2.device)
+        sums = {term: torch.zeros((), device=s2.device) for term in weights}
+        for i in range(0, K, chunk):
+            c = slice(i, i + chunk)
+            with torch.enable_grad():
+                x = s2[aligned.student.rows[c]].detach().float().requires_grad_(want_grad)
+                o = off_s[c].clone().requires_grad_(want_grad)
+                lv_s = torch.log_softmax(x / T, dim=-1) + o.unsqueeze(-1)
+                lv_t = torch.log_softmax(t2[aligned.teacher.rows[c]].float() / T, dim=-1) + off_t[c].unsqueeze(-1)
+                total = 0.0
+                for term, w in weights.items():
+                    value = (_PER_SPAN[term](lv_s, lv_t, shared, o, off_t[c]) * span_w[c]).sum() * T**2
+                    sums[term] += value.detach()
+                    total = total + value * (w / denom)
+            if want_grad and torch.is_tensor(total) and total.requires_grad:
+                g_x, g_o = torch.autograd.grad(total, (x, o))
+                grad.index_add_(0, aligned.student.rows[c], g_x)
+                grad_off[c] = g_o
+        if want_grad:
+            _merged_backward(grad, s2, aligned.student, grad_off, T, chunk)
+        parts = torch.stack([sums[term] / denom for term in weights])
+        loss = sum(w * parts[i] for i, w in enumerate(weights.values()))
+        ctx.save_for_backward(grad if grad is not None else s2.new_empty(0))
+        ctx.dtype = s2.dtype
+        ctx.mark_non_differentiable(parts)
+        return torch.as_tensor(loss, device=s2.device, dtype=torch.float32), parts
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_parts):
+        (grad,) = ctx.saved_tensors
+        return (grad * grad_loss).to(ctx.dtype), *([None] * 6)
+
+
+def _merged_backward(grad: Tensor, s2: Tensor, side: SideIndex, grad_off: Tensor, T: float, chunk: int) -> None:
+    """Each later token's log-prob entered its span's offset: d/dz of log softmax(z/T)[id] is
+    (onehot(id) − softmax(z/T)) / T, scaled by the offset's gradient, added to the token's row."""
+    for i in range(0, len(side.extra_rows), chunk):
+        rows, ids = side.extra_rows[i : i + chunk], side.extra_ids[i : i + chunk]
+        scale = (grad_off[side.extra_span[i : i + chunk]] / T).unsqueeze(-1)
+        g = torch.softmax(s2[rows].float() / T, dim=-1).neg_().scatter_add_(-1, ids[:, None], torch.ones_like(scale))
+        grad.index_add_(0, rows, g.mul_(scale))
