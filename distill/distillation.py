@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from distill import on_policy
 from distill.errors import DistillError
 from distill.forward import model_outputs
 from distill.losses.objective import Objective, Outputs
@@ -56,6 +57,8 @@ class DistillationModule(L.LightningModule):
         min_lr_ratio: float = 0.1,
         seed: int = 0,
         max_bad_steps: int = 10,
+        pad_id: int = 0,
+        stop_ids: tuple[int, ...] = (),
     ):
         super().__init__()
         self.student, self.loss = student, loss
@@ -67,6 +70,8 @@ class DistillationModule(L.LightningModule):
         self.max_steps, self.min_lr_ratio = max_steps, min_lr_ratio
         self._coin = random.Random(seed)  # on-policy batch choice: reproducible, independent of torch's RNG
         self.guard = NonFiniteGuard(max_bad_steps)
+        # on-policy answers to real prompts: pad with, and stop at, the tokenizer's own ids
+        self.pad_id, self.stop_ids = pad_id, tuple(stop_ids)
 
     def _apply(self, fn, *args, **kwargs):
         if isinstance(self.teacher, nn.Module):
@@ -86,24 +91,28 @@ class DistillationModule(L.LightningModule):
         """The teacher can score tokens the student sampled (on-policy); a cache knows only its rows."""
         return self.teacher is not None and self.teacher.scores_new_tokens
 
-    def student_outputs(self, input_ids: torch.Tensor) -> Outputs:
-        return model_outputs(self.student, input_ids, self.vocab_size, self.loss)
+    def student_outputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> Outputs:
+        return model_outputs(self.student, input_ids, self.vocab_size, self.loss, position_ids)
 
-    def teacher_outputs(self, input_ids: torch.Tensor, rows: torch.Tensor | None) -> Outputs | None:
+    def teacher_outputs(self, input_ids, rows, position_ids=None) -> Outputs | None:
         if self.teacher is None:
             return None
-        return self.teacher.scores(input_ids, rows, self.loss, self.vocab_size)
+        return self.teacher.scores(input_ids, rows, self.loss, self.vocab_size, position_ids)
 
     def training_step(self, batch, batch_idx):
+        # (inputs, targets, row index[, extras]): extras from conversations (data/chat/datamodule.py)
         inputs, targets = batch[0], batch[1]
         rows = batch[2] if len(batch) > 2 else None
-        mask = None
+        extras = batch[3] if len(batch) > 3 else {}
+        positions, mask = extras.get("position_ids"), None
         on_policy = (
             self.scores_new_tokens and self.loss.on_policy.lmbda > 0 and self._coin.random() < self.loss.on_policy.lmbda
         )
         if on_policy:
-            inputs, targets, mask = self.sample_from_student(inputs)
-        terms = self.loss(self.student_outputs(inputs), self.teacher_outputs(inputs, rows), targets, mask)
+            inputs, targets, mask = self.sample_from_student(inputs, extras.get("prompt_len"))
+            positions = None  # sampled rows hold one sequence each (packing with on-policy is refused)
+        student = self.student_outputs(inputs, positions)
+        terms = self.loss(student, self.teacher_outputs(inputs, rows, positions), targets, mask)
         if not torch.isfinite(terms["loss"].detach()) and self.trainer.world_size == 1:
             # (with several ranks every one must join the gradient all-reduce: the NaN reaches the gradients
             # of all of them, and the gradient check below skips the step on every rank alike)
@@ -116,33 +125,13 @@ class DistillationModule(L.LightningModule):
         return terms["loss"]
 
     @torch.no_grad()
-    def sample_from_student(self, inputs: torch.Tensor):
-        """On-policy batch (GKD): keep the first ``seq_len - max_new_tokens`` tokens as the prompt,
-        let the student continue it, and distill only on the sampled tokens. There is no ground
-        truth for them, so CE is off for this batch (labels all ignored), as in GKD."""
+    def sample_from_student(self, inputs: torch.Tensor, prompt_lens: torch.Tensor | None = None):
+        """On-policy batch (GKD, ``distill/on_policy.py``): from each row's real prompt when the data
+        has prompts (conversations), else from a fixed-length prefix of the row."""
         spec = self.loss.on_policy
-        seq_len = inputs.shape[1]
-        new = min(spec.max_new_tokens, seq_len - 1)
-        prompt = inputs[:, : seq_len + 1 - new]
-        was_training = self.student.training
-        self.student.eval()
-        sampled = self.student.generate(
-            input_ids=prompt,
-            attention_mask=torch.ones_like(prompt),
-            max_new_tokens=new,
-            min_new_tokens=new,
-            do_sample=spec.temperature > 0,
-            temperature=spec.temperature or None,
-            top_k=0,
-            top_p=1.0,
-            pad_token_id=0,
-            use_cache=True,
-        )
-        self.student.train(was_training)
-        seq = sampled[:, : seq_len + 1]
-        mask = torch.zeros(seq.shape[0], seq_len, dtype=torch.bool, device=seq.device)
-        mask[:, prompt.shape[1] - 1 :] = True  # positions whose next token was sampled
-        return seq[:, :-1], torch.full_like(seq[:, 1:], -100), mask
+        if prompt_lens is None:
+            return on_policy.from_prefix(self.student, inputs, spec)
+        return on_policy.from_prompts(self.student, inputs, prompt_lens, spec, self.pad_id, self.stop_ids)
 
     def validation_step(self, batch, batch_idx):
         # Student CE only: the report's perplexities come from a full evaluation after training,

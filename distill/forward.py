@@ -9,10 +9,19 @@ from distill.losses.objective import Objective, Outputs
 from distill.student.lora import backbone
 
 
-def model_outputs(model: nn.Module, input_ids: torch.Tensor, vocab_size: int, objective: Objective) -> Outputs:
+def model_outputs(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    vocab_size: int,
+    objective: Objective,
+    position_ids: torch.Tensor | None = None,
+) -> Outputs:
     """Run an HF causal LM for what ``objective`` needs: logits, or the final hidden state and
-    LM head (fused loss, no logits ever built), plus hidden states / attention maps."""
+    LM head (fused loss, no logits ever built), plus hidden states / attention maps.
+    ``position_ids`` that restart inside a row mark packed sequences: transformers then isolates
+    their attention (no attention mask is passed, so it reads the packing from the positions)."""
     extra = dict(
+        position_ids=position_ids,
         output_hidden_states=objective.needs_hidden_states,
         output_attentions=objective.needs_attentions,
         use_cache=False,

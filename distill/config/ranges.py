@@ -160,6 +160,11 @@ RULES = {
     "distill.data.datamodule.from_stdlib.max_docs": POSITIVE_INT,
     "distill.data.datamodule.from_files.max_docs": POSITIVE_INT,
     "distill.data.prompt_response.from_prompt_response_files.max_docs": POSITIVE_INT,
+    # data=chat / stdlib_instruct: distill/data/chat/render.py TRAIN_ON
+    "distill.data.chat.datamodule.from_chat_files.max_docs": POSITIVE_INT,
+    "distill.data.chat.datamodule.from_stdlib_instruct.max_docs": POSITIVE_INT,
+    "distill.data.chat.datamodule.from_stdlib_instruct.max_chars": POSITIVE_INT,
+    "distill.data.chat.datamodule.ChatDataModule.train_on": OneOf("distill.data.chat.render.TRAIN_ON"),
     SENTENCES + "max_docs": POSITIVE_INT,
     SENTENCES + "min_chars": ge(0),
     SENTENCES + "max_length": ge(2),  # distill/embedding/data.py: [CLS] and [SEP] at least

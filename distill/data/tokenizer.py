@@ -16,14 +16,15 @@ from distill.safety import pretrained_kwargs
 EOS = "<|endoftext|>"
 
 
-def train_bpe(texts: list[str], vocab_size: int, out_dir: Path) -> None:
+def train_bpe(texts: list[str], vocab_size: int, out_dir: Path, special_tokens: list[str] | None = None) -> None:
+    """``special_tokens`` (e.g. a chat template's ``<|im_start|>``) are kept whole, never merged or split."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS],
+        special_tokens=[EOS, *(special_tokens or [])],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )

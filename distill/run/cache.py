@@ -43,7 +43,12 @@ def build_cache(cfg: DictConfig) -> Path:
         device=device,
         autocast_dtype=autocast_dtype(cfg.trainer.precision),
     )["teacher"]
-    keys = {"teacher_key": teacher_fingerprint(model), "tokenizer_key": dm.tokenizer_key, "data_key": dm.data_key}
+    keys = {
+        "teacher_key": teacher_fingerprint(model),
+        "tokenizer_key": dm.tokenizer_key,
+        "data_key": dm.data_key,
+        "chat_key": getattr(dm, "chat_key", None),
+    }
     path = write_teacher_cache(
         model,
         {"train": dm.train_blocks, "val": dm.val_blocks},
@@ -56,6 +61,13 @@ def build_cache(cfg: DictConfig) -> Path:
         micro_batch=cfg.teacher.micro_batch,
         trainer_kwargs=trainer_kwargs,
         extra={"teacher.params": num_params(model), "teacher.val_ppl": scores["val_ppl"]},
+        positions=packed_positions(dm),
     )
     log.info("teacher cache ready: %s", path)
     return path
+
+
+def packed_positions(dm) -> dict | None:
+    """Position ids of packed conversations (data.packing=true), so the teacher sees each alone."""
+    positions = getattr(dm, "train_extras", {}).get("position_ids")
+    return None if positions is None else {"train": positions}

@@ -41,3 +41,8 @@ def check_combination(cfg: DictConfig, loss: Objective) -> None:
             raise DistillError(
                 f"{needs_live[0]} needs a live teacher, but teacher=cache stores only top-k log-probabilities"
             )
+    if cfg.data.get("packing") and loss.on_policy.lmbda > 0:
+        raise DistillError(
+            "data.packing=true with on-policy distillation (loss.on_policy.lmbda > 0): the student answers each "
+            "conversation's prompt in a row of its own; use data.packing=false"
+        )

@@ -38,7 +38,25 @@ def prepare_data(cfg: DictConfig):
     dm = load_data(cfg)
     check_vocab_early(cfg, dm.tokenizer)
     dm.setup("fit")
+    write_data_stats(cfg, dm)
     return dm
+
+
+def write_data_stats(cfg: DictConfig, dm) -> None:
+    """What the row builder kept, cut and skipped (conversations, prompt/response examples), in the run dir."""
+    stats = getattr(dm, "stats", None)
+    if stats and is_main_process():
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_atomic(out / "data_stats.json", json.dumps(stats, indent=2) + "\n")
+
+
+def generation_ids(dm) -> dict:
+    """Pad and stop ids for on-policy answers to conversations (their template's end of turn)."""
+    if not hasattr(dm, "special_ids"):
+        return {}
+    pad, stops = dm.special_ids()
+    return {"pad_id": pad, "stop_ids": tuple(stops)}
 
 
 def check_vocab_early(cfg: DictConfig, tokenizer) -> None:

@@ -125,9 +125,13 @@ def measure(cfg, dm, vocab_size, teacher: TeacherSource, student, baseline, mete
     return metrics
 
 
-def export_student(student, tokenizer, path: Path) -> None:
-    """HF format (safetensors) with the tokenizer; written to a temp dir first so no half export remains."""
+def export_student(student, tokenizer, path: Path, stop_ids: tuple[int, ...] = ()) -> None:
+    """HF format (safetensors) with the tokenizer (and its chat template); written to a temp dir first so
+    no half export remains. ``stop_ids``: a chat student's generation stops at its end of turn."""
     tmp = partial_name(path)
+    if stop_ids:
+        student.generation_config.eos_token_id = list(stop_ids)
+        student.generation_config.pad_token_id = tokenizer.pad_token_id
     student.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     replace_dir(tmp, path)

@@ -85,6 +85,8 @@ def open_teacher_cache(cfg: DictConfig, dm, teacher_model=None) -> TeacherCache:
         "vocab_size": len(dm.tokenizer),
         "num_rows": {"train": len(dm.train_blocks)},
     }
+    if getattr(dm, "chat_key", None):  # conversations: the template, turns trained on and packing must match
+        expect["chat_key"] = dm.chat_key
     if teacher_model is not None:  # loaded anyway (to prune the student from): the cache must be its outputs
         expect["teacher_key"] = teacher_fingerprint(teacher_model)
     return TeacherCache(cfg.teacher.cache_dir, expect=expect)

@@ -19,7 +19,7 @@ from distill.distillation import DistillationModule
 from distill.eval.compression import compression_metrics, teacher_forward_tokens
 from distill.losses.objective import ce_only
 from distill.run.checks import check_combination
-from distill.run.data import filter_training_data, prepare_data, sequence_kd_data
+from distill.run.data import filter_training_data, generation_ids, prepare_data, sequence_kd_data
 from distill.run.fit import fit, optim_args
 from distill.run.outputs import export_student, log_plan, measure, measure_start, write_reports
 from distill.run.quant import prepare_quantization
@@ -64,7 +64,9 @@ def train(cfg: DictConfig) -> float:
     plugin, estimate, teacher_quant = prepare_quantization(cfg, student, teacher, dm, vocab_size)
     loss.bind(student, teacher.live_model)
     log_plan(cfg, teacher, student, dm, loss, estimate["total"])
-    module = DistillationModule(student, loss, vocab_size, teacher=teacher.scorer, seed=cfg.seed, **optim_args(cfg))
+    module = DistillationModule(
+        student, loss, vocab_size, teacher=teacher.scorer, seed=cfg.seed, **optim_args(cfg), **generation_ids(dm)
+    )
     start_metrics = measure_start(cfg, dm, vocab_size, teacher, student)
     if plugin is not None:
         plugin.convert_module(module)  # quantize now: fails before training, and a resumed checkpoint fits it
@@ -79,7 +81,7 @@ def train(cfg: DictConfig) -> float:
     metrics = measure(cfg, dm, vocab_size, teacher, student, baseline, meter, trainer.strategy.root_device)
     metrics.update(run_facts(trainer, dm, teacher, filter_stats, estimate, meter))
     metrics.update({**teacher_quant, **start_metrics})
-    export_student(student, dm.tokenizer, out / "student")
+    export_student(student, dm.tokenizer, out / "student", generation_ids(dm).get("stop_ids", ()))
     if plugin is not None:
         metrics.update(plugin.export_extra(student, out))
         metrics["quant"] = plugin.report()

@@ -43,6 +43,7 @@ IDENTITY_FIELDS = (
     "teacher_key",
     "tokenizer_key",
     "data_key",
+    "chat_key",
     "top_k",
     "temperature",
     "vocab_size",
@@ -55,6 +56,7 @@ IDENTITY_FIELDS = (
 # What a mismatch in each field means to a user, for the reader's one-line refusal.
 _FIELD_MEANING = {
     "data_key": "data",
+    "chat_key": "chat",
     "seq_len": "data",
     "num_rows": "data",
     "tokenizer_key": "tokenizer",
@@ -120,6 +122,8 @@ def build_manifest(
         "teacher_key": str(keys["teacher_key"]),
         "tokenizer_key": str(keys["tokenizer_key"]),
         "data_key": str(keys["data_key"]),
+        # conversations: the chat template, the turns trained on and the packing (data/chat/datamodule.py)
+        "chat_key": keys.get("chat_key"),
         "top_k": int(top_k),
         "temperature": float(temperature),
         "vocab_size": int(vocab_size),
@@ -237,17 +241,18 @@ class TeacherCache:
                             f"{rows} needed); rebuild it with distill-cache"
                         )
                 continue
-            if key not in m:
+            if key not in m and key not in IDENTITY_FIELDS:
                 raise ValueError(f"unknown teacher cache field {key!r}")
-            if m[key] != want:
+            if m.get(key) != want:
                 meaning = _FIELD_MEANING.get(key, "settings")
                 what = {
                     "data": "different data",
                     "tokenizer": "a different tokenizer",
                     "teacher": "a different teacher",
+                    "chat": "another chat template or loss mask (data.chat_template, data.train_on, data.packing)",
                 }.get(meaning, "different settings")
                 raise DistillError(
-                    f"teacher cache {self.cache_dir} was built for {what} ({key} {m[key]!r}, "
+                    f"teacher cache {self.cache_dir} was built for {what} ({key} {m.get(key)!r}, "
                     f"expected {want!r}); rebuild it with distill-cache"
                 )
 
@@ -372,8 +377,9 @@ class CachedTeacher:
     model = None  # no weights: nothing to move, shard or run
     scores_new_tokens = False  # it knows the rows it was written for, not tokens a student samples
 
-    def scores(self, input_ids: Tensor, rows: Tensor, objective, vocab_size: int):
-        """The same ``Outputs`` a live teacher gives, with the cache's top-k in place of logits."""
+    def scores(self, input_ids: Tensor, rows: Tensor, objective, vocab_size: int, position_ids=None):
+        """The same ``Outputs`` a live teacher gives, with the cache's top-k in place of logits (it was
+        written over these very rows, packed positions included)."""
         return Outputs(logits=self.outputs(rows, device=input_ids.device), vocab_size=vocab_size)
 
     def has_split(self, split: str) -> bool:

@@ -77,8 +77,10 @@ class TopKTeacher(L.LightningModule):
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> tuple[np.ndarray, np.ndarray]:
         values, indices = [], []
-        for ids in batch["input_ids"].split(self.micro_batch):
-            logits = self.model(input_ids=ids, use_cache=False).logits
+        positions = batch.get("position_ids")
+        for n, ids in enumerate(batch["input_ids"].split(self.micro_batch)):
+            at = None if positions is None else positions[n * self.micro_batch : (n + 1) * self.micro_batch]
+            logits = self.model(input_ids=ids, position_ids=at, use_cache=False).logits
             if logits.shape[-1] < self.vocab_size:
                 raise DistillError(
                     f"vocabulary mismatch: the teacher predicts {logits.shape[-1]} tokens but the "
@@ -157,6 +159,7 @@ def write_teacher_cache(
     trainer_kwargs: dict | None = None,
     progress_bar: bool = True,
     extra: dict | None = None,
+    positions: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Run the teacher over packed ``blocks`` (``{split: [n, seq_len + 1]}``) and cache its
     top-k log-probabilities in ``cache_dir``; resumable, a rerun writes only missing shards.
@@ -214,7 +217,7 @@ def write_teacher_cache(
     )
     if todo:
         writer = TeacherCacheWriter(cache_dir, np.dtype(manifest["index_dtype"]))
-        loader = DataLoader(ShardDataset(blocks, todo, shard_rows), batch_size=1, collate_fn=_one_item)
+        loader = DataLoader(ShardDataset(blocks, todo, shard_rows, positions), batch_size=1, collate_fn=_one_item)
         module = TopKTeacher(teacher_model, vocab_size, top_k, temperature, micro_batch)
         kwargs = {"accelerator": "auto", "devices": 1, **(trainer_kwargs or {})}
         with _quiet_lightning():

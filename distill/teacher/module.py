@@ -26,10 +26,10 @@ class Teacher(L.LightningModule):
     scores_new_tokens = True  # it can score any tokens, the student's own samples too (on-policy)
 
     @torch.no_grad()
-    def scores(self, input_ids: torch.Tensor, rows: torch.Tensor | None, objective, vocab_size: int):
+    def scores(self, input_ids: torch.Tensor, rows: torch.Tensor | None, objective, vocab_size: int, position_ids=None):
         """What ``objective`` compares the student with on this batch (logits, or the final hidden
         state and LM head for the fused loss, plus hidden states / attention maps)."""
-        return model_outputs(self.model, input_ids, vocab_size, objective)
+        return model_outputs(self.model, input_ids, vocab_size, objective, position_ids)
 
     @torch.no_grad()
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,88 @@
+"""On-policy batches (GKD): the student writes the tokens it is then distilled on.
+
+There is no ground truth for sampled tokens, so their CE targets are all ignored (as in GKD); the
+returned mask marks the positions whose next token was sampled, the only ones the loss sees.
+Two kinds of prompt:
+
+- ``from_prefix``: packed text has no prompts, so the first ``seq_len - max_new_tokens`` tokens of
+  each row are the prompt, and the student writes the rest of the row;
+- ``from_prompts``: conversations have real prompts, the tokens before each row's last assistant
+  turn (``prompt_len``), never a response token. The student answers each prompt (left-padded for
+  generation, stopping at the template's end of turn), and the row is the prompt and its answer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _sample(model, prompt, attention_mask, new: int, spec, pad_id: int, stop_ids, min_new: int = 0):
+    with _eval_mode(model):
+        return model.generate(
+            input_ids=prompt,
+            attention_mask=attention_mask,
+            max_new_tokens=new,
+            min_new_tokens=min_new,
+            do_sample=spec.temperature > 0,
+            temperature=spec.temperature or None,
+            top_k=0,
+            top_p=1.0,
+            pad_token_id=pad_id,
+            eos_token_id=list(stop_ids) or None,
+            use_cache=True,
+        )
+
+
+@torch.no_grad()
+def from_prefix(model, inputs: torch.Tensor, spec):
+    """Keep the first ``seq_len + 1 - new`` tokens as the prompt and let the student finish the row."""
+    seq_len = inputs.shape[1]
+    new = min(spec.max_new_tokens, seq_len - 1)
+    prompt = inputs[:, : seq_len + 1 - new]
+    # a fixed length (min = max new tokens, no EOS stop): every row is full, as packed rows are
+    sampled = _sample(model, prompt, torch.ones_like(prompt), new, spec, pad_id=0, stop_ids=(), min_new=new)
+    seq = sampled[:, : seq_len + 1]
+    mask = torch.zeros(seq.shape[0], seq_len, dtype=torch.bool, device=seq.device)
+    mask[:, prompt.shape[1] - 1 :] = True  # positions whose next token was sampled
+    return seq[:, :-1], torch.full_like(seq[:, 1:], IGNORE_INDEX), mask
+
+
+@torch.no_grad()
+def from_prompts(model, inputs: torch.Tensor, prompt_lens: torch.Tensor, spec, pad_id: int, stop_ids):
+    """Answer each row's real prompt (its first ``prompt_lens[b]`` tokens): rows of ``prompt +
+    answer`` right-padded to the input width, the answer up to and including its end of turn."""
+    batch, seq_len = inputs.shape
+    lens = prompt_lens.clamp(1, seq_len).tolist()
+    width = max(lens)
+    prompt = torch.full((batch, width), pad_id, dtype=inputs.dtype, device=inputs.device)
+    attention = torch.zeros_like(prompt)
+    for b, n in enumerate(lens):  # left-padded: generation continues every prompt at the same column
+        prompt[b, width - n :], attention[b, width - n :] = inputs[b, :n], 1
+    new = max(1, min(spec.max_new_tokens, seq_len + 1 - min(lens)))
+    answers = _sample(model, prompt, attention, new, spec, pad_id, stop_ids)[:, width:]
+    rows = torch.full((batch, seq_len + 1), pad_id, dtype=inputs.dtype, device=inputs.device)
+    mask = torch.zeros(batch, seq_len, dtype=torch.bool, device=inputs.device)
+    stops = torch.tensor(sorted(stop_ids), device=inputs.device)
+    for b, n in enumerate(lens):
+        answer = answers[b]
+        ended = torch.isin(answer, stops).nonzero()
+        if len(ended):  # keep the end-of-turn token (the student learns to stop), drop what follows
+            answer = answer[: int(ended[0]) + 1]
+        end = min(seq_len + 1, n + len(answer))
+        rows[b, :n], rows[b, n:end] = inputs[b, :n], answer[: end - n]
+        mask[b, n - 1 : end - 1] = True  # positions whose next token the student sampled
+    return rows[:, :-1], torch.full_like(rows[:, 1:], IGNORE_INDEX), mask
