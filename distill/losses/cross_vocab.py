@@ -56,19 +56,21 @@ def uld_per_span(lv_s: Tensor, lv_t: Tensor, shared=None) -> Tensor:
     return sorted_l1(lv_t.exp(), lv_s.exp())
 
 
-def bucket_log(lv: Tensor, offset: Tensor, matched: Tensor, unmatched: Tensor, floor: float) -> Tensor:
+def bucket_log(lv: Tensor, offset: Tensor, matched: Tensor, unmatched: Tensor) -> Tensor:
     """log of (the matched outcomes' probabilities, one bucket with the rest), normalized.
 
     The rest is 1 − e^offset (the span's later tokens going otherwise) plus e^offset times the
-    unmatched tokens' mass, summed from those small probabilities themselves (no 1 − Σ cancellation)."""
+    unmatched tokens' mass, summed from those small probabilities themselves (no 1 − Σ cancellation).
+    It is floored at TAIL_EPS on both sides alike (as the divergences floor the teacher's tail), so
+    a bucket both models leave empty, every token being shared, costs nothing."""
     rest = -torch.expm1(offset) + torch.logsumexp(lv[:, unmatched], dim=-1).exp()
-    logs = torch.cat([lv[:, matched], rest.clamp_min(floor).log().unsqueeze(-1)], dim=-1)
+    logs = torch.cat([lv[:, matched], rest.clamp_min(TAIL_EPS).log().unsqueeze(-1)], dim=-1)
     return torch.log_softmax(logs, dim=-1)
 
 
 def gold_per_span(lv_s: Tensor, lv_t: Tensor, shared: Shared, off_s: Tensor, off_t: Tensor) -> Tensor:
-    log_p = bucket_log(lv_t, off_t, shared.teacher, shared.teacher_rest, TAIL_EPS)
-    log_q = bucket_log(lv_s, off_s, shared.student, shared.student_rest, torch.finfo(torch.float32).tiny)
+    log_p = bucket_log(lv_t, off_t, shared.teacher, shared.teacher_rest)
+    log_q = bucket_log(lv_s, off_s, shared.student, shared.student_rest)
     kl = (log_p.exp() * (log_p - log_q)).sum(-1)
     uld = sorted_l1(lv_t[:, shared.teacher_rest].exp(), lv_s[:, shared.student_rest].exp())
     return shared.weight * kl + (1 - shared.weight) * uld

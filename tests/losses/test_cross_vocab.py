@@ -1,0 +1,196 @@
+"""ULD and GOLD on aligned spans: the chunked kernels against plain references written from the papers."""
+
+import numpy as np
+import pytest
+import torch
+
+from distill.align.batch import collate
+from distill.align.spans import align_offsets
+from distill.align.vocab import VocabMapping
+from distill.losses.cross_vocab import TAIL_EPS, cross_vocab_loss
+
+B, LT, LS, VT, VS = 2, 14, 11, 17, 13
+MAPPING = VocabMapping(np.array([0, 2, 5, 7, 11]), np.array([1, 3, 4, 9, 0]), VT, VS, ambiguous=0)
+
+
+def _offsets(cuts):
+    """A leading zero-width context token, then tokens between consecutive cuts."""
+    return np.array([(0, 0), *zip(cuts, cuts[1:])])
+
+
+def _rows(seed):
+    """Two rows with ragged alignments: a few shared ends, the rest on one side only, so spans have
+    1-4 tokens on either side; and a tail with no shared end (unaligned)."""
+    rng = np.random.default_rng(seed)
+    alignments = []
+    for t_len, s_len in ((LT, LS), (LT - 3, LS - 2)):
+        pool = rng.permutation(np.arange(1, 40))
+        shared, rest = pool[:4], pool[4:]
+        t_cuts = np.sort(np.concatenate([shared, rest[: t_len - 5]]))
+        s_cuts = np.sort(np.concatenate([shared, rest[t_len - 5 : t_len - 5 + s_len - 5]]))
+        t_off, s_off = _offsets([0, *t_cuts]), _offsets([0, *s_cuts])
+        t_ids, s_ids = rng.integers(0, VT, len(t_off)), rng.integers(0, VS, len(s_off))
+        alignments.append((align_offsets(t_ids, t_off, s_ids, s_off), t_ids, s_ids))
+    return alignments
+
+
+def _logits(seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(B, LS, VS, generator=g) * 2).to(dtype), (torch.randn(B, LT, VT, generator=g) * 2).to(dtype)
+
+
+def _groups(side, k, ids):
+    """Span k's tokens on one side: [(row predicting it, token id), ...], first token first."""
+    later = np.flatnonzero(side.extra_span == k)
+    return [(int(side.rows[k]), int(ids[side.rows[k] + 1]))] + [
+        (int(side.extra_rows[j]), int(side.extra_ids[j])) for j in later
+    ]
+
+
+# ---------------------------------------------------------------- the references, written plainly
+
+
+def merged_probs(logits, group, T):
+    """GOLD's merge: the first token's distribution times the probabilities of the span's later tokens."""
+    probs = torch.softmax(logits[group[0][0]] / T, -1)
+    for row, token in group[1:]:
+        probs = probs * torch.softmax(logits[row] / T, -1)[token]
+    return probs
+
+
+def uld_reference(p, q):
+    """Boizard et al. 2024: sort both probability vectors, pad the shorter with zeros, L1 distance."""
+    p, q = torch.sort(p, descending=True).values, torch.sort(q, descending=True).values
+    size = max(len(p), len(q))
+    p, q = torch.nn.functional.pad(p, (0, size - len(p))), torch.nn.functional.pad(q, (0, size - len(q)))
+    return (p - q).abs().sum()
+
+
+def gold_reference(p, q, mapping, matched_weight):
+    """Exact KL on the shared tokens + one bucket for all other mass; ULD on the unshared tokens."""
+    t_ids, s_ids = torch.as_tensor(mapping.teacher_ids), torch.as_tensor(mapping.student_ids)
+    p_bucket = torch.cat([p[t_ids], (1 - p[t_ids].sum()).clamp_min(TAIL_EPS).reshape(1)])
+    q_bucket = torch.cat([q[s_ids], (1 - q[s_ids].sum()).clamp_min(TAIL_EPS).reshape(1)])
+    p_bucket, q_bucket = p_bucket / p_bucket.sum(), q_bucket / q_bucket.sum()
+    kl = (p_bucket * (p_bucket.log() - q_bucket.log())).sum()
+    t_rest = [i for i in range(len(p)) if i not in set(mapping.teacher_ids.tolist())]
+    s_rest = [i for i in range(len(q)) if i not in set(mapping.student_ids.tolist())]
+    w = len(t_ids) / len(p) if matched_weight is None else matched_weight
+    return w * kl + (1 - w) * uld_reference(p[t_rest], q[s_rest])
+
+
+def reference(term, s, t, rows, weights, T, matched_weight=None):
+    """Mean over spans (by weight) of the term between the merged distributions, × T²."""
+    total, k_all = 0.0, 0
+    for b, (a, t_ids, s_ids) in enumerate(rows):
+        for k in range(len(a)):
+            q = merged_probs(s[b], _groups(a.student, k, s_ids), T)
+            p = merged_probs(t[b], _groups(a.teacher, k, t_ids), T)
+            value = uld_reference(p, q) if term == "uld" else gold_reference(p, q, MAPPING, matched_weight)
+            total = total + weights[k_all] * value
+            k_all += 1
+    return total / weights.sum() * T**2
+
+
+# ---------------------------------------------------------------- the tests
+
+
+def _kernel(s, t, rows, weights, mask=None, **kw):
+    batch = collate([a for a, _, _ in rows], LT, LS, student_mask=mask)
+    return cross_vocab_loss(s, t, batch, weights=weights, mapping=MAPPING, **kw), batch
+
+
+def _value_and_grad(fn, s):
+    s = s.detach().requires_grad_(True)
+    out = fn(s)
+    value = out[0][0] if isinstance(out, tuple) else out
+    (g,) = torch.autograd.grad(value, s)
+    return out, g
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 256])
+@pytest.mark.parametrize("T", [1.0, 2.5])
+@pytest.mark.parametrize("term", ["uld", "gold"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kernel_matches_reference_value_and_grad(term, T, chunk_size, seed):
+    rows = _rows(seed)
+    s, t = _logits(seed)
+    assert any(len(a.student.extra_rows) and len(a.teacher.extra_rows) for a, _, _ in rows)  # ragged spans
+    (((loss, parts), batch), g) = _value_and_grad(
+        lambda x: _kernel(x.float(), t.float(), rows, {term: 1.0}, temperature=T, chunk_size=chunk_size), s
+    )
+    ref, g_ref = _value_and_grad(lambda x: reference(term, x, t, rows, torch.ones(len(batch)), T), s)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(parts[term], loss)
+    extra_only = set(batch.student.extra_rows.tolist()) - set(batch.student.rows.tolist())
+    assert extra_only and all(g.reshape(-1, VS)[r].abs().sum() > 0 for r in extra_only)  # merged rows learn too
+
+
+def test_masked_spans_count_nothing_and_get_no_gradient():
+    rows, (s, t) = _rows(2), _logits(2)
+    mask = torch.ones(B, LS, dtype=torch.bool)
+    mask[0, :4] = False  # e.g. a prompt: its rows predict nothing that is distilled
+    (((loss, _), batch), g) = _value_and_grad(lambda x: _kernel(x.float(), t.float(), rows, {"uld": 1.0}, mask), s)
+    assert 0 < batch.weight.sum() < len(batch)
+    ref, g_ref = _value_and_grad(lambda x: reference("uld", x, t, rows, batch.weight.double(), 1.0), s)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
+    masked_rows = batch.student.rows[batch.weight == 0]
+    assert g.reshape(-1, VS)[masked_rows].abs().sum() == 0
+
+
+def test_both_terms_together_and_gold_fixed_weight():
+    rows, (s, t) = _rows(3), _logits(3)
+    weights = {"uld": 0.3, "gold": 2.0}
+    (((loss, parts), batch), g) = _value_and_grad(
+        lambda x: _kernel(x.float(), t.float(), rows, weights, matched_weight=0.8, chunk_size=4), s
+    )
+    n = torch.ones(len(batch))
+    ref, g_ref = _value_and_grad(
+        lambda x: 0.3 * reference("uld", x, t, rows, n, 1.0) + 2.0 * reference("gold", x, t, rows, n, 1.0, 0.8), s
+    )
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
+    assert set(parts) == {"uld", "gold"}
+
+
+def _same_model_batch():
+    """One vocabulary and one tokenization on both sides: every span is one token each."""
+    off = _offsets(list(range(0, 11)))
+    ids = np.arange(len(off)) % VS
+    identity = VocabMapping(np.arange(VS), np.arange(VS), VS, VS, ambiguous=0)
+    return collate([align_offsets(ids, off, ids, off)], len(off), len(off)), identity, len(off)
+
+
+@pytest.mark.parametrize("term", ["uld", "gold"])
+def test_identical_models_have_zero_loss(term):
+    batch, identity, n = _same_model_batch()
+    z = torch.randn(1, n, VS, requires_grad=True)
+    loss, _ = cross_vocab_loss(z, z.detach(), batch, weights={term: 1.0}, mapping=identity, temperature=2.0)
+    loss.backward()
+    assert len(batch) == n - 1 and abs(loss.item()) < 1e-6 and z.grad.abs().max() < 1e-6
+    other, _ = cross_vocab_loss(z, z.detach() * 3, batch, weights={term: 1.0}, mapping=identity)
+    assert other.item() > 0.1
+
+
+def test_uld_ignores_how_a_vocabulary_is_ordered_and_gold_does_not():
+    batch, identity, n = _same_model_batch()
+    s, t = torch.randn(1, n, VS), torch.randn(1, n, VS)
+    perm = torch.randperm(VS, generator=torch.Generator().manual_seed(0))
+    uld = lambda x: cross_vocab_loss(x, t, batch, weights={"uld": 1.0})[0]
+    gold = lambda x: cross_vocab_loss(x, t, batch, weights={"gold": 1.0}, mapping=identity)[0]
+    torch.testing.assert_close(uld(s), uld(s[..., perm]))
+    assert abs(gold(s).item() - gold(s[..., perm]).item()) > 1e-3
+
+
+def test_bf16_logits_give_float32_loss_and_bf16_grad():
+    rows, (s, t) = _rows(4), _logits(4, torch.float32)
+    x = s.bfloat16().requires_grad_(True)
+    (loss, _), _ = _kernel(x, t, rows, {"gold": 1.0})
+    loss.backward()
+    assert loss.dtype == torch.float32 and x.grad.dtype == torch.bfloat16
+    ref = reference(
+        "gold", s.bfloat16().double(), t.double(), rows, torch.ones(len(_kernel(s, t, rows, {"uld": 1})[1])), 1
+    )
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
