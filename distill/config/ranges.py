@@ -259,6 +259,13 @@ RULES = {
     QLORA + "quant_type": OneOf("distill.quant.qlora.QUANT_TYPES"),
     QLORA + "compute_dtype": OneOf("distill.quant.qlora.COMPUTE_DTYPES"),
     QLORA + "export": OneOf("distill.quant.qlora.EXPORTS"),
+    "distill.quant.ggml_qat.GGMLQATPlugin.weights": OneOf("distill.quant.ggml_qat.WEIGHT_TYPES"),
+    "distill.quant.ggml_qat.GGMLPTQPlugin.weights": OneOf("distill.quant.ggml_qat.WEIGHT_TYPES"),
+    "distill.quant.ggml_qat.GGMLQATPlugin.embeddings": OneOf("distill.quant.ggml.TYPES"),
+    "distill.quant.ggml_qat.GGMLPTQPlugin.embeddings": OneOf("distill.quant.ggml.TYPES"),
+    # -- export: the GGUF types distill/export writes (llama.cpp's ggml types)
+    S + "Export.gguf": OneOf(("auto", "f32", "f16", "bf16", "q8_0", "q4_0", "tq2_0")),
+    S + "Export.embeddings": OneOf("distill.quant.ggml.TYPES"),
     # -- trainer (Lightning's Trainer docs): distill runs are step-based, the LR schedule needs a length, so
     # max_steps >= 1 (Lightning's -1 = unlimited is refused: a run is bounded by steps); devices -1 = all
     TRAINER + "max_steps": POSITIVE_INT,

@@ -154,6 +154,14 @@ class LmEval:
 
 
 @dataclass
+class Export:
+    """``export`` (configs/export/): the GGUF file for llama.cpp (``distill.export``)."""
+
+    gguf: str | None  # null | auto | f32 | f16 | bf16 | q8_0 | q4_0 | tq2_0 (ranges)
+    embeddings: str | None
+
+
+@dataclass
 class Run:
     """The top level of ``configs/train.yaml``: distill-train, -prune, -cache and -filter compose it."""
 
@@ -185,6 +193,7 @@ class Run:
     callbacks: Annotated[dict | None, Built(many=True)]
     optuna_trial: int | None  # hparams_search: the sweeper's trial number
     embedding: Embedding  # task: embedding
+    export: Export
 
 
 @dataclass
@@ -198,7 +207,14 @@ class Eval(Run):
     lm_eval: LmEval
 
 
-APPS = {"train": Run, "prune": Run, "cache": Run, "filter": Run, "eval": Eval}
+@dataclass
+class ExportRun(Run):
+    """The top level of ``configs/export.yaml``: distill-export's run (or model) dir."""
+
+    run_dir: str
+
+
+APPS = {"train": Run, "prune": Run, "cache": Run, "filter": Run, "eval": Eval, "export": ExportRun}
 
 # Dict-valued arguments whose keys are known: "<callable>.<argument>" -> the callable (or record) whose
 # arguments they are. Other dict arguments (data.slurm: any sbatch option) are checked for type only.

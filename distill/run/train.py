@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from distill.distillation import DistillationModule
 from distill.eval.compression import compression_metrics, teacher_forward_tokens
+from distill.export.command import check_run_export, export_run
 from distill.losses.objective import ce_only
 from distill.run.checks import check_combination
 from distill.run.data import filter_training_data, generation_ids, prepare_data, sequence_kd_data
@@ -62,6 +63,7 @@ def train(cfg: DictConfig) -> float:
     teacher.release_weights()
     use_eager_attention(cfg, loss, student=student, teacher=teacher.live_model)
     plugin, estimate, teacher_quant = prepare_quantization(cfg, student, teacher, dm, vocab_size)
+    check_run_export(cfg, student, plugin)  # export.gguf / a ggml QAT type: refuse an unwritable student now
     loss.bind(student, teacher.live_model)
     log_plan(cfg, teacher, student, dm, loss, estimate["total"])
     module = DistillationModule(
@@ -85,6 +87,7 @@ def train(cfg: DictConfig) -> float:
     if plugin is not None:
         metrics.update(plugin.export_extra(student, out))
         metrics["quant"] = plugin.report()
+    metrics.update(export_run(cfg, plugin, out))  # student.<type>.gguf, when the run has one
     metrics.update(
         compression_metrics(
             metrics,
