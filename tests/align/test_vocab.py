@@ -1,0 +1,61 @@
+"""Tokens two vocabularies share by the text they stand for, whatever the spelling ('Ġ', '▁', '<0xNN>', '##')."""
+
+import numpy as np
+import pytest
+
+from distill.align.vocab import byte_level_alphabet, spelling, token_text, vocab_mapping
+from tests.align.helpers import FAMILIES
+
+
+def test_each_family_is_read_as_its_spelling():
+    kinds = {name: spelling(make()) for name, make in FAMILIES.items()}
+    assert kinds == {
+        "bpe300": "byte_level",
+        "bpe4096": "byte_level",
+        "byte_fallback": "metaspace",
+        "wordpiece": "wordpiece",
+    }
+
+
+def test_token_spellings_reduce_to_the_same_text():
+    assert len(byte_level_alphabet()) == 256 and sorted(byte_level_alphabet().values()) == list(range(256))
+    assert token_text("Ġthe", "byte_level") == token_text("\u2581the", "metaspace") == b" the"
+    assert token_text("ĠÃ©", "byte_level") == " é".encode() == token_text("\u2581é", "metaspace")
+    assert token_text("Ċ", "byte_level") == b"\n" and token_text("<0x0A>", "metaspace") == b"\n"
+    assert token_text("##ing", "wordpiece") == token_text("ing", "wordpiece") == b"ing"
+
+
+@pytest.mark.parametrize("teacher, student", [("bpe4096", "byte_fallback"), ("bpe4096", "wordpiece")])
+def test_matched_pairs_stand_for_the_same_text_one_to_one(teacher, student):
+    t, s = FAMILIES[teacher](), FAMILIES[student]()
+    m = vocab_mapping(t, s)
+    assert len(set(m.teacher_ids.tolist())) == len(m.teacher_ids) == len(set(m.student_ids.tolist())) > 100
+    t_tokens, s_tokens = (
+        t.convert_ids_to_tokens(m.teacher_ids.tolist()),
+        s.convert_ids_to_tokens(m.student_ids.tolist()),
+    )
+    ordinary = [(a, b) for a, b in zip(t_tokens, s_tokens) if a not in t.all_special_tokens]
+    assert all(token_text(a, spelling(t)) == token_text(b, spelling(s)) for a, b in ordinary)
+    assert (t.eos_token, s.eos_token) in zip(t_tokens, s_tokens)  # the end of a document is one event
+    if student == "byte_fallback":  # a space spelled 'Ġ' by one and '▁' by the other still matches
+        assert any(a.startswith("Ġ") and b.startswith("\u2581") for a, b in ordinary)
+    else:  # a WordPiece string with both a word-start and a '##' form is ambiguous: left out
+        assert m.ambiguous > 0 and "ing" not in s_tokens and "##ing" not in s_tokens
+    assert m.teacher_to_student[m.teacher_ids].tolist() == m.student_ids.tolist()
+    assert (m.teacher_to_student == -1).sum() == m.teacher_size - len(m.teacher_ids)
+
+
+def test_byte_pieces_only_stand_in_for_bytes_no_ordinary_token_spells():
+    s = FAMILIES["byte_fallback"]()
+    m = vocab_mapping(FAMILIES["bpe4096"](), s)
+    assert m.ambiguous == 0  # '<0x61>' is no rival to 'a'
+    matched = set(s.convert_ids_to_tokens(m.student_ids.tolist()))
+    assert "a" in matched and "<0x61>" not in matched
+    assert "<0xC3>" in matched  # a lone lead byte: only the byte piece spells it
+
+
+def test_a_vocabulary_matches_itself_entirely():
+    t = FAMILIES["bpe300"]()
+    m = vocab_mapping(t, t)
+    assert np.array_equal(m.teacher_ids, m.student_ids) and len(m.teacher_ids) == len(t) == m.teacher_size
+    assert "100%" in m.summary()
