@@ -56,7 +56,7 @@ def test_two_tokenizations_of_one_text_are_scored_over_the_same_bytes():
         scores[family] = score_text(model, tok, TEXT)
         assert scores[family].nll == pytest.approx(hf_loss, rel=1e-5)
         assert score_text(model, tok, TEXT, max_length=7).tokens == scores[family].tokens  # same targets
-    assert scores["bpe300"].tokens > 1.5 * scores["bpe4096"].tokens
+    assert scores["bpe300"].tokens > 1.2 * scores["bpe4096"].tokens
     assert scores["bpe300"].bytes == scores["bpe4096"].bytes == len(TEXT.encode())
     # random models: near-uniform over their vocabularies, so the per-byte cost follows tokens·log2 V
     for family, score in scores.items():
