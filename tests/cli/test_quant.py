@@ -125,10 +125,14 @@ def compose_train(*overrides: str):
 
 
 QAT_PRESETS = {"qat_int8_int4": 4, "qat_int8": 8, "qat_int8_int2": 2, "ptq_int8_int4": 4, "ptq_int8_int2": 2}
+# llama.cpp's formats (distill/quant/ggml_qat.py; tested in tests/quant/test_ggml_qat.py and tests/export)
+GGML_PRESETS = {
+    f"{kind}_{name}": t for kind in ("qat", "ptq") for name, t in (("q4_0",) * 2, ("q8_0",) * 2, ("ternary", "tq2_0"))
+}
 
 
-def test_the_presets_are_the_documented_seven():
-    assert set(PRESETS) == {"none", "qlora", *QAT_PRESETS}
+def test_the_presets_are_the_documented_ones():
+    assert set(PRESETS) == {"none", "qlora", *QAT_PRESETS, *GGML_PRESETS}
 
 
 @pytest.mark.parametrize("experiment", ["quickstart", "smoke"])
@@ -156,6 +160,12 @@ def test_preset_composes_into_its_plugin(name, experiment):
             "merged",
         )
         assert cfg.student.lora.r == 16  # QLoRA turns LoRA on
+        return
+    if name in GGML_PRESETS:
+        from distill.quant.ggml_qat import GGMLPTQPlugin, GGMLQATPlugin
+
+        assert type(plugin) is (GGMLPTQPlugin if name.startswith("ptq_") else GGMLQATPlugin)
+        assert (plugin.gguf_type, plugin.embeddings) == (GGML_PRESETS[name], "f16")
         return
     assert type(plugin) is (PTQPlugin if name.startswith("ptq_") else QATPlugin)
     assert not plugin.finalize_before_merge
