@@ -8,34 +8,14 @@ import pytest
 import torch
 
 from distill.errors import DistillError
-from distill.export.arch import permute
 from distill.export.command import export_dir
 from distill.export.gguf_file import resolve_types
 from distill.quant.ggml import fake_quantize
 from distill.quant.ggml_qat import GGMLPTQPlugin, GGMLQATPlugin
-from tests.export.helpers import VOCAB, WIDE, read, saved_student
+from tests.export.helpers import VOCAB, WIDE, expected, read, saved_student
 from tests.student.tiny_models import tiny_model
 
 gguf = pytest.importorskip("gguf")
-
-
-def expected(model, arch: str) -> dict[str, torch.Tensor]:
-    """The student's tensors under llama.cpp's names, transformed as llama.cpp reads them."""
-    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, arch.upper()), model.config.num_hidden_layers)
-    heads, kv = model.config.num_attention_heads, model.config.num_key_value_heads
-    out = {}
-    for name, w in model.state_dict().items():
-        if name == "lm_head.weight" and model.config.tie_word_embeddings:
-            continue
-        w = w.float()
-        if arch == "llama" and "q_proj" in name:
-            w = permute(w, heads)
-        elif arch == "llama" and "k_proj" in name:
-            w = permute(w, kv)
-        if arch == "gemma" and name.endswith("norm.weight"):
-            w = w + 1
-        out[names.get_name(name, try_suffixes=(".weight", ".bias"))] = w
-    return out
 
 
 @pytest.mark.parametrize(
