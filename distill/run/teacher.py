@@ -78,15 +78,16 @@ def check_cache_temperature(cache_temperature: float, objective: Objective) -> N
 
 
 def open_teacher_cache(cfg: DictConfig, dm, teacher_model=None) -> TeacherCache:
-    expect = {
+    # conversations: the template, the turns trained on and the packing must match (checked first, as the
+    # data key also changes with them, and this names the settings to look at)
+    expect = {"chat_key": dm.chat_key} if getattr(dm, "chat_key", None) else {}
+    expect |= {
         "tokenizer_key": dm.tokenizer_key,
         "data_key": dm.data_key,
         "seq_len": dm.seq_len,
         "vocab_size": len(dm.tokenizer),
         "num_rows": {"train": len(dm.train_blocks)},
     }
-    if getattr(dm, "chat_key", None):  # conversations: the template, turns trained on and packing must match
-        expect["chat_key"] = dm.chat_key
     if teacher_model is not None:  # loaded anyway (to prune the student from): the cache must be its outputs
         expect["teacher_key"] = teacher_fingerprint(teacher_model)
     return TeacherCache(cfg.teacher.cache_dir, expect=expect)

@@ -39,18 +39,26 @@ log = logging.getLogger(__name__)
 
 
 class ShardDataset(Dataset):
-    """One item per unfinished shard: its split, number and input ids ``[rows, seq_len]``."""
+    """One item per unfinished shard: its split, number and input ids ``[rows, seq_len]`` (and the
+    position ids of packed conversations, for the splits that have them)."""
 
-    def __init__(self, blocks: dict[str, np.ndarray], shards: list[tuple[str, int]], shard_rows: int):
-        self.blocks, self.shards, self.shard_rows = blocks, shards, shard_rows
+    def __init__(self, blocks: dict, shards: list[tuple[str, int]], shard_rows: int, positions: dict | None = None):
+        self.blocks, self.shards, self.shard_rows, self.positions = blocks, shards, shard_rows, positions or {}
 
     def __len__(self) -> int:
         return len(self.shards)
 
     def __getitem__(self, i: int) -> dict:
         split, shard = self.shards[i]
-        rows = self.blocks[split][shard * self.shard_rows : (shard + 1) * self.shard_rows, :-1]
-        return {"split": split, "shard": shard, "input_ids": torch.from_numpy(rows.astype(np.int64))}
+        rows = slice(shard * self.shard_rows, (shard + 1) * self.shard_rows)
+        item = {
+            "split": split,
+            "shard": shard,
+            "input_ids": torch.from_numpy(self.blocks[split][rows, :-1].astype(np.int64)),
+        }
+        if split in self.positions:
+            item["position_ids"] = torch.from_numpy(self.positions[split][rows, :-1].astype(np.int64))
+        return item
 
 
 def _one_item(items: list[dict]) -> dict:

@@ -1,0 +1,106 @@
+"""data=chat end to end, as a user runs it: conversations from JSONL, the template, assistant-only
+targets, packing, a live teacher and a cache of it, on-policy answers to the real prompts, and the
+exported student that renders prompts exactly as training did."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from distill.data.chat.stdlib_instruct import stdlib_conversations
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.cli
+
+
+@pytest.fixture(scope="module")
+def chats(tmp_path_factory):
+    """Instruction conversations from stdlib functions, a system prompt on every other one."""
+    convs, _ = stdlib_conversations(max_docs=60, max_chars=300)
+    path = tmp_path_factory.mktemp("chats") / "chats.jsonl"
+    with path.open("w") as f:
+        for i, c in enumerate(convs):
+            system = [{"role": "system", "content": "You write Python."}] if i % 2 else []
+            f.write(json.dumps({"messages": system + list(c.messages)}) + "\n")
+    return path
+
+
+def args(chats, out, *extra) -> list[str]:
+    return [
+        "experiment=smoke", "data=chat", f"data.paths=[{chats}]", "data.chat_template=chatml", "data.seq_len=192",
+        "data.vocab_size=600", f"hydra.run.dir={out}", "control=false", *extra,
+    ]  # fmt: skip
+
+
+def one_line_error(proc, prog="distill-train") -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1].removeprefix(f"{prog}: error: ")
+
+
+def stored_rows(cache_dir, name: str) -> list[np.ndarray]:
+    return [np.load(p) for p in sorted(cache_dir.glob(f"chat/*/{name}.npy"))]
+
+
+@pytest.mark.slow
+def test_packed_chat_run_and_the_exported_template_reproduces_training_tokens(chats, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(args(chats, out, "data.packing=true"), cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    stats = json.loads((out / "data_stats.json").read_text())
+    assert stats["train"]["rows"] < stats["train"]["kept"]  # several conversations per packed row
+    assert stats["val"]["rows"] == stats["val"]["kept"]  # validation: one per row
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["student.val_ppl"] < metrics["student.val_ppl_start"]
+
+    student = AutoTokenizer.from_pretrained(out / "student")
+    rendered = set()
+    for line in chats.read_text().splitlines():
+        ids = student.apply_chat_template(json.loads(line)["messages"])["input_ids"]
+        rendered.add(tuple(ids[:193]))
+    [val] = [r for r in stored_rows(cache_dir, "val") if r.shape[1] == 193][-1:]
+    for row in val:  # every validation row, token for token, is a conversation as the exported template renders it
+        n = len(row) if row[-1] != student.pad_token_id else int(np.argmax(row == student.pad_token_id))
+        assert tuple(row[:n].tolist()) in rendered
+    generation = json.loads((out / "student" / "generation_config.json").read_text())
+    assert student.convert_tokens_to_ids("<|im_end|>") in generation["eos_token_id"]  # it stops at the end of turn
+
+
+@pytest.mark.slow
+def test_chat_cache_serves_training_and_another_mask_is_refused(chats, cache_dir, tmp_path):
+    teacher_cache = tmp_path / "teacher_cache"
+    proc = run_cli(args(chats, tmp_path / "c", f"teacher.cache_dir={teacher_cache}"), cache_dir, prog="distill-cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((teacher_cache / "manifest.json").read_text())["chat_key"]
+    cached = args(chats, tmp_path / "t", "teacher=cache", f"teacher.cache_dir={teacher_cache}")
+    proc = run_cli(cached, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((tmp_path / "t" / "metrics.json").read_text())["teacher.source"] == "cache"
+    line = one_line_error(run_cli([*cached, "data.train_on=last"], cache_dir))
+    assert "another chat template or loss mask (data.chat_template, data.train_on, data.packing)" in line
+
+
+@pytest.mark.slow
+def test_on_policy_gkd_on_conversations(chats, cache_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli(
+        args(chats, out, "loss=gkd", "loss.on_policy.lmbda=1.0", "loss.on_policy.max_new_tokens=8"), cache_dir
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads((out / "metrics.json").read_text())["train.steps"] == 20
+
+
+def test_refusals_before_any_training(chats, cache_dir, tmp_path):
+    no_template = [a for a in args(chats, tmp_path / "a") if not a.startswith("data.chat_template")]
+    assert one_line_error(run_cli(no_template, cache_dir)).startswith(
+        "no chat template: a tokenizer trained here has none"
+    )
+    packed_gkd = args(chats, tmp_path / "b", "data.packing=true", "loss=gkd")
+    assert "data.packing=true with on-policy" in one_line_error(run_cli(packed_gkd, cache_dir))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"role": "human", "content": "hi"}]}) + "\n")
+    line = one_line_error(run_cli(args(bad, tmp_path / "c"), cache_dir))
+    assert line == f"{bad}:1: messages[0]: unknown role 'human' (expected one of system, user, assistant, tool)"
