@@ -124,21 +124,68 @@ def unpack(data: torch.Tensor, qtype: str) -> torch.Tensor:
     return (d * levels.float()).reshape(*data.shape[:-1], -1)
 
 
+# How llama.cpp's CPU matmul quantizes the activations it multiplies a weight type with (ggml-cpu.c
+# type_traits_cpu[...].vec_dot_type): Q8_0 blocks of 32 for Q4_0/Q8_0, Q8_K blocks of 256 for TQ2_0
+ACTIVATION_TYPE = {"q4_0": "q8_0", "q8_0": "q8_0", "tq2_0": "q8_k", "f16": "f16", "bf16": "bf16", "f32": "f32"}
+
+
+def fake_quantize_activations(x: torch.Tensor, qtype: str) -> torch.Tensor:
+    """``x`` (..., n) as llama.cpp's x86 CPU kernels quantize activations at run time for a weight of
+    ``qtype`` (not the reference quantizers above: the SIMD code differs in the last bit):
+    - Q8_0 (``arch/x86/quants.c: quantize_row_q8_0``): ``d = amax / 127`` stored in fp16, levels
+      ``round_half_even(x * (127 / amax))``;
+    - Q8_K (``quantize_row_q8_K_ref``, which x86 calls): the signed extreme ``max``, levels
+      ``min(127, round_half_even(x * (-127 / max)))``, scale ``1 / iscale`` kept in fp32;
+    - F16/BF16 weights: activations rounded to that type. Same dtype out; fp32 math."""
+    kind = ACTIVATION_TYPE[check_type(qtype)]
+    if kind in FLOAT_TYPES:
+        return fake_quantize(x, kind)
+    n = 32 if kind == "q8_0" else 256
+    if x.shape[-1] % n:
+        raise ValueError(f"{kind} activations need widths that are multiples of {n}, got {x.shape[-1]}")
+    b = x.detach().float().reshape(*x.shape[:-1], x.shape[-1] // n, n)
+    if kind == "q8_0":
+        amax = b.abs().amax(dim=-1, keepdim=True)
+        inv = torch.where(
+            amax == 0, torch.zeros_like(amax), 127.0 / torch.where(amax == 0, torch.ones_like(amax), amax)
+        )
+        levels = torch.round(b * inv)  # torch.round is half to even, as _MM_ROUND_NEAREST
+        out = (amax / 127).half().float() * levels
+    else:
+        index = b.abs().argmax(dim=-1, keepdim=True)
+        mx = b.gather(-1, index)
+        iscale = torch.where(mx == 0, torch.zeros_like(mx), -127.0 / torch.where(mx == 0, torch.ones_like(mx), mx))
+        levels = torch.round(b * iscale).clamp(max=127)
+        out = torch.where(
+            mx == 0, torch.zeros_like(b), levels * (1.0 / torch.where(mx == 0, torch.ones_like(mx), iscale))
+        )
+    return out.reshape(x.shape).to(x.dtype)
+
+
 class _FakeQuantSTE(torch.autograd.Function):
     """Forward: exactly ``fake_quantize(w)``; backward: the straight-through estimator (identity).
     A function rather than ``w + (q - w).detach()``, whose fp32 sum is not always exactly ``q``."""
 
     @staticmethod
-    def forward(ctx, w, qtype):
-        return fake_quantize(w, qtype)
+    def forward(ctx, w, qtype, activations=False):
+        return fake_quantize_activations(w, qtype) if activations else fake_quantize(w, qtype)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
+        return grad, None, None
 
 
 def fake_quantize_ste(w: torch.Tensor, qtype: str) -> torch.Tensor:
     return _FakeQuantSTE.apply(w, qtype)
+
+
+def activation_hook(qtype: str):
+    """A forward pre-hook quantizing a layer's input as llama.cpp does for a ``qtype`` weight (STE)."""
+
+    def hook(module, args):
+        return (_FakeQuantSTE.apply(args[0], qtype, True), *args[1:])
+
+    return hook
 
 
 class FakeQuantize(torch.nn.Module):

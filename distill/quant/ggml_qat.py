@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 
 from distill.errors import DistillError
 from distill.quant.base import QuantPlugin
-from distill.quant.ggml import BLOCK_SIZE, TYPES, FakeQuantize, fake_quantize
+from distill.quant.ggml import BLOCK_SIZE, TYPES, FakeQuantize, activation_hook, fake_quantize
 from distill.quant.qat import unsupported_weights
 
 log = logging.getLogger(__name__)
@@ -93,6 +93,19 @@ def attach(model: nn.Module, types: dict[str, str]) -> None:
             parametrize.register_parametrization(modules[name], "weight", FakeQuantize(qtype), unsafe=True)
 
 
+def quantize_inputs(model: nn.Module, types: dict[str, str]) -> int:
+    """Activations as llama.cpp's CPU kernels quantize them (``ggml.fake_quantize_activations``): a
+    forward pre-hook on every planned matmul (the embedding is a lookup); the hooks stay on the baked
+    model, so distill's evaluation runs what llama.cpp runs. Returns the number of hooked layers."""
+    embed = model.get_input_embeddings()
+    hooked = 0
+    for name, module in model.named_modules():
+        if name in types and module is not embed and types[name] != "f32":
+            module.register_forward_pre_hook(activation_hook(types[name]))
+            hooked += 1
+    return hooked
+
+
 def bake(model: nn.Module) -> nn.Module:
     """Replace every parametrized weight by its fake-quantized value (a plain model again), in place."""
     for module in list(model.modules()):
@@ -124,8 +137,16 @@ class GGMLQATPlugin(QuantPlugin):
 
     kind = "qat"
 
-    def __init__(self, precision: str | None = "32-true", device: str = "cpu", weights: str = "q4_0", embeddings="f16"):
+    def __init__(
+        self,
+        precision: str | None = "32-true",
+        device: str = "cpu",
+        weights: str = "q4_0",
+        embeddings: str = "f16",
+        activations: bool = False,
+    ):
         super().__init__(precision, device)
+        self.activations = bool(activations)
         if weights not in WEIGHT_TYPES:
             raise DistillError(f"quant.weights must be one of {', '.join(WEIGHT_TYPES)}, got {weights!r}")
         self.weights, self.embeddings = weights, str(embeddings)
@@ -139,12 +160,15 @@ class GGMLQATPlugin(QuantPlugin):
     def quantize(self, student: nn.Module) -> None:
         self.types = plan(student, self.weights, self.embeddings)
         attach(student, self.types)
+        if self.activations:
+            quantize_inputs(student, self.types)
         log.info(
-            "QAT %s: %d linear layer(s) trained through ggml's %s quantizer, embeddings/head in %s",
+            "QAT %s: %d linear layer(s) trained through ggml's %s quantizer, embeddings/head in %s%s",
             self.name,
             sum(t == self.weights for t in self.types.values()),
             self.weights,
             self.embeddings,
+            ", activations as llama.cpp's CPU kernels quantize them" if self.activations else "",
         )
 
     def finalize(self, student: nn.Module) -> nn.Module:
@@ -164,6 +188,7 @@ class GGMLQATPlugin(QuantPlugin):
             "gguf_type": self.weights,
             "embeddings": self.embeddings,
             "quantized_layers": sum(t == self.weights for t in types.values()),
+            "activations": "llama.cpp CPU" if self.activations else None,
         }
 
 
@@ -180,5 +205,7 @@ class GGMLPTQPlugin(GGMLQATPlugin):
         if self.types is None:
             raise RuntimeError(f"{type(self).__name__}.finalize before quantize")
         round_weights(student, self.types)
+        if self.activations:
+            quantize_inputs(student, self.types)
         student.config.update({CONFIG_KEY: {"weights": self.weights, "embeddings": self.embeddings}})
         return student.eval()

@@ -11,7 +11,16 @@ gguf = pytest.importorskip("gguf")
 from gguf.quants import dequantize as gguf_dequantize  # noqa: E402
 from gguf.quants import quantize as gguf_quantize  # noqa: E402
 
-from distill.quant.ggml import BLOCK_SIZE, fake_quantize, fake_quantize_ste, pack, quantize, roundf, unpack  # noqa: E402
+from distill.quant.ggml import (  # noqa: E402
+    BLOCK_SIZE,
+    fake_quantize,
+    fake_quantize_activations,
+    fake_quantize_ste,
+    pack,
+    quantize,
+    roundf,
+    unpack,
+)
 
 QTYPES = {"q4_0": gguf.GGMLQuantizationType.Q4_0, "q8_0": gguf.GGMLQuantizationType.Q8_0}
 QTYPES["tq2_0"] = gguf.GGMLQuantizationType.TQ2_0
@@ -93,3 +102,26 @@ def test_straight_through_gradient_and_exact_forward():
 def test_width_not_a_multiple_of_the_block_is_refused():
     with pytest.raises(ValueError, match="multiple of 256"):
         fake_quantize(torch.randn(2, 64), "tq2_0")
+
+
+def test_activations_as_the_x86_kernels_quantize_them():
+    """Q8_0 at run time: d = amax/127 in fp16, levels round half to even of x * (127 / amax) (the SIMD
+    code, not the reference's roundf and 1/d); Q8_K: -127/max of the signed extreme, fp32 scale."""
+    x = torch.zeros(1, 32)
+    x[0, 0], x[0, 1], x[0, 2] = 127.0, 2.5, -0.5  # 127/amax = 1: ties at 2.5 and -0.5
+    out = fake_quantize_activations(x, "q4_0")
+    assert out[0, :3].tolist() == [127.0, 2.0, -0.0]  # half to even (the reference would give 3 and -1)
+    assert fake_quantize(x, "q8_0")[0, 1] == 3.0
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 512, generator=g)
+    out = fake_quantize_activations(x, "q8_0").view(3, 16, 32)
+    blocks = x.view(3, 16, 32)
+    amax = blocks.abs().amax(-1, keepdim=True)
+    assert torch.equal(out, (amax / 127).half().float() * torch.round(blocks * (127.0 / amax)))
+    k = fake_quantize_activations(x, "tq2_0").view(3, 2, 256)
+    blocks = x.view(3, 2, 256)
+    mx = blocks.gather(-1, blocks.abs().argmax(-1, keepdim=True))
+    iscale = -127.0 / mx
+    assert torch.equal(k, torch.round(blocks * iscale).clamp(max=127) * (1.0 / iscale))
+    assert torch.equal(fake_quantize_activations(x, "f16"), x.half().float())
+    assert torch.equal(fake_quantize_activations(torch.zeros(2, 256), "tq2_0"), torch.zeros(2, 256))

@@ -114,3 +114,22 @@ def test_refuses_lora_and_unknown_type():
         GGMLQATPlugin(weights="q4_0").quantize(apply_lora(tiny_model("llama"), r=4))
     with pytest.raises(DistillError, match="quant.weights"):
         GGMLQATPlugin(weights="q5_0")
+
+
+def test_activations_are_quantized_in_training_and_after_finalize():
+    from distill.quant.ggml import fake_quantize_activations
+
+    model = tiny_model("llama")
+    plugin = GGMLQATPlugin(weights="q4_0", activations=True)
+    plugin.quantize(model)
+    layer = model.model.layers[0].mlp.down_proj
+    seen = []
+    layer.register_forward_hook(lambda m, args, out: seen.append(args[0].detach().clone()))
+    x = torch.randint(0, VOCAB, (2, 16))
+    model(input_ids=x)
+    assert torch.equal(seen[-1], fake_quantize_activations(seen[-1], "q4_0"))  # on the Q8_0 grid
+    assert not torch.equal(seen[-1], seen[-1].half().float())  # and not just rounded to fp16
+    before = logits(model, x)
+    plain = plugin.finalize(model)
+    assert torch.equal(logits(plain, x), before)  # the hooks stay: evaluation runs what llama.cpp runs
+    assert plugin.report()["activations"] == "llama.cpp CPU"
