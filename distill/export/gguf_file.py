@@ -28,6 +28,7 @@ from distill.export.vocab import add_vocab
 from distill.quant.ggml import BLOCK_SIZE, FLOAT_TYPES, TYPES
 
 log = logging.getLogger(__name__)
+logging.getLogger("gguf").setLevel(logging.WARNING)  # the writer logs every key and tensor at INFO
 
 EXPORT_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "tq2_0")
 CONFIG_KEY = "ggml_qat"  # distill.quant.ggml_qat.CONFIG_KEY: what a ggml QAT/PTQ student was trained for
