@@ -65,6 +65,14 @@ def from_prefix(model, inputs: torch.Tensor, spec):
 def from_prompts(model, inputs: torch.Tensor, prompt_lens: torch.Tensor, spec, pad_id: int, stop_ids):
     """Answer each row's real prompt (its first ``prompt_lens[b]`` tokens): rows of ``prompt +
     answer`` right-padded to the input width, the answer up to and including its end of turn."""
+    rows, mask = answer_rows(model, inputs, prompt_lens, spec, pad_id, stop_ids)
+    return rows[:, :-1], torch.full_like(rows[:, 1:], IGNORE_INDEX), mask
+
+
+@torch.no_grad()
+def answer_rows(model, inputs: torch.Tensor, prompt_lens: torch.Tensor, spec, pad_id: int, stop_ids):
+    """``model``'s answers to each row's prompt: rows ``[B, L + 1]`` and the mask ``[B, L]`` of the
+    positions whose next token it wrote (on-policy here, sequence-level KD in data/chat/seqkd.py)."""
     batch, seq_len = inputs.shape
     lens = prompt_lens.clamp(1, seq_len).tolist()
     width = max(lens)
@@ -76,7 +84,7 @@ def from_prompts(model, inputs: torch.Tensor, prompt_lens: torch.Tensor, spec, p
     answers = _sample(model, prompt, attention, new, spec, pad_id, stop_ids)[:, width:]
     rows = torch.full((batch, seq_len + 1), pad_id, dtype=inputs.dtype, device=inputs.device)
     mask = torch.zeros(batch, seq_len, dtype=torch.bool, device=inputs.device)
-    stops = torch.tensor(sorted(stop_ids), device=inputs.device)
+    stops = torch.tensor(sorted(stop_ids), dtype=answers.dtype, device=inputs.device)
     for b, n in enumerate(lens):
         answer = answers[b]
         ended = torch.isin(answer, stops).nonzero()
@@ -84,5 +92,5 @@ def from_prompts(model, inputs: torch.Tensor, prompt_lens: torch.Tensor, spec, p
             answer = answer[: int(ended[0]) + 1]
         end = min(seq_len + 1, n + len(answer))
         rows[b, :n], rows[b, n:end] = inputs[b, :n], answer[: end - n]
-        mask[b, n - 1 : end - 1] = True  # positions whose next token the student sampled
-    return rows[:, :-1], torch.full_like(rows[:, 1:], IGNORE_INDEX), mask
+        mask[b, n - 1 : end - 1] = True  # positions whose next token the model wrote
+    return rows, mask

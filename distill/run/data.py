@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 from transformers import AutoConfig
 
 from distill.cache import write_atomic
+from distill.data.chat.seqkd import chat_seqkd_datamodule
 from distill.data.filters.stage import scores_with_run_teacher
 from distill.data.seqkd import seqkd_datamodule
 from distill.errors import DistillError
@@ -101,6 +102,19 @@ def sequence_kd_data(cfg: DictConfig, dm, teacher: TeacherSource):
     if not teacher.live:
         raise DistillError("seq_kd.enabled needs a live teacher to generate continuations (teacher=live)")
     spec = cfg.seq_kd
+    if "prompt_len" in getattr(dm, "train_extras", {}) or getattr(dm, "packing", False):  # conversations
+        return chat_seqkd_datamodule(
+            dm,
+            teacher.model,
+            teacher_key=teacher_fingerprint(cfg.teacher.get("path") or teacher.model),
+            new_tokens=spec.new_tokens,
+            temperature=spec.temperature,
+            seed=cfg.seed,
+            batch_size=spec.batch_size,
+            max_examples=spec.max_examples,
+            cache_dir=cfg.paths.cache_dir,
+            device=device_of(cfg),
+        )
     log.info(
         "sequence-level KD: teacher continuations of %s training blocks", spec.max_examples or len(dm.train_blocks)
     )

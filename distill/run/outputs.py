@@ -13,6 +13,7 @@ from distill.cache import partial_name, replace_dir, write_atomic
 from distill.callbacks.throughput import Throughput
 from distill.console import results_table_lines, run_plan_lines
 from distill.data.filters.summary import markdown_table
+from distill.eval.answers import answer_metrics
 from distill.eval.compression import compression_section
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.report import gap_closed, plot_curves, write_markdown
@@ -122,6 +123,8 @@ def measure(cfg, dm, vocab_size, teacher: TeacherSource, student, baseline, mete
     closed = gap_closed(metrics)
     if closed is not None:
         metrics["gap_closed"] = closed
+    if getattr(dm, "answers_are_python", False):  # data=stdlib_instruct: do greedy answers compile, start right
+        metrics.update(answer_metrics(models, dm, device))
     return metrics
 
 

@@ -58,9 +58,11 @@ class ChatDataModule(TextDataModule):
         chat_template: str | None = None,
         train_on: str = "all",
         packing: bool = False,
+        answers_are_python: bool = False,
         **kwargs,
     ):
         super().__init__(source=source, **kwargs)
+        self.answers_are_python = answers_are_python  # reports compile rate and def-line match (eval/answers.py)
         if self.filters:
             raise DistillError("data/filters work on text corpora, not on conversations: use data/filters=none")
         if train_on not in TRAIN_ON:
@@ -211,4 +213,4 @@ def from_stdlib_instruct(max_docs: int | None = None, max_chars: int = 600, **kw
     """Hydra factory (``configs/data/stdlib_instruct.yaml``): functions of the first ``max_docs`` files."""
     from distill.data.chat.stdlib_instruct import stdlib_conversations
 
-    return ChatDataModule(source=lambda: stdlib_conversations(max_docs, max_chars), **kwargs)
+    return ChatDataModule(source=lambda: stdlib_conversations(max_docs, max_chars), answers_are_python=True, **kwargs)

@@ -26,7 +26,9 @@ def conv(*turns, first_target: int = 0, id: str = "c") -> Conversation:
 
 # multi-turn, system prompts, whitespace runs, Unicode and emoji, code, an empty assistant turn
 CONVERSATIONS = [
-    conv(("system", "Be  terse.\n\n"), ("user", "hi"), ("assistant", "hello 😀"), ("user", "again?"), ("assistant", "ok")),
+    conv(
+        ("system", "Be  terse.\n\n"), ("user", "hi"), ("assistant", "hello 😀"), ("user", "again?"), ("assistant", "ok")
+    ),
     conv(("user", "Write f."), ("assistant", "def f(x):\n    return x  \n")),
     conv(
         ("system", "You write Python."),

@@ -13,7 +13,9 @@ USER, BOT = {"role": "user", "content": "q"}, {"role": "assistant", "content": "
 
 def test_messages_form_keeps_roles_contents_and_tool_fields():
     call = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}
-    c = conversation("f:1", {"messages": [{"role": "system", "content": "s"}, USER, call, {"role": "tool", "content": "1"}, BOT]})
+    c = conversation(
+        "f:1", {"messages": [{"role": "system", "content": "s"}, USER, call, {"role": "tool", "content": "1"}, BOT]}
+    )
     assert [m["role"] for m in c.messages] == ["system", "user", "assistant", "tool", "assistant"]
     assert c.messages[2] == {"role": "assistant", "content": "", "tool_calls": call["tool_calls"]}
     assert c.target_turns == [2, 4] and c.first_target == 0
@@ -50,7 +52,12 @@ def test_bad_records_are_one_line_naming_the_record(record, message):
 
 def test_no_assistant_turn_is_skipped_and_counted(tmp_path):
     path = tmp_path / "chats.jsonl"
-    rows = [{"messages": [USER, BOT]}, {"messages": [USER]}, {"prompt": [USER, BOT], "completion": [USER]}, {"messages": [USER, BOT]}]
+    rows = [
+        {"messages": [USER, BOT]},
+        {"messages": [USER]},
+        {"prompt": [USER, BOT], "completion": [USER]},
+        {"messages": [USER, BOT]},
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     convs, skipped = read_conversations(read_records([str(path)]))
     assert [c.id for c in convs] == [f"{path}:1", f"{path}:4"]

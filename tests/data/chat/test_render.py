@@ -64,7 +64,9 @@ def test_train_on_last_and_prompt_completion(chat_tokenizer):
     assert assistant_text(chat_tokenizer, last) == ["  welcome\t<|im_end|>"]
     everything = encode(chat_tokenizer, CONVERSATIONS[2], CHATML, train_on="all")
     assert assistant_text(chat_tokenizer, everything) == ["sorted(xs)<|im_end|>", "<|im_end|>", "  welcome\t<|im_end|>"]
-    completion = conv(("user", "a"), ("assistant", "in the prompt"), ("user", "b"), ("assistant", "answer"), first_target=3)
+    completion = conv(
+        ("user", "a"), ("assistant", "in the prompt"), ("user", "b"), ("assistant", "answer"), first_target=3
+    )
     for method in ("markers", "incremental"):
         e = encode(chat_tokenizer, completion, CHATML, method=method)
         assert assistant_text(chat_tokenizer, e) == ["answer<|im_end|>"]

@@ -1,0 +1,29 @@
+"""Judging greedy answers to held-out prompts: compile() never runs the code, the reference is the
+row's own last turn, and the metrics are fractions over the prompts."""
+
+import numpy as np
+
+from distill.data.chat.render import encode
+from distill.data.chat.rows import single_rows
+from distill.data.chat.templates import CHATML
+from distill.eval.answers import compiles, first_line, reference_answers
+from tests.data.chat.conftest import chat_tokenizer, conv  # noqa: F401 (the fixture)
+
+
+def test_compiles_checks_syntax_without_running(tmp_path):
+    marker = tmp_path / "ran"
+    assert compiles(f"def f(x):\n    open({str(marker)!r}, 'w')\n    return x\nf(1)\n")
+    assert not marker.exists()
+    assert not compiles("def f(x)\n    return x") and not compiles("x = '\0'\x00")
+
+
+def test_first_line_is_stripped_and_empty_safe():
+    assert first_line("\n  def f(a, b):  \n    pass") == "def f(a, b):" and first_line("   ") == ""
+
+
+def test_reference_is_the_rows_last_turn(chat_tokenizer):  # noqa: F811
+    code = "def add(a, b):\n    return a + b"
+    c = conv(("system", "s"), ("user", "one"), ("assistant", "first"), ("user", "add?"), ("assistant", code))
+    rows, targets, prompt_lens, _ = single_rows([encode(chat_tokenizer, c, CHATML)], 120, pad_id=0)
+    [reference] = reference_answers(chat_tokenizer, rows, targets, prompt_lens)
+    assert reference == code and compiles(reference)
