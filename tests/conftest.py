@@ -14,6 +14,8 @@ os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+# fixtures shared across test folders (the chat tokenizer: data/chat, eval, on-policy)
+pytest_plugins = ["tests.data.chat.fixtures"]
 
 
 @pytest.fixture

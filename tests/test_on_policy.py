@@ -10,7 +10,7 @@ from distill.data.chat.render import encode
 from distill.data.chat.rows import single_rows
 from distill.data.chat.templates import CHATML
 from distill.on_policy import IGNORE_INDEX, from_prefix, from_prompts
-from tests.data.chat.conftest import CONVERSATIONS, chat_tokenizer  # noqa: F401 (the fixture)
+from tests.data.chat.fixtures import CONVERSATIONS
 from tests.data.chat.test_rows import tiny_llama
 
 

@@ -1,13 +1,11 @@
 """Judging greedy answers to held-out prompts: compile() never runs the code, the reference is the
 row's own last turn, and the metrics are fractions over the prompts."""
 
-import numpy as np
-
 from distill.data.chat.render import encode
 from distill.data.chat.rows import single_rows
 from distill.data.chat.templates import CHATML
 from distill.eval.answers import compiles, first_line, reference_answers
-from tests.data.chat.conftest import chat_tokenizer, conv  # noqa: F401 (the fixture)
+from tests.data.chat.fixtures import conv
 
 
 def test_compiles_checks_syntax_without_running(tmp_path):
@@ -21,7 +19,7 @@ def test_first_line_is_stripped_and_empty_safe():
     assert first_line("\n  def f(a, b):  \n    pass") == "def f(a, b):" and first_line("   ") == ""
 
 
-def test_reference_is_the_rows_last_turn(chat_tokenizer):  # noqa: F811
+def test_reference_is_the_rows_last_turn(chat_tokenizer):
     code = "def add(a, b):\n    return a + b"
     c = conv(("system", "s"), ("user", "one"), ("assistant", "first"), ("user", "add?"), ("assistant", code))
     rows, targets, prompt_lens, _ = single_rows([encode(chat_tokenizer, c, CHATML)], 120, pad_id=0)

@@ -8,7 +8,7 @@ import pytest
 
 from distill.data.chat.render import encode
 from distill.data.chat.templates import CHATML
-from tests.data.chat.conftest import CONVERSATIONS, conv
+from tests.data.chat.fixtures import CONVERSATIONS, conv
 
 PLAIN_CHATML = re.sub(r"\{%-?\s*(end)?generation\s*-?%\}", "", CHATML)  # the same format, no markers
 # Zephyr's layout: a template with other markup and the tokenizer's EOS as end of turn

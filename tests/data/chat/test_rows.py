@@ -11,7 +11,7 @@ from distill.data.chat.rows import IGNORE_INDEX, first_fit, packed_rows, single_
 from distill.data.chat.templates import CHATML
 from distill.forward import model_outputs
 from distill.losses.objective import Objective
-from tests.data.chat.conftest import CONVERSATIONS
+from tests.data.chat.fixtures import CONVERSATIONS
 
 
 def enc(ids, mask, prompt_len=1) -> Encoded:

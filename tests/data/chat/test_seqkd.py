@@ -9,12 +9,12 @@ import pytest
 
 from distill.data.chat.datamodule import ChatDataModule
 from distill.data.chat.seqkd import chat_seqkd_datamodule
-from tests.data.chat.conftest import CONVERSATIONS, chat_tokenizer  # noqa: F401 (the fixture)
+from tests.data.chat.fixtures import CONVERSATIONS
 from tests.data.chat.test_rows import tiny_llama
 
 
 @pytest.fixture
-def dm(chat_tokenizer, tmp_path):  # noqa: F811
+def dm(chat_tokenizer, tmp_path):
     chat_tokenizer.save_pretrained(tmp_path / "tok")
     convs = [c for _ in range(5) for c in CONVERSATIONS]  # 4 prompts, each asked 5 times: one lands in validation
     dm = ChatDataModule(
