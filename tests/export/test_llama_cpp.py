@@ -53,8 +53,9 @@ def test_f16_logits_match_pytorch(tmp_path, arch):
         ours, theirs = torch_logits(model, ids), torch.from_numpy(runtime.logits(llm, ids))
         assert theirs.shape == ours.shape
         scale = ours.abs().max()
-        # llama.cpp computes with fp16 activations in places (KV cache, F16 matmul inputs)
-        assert (theirs - ours).abs().max() <= 1e-2 * scale, f"{arch}: max diff {(theirs - ours).abs().max():.4g}"
+        # llama.cpp computes with fp16 activations in places (KV cache, F16 matmul inputs): measured
+        # 0.05-0.08% of the largest logit; a Llama export without the q/k permutation is off by 1.4%
+        assert (theirs - ours).abs().max() <= 2e-3 * scale, f"{arch}: max diff {(theirs - ours).abs().max():.4g}"
         assert (theirs.argmax(-1) == ours.argmax(-1)).float().mean() >= 0.95
     prompt = tokens(7, 8)
     with torch.no_grad():
