@@ -129,6 +129,7 @@ class Generation:
 
     prompts: list[str]
     max_new_tokens: int
+    chat: bool = False  # each prompt a user turn, rendered with the chat template
 
 
 @dataclass
@@ -159,6 +160,7 @@ class Export:
 
     gguf: str | None  # null | auto | f32 | f16 | bf16 | q8_0 | q4_0 | tq2_0 (ranges)
     embeddings: str | None
+    fallback: str | None
 
 
 @dataclass

@@ -21,6 +21,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from distill.cache import write_atomic
 from distill.errors import DistillError
 from distill.eval import lm_eval_task
+from distill.eval.answers import answer_metrics
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.speed import generation_latency, median, scoring_throughput, size_on_disk
 from distill.safety import pretrained_kwargs, weight_kwargs
@@ -39,6 +40,9 @@ COLUMNS = [
     ("gen_tokens_per_s", "generation tokens/s", lambda v: f"{v:,.1f}"),
     ("ms_per_token", "ms/token", lambda v: f"{v:.2f}"),
     ("ttft_ms", "time to first token (ms)", lambda v: f"{v:.2f}"),
+    # data=stdlib_instruct only (distill/eval/answers.py): a column no model has is left out
+    ("answer_compile_rate", "answers compile", lambda v: f"{v:.3f}"),
+    ("answer_first_line_match", "def line matches", lambda v: f"{v:.3f}"),
 ]
 
 
@@ -89,12 +93,24 @@ def check_shared_tokenizer(paths: dict[str, Path]) -> None:
 
 
 @torch.no_grad()
-def samples(model, tokenizer, prompts: list[str], max_new_tokens: int, device, seed: int) -> list[dict]:
-    """Greedy continuations (seeded anyway, so a sampling config change stays reproducible)."""
+def prompt_ids(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
+    """``prompt`` as token ids ``[1, n]``: as text, or (``generation.chat=true``) as a user turn rendered
+    by the tokenizer's chat template with the generation prompt, as the chat model was trained."""
+    if not chat:
+        return tokenizer(prompt, return_tensors="pt").input_ids
+    if not tokenizer.chat_template:
+        raise DistillError("generation.chat=true: the reference model's tokenizer has no chat template")
+    messages = [{"role": "user", "content": prompt}]
+    return torch.tensor([tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]])
+
+
+def samples(model, tokenizer, prompts: list[str], max_new_tokens: int, device, seed: int, chat=False) -> list[dict]:
+    """Greedy continuations (seeded anyway, so a sampling config change stays reproducible); a chat
+    model stops at its end of turn (its generation_config's eos ids, set at export)."""
     out = []
     for prompt in prompts:
         torch.manual_seed(seed)
-        ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        ids = prompt_ids(tokenizer, prompt, chat).to(device)
         gen = model.generate(
             ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=model.config.eos_token_id
         )
@@ -131,14 +147,14 @@ def run_eval(cfg: DictConfig) -> dict:
     log.info("scoring %d models on %d validation blocks of %d tokens", len(models), len(dm.val_blocks), dm.seq_len)
     quality = evaluate(models, dm.val_dataloader(), vocab_size, reference=reference, device=device, autocast_dtype=amp)
     batches = [b[0] for b in dm.val_dataloader()][: cfg.speed.batches]
-    prompts = list(cfg.generation.prompts)
-    prompt_ids = [dm.tokenizer(p, return_tensors="pt").input_ids for p in prompts]
+    prompts, chat = list(cfg.generation.prompts), bool(cfg.generation.get("chat", False))
+    ids = [prompt_ids(dm.tokenizer, p, chat) for p in prompts]
     timings = {name: [] for name in models}
     for r in range(cfg.speed.rounds):  # rounds interleave the models, so machine noise hits them alike
         for name, model in models.items():
             log.info("timing %s (round %d of %d)", name, r + 1, cfg.speed.rounds)
             t = {"scoring_tokens_per_s": scoring_throughput(model, batches, device, amp, warmup=cfg.speed.warmup)}
-            t.update(generation_latency(model, prompt_ids, cfg.speed.new_tokens, device, amp))
+            t.update(generation_latency(model, ids, cfg.speed.new_tokens, device, amp))
             timings[name].append(t)
     rows, texts = {}, {}
     for name, model in models.items():
@@ -151,7 +167,10 @@ def run_eval(cfg: DictConfig) -> dict:
         }
         if rows[name]["ms_per_token"] > 0:  # from the median latency, so the two columns agree
             rows[name]["gen_tokens_per_s"] = 1e3 / rows[name]["ms_per_token"]
-        texts[name] = samples(model, dm.tokenizer, prompts, cfg.generation.max_new_tokens, device, cfg.seed)
+        texts[name] = samples(model, dm.tokenizer, prompts, cfg.generation.max_new_tokens, device, cfg.seed, chat)
+        if getattr(dm, "answers_are_python", False):  # data=stdlib_instruct: greedy answers to held-out prompts
+            answers = answer_metrics({name: model}, dm, device)
+            rows[name].update({k.removeprefix(f"{name}."): v for k, v in answers.items() if k.startswith(name)})
     add_ratios(rows, reference)
     harness_commands = run_harness(harness, dm, paths, rows, out_dir, device.type)
     result = {
@@ -230,7 +249,8 @@ def device_name(device: torch.device) -> str:
 
 def to_markdown(result: dict) -> str:
     ref = result["reference"]
-    head = ["model", *(h for _, h, _ in COLUMNS), "× smaller", "× faster (scoring)"]
+    columns = [c for c in COLUMNS if any(c[0] in row for row in result["models"].values())]
+    head = ["model", *(h for _, h, _ in columns), "× smaller", "× faster (scoring)"]
     lines = [
         f"# Model comparison (reference teacher: {ref})",
         "",
@@ -238,7 +258,7 @@ def to_markdown(result: dict) -> str:
         "|---|" + "---:|" * (len(head) - 1),
     ]
     for name, row in result["models"].items():
-        cells = [fmt(row[k]) if k in row else "—" for k, _, fmt in COLUMNS]
+        cells = [fmt(row[k]) if k in row else "—" for k, _, fmt in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['params_x']:.2f} | {row['speed_x']:.2f} |")
     d = result["data"]
     harness = sorted({k for row in result["models"].values() for k in row if k.startswith("lm_eval.")})

@@ -68,6 +68,14 @@ def test_packed_chat_run_and_the_exported_template_reproduces_training_tokens(ch
     generation = json.loads((out / "student" / "generation_config.json").read_text())
     assert student.convert_tokens_to_ids("<|im_end|>") in generation["eos_token_id"]  # it stops at the end of turn
 
+    # distill-eval generates through the template: the prompt is a rendered user turn
+    speed = ["speed.rounds=1", "speed.batches=1", "speed.new_tokens=2", "generation.max_new_tokens=4"]
+    evaluated = [*args(chats, tmp_path / "eval"), f"models=[{out / 'student'}]", "generation.chat=true", *speed]
+    proc = run_cli(evaluated, cache_dir, prog="distill-eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [sample, *_] = json.loads((tmp_path / "eval" / "eval.json").read_text())["samples"]["student"]
+    assert sample["prompt"] == "def __init__(self" and "<|im_start|>" not in sample["completion"]
+
 
 @pytest.mark.slow
 def test_chat_cache_serves_training_and_another_mask_is_refused(chats, cache_dir, tmp_path):

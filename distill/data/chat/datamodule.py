@@ -129,6 +129,9 @@ class ChatDataModule(TextDataModule):
         # what the rows and their targets depend on besides the conversations: a cache records it
         self.chat_key = fingerprint(self.template, self.train_on, self.packing)
         self.data_key = fingerprint(self.source_key, self.chat_key)
+        # the rendered validation conversations: what text-based tools (distill-eval's lm_eval tasks) read
+        render = lambda c: self.tokenizer.apply_chat_template(list(c.messages), tokenize=False)  # noqa: E731
+        self.val_docs = [Document(c.id, render(c)) for c in self.val_conversations]
 
     def special_ids(self) -> tuple[int, list[int]]:
         """The pad id and the ids that end an assistant turn (EOS and the template's end-of-turn)."""
