@@ -41,6 +41,7 @@ from torch import Tensor
 
 from distill.align.batch import AlignedBatch, SideIndex
 from distill.align.vocab import VocabMapping
+from distill.errors import DistillError
 from distill.losses.divergences import TAIL_EPS
 
 TERMS = ("uld", "gold")
@@ -176,9 +177,22 @@ def cross_vocab_loss(
     Settings are trusted (terms of ``TERMS``, weights >= 0, temperature > 0, chunk_size >= 1)."""
     s2 = student_logits.reshape(-1, student_logits.shape[-1])
     t2 = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
+    if "gold" in weights:
+        _check_mapping(mapping, s2.shape[-1], t2.shape[-1])
     shared = Shared(mapping, s2.device, matched_weight) if "gold" in weights else None
     loss, parts = _CrossVocabLoss.apply(s2, t2, aligned, weights, shared, float(temperature), int(chunk_size))
     return loss, dict(zip(weights, parts.unbind()))
+
+
+def _check_mapping(mapping: VocabMapping | None, student_width: int, teacher_width: int) -> None:
+    """GOLD reads the logits through the mapping: both must describe the same vocabularies."""
+    if mapping is None:
+        raise DistillError("loss term 'gold' needs the vocabulary mapping of the two tokenizers (distill.align.vocab)")
+    if (mapping.student_size, mapping.teacher_size) != (student_width, teacher_width):
+        raise DistillError(
+            f"logits of {student_width} (student) and {teacher_width} (teacher) tokens do not match the vocabulary "
+            f"mapping's {mapping.student_size} and {mapping.teacher_size}: trim LM-head padding rows to the tokenizers first"
+        )
 
 
 _PER_SPAN = {"uld": lambda lv_s, lv_t, shared, off_s, off_t: uld_per_span(lv_s, lv_t), "gold": gold_per_span}
