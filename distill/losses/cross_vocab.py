@@ -35,6 +35,8 @@ per-span references these kernels are tested against are in ``tests/losses/test_
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -43,6 +45,7 @@ from distill.align.batch import AlignedBatch, SideIndex
 from distill.align.vocab import VocabMapping
 from distill.errors import DistillError
 from distill.losses.divergences import TAIL_EPS
+from distill.teacher.outputs import SparseTeacher
 
 TERMS = ("uld", "gold")
 
@@ -146,9 +149,42 @@ def token_logprobs(logits: Tensor, rows: Tensor, ids: Tensor, T: float, chunk: i
     """log softmax(logits[row] / T)[id] per (row, id), in float32, chunk by chunk (no gradient)."""
     out = torch.empty(len(rows), device=logits.device)
     for i in range(0, len(rows), chunk):
-        x = logits[rows[i : i + chunk]].float() / T
+        x = logit_rows(logits, rows[i : i + chunk]) / T
         out[i : i + chunk] = x.gather(-1, ids[i : i + chunk, None]).squeeze(-1) - torch.logsumexp(x, dim=-1)
     return out
+
+
+@dataclass(frozen=True)
+class CachedRows:
+    """A cached teacher's top-k log-probabilities, rows flattened, and its vocabulary size."""
+
+    logprobs: Tensor  # [N, k]
+    indices: Tensor  # [N, k]
+    width: int
+
+    @property
+    def device(self):
+        return self.logprobs.device
+
+
+def logit_rows(logits: Tensor | CachedRows, rows: Tensor) -> Tensor:
+    """[n, V] float32 logits of these rows; a cached teacher's top-k log-probabilities made dense.
+
+    The cache keeps the teacher's k most likely tokens per position (``distill.teacher.cache``);
+    ULD sorts whole vectors and GOLD reads shared tokens anywhere in them, so the rest of the
+    teacher's mass (1 − Σ top-k, floored at TAIL_EPS) is spread evenly over the other V − k
+    tokens: the least informed completion, exact when k = V. A later token of a span outside
+    the top-k gets that share too (the cache would need each position's target log-prob to be
+    exact there). As in ``divergences``, the temperature applies on top of the cached log-probs."""
+    if not isinstance(logits, CachedRows):
+        return logits[rows].float()
+    lp, idx = logits.logprobs[rows].float(), logits.indices[rows].long()
+    others = logits.width - idx.shape[-1]
+    if others == 0:
+        return torch.empty(lp.shape, device=lp.device).scatter_(-1, idx, lp)
+    tail = (-torch.expm1(torch.logsumexp(lp, dim=-1, keepdim=True))).clamp_min(TAIL_EPS)
+    spread = (tail / others).log().expand(-1, logits.width).contiguous()
+    return spread.scatter_(-1, idx, lp)
 
 
 def merged_offsets(logits: Tensor, side: SideIndex, spans: int, T: float, chunk: int) -> Tensor:
@@ -167,18 +203,28 @@ def cross_vocab_loss(
     mapping: VocabMapping | None = None,
     matched_weight: float | None = None,
     chunk_size: int = 256,
+    teacher_vocab_size: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ_term weights[term] · term, each averaged over the aligned spans by ``aligned.weight``;
     returns (loss, {term: detached value}).
 
     student_logits [B, Ls, Vs] (or [B·Ls, Vs]) trimmed to the student's vocabulary; teacher_logits
-    [B, Lt, Vt] likewise (no gradient); ``aligned`` indexes their flattened rows
+    [B, Lt, Vt] likewise (no gradient), or a cached teacher's ``SparseTeacher`` [B, Lt, k] in the
+    teacher's own positions (see ``logit_rows``; its vocabulary size from ``teacher_vocab_size`` or
+    the mapping); ``aligned`` indexes their flattened rows
     (``distill.align.batch.collate``). ``gold`` needs ``mapping`` (``distill.align.vocab``).
     Settings are trusted (terms of ``TERMS``, weights >= 0, temperature > 0, chunk_size >= 1)."""
     s2 = student_logits.reshape(-1, student_logits.shape[-1])
-    t2 = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
+    if isinstance(teacher_logits, SparseTeacher):
+        width = teacher_vocab_size or (mapping.teacher_size if mapping is not None else None)
+        if width is None:
+            raise DistillError("a cached (top-k) teacher needs its vocabulary size: teacher_vocab_size or a mapping")
+        flat = teacher_logits.flatten_tokens()
+        t2 = CachedRows(flat.logprobs, flat.indices, width)
+    else:
+        t2 = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
     if "gold" in weights:
-        _check_mapping(mapping, s2.shape[-1], t2.shape[-1])
+        _check_mapping(mapping, s2.shape[-1], t2.width if isinstance(t2, CachedRows) else t2.shape[-1])
     shared = Shared(mapping, s2.device, matched_weight) if "gold" in weights else None
     loss, parts = _CrossVocabLoss.apply(s2, t2, aligned, weights, shared, float(temperature), int(chunk_size))
     return loss, dict(zip(weights, parts.unbind()))
@@ -216,7 +262,7 @@ class _CrossVocabLoss(torch.autograd.Function):
                 x = s2[aligned.student.rows[c]].detach().float().requires_grad_(want_grad)
                 o = off_s[c].clone().requires_grad_(want_grad)
                 lv_s = torch.log_softmax(x / T, dim=-1) + o.unsqueeze(-1)
-                lv_t = torch.log_softmax(t2[aligned.teacher.rows[c]].float() / T, dim=-1) + off_t[c].unsqueeze(-1)
+                lv_t = torch.log_softmax(logit_rows(t2, aligned.teacher.rows[c]) / T, dim=-1) + off_t[c].unsqueeze(-1)
                 total = 0.0
                 for term, w in weights.items():
                     value = (_PER_SPAN[term](lv_s, lv_t, shared, o, off_t[c]) * span_w[c]).sum() * T**2

@@ -9,6 +9,7 @@ from distill.align.spans import align_offsets
 from distill.align.vocab import VocabMapping
 from distill.errors import DistillError
 from distill.losses.cross_vocab import TAIL_EPS, cross_vocab_loss
+from distill.teacher.outputs import SparseTeacher
 
 B, LT, LS, VT, VS = 2, 14, 11, 17, 13
 MAPPING = VocabMapping(np.array([0, 2, 5, 7, 11]), np.array([1, 3, 4, 9, 0]), VT, VS, ambiguous=0)
@@ -197,6 +198,39 @@ def test_bf16_logits_give_float32_loss_and_bf16_grad():
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+def _cached(t, k):
+    lp, idx = torch.log_softmax(t.float(), -1).topk(k, dim=-1)
+    return SparseTeacher(lp, idx)
+
+
+def _dense_from_cache(cache, width):
+    """The cache's completion, written plainly: the k log-probs kept, the rest of the mass even."""
+    p = torch.zeros(*cache.shape[:-1], width, dtype=torch.float64)
+    p.scatter_(-1, cache.indices, cache.logprobs.double().exp())
+    k = cache.shape[-1]
+    if k < width:
+        tail = (1 - p.sum(-1, keepdim=True)).clamp_min(TAIL_EPS)
+        p = torch.where(p > 0, p, tail / (width - k))
+    return p.log()
+
+
+@pytest.mark.parametrize("k", [VT, 5])
+@pytest.mark.parametrize("term", ["uld", "gold"])
+def test_a_cached_top_k_teacher_equals_its_dense_completion(term, k):
+    rows, (s, t) = _rows(6), _logits(6, torch.float32)
+    cache = _cached(t, k)
+    (((loss, _), batch), g) = _value_and_grad(
+        lambda x: _kernel(x, cache, rows, {term: 1.0}, temperature=2.0, teacher_vocab_size=VT), s.float()
+    )
+    dense = _dense_from_cache(cache, VT)
+    ref, g_ref = _value_and_grad(lambda x: reference(term, x, dense, rows, torch.ones(len(batch)), 2.0), s)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g.double(), g_ref.double(), rtol=1e-5, atol=1e-6)
+    if k == VT:  # the whole distribution cached: the same loss as the live teacher's logits
+        live, _ = _kernel(s.float(), t, rows, {term: 1.0}, temperature=2.0)
+        torch.testing.assert_close(loss, live[0], rtol=1e-5, atol=1e-6)
+
+
 def test_no_spans_give_zero_and_a_mismatched_mapping_is_refused():
     rows, (s, t) = _rows(5), _logits(5, torch.float32)
     s = s.requires_grad_(True)
@@ -209,6 +243,8 @@ def test_no_spans_give_zero_and_a_mismatched_mapping_is_refused():
         cross_vocab_loss(torch.randn(B, LS, VS + 3), t, batch, weights={"gold": 1.0}, mapping=MAPPING)
     with pytest.raises(DistillError, match="needs the vocabulary mapping"):
         cross_vocab_loss(s, t, batch, weights={"gold": 1.0})
+    with pytest.raises(DistillError, match="needs its vocabulary size"):
+        cross_vocab_loss(s, _cached(t, 4), batch, weights={"uld": 1.0})
 
 
 @pytest.mark.slow  # seconds of CPU, minutes on a shared machine; the kernels' values are checked above
