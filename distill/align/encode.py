@@ -74,6 +74,25 @@ def encode_documents(tokenizer, documents: list[str], *, eos: bool = True, role:
     )
 
 
+def encode_ids(tokenizer, ids) -> tuple[str, Encoded]:
+    """The text of tokens a model generated, and each token's characters in it (on-policy samples:
+    the student's tokens are given, not re-tokenized, since a re-tokenization can differ from them).
+
+    A token's end is the length of the decoded prefix that ends with it: the tokenizer's own
+    decoder, so every spelling ('Ġ', '▁', byte pieces) is read as the tokenizer writes it. Decoding
+    costs O(n²) token reads, fine for sampled completions (tens of tokens). A prefix that ends inside
+    a multi-byte character decodes to replacement characters, so ends are capped by every later end:
+    the byte tokens of one character then all end where it ends, as offsets from encoding do.
+    Special tokens (an EOS closing the sample) are left out of the text: zero-width, in no span."""
+    ids = [int(i) for i in ids]
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    ends = np.array([len(tokenizer.decode(ids[: i + 1], skip_special_tokens=True)) for i in range(len(ids))], np.int64)
+    ends = np.minimum.accumulate(ends[::-1])[::-1] if len(ends) else ends
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    special = np.isin(np.asarray(ids, np.int64), np.asarray(sorted(structural_ids(tokenizer)), np.int64))
+    return text, Encoded(np.asarray(ids, np.int64), np.stack([starts, ends], -1).reshape(-1, 2), special)
+
+
 def align_encoded(teacher: Encoded, student: Encoded, max_span_tokens: int = MAX_SPAN_TOKENS) -> Alignment:
     return align_offsets(
         teacher.ids,
@@ -111,4 +130,10 @@ class TextAligner:
 
     def align(self, documents: list[str], **lengths) -> tuple[Encoded, Encoded, Alignment]:
         t, s = self.encode(documents, **lengths)
+        return t, s, align_encoded(t, s, self.max_span_tokens)
+
+    def align_student_ids(self, student_ids) -> tuple[Encoded, Encoded, Alignment]:
+        """A row the student wrote (on-policy): its text re-tokenized for the teacher, then aligned."""
+        text, s = encode_ids(self.student, student_ids)
+        t = encode_documents(self.teacher, [text], eos=False)
         return t, s, align_encoded(t, s, self.max_span_tokens)

@@ -5,6 +5,7 @@ two vocabulary sizes (the repo's own ``train_bpe``), a SentencePiece-style BPE w
 from __future__ import annotations
 
 import functools
+import json
 import sysconfig
 import tempfile
 from pathlib import Path
@@ -51,6 +52,11 @@ def byte_fallback_bpe(vocab_size: int = 1000):
     specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
     tok.train_from_iterator(corpus(), trainer)
+    # the byte pieces were passed as special tokens only to reserve them a place in the vocabulary:
+    # in SentencePiece-converted tokenizers they are ordinary entries, decoded as bytes
+    spec = json.loads(tok.to_str())
+    spec["added_tokens"] = [a for a in spec["added_tokens"] if not a["content"].startswith("<0x")]
+    tok = Tokenizer.from_str(json.dumps(spec))
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
     )

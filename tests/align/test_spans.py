@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from transformers import ByT5Tokenizer
 
-from distill.align.encode import TextAligner, encode_documents, truncate
+from distill.align.encode import TextAligner, encode_documents, encode_ids, truncate
 from distill.align.spans import align_offsets
 from distill.errors import DistillError
 from tests.align.helpers import FAMILIES, HARD_TEXTS
@@ -182,3 +182,25 @@ def test_a_tokenizer_without_eos_is_refused_in_one_line():
     with pytest.raises(DistillError, match=r"^the student tokenizer has no EOS token"):
         TextAligner(FAMILIES["bpe4096"](), student)
     assert len(encode_documents(student, ["no eos"], eos=False).ids) > 0
+
+
+@pytest.mark.parametrize("family", ["bpe4096", "byte_fallback", "bpe300"])
+@pytest.mark.parametrize("text", HARD_TEXTS, ids=["whitespace", "unicode", "emoji", "escapes"])
+def test_offsets_of_generated_ids_equal_the_tokenizers_own(family, text):
+    tok = FAMILIES[family]()
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    decoded, row = encode_ids(tok, enc["input_ids"])
+    assert decoded == text and row.offsets[:, 1].tolist() == [e for _, e in enc["offset_mapping"]]
+
+
+def test_a_student_sample_aligns_as_its_text_does():
+    """On-policy: the student's sampled ids (not a re-tokenization) against the teacher's tokens of their text."""
+    teacher, student = FAMILIES["bpe4096"](), FAMILIES["byte_fallback"]()
+    aligner = TextAligner(teacher, student)
+    ids = student(HARD_TEXTS[2], add_special_tokens=False)["input_ids"] + [student.eos_token_id]
+    t, s, a = aligner.align_student_ids(ids)
+    _, _, by_text = aligner.align([HARD_TEXTS[2]])
+    assert s.special[-1] and s.offsets[-1, 0] == s.offsets[-1, 1]  # the closing EOS: zero-width, no text
+    assert a.student.rows.tolist() == by_text.student.rows[:-1].tolist()  # the same spans, but the EOS pair
+    assert a.teacher.rows.tolist() == by_text.teacher.rows[:-1].tolist()
+    check_alignment(HARD_TEXTS[2], t, s, a)
