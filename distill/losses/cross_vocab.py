@@ -22,6 +22,8 @@ Terms (names as in ``loss.weights``):
            the two agree on every shared token); ULD on the unshared tokens' sorted
            probabilities. Combined as GOLD combines them: w·KL + (1 − w)·ULD with w the shared
            share of the teacher's vocabulary (TRL's adaptive weight) or ``matched_weight``.
+           (TRL applies its generalized JSD to the shared tokens' unnormalized probabilities,
+           which is not 0 for equal models; the bucketed KL is, and it is the repo's default term.)
 
 Both are scaled by T² like every divergence here (Hinton's convention, so weights stay
 comparable across temperatures) and averaged over spans weighted by ``AlignedBatch.weight``.
@@ -29,7 +31,8 @@ comparable across temperatures) and averaged over spans weighted by ``AlignedBat
 ``cross_vocab_loss`` computes them chunked over spans: each chunk gathers its rows' logits in
 float32 ([chunk, V] for each model) and differentiates the chunk alone, so no [spans × vocab]
 buffer exists beyond one chunk's and the gradient w.r.t. the student logits. The merged later
-tokens' gradients are sent back to their own rows in a final chunked pass. The plain,
+tokens' gradients are sent back to their own rows in a final chunked pass. A cached (top-k)
+teacher is read in its own positions and completed per chunk (``logit_rows``). The plain,
 per-span references these kernels are tested against are in ``tests/losses/test_cross_vocab.py``.
 """
 
