@@ -22,8 +22,9 @@ Terms (names as in ``loss.weights``):
            the two agree on every shared token); ULD on the unshared tokens' sorted
            probabilities. Combined as GOLD combines them: w·KL + (1 − w)·ULD with w the shared
            share of the teacher's vocabulary (TRL's adaptive weight) or ``matched_weight``.
-           (TRL applies its generalized JSD to the shared tokens' unnormalized probabilities,
-           which is not 0 for equal models; the bucketed KL is, and it is the repo's default term.)
+           (TRL applies its generalized JSD to the shared tokens' probabilities as they are,
+           unnormalized; the bucket keeps both sides proper distributions, on which KL is a
+           divergence, and forward KL is the repo's default term.)
 
 Both are scaled by T² like every divergence here (Hinton's convention, so weights stay
 comparable across temperatures) and averaged over spans weighted by ``AlignedBatch.weight``.
