@@ -212,8 +212,11 @@ def from_chat_files(paths: list[str], max_docs: int | None = None, **kwargs) -> 
     return ChatDataModule(source=lambda: read_conversations(read_records(paths), max_docs), **kwargs)
 
 
-def from_stdlib_instruct(max_docs: int | None = None, max_chars: int = 600, **kwargs) -> ChatDataModule:
+def from_stdlib_instruct(
+    max_docs: int | None = None, max_chars: int = 600, chat_template: str = "chatml", **kwargs
+) -> ChatDataModule:
     """Hydra factory (``configs/data/stdlib_instruct.yaml``): functions of the first ``max_docs`` files."""
     from distill.data.chat.stdlib_instruct import stdlib_conversations
 
-    return ChatDataModule(source=lambda: stdlib_conversations(max_docs, max_chars), answers_are_python=True, **kwargs)
+    source = lambda: stdlib_conversations(max_docs, max_chars)  # noqa: E731
+    return ChatDataModule(source=source, chat_template=chat_template, answers_are_python=True, **kwargs)
