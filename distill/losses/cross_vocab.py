@@ -54,39 +54,26 @@ from distill.teacher.outputs import SparseTeacher
 TERMS = ("uld", "gold")
 
 
-def sorted_l1(p: Tensor, q: Tensor, p_len: int | None = None, q_len: int | None = None) -> Tensor:
-    """Per row Σ|sort↓(p) − sort↓(q)|, the shorter vector padded with zeros (ULD's distance);
-    differentiable in q (p is the teacher's). With ``*_len``, only each row's ``len`` largest
-    entries count: the others hold a negative placeholder (GOLD's shared tokens, masked in place
-    rather than gathered out, which would copy the rows and cost an index_add in backward)."""
-    p_len, q_len = p.shape[-1] if p_len is None else p_len, q.shape[-1] if q_len is None else q_len
-    return _SortedL1.apply(p.detach(), q, p_len, q_len)
+def sorted_l1(p: Tensor, q: Tensor, p_len: int, q_len: int, want_grad: bool) -> tuple[Tensor, Tensor | None]:
+    """Per row Σ|sort↓(p) − sort↓(q)| over each row's ``len`` largest entries (the others hold a
+    negative placeholder: GOLD's shared tokens, masked in place rather than gathered out), the
+    shorter padded with zeros (ULD's distance); and its gradient in q.
 
-
-class _SortedL1(torch.autograd.Function):
-    """Sorting is ULD's whole cost. On the CPU numpy's SIMD sorts run several times faster than
+    Sorting is ULD's whole cost. On the CPU numpy's SIMD sorts run several times faster than
     torch's (measured on [256, 8192] float32: np.sort 19 ms, np.argsort 81 ms, torch.sort 271 ms),
-    so the teacher's values are sorted by np.sort, the student's order found by np.argsort, and
-    the gradient written by hand: d/dq of Σ|q_(i) − p_(i)| is sign(q_(i) − p_(i)) at rank i (1
-    past the teacher's length, where p is padded with 0), sent back to q's own positions."""
-
-    @staticmethod
-    def forward(ctx, p, q, p_len, q_len):
-        p_sorted = _sorted_desc(p)[:, :p_len]
-        order = _argsort_desc(q)[:, :q_len]
-        q_sorted = q.gather(-1, order)
-        n = min(p_len, q_len)
-        diff = q_sorted[:, :n] - p_sorted[:, :n]
-        value = diff.abs().sum(-1) + p_sorted[:, n:].sum(-1) + q_sorted[:, n:].sum(-1)
-        ctx.save_for_backward(order, torch.cat([diff.sign(), torch.ones_like(q_sorted[:, n:])], -1))
-        ctx.width = q.shape[-1]
-        return value
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        order, sign = ctx.saved_tensors
-        grad = sign.new_zeros(sign.shape[0], ctx.width).scatter_(-1, order, sign * grad_out.unsqueeze(-1))
-        return None, grad, None, None
+    so the teacher's values are sorted by np.sort and the student's order found by np.argsort. The
+    gradient: d/dq of Σ|q_(i) − p_(i)| is sign(q_(i) − p_(i)) at rank i (1 past the teacher's
+    length, where p is padded with 0), sent back to q's own positions."""
+    p_sorted = _sorted_desc(p)[:, :p_len]
+    order = _argsort_desc(q)[:, :q_len]
+    q_sorted = q.gather(-1, order)
+    n = min(p_len, q_len)
+    diff = q_sorted[:, :n] - p_sorted[:, :n]
+    value = diff.abs().sum(-1) + p_sorted[:, n:].sum(-1) + q_sorted[:, n:].sum(-1)
+    if not want_grad:
+        return value, None
+    sign = torch.cat([diff.sign_(), torch.ones_like(q_sorted[:, n:])], -1)
+    return value, torch.zeros_like(q).scatter_(-1, order, sign)
 
 
 def _sorted_desc(x: Tensor) -> Tensor:
@@ -98,34 +85,58 @@ def _sorted_desc(x: Tensor) -> Tensor:
 def _argsort_desc(x: Tensor) -> Tensor:
     if x.device.type != "cpu":
         return x.argsort(dim=-1, descending=True)
-    return torch.from_numpy(np.argsort(-x.detach().numpy(), axis=-1))
+    return torch.from_numpy(np.argsort(-x.numpy(), axis=-1))
 
 
-def uld_per_span(lv_s: Tensor, lv_t: Tensor, shared=None) -> Tensor:
-    return sorted_l1(lv_t.exp(), lv_s.exp())
+# Each per-span term takes the merged log-vectors lv_s (student) and lv_t (teacher), [c, V] (see the
+# module doc), and returns the per-span value [c], its gradient w.r.t. lv_s [c, Vs] and w.r.t. the
+# student's offset where it enters other than through lv_s ([c] or None). Gradients are written by
+# hand (a chunk is differentiated in one pass, no autograd graph over [c, V] tensors); the plain
+# references in the tests check them.
 
 
-def bucket_log(lv: Tensor, offset: Tensor, matched: Tensor, matched_mask: Tensor) -> Tensor:
-    """log of (the matched outcomes' probabilities, one bucket with the rest), normalized.
+def uld_per_span(lv_s, lv_t, shared, off_s, off_t, want_grad):
+    q = lv_s.exp()
+    value, g_q = sorted_l1(lv_t.exp(), q, lv_t.shape[-1], q.shape[-1], want_grad)
+    return value, (g_q.mul_(q) if want_grad else None), None
+
+
+def bucket_log(lv: Tensor, offset: Tensor, matched: Tensor, matched_mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """log of (the matched outcomes' probabilities, one bucket with the rest), normalized; and
+    the rest's value before its floor and the unmatched probabilities (for the gradient).
 
     The rest is 1 − e^offset (the span's later tokens going otherwise) plus e^offset times the
     unmatched tokens' mass, summed from those small probabilities themselves (no 1 − Σ cancellation).
     It is floored at TAIL_EPS on both sides alike (as the divergences floor the teacher's tail), so
     a bucket both models leave empty, every token being shared, costs nothing."""
-    rest = -torch.expm1(offset) + torch.logsumexp(lv.masked_fill(matched_mask, -torch.inf), dim=-1).exp()
+    unmatched = lv.masked_fill(matched_mask, -torch.inf).exp_()
+    rest = -torch.expm1(offset) + unmatched.sum(-1)
     logs = torch.cat([lv[:, matched], rest.clamp_min(TAIL_EPS).log().unsqueeze(-1)], dim=-1)
-    return torch.log_softmax(logs, dim=-1)
+    return torch.log_softmax(logs, dim=-1), rest, unmatched
 
 
-def gold_per_span(lv_s: Tensor, lv_t: Tensor, shared: Shared, off_s: Tensor, off_t: Tensor) -> Tensor:
-    log_p = bucket_log(lv_t, off_t, shared.teacher, shared.teacher_mask)
-    log_q = bucket_log(lv_s, off_s, shared.student, shared.student_mask)
-    kl = (log_p.exp() * (log_p - log_q)).sum(-1)
-    p_rest, q_rest = (
-        lv.exp().masked_fill(m, -1.0) for lv, m in ((lv_t, shared.teacher_mask), (lv_s, shared.student_mask))
-    )
-    uld = sorted_l1(p_rest, q_rest, shared.teacher_rest, shared.student_rest)
-    return shared.weight * kl + (1 - shared.weight) * uld
+def gold_per_span(lv_s, lv_t, shared, off_s, off_t, want_grad):
+    """w·KL(p || q) on the shared tokens and the bucket + (1 − w)·ULD on the unshared tokens.
+
+    KL's gradient w.r.t. the bucketed logits is q̂ − p (q̂: the student's bucketed distribution);
+    a shared token's logit is lv_s itself; the bucket's is log(1 − e^o + Σ_unshared e^lv), whose
+    derivative is e^lv / rest for an unshared token and −e^o / rest for the offset o (0 where the
+    floor holds)."""
+    log_p, _, _ = bucket_log(lv_t, off_t, shared.teacher, shared.teacher_mask)
+    log_q, rest, unmatched = bucket_log(lv_s, off_s, shared.student, shared.student_mask)
+    p = log_p.exp()
+    kl = (p * (log_p - log_q)).sum(-1)
+    w = shared.weight
+    q_rest = lv_s.exp().masked_fill_(shared.student_mask, -1.0)
+    p_rest = lv_t.exp().masked_fill_(shared.teacher_mask, -1.0)
+    uld, g_q = sorted_l1(p_rest, q_rest, shared.teacher_rest, shared.student_rest, want_grad)
+    if not want_grad:
+        return w * kl + (1 - w) * uld, None, None
+    g_cat = log_q.exp().mul_(p.sum(-1, keepdim=True)).sub_(p).mul_(w)
+    g_bucket = torch.where(rest > TAIL_EPS, g_cat[:, -1] / rest, 0.0)
+    g_lv = g_q.mul_(q_rest.clamp_min_(0.0)).mul_(1 - w).addcmul_(unmatched, g_bucket.unsqueeze(-1))
+    g_lv[:, shared.student] += g_cat[:, :-1]
+    return w * kl + (1 - w) * uld, g_lv, -off_s.exp() * g_bucket
 
 
 class Shared:
@@ -245,7 +256,7 @@ def _check_mapping(mapping: VocabMapping | None, student_width: int, teacher_wid
         )
 
 
-_PER_SPAN = {"uld": lambda lv_s, lv_t, shared, off_s, off_t: uld_per_span(lv_s, lv_t), "gold": gold_per_span}
+_PER_SPAN = {"uld": uld_per_span, "gold": gold_per_span}
 
 
 class _CrossVocabLoss(torch.autograd.Function):
@@ -262,20 +273,22 @@ class _CrossVocabLoss(torch.autograd.Function):
         sums = {term: torch.zeros((), device=s2.device) for term in weights}
         for i in range(0, K, chunk):
             c = slice(i, i + chunk)
-            with torch.enable_grad():
-                x = s2[aligned.student.rows[c]].detach().float().requires_grad_(want_grad)
-                o = off_s[c].clone().requires_grad_(want_grad)
-                lv_s = torch.log_softmax(x / T, dim=-1) + o.unsqueeze(-1)
-                lv_t = torch.log_softmax(logit_rows(t2, aligned.teacher.rows[c]) / T, dim=-1) + off_t[c].unsqueeze(-1)
-                total = 0.0
-                for term, w in weights.items():
-                    value = (_PER_SPAN[term](lv_s, lv_t, shared, o, off_t[c]) * span_w[c]).sum() * T**2
-                    sums[term] += value.detach()
-                    total = total + value * (w / denom)
-            if want_grad and torch.is_tensor(total) and total.requires_grad:
-                g_x, g_o = torch.autograd.grad(total, (x, o))
-                grad[aligned.student.rows[c]] = g_x  # rows are distinct: see _merged_backward
-                grad_off[c] = g_o
+            log_sm = torch.log_softmax(s2[aligned.student.rows[c]].float() / T, dim=-1)
+            lv_s = log_sm + off_s[c].unsqueeze(-1)
+            lv_t = torch.log_softmax(logit_rows(t2, aligned.teacher.rows[c]) / T, dim=-1) + off_t[c].unsqueeze(-1)
+            g_lv, g_off = None, torch.zeros_like(off_s[c])
+            for term, w in weights.items():
+                value, g, g_o = _PER_SPAN[term](lv_s, lv_t, shared, off_s[c], off_t[c], want_grad)
+                sums[term] += (value * span_w[c]).sum() * T**2
+                if want_grad:
+                    scale = span_w[c] * (T**2 * w / denom)
+                    g_lv = g.mul_(scale.unsqueeze(-1)) if g_lv is None else g_lv.addcmul_(g, scale.unsqueeze(-1))
+                    g_off += 0 if g_o is None else g_o * scale
+            if want_grad and g_lv is not None:
+                # lv_s = log_softmax(z / T) + o: back through the softmax to z, and to o directly
+                total = g_lv.sum(-1)
+                grad[aligned.student.rows[c]] = log_sm.exp_().mul_(-total.unsqueeze(-1)).add_(g_lv).div_(T)
+                grad_off[c] = total + g_off
         if want_grad:
             _merged_backward(grad, s2, aligned.student, grad_off, T, chunk)
         parts = torch.stack([sums[term] / denom for term in weights])
