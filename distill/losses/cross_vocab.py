@@ -30,7 +30,7 @@ Both are scaled by T² like every divergence here (Hinton's convention, so weigh
 comparable across temperatures) and averaged over spans weighted by ``AlignedBatch.weight``.
 
 ``cross_vocab_loss`` computes them chunked over spans: each chunk gathers its rows' logits in
-float32 ([chunk, V] for each model) and differentiates the chunk alone, so no [spans × vocab]
+float32 ([chunk, V] for each model) and writes its gradient by hand, so no [spans × vocab]
 buffer exists beyond one chunk's and the gradient w.r.t. the student logits. The merged later
 tokens' gradients are sent back to their own rows in a final chunked pass. A cached (top-k)
 teacher is read in its own positions and completed per chunk (``logit_rows``). The plain,
