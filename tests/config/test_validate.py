@@ -15,6 +15,7 @@ CONTEXT = {
     "loss=embedding": ["experiment=minilm_embed"],
     "data=files": ["data.paths=[/data/a.jsonl]"],
     "data=prompt_response": ["data.paths=[/data/a.jsonl]"],
+    "data=chat": ["data.paths=[/data/a.jsonl]"],
     "data/filters=classifier": ["data.filters.classifier.labels=/data/labels.jsonl"],
     "data/filters=reference_ratio": ["data.filters.reference_ratio.reference_path=/models/ref"],
     "student=pretrained": ["student.path=/models/student"],
