@@ -266,6 +266,9 @@ RULES = {
     # -- export: the GGUF types distill/export writes (llama.cpp's ggml types)
     S + "Export.gguf": OneOf(("auto", "f32", "f16", "bf16", "q8_0", "q4_0", "tq2_0")),
     S + "Export.embeddings": OneOf("distill.quant.ggml.TYPES"),
+    S + "Export.fallback": OneOf("distill.quant.ggml.TYPES"),
+    "distill.quant.ggml_qat.GGMLQATPlugin.fallback": OneOf("distill.quant.ggml.TYPES"),
+    "distill.quant.ggml_qat.GGMLPTQPlugin.fallback": OneOf("distill.quant.ggml.TYPES"),
     # -- trainer (Lightning's Trainer docs): distill runs are step-based, the LR schedule needs a length, so
     # max_steps >= 1 (Lightning's -1 = unlimited is refused: a run is bounded by steps); devices -1 = all
     TRAINER + "max_steps": POSITIVE_INT,

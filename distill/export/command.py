@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from distill.errors import DistillError
 from distill.export.arch import arch_of
-from distill.export.gguf_file import resolve_types, trained_types, write_gguf
+from distill.export.gguf_file import FileTypes, resolve_types, trained_types, write_gguf
 from distill.quant.ggml import BLOCK_SIZE
 
 log = logging.getLogger(__name__)
@@ -46,12 +46,12 @@ def load_student(student_dir: Path):
     return AutoModelForCausalLM.from_pretrained(str(student_dir), dtype="float32", **kwargs).eval()
 
 
-def export_dir(run_dir: str | Path, requested: str | None, embeddings: str | None = None) -> dict:
+def export_dir(run_dir: str | Path, requested: str | None, embeddings: str | None = None, fallback=None) -> dict:
     """Write ``student.<type>.gguf`` for the student in ``run_dir``; returns its metrics."""
     student_dir, out = locate(run_dir)
     model = load_student(student_dir)
-    qtype, embeddings = resolve_types(requested, embeddings, trained_types(model.config))
-    metrics = write_gguf(model, student_dir, out / f"student.{qtype}.gguf", qtype, embeddings, name=out.name)
+    types = resolve_types(requested, embeddings, trained_types(model.config), fallback)
+    metrics = write_gguf(model, student_dir, out / f"student.{types.qtype}.gguf", types, name=out.name)
     return {**metrics, "gguf.path": str(out / metrics["gguf.file"])}
 
 
@@ -60,43 +60,50 @@ def export(cfg: DictConfig) -> dict:
     from distill.run.setup import setup_run
 
     setup_run(cfg, "export")
-    metrics = export_dir(cfg.run_dir, cfg.export.get("gguf"), cfg.export.get("embeddings"))
+    metrics = export_dir(cfg.run_dir, cfg.export.get("gguf"), cfg.export.get("embeddings"), cfg.export.get("fallback"))
     log.info("%s", json.dumps(metrics))
     return metrics
 
 
-def run_type(cfg: DictConfig, plugin) -> str | None:
-    """The type a distill-train run exports: ``export.gguf``, and always the QAT type of a ggml QAT run."""
-    requested = (cfg.get("export") or {}).get("gguf")
+def run_types(cfg: DictConfig, plugin) -> FileTypes | None:
+    """The file a distill-train run exports: ``export.gguf``, and always the type of a ggml QAT/PTQ run."""
+    export = cfg.get("export") or {}
     trained = getattr(plugin, "gguf_type", None)
-    if requested is None and trained is None:
+    if export.get("gguf") is None and trained is None:
         return None
-    return resolve_types(requested, None, {"weights": trained, "embeddings": plugin.embeddings} if trained else None)[0]
+    record = {"weights": trained, "embeddings": plugin.embeddings, "fallback": plugin.fallback} if trained else None
+    return resolve_types(export.get("gguf"), export.get("embeddings"), record, export.get("fallback"))
 
 
 def check_run_export(cfg: DictConfig, student, plugin) -> None:
     """Before training: the student can be written as the GGUF this run will export (else one line now)."""
-    qtype = run_type(cfg, plugin)
-    if qtype is None:
+    types = run_types(cfg, plugin)
+    if types is None:
         return
     arch_of(student.config)
-    embeddings = (cfg.get("export") or {}).get("embeddings") or getattr(plugin, "embeddings", None)
-    qtype, embeddings = resolve_types(qtype, embeddings, None)
     # widths from the modules (LoRA, if any, is merged before the export: its own layers are skipped)
     head, embed = student.get_output_embeddings(), student.get_input_embeddings()
     bad = []
     for name, module in student.named_modules():
-        t = embeddings if module is head or module is embed else qtype
         width = getattr(module, "in_features", None) or getattr(module, "embedding_dim", None)
-        if "lora_" not in name and width and t in BLOCK_SIZE and width % BLOCK_SIZE[t]:
-            bad.append(f"{name} (width {width}, {t} blocks of {BLOCK_SIZE[t]})")
+        if "lora_" in name or not width:
+            continue
+        t = types.pick(module is head or module is embed, 2, width)
+        if t in BLOCK_SIZE and width % BLOCK_SIZE[t]:
+            bad.append(f"{name} (width {width})")
     if bad:
-        raise DistillError(f"export.gguf={qtype}: input widths not a multiple of the block: {', '.join(bad[:4])}")
+        t = types.qtype
+        raise DistillError(
+            f"{t} (quant= / export.gguf) quantizes rows in blocks of {BLOCK_SIZE[t]}; input widths not a multiple: "
+            f"{', '.join(bad[:4])}{f' and {len(bad) - 4} more' if len(bad) > 4 else ''}; set quant.fallback "
+            "(or export.fallback) to a type for those rows, e.g. q4_0 as llama-quantize does"
+        )
 
 
 def export_run(cfg: DictConfig, plugin, out: Path) -> dict:
     """After ``student/`` is written: the run's GGUF, if it has one; its metrics for metrics.json."""
-    if run_type(cfg, plugin) is None:
+    types = run_types(cfg, plugin)
+    if types is None:
         return {}
-    metrics = export_dir(out, run_type(cfg, plugin), (cfg.get("export") or {}).get("embeddings"))
+    metrics = export_dir(out, types.qtype, types.embeddings, types.fallback)
     return {k: v for k, v in metrics.items() if k != "gguf.path"}

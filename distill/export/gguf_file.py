@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,29 @@ def trained_types(config) -> dict | None:
     return dict(record) if record else None
 
 
-def resolve_types(requested: str | None, embeddings: str | None, trained: dict | None) -> tuple[str, str]:
-    """(file type, token_embd/output type). ``auto``: what the student was trained for, else f16. A QAT
-    student exported to another block type would be quantized twice: refused."""
+@dataclass(frozen=True)
+class FileTypes:
+    """The types of one file: ``qtype`` for the block matrices, ``embeddings`` for the token embedding
+    and head, ``fallback`` for a matrix whose width the block size does not divide (None: refused)."""
+
+    qtype: str
+    embeddings: str
+    fallback: str | None = None
+
+    def pick(self, is_embedding: bool, ndim: int, width: int, norm: bool = False) -> str:
+        if ndim <= 1 or norm:
+            return "f32"
+        t = self.embeddings if is_embedding else self.qtype
+        if t in BLOCK_SIZE and width % BLOCK_SIZE[t] and self.fallback:
+            return self.fallback  # as llama-quantize falls back (TQ2_0 -> Q4_0 on rows it cannot hold)
+        return t
+
+
+def resolve_types(
+    requested: str | None, embeddings: str | None = None, trained: dict | None = None, fallback: str | None = None
+) -> FileTypes:
+    """The file's types. ``auto``: what the student was trained for, else f16. A QAT student exported
+    to another block type would be quantized twice: refused."""
     requested = str(requested or "auto").lower()
     if requested not in (*EXPORT_TYPES, "auto"):
         raise DistillError(f"export.gguf must be auto or one of {', '.join(EXPORT_TYPES)}, got {requested!r}")
@@ -62,17 +83,17 @@ def resolve_types(requested: str | None, embeddings: str | None, trained: dict |
         )
     qtype = trained["weights"] if requested == "auto" and trained else ("f16" if requested == "auto" else requested)
     if qtype in FLOAT_TYPES:
-        return qtype, qtype
+        return FileTypes(qtype, qtype)
     embeddings = embeddings or (trained["embeddings"] if trained else "f16")
-    if embeddings not in TYPES:
-        raise DistillError(f"export.embeddings must be one of {', '.join(TYPES)}, got {embeddings!r}")
-    return qtype, embeddings
+    fallback = fallback or (trained.get("fallback") if trained else None)
+    for key, value in (("embeddings", embeddings), ("fallback", fallback)):
+        if value is not None and value not in TYPES:
+            raise DistillError(f"export.{key} must be one of {', '.join(TYPES)}, got {value!r}")
+    return FileTypes(qtype, embeddings, fallback)
 
 
-def tensor_type(gguf_name: str, ndim: int, qtype: str, embeddings: str) -> str:
-    if ndim <= 1 or gguf_name.endswith("_norm.weight"):
-        return "f32"
-    return embeddings if gguf_name in EMBEDDINGS else qtype
+def tensor_type(gguf_name: str, shape, types: FileTypes) -> str:
+    return types.pick(gguf_name in EMBEDDINGS, len(shape), shape[-1], gguf_name.endswith("_norm.weight"))
 
 
 def check_student(model: nn.Module) -> None:
@@ -85,12 +106,12 @@ def check_student(model: nn.Module) -> None:
         )
 
 
-def plan_tensors(model: nn.Module, qtype: str, embeddings: str) -> list[tuple[str, str, object, str]]:
+def plan_tensors(model: nn.Module, types: FileTypes) -> list[tuple[str, str, object, str]]:
     """(HF name, GGUF name, fp32 tensor, type) for every tensor; refuses a width the block does not divide."""
     check_student(model)
     plan, bad = [], []
     for hf_name, gguf_name, data in gguf_tensors(model, arch_of(model.config)):
-        t = tensor_type(gguf_name, data.ndim, qtype, embeddings)
+        t = tensor_type(gguf_name, data.shape, types)
         if t in BLOCK_SIZE and data.shape[-1] % BLOCK_SIZE[t]:
             bad.append(f"{hf_name} (width {data.shape[-1]})")
         plan.append((hf_name, gguf_name, data, t))
@@ -117,11 +138,12 @@ def encode(data, t: str):
     return gguf.quants.quantize(array, qtype), qtype
 
 
-def write_gguf(model: nn.Module, tokenizer_dir: Path, path: Path, qtype: str, embeddings: str, name: str) -> dict:
+def write_gguf(model: nn.Module, tokenizer_dir: Path, path: Path, types: FileTypes, name: str) -> dict:
     """Write ``model`` (a plain HF causal LM) and the tokenizer in ``tokenizer_dir`` to ``path``."""
     import gguf
 
-    plan = plan_tensors(model, qtype, embeddings)  # every refusal before the file exists
+    plan = plan_tensors(model, types)  # every refusal before the file exists
+    qtype = types.qtype
     arch = arch_of(model.config)
     path = Path(path)
     tmp = partial_name(path)
@@ -162,6 +184,7 @@ def write_gguf(model: nn.Module, tokenizer_dir: Path, path: Path, qtype: str, em
     return {
         "gguf.file": path.name,
         "gguf.type": qtype,
-        "gguf.embeddings": embeddings,
+        "gguf.embeddings": types.embeddings,
         "gguf.bytes": path.stat().st_size,
+        "gguf.tensors": counts,  # tensors per ggml type (a fallback type shows here)
     }

@@ -41,14 +41,16 @@ NAMES = {"q4_0": "q4_0", "q8_0": "q8_0", "tq2_0": "ternary"}
 CONFIG_KEY = "ggml_qat"
 
 
-def plan(model: nn.Module, weights: str, embeddings: str) -> dict[str, str]:
+def plan(model: nn.Module, weights: str, embeddings: str, fallback: str | None = None) -> dict[str, str]:
     """Qualified module name -> ggml type, for every module whose weight gets fake-quantized:
     each ``nn.Linear`` but the head in ``weights``, the input embedding and the head in
-    ``embeddings``. Refuses (DistillError) weights it cannot place and widths the block does not divide."""
+    ``embeddings``; a layer whose width the block does not divide in ``fallback`` (as llama-quantize
+    falls back, e.g. TQ2_0 -> Q4_0), or refused when it is None (DistillError), as are weights it cannot place."""
     if weights not in WEIGHT_TYPES:
         raise DistillError(f"quant.weights must be one of {', '.join(WEIGHT_TYPES)}, got {weights!r}")
-    if embeddings not in TYPES:
-        raise DistillError(f"quant.embeddings must be one of {', '.join(TYPES)}, got {embeddings!r}")
+    for key, value in (("embeddings", embeddings), ("fallback", fallback)):
+        if value is not None and value not in TYPES:
+            raise DistillError(f"quant.{key} must be one of {', '.join(TYPES)}, got {value!r}")
     if any("lora" in name for name, _ in model.named_modules()):
         raise DistillError(
             f"quant=qat_{NAMES[weights]} trains the student's own weights in {weights}; LoRA adapters merged "
@@ -68,6 +70,13 @@ def plan(model: nn.Module, weights: str, embeddings: str) -> dict[str, str]:
             types[name] = embeddings
         elif isinstance(module, nn.Linear):
             types[name] = weights
+        if (
+            name in types
+            and fallback
+            and types[name] in BLOCK_SIZE
+            and module.weight.shape[-1] % BLOCK_SIZE[types[name]]
+        ):
+            types[name] = fallback
     bad = [
         f"{name} (width {module.weight.shape[-1]})"
         for name, module in model.named_modules()
@@ -79,10 +88,17 @@ def plan(model: nn.Module, weights: str, embeddings: str) -> dict[str, str]:
             f"{qtype} quantizes rows in blocks of {BLOCK_SIZE[qtype]}; these input widths are not multiples: "
             + ", ".join(bad[:4])
             + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+            + "; set quant.fallback (e.g. q4_0, as llama-quantize does) to train those layers in another type"
         )
     if not any(t == weights for t in types.values()):
         raise DistillError("ggml QAT found no linear layer to quantize in the student")
     return types
+
+
+def fallen(model: nn.Module, types: dict[str, str], weights: str) -> list[str]:
+    """The block layers planned in the fallback type (for the log and the report)."""
+    special = {model.get_input_embeddings(), model.get_output_embeddings()}
+    return sorted(n for n, m in model.named_modules() if n in types and m not in special and types[n] != weights)
 
 
 def attach(model: nn.Module, types: dict[str, str]) -> None:
@@ -144,21 +160,25 @@ class GGMLQATPlugin(QuantPlugin):
         weights: str = "q4_0",
         embeddings: str = "f16",
         activations: bool = False,
+        fallback: str | None = None,
     ):
         super().__init__(precision, device)
+        self.fallback = fallback
         self.activations = bool(activations)
         if weights not in WEIGHT_TYPES:
             raise DistillError(f"quant.weights must be one of {', '.join(WEIGHT_TYPES)}, got {weights!r}")
         self.weights, self.embeddings = weights, str(embeddings)
         self.name = f"{self.kind}_{NAMES[weights]}"
         self.types: dict[str, str] | None = None
+        self.fallen: list[str] = []  # layers in the fallback type
 
     @property
     def gguf_type(self) -> str:
         return self.weights
 
     def quantize(self, student: nn.Module) -> None:
-        self.types = plan(student, self.weights, self.embeddings)
+        self.types = plan(student, self.weights, self.embeddings, self.fallback)
+        self.fallen = fallen(student, self.types, self.weights)
         attach(student, self.types)
         if self.activations:
             quantize_inputs(student, self.types)
@@ -175,11 +195,14 @@ class GGMLQATPlugin(QuantPlugin):
         if self.types is None:
             raise RuntimeError(f"{type(self).__name__}.finalize before quantize")
         student = bake(student)
-        student.config.update({CONFIG_KEY: {"weights": self.weights, "embeddings": self.embeddings}})
+        student.config.update({CONFIG_KEY: self.record()})
         return student.eval()
 
     def export_extra(self, student: nn.Module, out_dir: Path) -> dict:
         return {}  # the GGUF export (distill.export) is the packed form, written by the run's export step
+
+    def record(self) -> dict:
+        return {"weights": self.weights, "embeddings": self.embeddings, "fallback": self.fallback}
 
     def report(self) -> dict:
         types = self.types or {}
@@ -189,6 +212,7 @@ class GGMLQATPlugin(QuantPlugin):
             "embeddings": self.embeddings,
             "quantized_layers": sum(t == self.weights for t in types.values()),
             "activations": "llama.cpp CPU" if self.activations else None,
+            "fallback_layers": self.fallen,
         }
 
 
@@ -199,7 +223,8 @@ class GGMLPTQPlugin(GGMLQATPlugin):
     kind = "ptq"
 
     def quantize(self, student: nn.Module) -> None:
-        self.types = plan(student, self.weights, self.embeddings)  # refuse a bad width before training
+        self.types = plan(student, self.weights, self.embeddings, self.fallback)
+        self.fallen = fallen(student, self.types, self.weights)  # refuse a bad width before training
 
     def finalize(self, student: nn.Module) -> nn.Module:
         if self.types is None:
@@ -207,5 +232,5 @@ class GGMLPTQPlugin(GGMLQATPlugin):
         round_weights(student, self.types)
         if self.activations:
             quantize_inputs(student, self.types)
-        student.config.update({CONFIG_KEY: {"weights": self.weights, "embeddings": self.embeddings}})
+        student.config.update({CONFIG_KEY: self.record()})
         return student.eval()

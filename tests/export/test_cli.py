@@ -78,6 +78,6 @@ def test_train_refuses_an_unwritable_export_before_training(cache_dir, tmp_path)
     out = tmp_path / "run"
     proc = run_cli([*SMOKE, "export.gguf=tq2_0", f"hydra.run.dir={out}"], cache_dir)
     line = one_line_error(proc, "distill-train")
-    assert "tq2_0 blocks of 256" in line
+    assert "tq2_0 (quant= / export.gguf) quantizes rows in blocks of 256" in line and "fallback" in line
     assert "Epoch 0" not in proc.stdout + proc.stderr
     assert not (out / "student").exists() and not list(out.glob("*.gguf"))

@@ -9,7 +9,7 @@ import torch
 
 from distill.errors import DistillError
 from distill.export.command import export_dir
-from distill.export.gguf_file import resolve_types
+from distill.export.gguf_file import FileTypes, resolve_types
 from distill.quant.ggml import fake_quantize
 from distill.quant.ggml_qat import GGMLPTQPlugin, GGMLQATPlugin
 from tests.export.helpers import VOCAB, WIDE, expected, read, saved_student
@@ -183,10 +183,31 @@ def test_a_failed_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
 
 def test_resolve_types():
-    assert resolve_types("auto", None, None) == ("f16", "f16")
-    assert resolve_types(None, None, {"weights": "tq2_0", "embeddings": "q8_0"}) == ("tq2_0", "q8_0")
-    assert resolve_types("q4_0", None, None) == ("q4_0", "f16")
-    assert resolve_types("bf16", "q8_0", None) == ("bf16", "bf16")  # float files hold every matrix in their type
-    assert resolve_types("f16", None, {"weights": "q4_0", "embeddings": "f16"}) == ("f16", "f16")
+    assert resolve_types("auto") == FileTypes("f16", "f16")
+    trained = {"weights": "tq2_0", "embeddings": "q8_0", "fallback": "q4_0"}
+    assert resolve_types(None, None, trained) == FileTypes("tq2_0", "q8_0", "q4_0")
+    assert resolve_types("q4_0") == FileTypes("q4_0", "f16")
+    assert resolve_types("bf16", "q8_0") == FileTypes("bf16", "bf16")  # float files hold every matrix in their type
+    assert resolve_types("f16", None, {"weights": "q4_0", "embeddings": "f16"}) == FileTypes("f16", "f16")
     with pytest.raises(DistillError, match="export.gguf must be"):
-        resolve_types("q5_k", None, None)
+        resolve_types("q5_k")
+    with pytest.raises(DistillError, match="export.fallback must be"):
+        resolve_types("tq2_0", fallback="q3")
+
+
+def test_fallback_type_for_rows_the_block_does_not_divide(tmp_path):
+    """TQ2_0 with a 64-wide model: every block linear falls back (as llama-quantize does, to Q4_0), in
+    QAT and in the file alike; the file still holds exactly the QAT student's weights."""
+    model = tiny_model("llama", vocab_size=VOCAB, intermediate_size=256)  # down_proj 256 wide: ternary
+    plugin = GGMLQATPlugin(weights="tq2_0", fallback="q4_0")
+    plugin.quantize(model)
+    assert plugin.report()["fallback_layers"] and "model.layers.0.mlp.down_proj" not in plugin.fallen
+    saved_student(tmp_path / "student", model=plugin.finalize(model))
+    metrics = export_dir(tmp_path, "auto")
+    assert metrics["gguf.tensors"] == {"f16": 2, "q4_0": 6 * 4, "tq2_0": 4, "f32": 9}
+    _, tensors = read(tmp_path / "student.tq2_0.gguf")
+    assert tensors["blk.0.ffn_down.weight"][0] == "TQ2_0" and tensors["blk.0.ffn_up.weight"][0] == "Q4_0"
+    from transformers import AutoModelForCausalLM
+
+    want = expected(AutoModelForCausalLM.from_pretrained(tmp_path / "student"), "llama")
+    assert all(torch.equal(values, want[name]) for name, (_, values) in tensors.items())

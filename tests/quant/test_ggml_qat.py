@@ -66,7 +66,7 @@ def test_forward_uses_exactly_the_ggml_weights(arch, weights, overrides):
     assert torch.equal(plain.model.layers[0].mlp.down_proj.weight, fake_quantize(after, weights))
     for name, w in expected_weights(plain, weights, "f16").items():
         assert torch.equal(dict(plain.named_modules())[name].weight, w), name  # idempotent: re-quantizes to itself
-    assert getattr(plain.config, CONFIG_KEY) == {"weights": weights, "embeddings": "f16"}
+    assert getattr(plain.config, CONFIG_KEY) == {"weights": weights, "embeddings": "f16", "fallback": None}
 
 
 def test_tied_embedding_stays_one_weight_in_its_type():
