@@ -112,3 +112,14 @@ def test_refusals_before_any_training(chats, cache_dir, tmp_path):
     bad.write_text(json.dumps({"messages": [{"role": "human", "content": "hi"}]}) + "\n")
     line = one_line_error(run_cli(args(bad, tmp_path / "c"), cache_dir))
     assert line == f"{bad}:1: messages[0]: unknown role 'human' (expected one of system, user, assistant, tool)"
+
+
+@pytest.mark.slow
+def test_black_box_chat_needs_no_teacher(chats, cache_dir, tmp_path):
+    """teacher=none: the assistant turns are the teacher's (an API's) answers; CE on them only."""
+    out = tmp_path / "run"
+    proc = run_cli(args(chats, out, "teacher=none", "student=scratch", "trainer.max_steps=5"), cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["teacher.source"] == "none" and "teacher.val_ppl" not in metrics
+    assert json.loads((out / "data_stats.json").read_text())["train"]["target_tokens"] > 0

@@ -1,0 +1,106 @@
+"""The results block of experiments/instruct/README.md, from the metrics files beside it.
+
+    python experiments/instruct/summarize.py experiments/instruct/runs   # copy each run's metrics here, then write
+    python experiments/instruct/summarize.py                             # write from the committed metrics
+    python experiments/instruct/summarize.py --check                     # exit 1 if the README's block is stale
+
+A run's ``answers.json`` (greedy-answer metrics added after the run by answers.py) is merged into its
+copy, under the same keys distill-train writes, with ``answers.source`` saying where they came from.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+BEGIN, END = "<!-- results:begin (summarize.py) -->", "<!-- results:end -->"
+RUNS = ["forward_kl_seed0", "forward_kl_seed1", "gkd_seed0", "seqkd_seed0"]
+COLUMNS = [
+    ("val_ppl", "response ppl", "{:.2f}"),
+    ("answer_compile_rate", "answers compile", "{:.3f}"),
+    ("answer_first_line_match", "def line matches", "{:.3f}"),
+]
+
+
+def collect(runs_dir: Path) -> None:
+    for name in RUNS:
+        run = runs_dir / name
+        if not (run / "metrics.json").exists():
+            continue
+        m = json.loads((run / "metrics.json").read_text())
+        if (run / "answers.json").exists():
+            m.update(json.loads((run / "answers.json").read_text()))
+            m["answers.source"] = "experiments/instruct/answers.py, after the run"
+        (HERE / f"metrics_{name}.json").write_text(json.dumps(m, indent=2) + "\n")
+
+
+def load() -> dict[str, dict]:
+    return {
+        n: json.loads((HERE / f"metrics_{n}.json").read_text()) for n in RUNS if (HERE / f"metrics_{n}.json").exists()
+    }
+
+
+def rows(runs: dict[str, dict]) -> list[tuple[str, dict]]:
+    """(label, {column: value}) per model and seed: the teacher once, controls from the runs that trained one."""
+    out = []
+    pick = lambda m, who: {k: m[f"{who}.{k}"] for k, _, _ in COLUMNS if f"{who}.{k}" in m}  # noqa: E731
+    if "forward_kl_seed0" in runs:
+        out.append(("teacher (8 layers, trained on the instructions)", pick(runs["forward_kl_seed0"], "teacher")))
+    for name, seed in (("gkd_seed0", 0), ("forward_kl_seed1", 1)):
+        if name in runs and "baseline.val_ppl" in runs[name]:
+            out.append((f"SFT control (CE only), seed {seed}", pick(runs[name], "baseline")))
+    labels = {
+        "forward_kl_seed0": "forward KL + 0.5 CE, seed 0",
+        "forward_kl_seed1": "forward KL + 0.5 CE, seed 1",
+        "gkd_seed0": "GKD (JSD β=0.5, λ=0.5), seed 0",
+        "seqkd_seed0": "sequence-level KD (teacher's greedy answers, CE), seed 0",
+    }
+    out += [(labels[n], pick(runs[n], "student")) for n in RUNS if n in runs]
+    return out
+
+
+def block(runs: dict[str, dict]) -> str:
+    head = "| model | " + " | ".join(h for _, h, _ in COLUMNS) + " |"
+    lines = [head, "|---|" + "---:|" * len(COLUMNS)]
+    for label, values in rows(runs):
+        cells = [fmt.format(values[k]) if k in values else "—" for k, _, fmt in COLUMNS]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    seeds = [runs[n]["student.val_ppl"] for n in ("forward_kl_seed0", "forward_kl_seed1") if n in runs]
+    if len(seeds) == 2:
+        lines += ["", f"Seed-to-seed spread of the forward-KL student's response ppl: {abs(seeds[0] - seeds[1]):.2f} "
+                  f"(mean {statistics.mean(seeds):.2f})."]  # fmt: skip
+    controls = [
+        runs[n]["baseline.val_ppl"] for n in ("forward_kl_seed0", "gkd_seed0") if "baseline.val_ppl" in runs.get(n, {})
+    ]
+    if len(controls) == 2:
+        lines.append(
+            f"The seed-0 control trained twice (two runs): response ppl {controls[0]:.4f} and {controls[1]:.4f}."
+        )
+    m = runs.get("forward_kl_seed0", {})
+    if m:
+        lines += ["", f"Steps {m['train.steps']} of {m.get('data.train_tokens_available', 0):,} training tokens per "
+                  f"epoch (batch 8 × 256); {m.get('val.answer_prompts', 64)} held-out prompts answered greedily."]  # fmt: skip
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    args = [a for a in argv if not a.startswith("--")]
+    if args:
+        collect(Path(args[0]))
+    text = block(load())
+    readme = README.read_text()
+    current = readme.split(BEGIN, 1)[-1].split(END, 1)[0].strip() if BEGIN in readme else ""
+    if "--check" in argv:
+        return 0 if current == text else 1
+    head, rest = readme.split(BEGIN, 1)
+    README.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
