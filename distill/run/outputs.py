@@ -123,8 +123,9 @@ def measure(cfg, dm, vocab_size, teacher: TeacherSource, student, baseline, mete
     closed = gap_closed(metrics)
     if closed is not None:
         metrics["gap_closed"] = closed
-    if getattr(dm, "answers_are_python", False):  # data=stdlib_instruct: do greedy answers compile, start right
-        metrics.update(answer_metrics(models, dm, device))
+    data = getattr(dm, "base", dm)  # sequence-level KD trains on the teacher's answers; its prompts are the base's
+    if getattr(data, "answers_are_python", False):  # data=stdlib_instruct: do greedy answers compile, start right
+        metrics.update(answer_metrics(models, data, device))
     return metrics
 
 

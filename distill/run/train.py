@@ -49,6 +49,7 @@ def train(cfg: DictConfig) -> float:
 
     dm = prepare_data(cfg)
     vocab_size = len(dm.tokenizer)
+    chat_ids = generation_ids(dm)  # conversations: pad and end-of-turn ids (before seq-KD swaps the data)
     teacher = resolve_teacher(cfg, dm)
     filter_stats = filter_training_data(cfg, dm, teacher)  # the teacher is given; the student's data is filtered
     connect_teacher(cfg, dm, teacher, loss)
@@ -67,7 +68,7 @@ def train(cfg: DictConfig) -> float:
     loss.bind(student, teacher.live_model)
     log_plan(cfg, teacher, student, dm, loss, estimate["total"])
     module = DistillationModule(
-        student, loss, vocab_size, teacher=teacher.scorer, seed=cfg.seed, **optim_args(cfg), **generation_ids(dm)
+        student, loss, vocab_size, teacher=teacher.scorer, seed=cfg.seed, **optim_args(cfg), **chat_ids
     )
     start_metrics = measure_start(cfg, dm, vocab_size, teacher, student)
     if plugin is not None:
@@ -83,7 +84,7 @@ def train(cfg: DictConfig) -> float:
     metrics = measure(cfg, dm, vocab_size, teacher, student, baseline, meter, trainer.strategy.root_device)
     metrics.update(run_facts(trainer, dm, teacher, filter_stats, estimate, meter))
     metrics.update({**teacher_quant, **start_metrics})
-    export_student(student, dm.tokenizer, out / "student", generation_ids(dm).get("stop_ids", ()))
+    export_student(student, dm.tokenizer, out / "student", chat_ids.get("stop_ids", ()))
     if plugin is not None:
         metrics.update(plugin.export_extra(student, out))
         metrics["quant"] = plugin.report()
