@@ -121,6 +121,7 @@ def plan_tensors(model: nn.Module, types: FileTypes) -> list[tuple[str, str, obj
             f"GGUF export: {t} quantizes rows in blocks of {BLOCK_SIZE[t]}; not a multiple: "
             + ", ".join(bad[:4])
             + (f" and {len(bad) - 4} more" if len(bad) > 4 else "")
+            + "; set export.fallback (e.g. q4_0, as llama-quantize does) for those matrices"
         )
     return plan
 
