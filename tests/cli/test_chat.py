@@ -92,13 +92,21 @@ def test_chat_cache_serves_training_and_another_mask_is_refused(chats, cache_dir
 
 
 @pytest.mark.slow
-def test_on_policy_gkd_on_conversations(chats, cache_dir, tmp_path):
+@pytest.mark.parametrize(
+    "objective",
+    [
+        ["loss=gkd", "loss.on_policy.lmbda=1.0", "loss.on_policy.max_new_tokens=8"],  # the student answers
+        ["seq_kd.enabled=true", "seq_kd.new_tokens=8"],  # the teacher answers, once
+    ],
+    ids=["gkd", "seqkd"],
+)
+def test_answers_to_the_real_prompts(objective, chats, cache_dir, tmp_path):
     out = tmp_path / "run"
-    proc = run_cli(
-        args(chats, out, "loss=gkd", "loss.on_policy.lmbda=1.0", "loss.on_policy.max_new_tokens=8"), cache_dir
-    )
+    proc = run_cli(args(chats, out, *objective), cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads((out / "metrics.json").read_text())["train.steps"] == 20
+    generation = json.loads((out / "student" / "generation_config.json").read_text())
+    assert len(generation["eos_token_id"]) == 2  # EOS and <|im_end|>, whatever the training data was
 
 
 def test_refusals_before_any_training(chats, cache_dir, tmp_path):
