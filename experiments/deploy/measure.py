@@ -21,7 +21,7 @@ import torch
 from distill.eval.metrics import evaluate
 from distill.export import llama_cpp as runtime
 from distill.export.command import export_dir, load_student
-from distill.export.gguf_file import EMBEDDINGS, tensor_type
+from distill.export.gguf_file import FileTypes, resolve_types, trained_types
 from distill.quant.ggml import fake_quantize
 
 log = logging.getLogger("deploy")
@@ -49,27 +49,21 @@ def validation(experiment: str, max_blocks: int | None):
     return batches, len(dm.tokenizer), dm.seq_len
 
 
-def as_file_holds(model, qtype: str, embeddings: str):
-    """The PyTorch model with every weight rounded as the GGUF of type ``qtype`` stores it."""
+def as_file_holds(model, types: FileTypes):
+    """The PyTorch model with every weight rounded as the GGUF of ``types`` stores it."""
     head, embed = model.get_output_embeddings(), model.get_input_embeddings()
     with torch.no_grad():
         for module in model.modules():
             w = getattr(module, "weight", None)
-            if not isinstance(w, torch.nn.Parameter) or w.ndim < 2:
-                continue
-            name = EMBEDDINGS[0] if module is embed or module is head else "blk.weight"
-            t = tensor_type(name, w.ndim, qtype, embeddings)
-            w.copy_(fake_quantize(w, t))
+            if isinstance(w, torch.nn.Parameter) and w.ndim >= 2:
+                w.copy_(fake_quantize(w, types.pick(module is embed or module is head, w.ndim, w.shape[-1])))
     return model
 
 
-def measure(student_dir: Path, gguf: Path, batches, vocab: int, n_ctx: int, threads: int) -> dict:
-    qtype = gguf.name.split(".")[-2]
-    config = json.loads((student_dir / "config.json").read_text())
-    embeddings = (config.get("ggml_qat") or {}).get("embeddings") or (
-        "f16" if qtype in ("q4_0", "q8_0", "tq2_0") else qtype
-    )
-    model = as_file_holds(load_student(student_dir), qtype, embeddings)
+def measure(student_dir: Path, gguf: Path, batches, vocab: int, n_ctx: int, threads: int, fallback=None) -> dict:
+    model = load_student(student_dir)
+    types = resolve_types(gguf.name.split(".")[-2], None, trained_types(model.config), fallback)
+    model = as_file_holds(model, types)
     torch_ppl = evaluate({"m": model}, batches, vocab, reference="m")["m"]["val_ppl"]
     llm = runtime.load(gguf, n_ctx=n_ctx, threads=threads)
     cpp = runtime.perplexity(llm, batches, vocab)
@@ -77,7 +71,7 @@ def measure(student_dir: Path, gguf: Path, batches, vocab: int, n_ctx: int, thre
     speed = runtime.speed(llm, prompt, 64)
     return {
         "file": str(gguf),
-        "type": qtype,
+        "type": types.qtype,
         "bytes": gguf.stat().st_size,
         "torch_val_ppl": torch_ppl,
         "llama_cpp_val_ppl": cpp["val_ppl"],
@@ -94,6 +88,7 @@ def main() -> None:
     parser.add_argument("--experiment", default="quickstart")
     parser.add_argument("--max-blocks", type=int, default=None, help="validation batches (default: all)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--fallback", default=None, help="the export.fallback the files were written with")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -106,7 +101,7 @@ def main() -> None:
         targets.insert(0, (args.teacher, args.teacher / "student.f16.gguf", "teacher"))
     for student_dir, gguf, run in targets:
         key = f"{run}/{gguf.name}"
-        rows[key] = measure(student_dir, gguf, batches, vocab, seq_len, args.threads)
+        rows[key] = measure(student_dir, gguf, batches, vocab, seq_len, args.threads, args.fallback)
         log.info("%s: %s", key, json.dumps(rows[key]))
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
 
