@@ -116,6 +116,19 @@ def minilm_embed() -> str | None:
     return ", ".join(f"{k} {v:.3g}" for k, v in sorted(found.items())) or None
 
 
+def instruct() -> str | None:
+    runs = study_runs("instruct")
+    kl, gkd = runs.get("forward_kl_seed0"), runs.get("gkd_seed0")
+    if not (kl and gkd and "baseline.answer_compile_rate" in gkd):
+        return None
+    best, m = min(((n, r) for n, r in runs.items() if n.endswith("seed0")), key=lambda kv: kv[1]["student.val_ppl"])
+    return (
+        f"chat student, response ppl: best `{best.removesuffix('_seed0')}` {m['student.val_ppl']:.2f} vs SFT control "
+        f"{gkd['baseline.val_ppl']:.2f} (teacher {kl['teacher.val_ppl']:.2f}); greedy answers that compile: "
+        f"{m['student.answer_compile_rate']:.2f} vs {gkd['baseline.answer_compile_rate']:.2f}"
+    )
+
+
 STUDIES = [
     ("quickstart", quickstart),
     ("losses", losses),
@@ -123,6 +136,7 @@ STUDIES = [
     ("data-quality", data_quality),
     ("quantization", quantization),
     ("minilm_embed", minilm_embed),
+    ("instruct", instruct),
 ]
 
 
