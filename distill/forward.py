@@ -21,11 +21,12 @@ def model_outputs(
     ``position_ids`` that restart inside a row mark packed sequences: transformers then isolates
     their attention (no attention mask is passed, so it reads the packing from the positions)."""
     extra = dict(
-        position_ids=position_ids,
         output_hidden_states=objective.needs_hidden_states,
         output_attentions=objective.needs_attentions,
         use_cache=False,
     )
+    if position_ids is not None:  # only then: a plain causal LM wrapper need not accept the argument
+        extra["position_ids"] = position_ids
     if objective.fused_linear:
         out = backbone(model)(input_ids=input_ids, **extra)
         head = model.get_output_embeddings()

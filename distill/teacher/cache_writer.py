@@ -87,8 +87,12 @@ class TopKTeacher(L.LightningModule):
         values, indices = [], []
         positions = batch.get("position_ids")
         for n, ids in enumerate(batch["input_ids"].split(self.micro_batch)):
-            at = None if positions is None else positions[n * self.micro_batch : (n + 1) * self.micro_batch]
-            logits = self.model(input_ids=ids, position_ids=at, use_cache=False).logits
+            packed = (
+                {}
+                if positions is None
+                else {"position_ids": positions[n * self.micro_batch : (n + 1) * self.micro_batch]}
+            )
+            logits = self.model(input_ids=ids, use_cache=False, **packed).logits
             if logits.shape[-1] < self.vocab_size:
                 raise DistillError(
                     f"vocabulary mismatch: the teacher predicts {logits.shape[-1]} tokens but the "
