@@ -31,19 +31,20 @@ def _eval_mode(model):
 
 
 def _sample(model, prompt, attention_mask, new: int, spec, pad_id: int, stop_ids, min_new: int = 0):
+    # pure sampling at the temperature (no top-k/top-p truncation), or greedy at temperature 0
+    sampling = dict(do_sample=True, temperature=spec.temperature, top_k=0, top_p=1.0)
+    if spec.temperature <= 0:
+        sampling = dict(do_sample=False)
     with _eval_mode(model):
         return model.generate(
             input_ids=prompt,
             attention_mask=attention_mask,
             max_new_tokens=new,
             min_new_tokens=min_new,
-            do_sample=spec.temperature > 0,
-            temperature=spec.temperature or None,
-            top_k=0,
-            top_p=1.0,
             pad_token_id=pad_id,
             eos_token_id=list(stop_ids) or None,
             use_cache=True,
+            **sampling,
         )
 
 
