@@ -3,8 +3,7 @@
 # student four ways. The SFT control (same architecture, CE only, same data and steps) is trained at
 # seed 0 beside the forward-KL and the GKD runs (the same run twice: a determinism check); the
 # sequence-level KD run skips it (its training data is the teacher's answers, not the dataset's), and
-# so does the seed-1 run (a 2-core machine's time). answers.py adds greedy-answer metrics to a run that
-# lacks them (forward_kl_seed0 ran before distill-train computed them).
+# so does the seed-1 run (a 2-core machine's time).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-experiments/instruct/runs}
@@ -15,5 +14,4 @@ run seqkd_seed0 seq_kd.enabled=true control=false
 # the seed-0 teacher (a from-scratch teacher's cache key includes the seed): the spread is the distillation's
 TEACHER=$(grep -oP "teacher: \K\S+/teachers/\w+" "$OUT/forward_kl_seed0/train.log" | tail -1)
 run forward_kl_seed1 seed=1 teacher.path="$TEACHER" control=false
-python experiments/instruct/answers.py "$OUT/forward_kl_seed0"
 python experiments/instruct/summarize.py "$OUT"

@@ -1,11 +1,8 @@
 """The results block of experiments/instruct/README.md, from the metrics files beside it.
 
-    python experiments/instruct/summarize.py experiments/instruct/runs   # copy each run's metrics here, then write
-    python experiments/instruct/summarize.py                             # write from the committed metrics
-    python experiments/instruct/summarize.py --check                     # exit 1 if the README's block is stale
-
-A run's ``answers.json`` (greedy-answer metrics added after the run by answers.py) is merged into its
-copy, under the same keys distill-train writes, with ``answers.source`` saying where they came from.
+python experiments/instruct/summarize.py experiments/instruct/runs   # copy each run's metrics here, then write
+python experiments/instruct/summarize.py                             # write from the committed metrics
+python experiments/instruct/summarize.py --check                     # exit 1 if the README's block is stale
 """
 
 from __future__ import annotations
@@ -31,11 +28,7 @@ def collect(runs_dir: Path) -> None:
         run = runs_dir / name
         if not (run / "metrics.json").exists():
             continue
-        m = json.loads((run / "metrics.json").read_text())
-        if (run / "answers.json").exists():
-            m.update(json.loads((run / "answers.json").read_text()))
-            m["answers.source"] = "experiments/instruct/answers.py, after the run"
-        (HERE / f"metrics_{name}.json").write_text(json.dumps(m, indent=2) + "\n")
+        (HERE / f"metrics_{name}.json").write_text((run / "metrics.json").read_text())
 
 
 def load() -> dict[str, dict]:
