@@ -11,7 +11,8 @@ run() { name=$1; shift; [ -f "$OUT/$name/metrics.json" ] || distill-train experi
 run forward_kl_seed0
 run gkd_seed0 loss=gkd
 run seqkd_seed0 seq_kd.enabled=true control=false
-# the seed-0 teacher (a from-scratch teacher's cache key includes the seed): the spread is the distillation's
+# the seed-0 teacher and validation split (data.split_seed=0: the teacher never saw those conversations);
+# seed=1 changes the batch order, the only random choice of a pruned student's forward-KL run
 TEACHER=$(grep -oP "teacher: \K\S+/teachers/\w+" "$OUT/forward_kl_seed0/train.log" | tail -1)
-run forward_kl_seed1 seed=1 teacher.path="$TEACHER" control=false
+run forward_kl_seed1 seed=1 data.split_seed=0 teacher.path="$TEACHER" control=false
 python experiments/instruct/summarize.py "$OUT"

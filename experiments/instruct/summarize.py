@@ -42,13 +42,13 @@ def rows(runs: dict[str, dict]) -> list[tuple[str, dict]]:
     out = []
     pick = lambda m, who: {k: m[f"{who}.{k}"] for k, _, _ in COLUMNS if f"{who}.{k}" in m}  # noqa: E731
     if "forward_kl_seed0" in runs:
-        out.append(("teacher (8 layers, trained on the instructions)", pick(runs["forward_kl_seed0"], "teacher")))
+        out.append(("teacher (4 × 128, trained on the instructions)", pick(runs["forward_kl_seed0"], "teacher")))
     for name, seed in (("gkd_seed0", 0), ("forward_kl_seed1", 1)):
         if name in runs and "baseline.val_ppl" in runs[name]:
             out.append((f"SFT control (CE only), seed {seed}", pick(runs[name], "baseline")))
     labels = {
         "forward_kl_seed0": "forward KL + 0.5 CE, seed 0",
-        "forward_kl_seed1": "forward KL + 0.5 CE, seed 1",
+        "forward_kl_seed1": "forward KL + 0.5 CE, seed 1 (same teacher and split)",
         "gkd_seed0": "GKD (JSD β=0.5, λ=0.5), seed 0",
         "seqkd_seed0": "sequence-level KD (teacher's greedy answers, CE), seed 0",
     }
@@ -75,8 +75,8 @@ def block(runs: dict[str, dict]) -> str:
         )
     m = runs.get("forward_kl_seed0", {})
     if m:
-        lines += ["", f"Steps {m['train.steps']} of {m.get('data.train_tokens_available', 0):,} training tokens per "
-                  f"epoch (batch 8 × 256); {m.get('val.answer_prompts', 64)} held-out prompts answered greedily."]  # fmt: skip
+        lines += ["", f"{m['train.steps']} steps of 8 × 256 tokens for every student and the control; "
+                  f"{m.get('val.answer_prompts', 64)} held-out prompts answered greedily."]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -59,10 +59,14 @@ class ChatDataModule(TextDataModule):
         train_on: str = "all",
         packing: bool = False,
         answers_are_python: bool = False,
+        split_seed: int | None = None,
         **kwargs,
     ):
         super().__init__(source=source, **kwargs)
         self.answers_are_python = answers_are_python  # reports compile rate and def-line match (eval/answers.py)
+        # the validation split's seed (default: data.seed); set it to vary the batch order across seeds while the
+        # held-out conversations, and what a cached teacher was trained on, stay the same
+        self.split_seed = self.seed if split_seed is None else split_seed
         if self.filters:
             raise DistillError("data/filters work on text corpora, not on conversations: use data/filters=none")
         if train_on not in TRAIN_ON:
@@ -89,7 +93,7 @@ class ChatDataModule(TextDataModule):
         keys = sorted({c.split_key for c in conversations})
         if len(keys) < 2:
             raise DistillError(f"the chat data has {len(keys)} distinct prompt(s); at least 2 are needed to split")
-        _, val = split_documents([Document(k, "") for k in keys], self.val_fraction, self.seed)
+        _, val = split_documents([Document(k, "") for k in keys], self.val_fraction, self.split_seed)
         val_keys = {d.id for d in val}
         self.train_conversations = [c for c in conversations if c.split_key not in val_keys]
         self.val_conversations = [c for c in conversations if c.split_key in val_keys]
