@@ -80,6 +80,24 @@ def block(runs: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(runs: dict[str, dict], path: Path) -> None:
+    """results.png: response perplexity and compile rate per row, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, values = zip(*rows(runs))
+    fig, axes = plt.subplots(1, 2, figsize=(14, 0.5 * len(labels) + 1.5), sharey=True)
+    for ax, (key, title, _) in zip(axes, COLUMNS[:2]):
+        ax.barh(range(len(labels)), [v.get(key, 0) for v in values], color="tab:blue")
+        ax.set_title(title)
+    axes[0].set_yticks(range(len(labels)), labels)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main(argv: list[str]) -> int:
     args = [a for a in argv if not a.startswith("--")]
     if args:
@@ -89,6 +107,7 @@ def main(argv: list[str]) -> int:
     current = readme.split(BEGIN, 1)[-1].split(END, 1)[0].strip() if BEGIN in readme else ""
     if "--check" in argv:
         return 0 if current == text else 1
+    plot(load(), HERE / "results.png")
     head, rest = readme.split(BEGIN, 1)
     README.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
     print(text)
