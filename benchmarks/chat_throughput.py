@@ -23,11 +23,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 
 import lightning as L
 import numpy as np
 import torch
+from distill_throughput import StepTimer  # the sibling benchmark (scripts run with benchmarks/ on sys.path)
 from torch.utils.data import DataLoader
 
 from distill.cli.resolvers import auto_precision
@@ -37,20 +37,6 @@ from distill.losses.objective import Objective
 from distill.student.prune import every_other_layer
 from distill.student.scratch import build_llama
 from distill.teacher.module import Teacher
-
-
-class StepTimer(L.Callback):
-    def __init__(self, warmup: int):
-        self.warmup, self.start, self.steps = warmup, None, 0
-
-    def on_train_batch_end(self, trainer, *_):
-        if trainer.global_step == self.warmup:
-            self.start = time.perf_counter()
-        elif trainer.global_step > self.warmup:
-            self.steps += 1
-
-    def on_train_end(self, *_):
-        self.elapsed = time.perf_counter() - self.start
 
 
 def rows(args, packing: bool, cache: str):

@@ -102,27 +102,8 @@ def sequence_kd_data(cfg: DictConfig, dm, teacher: TeacherSource):
     if not teacher.live:
         raise DistillError("seq_kd.enabled needs a live teacher to generate continuations (teacher=live)")
     spec = cfg.seq_kd
-    if "prompt_len" in getattr(dm, "train_extras", {}) or getattr(dm, "packing", False):  # conversations
-        return chat_seqkd_datamodule(
-            dm,
-            teacher.model,
-            teacher_key=teacher_fingerprint(cfg.teacher.get("path") or teacher.model),
-            new_tokens=spec.new_tokens,
-            temperature=spec.temperature,
-            seed=cfg.seed,
-            batch_size=spec.batch_size,
-            max_examples=spec.max_examples,
-            cache_dir=cfg.paths.cache_dir,
-            device=device_of(cfg),
-        )
-    log.info(
-        "sequence-level KD: teacher continuations of %s training blocks", spec.max_examples or len(dm.train_blocks)
-    )
-    return seqkd_datamodule(
-        dm,
-        teacher.model,
+    common = dict(
         teacher_key=teacher_fingerprint(cfg.teacher.get("path") or teacher.model),
-        prompt_tokens=spec.prompt_tokens,
         new_tokens=spec.new_tokens,
         temperature=spec.temperature,
         seed=cfg.seed,
@@ -131,3 +112,9 @@ def sequence_kd_data(cfg: DictConfig, dm, teacher: TeacherSource):
         cache_dir=cfg.paths.cache_dir,
         device=device_of(cfg),
     )
+    if "prompt_len" in getattr(dm, "train_extras", {}) or getattr(dm, "packing", False):  # conversations
+        return chat_seqkd_datamodule(dm, teacher.model, **common)  # each conversation's own prompt
+    log.info(
+        "sequence-level KD: teacher continuations of %s training blocks", spec.max_examples or len(dm.train_blocks)
+    )
+    return seqkd_datamodule(dm, teacher.model, prompt_tokens=spec.prompt_tokens, **common)
