@@ -1,4 +1,5 @@
-"""``distill-eval``: compare a teacher and its students (quality, size, speed) in one table."""
+"""``distill-eval``: compare a teacher and its students (quality, size, speed) in one table, across
+tokenizers too (bits per byte)."""
 
 from __future__ import annotations
 

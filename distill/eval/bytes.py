@@ -10,19 +10,26 @@ cost would differ between tokenizers and is not part of the text.
 
 A tokenizer that does not reproduce the text (WordPiece lowercases and strips accents) scores a
 different text; ``TextScore.lossless`` says whether decoding the tokens gives the text back.
+
+``text_metrics`` is the form a run reports (``<name>.bits_per_byte``, ``<name>.bits_per_char``);
+``model_agreement`` runs two models with different tokenizers over rows of text for the top-1
+agreement on aligned positions whose tokens are the same string.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from distill.align.batch import AlignedBatch
-from distill.align.vocab import VocabMapping
+from distill.align.batch import AlignedBatch, collate
+from distill.align.encode import TextAligner
+from distill.align.vocab import VocabMapping, vocab_mapping
 
 
 @dataclass(frozen=True)
@@ -73,17 +80,40 @@ def windows(ids: list[int], context: int, max_length: int) -> list[list[int]]:
     return [seq[i : i + step + 1] for i in range(0, max(1, len(seq) - 1), step)]
 
 
+WINDOWS_PER_PASS = 8  # windows scored in one forward pass: bounds the logits' memory on long texts
+
+
+def model_window(model) -> int:
+    """The most tokens the model takes at once (its position table; 2048 when it does not say)."""
+    return getattr(model.config, "max_position_embeddings", None) or 2048
+
+
 @torch.no_grad()
 def score_text(
-    model, tokenizer, text: str, *, max_length: int | None = None, vocab_size: int | None = None
+    model,
+    tokenizer,
+    text: str,
+    *,
+    max_length: int | None = None,
+    vocab_size: int | None = None,
+    batch_size: int = WINDOWS_PER_PASS,
 ) -> TextScore:
     """The model's summed NLL of ``text`` under its tokenizer (see the module doc); windows of at
-    most ``max_length`` tokens (default: the model's ``max_position_embeddings``)."""
+    most ``max_length`` tokens and of the model's ``max_position_embeddings``, ``batch_size``
+    windows per forward pass."""
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     if not ids:
         return TextScore(bytes=len(text.encode()), chars=len(text))
-    max_length = max_length or getattr(model.config, "max_position_embeddings", None) or 2048
-    chunks = windows(ids, context_id(tokenizer), max_length)
+    window = min(max_length or model_window(model), model_window(model))  # never past its position table
+    chunks = windows(ids, context_id(tokenizer), window)
+    vocab = vocab_size or len(tokenizer)
+    nll = sum(_windows_nll(model, chunks[i : i + batch_size], vocab) for i in range(0, len(chunks), batch_size))
+    lossless = tokenizer.decode(ids) == text
+    return TextScore(float(nll), len(ids), len(text.encode()), len(text), lossless)
+
+
+def _windows_nll(model, chunks: list[list[int]], vocab: int) -> float:
+    """Summed NLL of the windows' targets (each window's tokens after its first)."""
     width = max(len(c) for c in chunks)
     device = next(model.parameters()).device
     inputs = torch.full((len(chunks), width), int(chunks[0][0]), dtype=torch.long, device=device)
@@ -91,10 +121,8 @@ def score_text(
     for i, chunk in enumerate(chunks):  # right padding: a causal model's earlier positions never see it
         inputs[i, : len(chunk)] = torch.tensor(chunk)
         targets[i, : len(chunk) - 1] = torch.tensor(chunk[1:])
-    logits = model(input_ids=inputs, use_cache=False).logits[..., : vocab_size or len(tokenizer)].float()
-    nll = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
-    lossless = tokenizer.decode(ids) == text
-    return TextScore(float(nll), len(ids), len(text.encode()), len(text), lossless)
+    logits = model(input_ids=inputs, use_cache=False).logits[..., :vocab].float()
+    return F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum").item()
 
 
 def score_texts(model, tokenizer, texts: list[str], **kwargs) -> TextScore:
@@ -118,3 +146,117 @@ def aligned_top1_agreement(
     s_top = student_logits.reshape(-1, student_logits.shape[-1])[s_rows].argmax(-1)
     t_top = teacher_logits.reshape(-1, teacher_logits.shape[-1])[t_rows].argmax(-1)
     return int((to_student[t_top] == s_top).sum()), int(same.sum())
+
+
+def text_scores(models: dict, texts: list[str], device=None, max_length: int | None = None) -> dict[str, TextScore]:
+    """``models``: {name: (model, tokenizer)}; each model's ``score_texts`` of the same texts under
+    its own tokenizer, in eval mode (its mode is restored after). ``device``: where the model runs,
+    moved there if it is not already (a no-op when the caller has)."""
+    out = {}
+    for name, (model, tokenizer) in models.items():
+        was_training = model.training
+        model.eval()
+        if device is not None:
+            model.to(device)
+        out[name] = score_texts(model, tokenizer, texts, max_length=max_length)
+        model.train(was_training)
+    return out
+
+
+def text_metrics(models: dict, texts: list[str], device=None, max_length: int | None = None) -> dict[str, float]:
+    """models: {name: (model, tokenizer)}. Returns {f"{name}.bits_per_byte": ..., f"{name}.bits_per_char": ...}
+    for every model, each scored on the same texts under its own tokenizer (score_texts)."""
+    metrics = {}
+    for name, score in text_scores(models, texts, device, max_length).items():
+        metrics[f"{name}.bits_per_byte"] = score.bits_per_byte
+        metrics[f"{name}.bits_per_char"] = score.bits_per_char
+    return metrics
+
+
+def leading_text(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
+    """The texts in order as far as ``max_tokens`` of the tokenizer's tokens reach (one more per text
+    for the EOS that follows it when packed), the last one cut where its last counted token ends."""
+    out, left = [], max_tokens
+    for text in texts:
+        if left <= 0:
+            break
+        cut = cut_to_tokens(text, tokenizer, left)
+        out.append(cut)
+        left -= len(tokenizer(cut, add_special_tokens=False)["input_ids"]) + 1
+    return out
+
+
+def cut_to_tokens(text: str, tokenizer, n: int) -> str:
+    """The start of ``text`` that its first ``n`` tokens cover (all of it when it has no more). A
+    slow tokenizer reports no character offsets: its cut is proportional to the characters."""
+    if not getattr(tokenizer, "is_fast", False):
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        return text if len(ids) <= n else text[: len(text) * n // len(ids)]
+    offsets = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    return text if len(offsets) <= n else text[: offsets[n - 1][1]]
+
+
+def text_rows(texts: list[str], tokenizer, n: int) -> Iterator[str]:
+    """Each text in consecutive pieces of ``n`` of the tokenizer's tokens (the last one shorter)."""
+    for text in texts:
+        while text:
+            head = cut_to_tokens(text, tokenizer, n) or text  # a zero-width first token: the rest at once
+            yield head
+            text = text[len(head) :]
+
+
+@torch.no_grad()
+def model_agreement(
+    teacher, teacher_tokenizer, student, student_tokenizer, texts: list[str], *, row_tokens: int, max_rows: int
+) -> tuple[int, int]:
+    """(agreements, positions): ``aligned_top1_agreement`` of two models with different tokenizers
+    over the first ``max_rows`` rows of ``text_rows`` (``row_tokens`` teacher tokens each, with the
+    EOS the aligner adds), so both sides read the same characters. A row's first token has no
+    context and is not counted."""
+    aligner = TextAligner(teacher_tokenizer, student_tokenizer)
+    mapping = vocab_mapping(teacher_tokenizer, student_tokenizer)
+    row_tokens = min(row_tokens, model_window(teacher))
+    agree = count = 0
+    for row in itertools.islice(text_rows(texts, teacher_tokenizer, row_tokens - 1), max_rows):
+        t, s, alignment = aligner.align([row], teacher_len=row_tokens, student_len=model_window(student))
+        s_logits = _row_logits(student, s.ids, mapping.student_size)
+        t_logits = _row_logits(teacher, t.ids, mapping.teacher_size).to(s_logits.device)
+        batch = collate([alignment], len(t.ids), len(s.ids)).to(s_logits.device)
+        a, n = aligned_top1_agreement(s_logits, t_logits, batch, mapping)
+        agree, count = agree + a, count + n
+    return agree, count
+
+
+def _row_logits(model, ids, vocab: int) -> Tensor:
+    """[1, n, vocab] logits of one row (rows past the tokenizer's vocabulary, padding, cut off)."""
+    was_training = model.training
+    model.eval()
+    inputs = torch.as_tensor(ids, dtype=torch.long, device=next(model.parameters()).device)[None]
+    logits = model(input_ids=inputs, use_cache=False).logits[..., :vocab].float()
+    model.train(was_training)
+    return logits
+
+
+def tokenizer_free(
+    models: dict, reference: str, shared: list[str], texts: list[str], row_tokens: int, agreement_rows: int
+) -> dict[str, dict]:
+    """Per model of ``models`` ({name: (model, tokenizer)}): bits per byte and per character of
+    ``texts`` (windows of ``row_tokens`` of its own tokens) and its bytes per token; for a model not
+    in ``shared`` (the reference's tokenization), top-1 agreement with the reference on aligned
+    same-string positions over the first ``agreement_rows`` rows of the texts (``model_agreement``)."""
+    out = {}
+    ref_model, ref_tok = models[reference]
+    for name, score in text_scores(models, texts, max_length=row_tokens).items():
+        out[name] = {
+            "bits_per_byte": score.bits_per_byte,
+            "bits_per_char": score.bits_per_char,
+            "bytes_per_token": score.bytes / max(1, score.tokens),
+            "text_lossless": score.lossless,
+        }
+        if name not in shared:
+            model, tok = models[name]
+            agree, count = model_agreement(
+                ref_model, ref_tok, model, tok, texts, row_tokens=row_tokens, max_rows=agreement_rows
+            )
+            out[name].update(aligned_top1_agreement=agree / max(1, count), aligned_positions=count)
+    return out

@@ -1,49 +1,45 @@
 """``distill-eval``: several causal LMs side by side on one validation split, one table.
 
 Quality (perplexity, top-1 agreement and KL to the reference teacher) comes from one pass of
-``metrics.evaluate`` over every model; cost (parameters, bytes on disk, scoring and generation
-speed on this machine) from ``speed``; plus greedy samples for a few prompts. lm-evaluation-harness
-scores one model on benchmark tasks; it has no teacher-relative metrics (agreement, KL), hence this.
+``metrics.evaluate`` over the models that tokenize as the reference does; cost (parameters, bytes on
+disk, scoring and generation speed on this machine) from ``speed``; plus greedy samples for a few
+prompts. lm-evaluation-harness scores one model on benchmark tasks; it has no teacher-relative
+metrics (agreement, KL), hence this.
+
+Models with other tokenizers are compared without tokens (``distill.eval.bytes``): every model gets
+bits per byte and per character on one validation text, each under its own tokenizer, and a model
+whose tokenizer differs from the reference's gets top-1 agreement on the aligned positions whose
+tokens are the same string instead of the per-token metrics. Its speed ratios are per byte of text.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import logging
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from distill.align.checks import same_tokenization
 from distill.cache import write_atomic
+from distill.data.packing import tokenize
 from distill.errors import DistillError
 from distill.eval import lm_eval_task
 from distill.eval.answers import answer_metrics
+from distill.eval.bytes import leading_text, model_window, tokenizer_free
+from distill.eval.compare_table import to_markdown
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.speed import generation_latency, median, scoring_throughput, size_on_disk
 from distill.safety import pretrained_kwargs, weight_kwargs
 from distill.teacher.load import check_model_dir, load_causal_lm
 
 log = logging.getLogger(__name__)
-
-# (key, header, format) of the results table, in order
-COLUMNS = [
-    ("params", "params", lambda v: f"{v / 1e6:.2f}M"),
-    ("size_bytes", "size on disk", lambda v: f"{v / 2**20:.1f} MiB"),
-    ("val_ppl", "val ppl", lambda v: f"{v:.3f}"),
-    ("top1_agreement", "top-1 agreement", lambda v: f"{v:.3f}"),
-    ("kl_to_teacher", "KL(teacher‖model)", lambda v: f"{v:.4f}"),
-    ("scoring_tokens_per_s", "scoring tokens/s", lambda v: f"{v:,.0f}"),
-    ("gen_tokens_per_s", "generation tokens/s", lambda v: f"{v:,.1f}"),
-    ("ms_per_token", "ms/token", lambda v: f"{v:.2f}"),
-    ("ttft_ms", "time to first token (ms)", lambda v: f"{v:.2f}"),
-    # data=stdlib_instruct only (distill/eval/answers.py): a column no model has is left out
-    ("answer_compile_rate", "answers compile", lambda v: f"{v:.3f}"),
-    ("answer_first_line_match", "def line matches", lambda v: f"{v:.3f}"),
-]
 
 
 def model_paths(spec) -> dict[str, Path]:
@@ -71,35 +67,46 @@ def model_paths(spec) -> dict[str, Path]:
     return dirs
 
 
-def check_shared_tokenizer(paths: dict[str, Path]) -> None:
-    """One tokenizer for all: the same validation tokens for every model, and comparable logits."""
+AGREEMENT_ROWS = 16  # rows of the validation text (data.seq_len + 1 reference tokens each): aligned top-1 agreement
+
+
+def load_tokenizers(paths: dict[str, Path]) -> dict:
     from transformers import AutoTokenizer
 
-    vocabs = {}
+    tokenizers = {}
     for name, path in paths.items():
         try:
-            vocabs[name] = AutoTokenizer.from_pretrained(str(path), **pretrained_kwargs()).get_vocab()
+            tokenizers[name] = AutoTokenizer.from_pretrained(str(path), **pretrained_kwargs())
         except Exception as e:
             raise DistillError(f"models.{name}: cannot load a tokenizer from {path} ({type(e).__name__})") from e
-    first, *rest = vocabs
-    for name in rest:
-        if vocabs[name] != vocabs[first]:
-            differ = len(set(vocabs[first].items()) ^ set(vocabs[name].items()))
-            raise DistillError(
-                f"models {first} and {name} have different tokenizers ({len(vocabs[first])} vs "
-                f"{len(vocabs[name])} tokens, {differ} entries differ): distill-eval compares "
-                f"models that share one tokenizer"
-            )
+    return tokenizers
+
+
+def shared_with(reference: str, tokenizers: dict) -> list[str]:
+    """The models that tokenize every text as the reference does (``same_tokenization``): only they
+    see the same validation tokens, so only their logits compare position by position."""
+    return [name for name, tok in tokenizers.items() if same_tokenization(tokenizers[reference], tok)]
+
+
+def validation_text(dm) -> list[str]:
+    """The text every model's bits per byte is scored on: the validation documents in order, as far
+    as the validation rows' tokens under the reference tokenizer reach (``data.max_val_blocks`` rows
+    of ``data.seq_len + 1``: for packed text, the very text those rows hold). Prompt/response data
+    has no documents: its validation examples as the rows render them (prompt template + response)."""
+    texts = [d.text for d in getattr(dm, "val_docs", None) or []]
+    if not texts and getattr(dm, "val_examples", None):
+        texts = [dm.template.format(prompt=e.prompt) + e.response for e in dm.val_examples]
+    return leading_text(texts, dm.tokenizer, int(dm.val_blocks.size))
 
 
 @torch.no_grad()
-def prompt_ids(tokenizer, prompt: str, chat: bool) -> torch.Tensor:
+def prompt_ids(tokenizer, prompt: str, chat: bool, whose: str = "the reference model's") -> torch.Tensor:
     """``prompt`` as token ids ``[1, n]``: as text, or (``generation.chat=true``) as a user turn rendered
     by the tokenizer's chat template with the generation prompt, as the chat model was trained."""
     if not chat:
         return tokenizer(prompt, return_tensors="pt").input_ids
     if not tokenizer.chat_template:
-        raise DistillError("generation.chat=true: the reference model's tokenizer has no chat template")
+        raise DistillError(f"generation.chat=true: {whose} tokenizer has no chat template")
     messages = [{"role": "user", "content": prompt}]
     return torch.tensor([tokenizer.apply_chat_template(messages, add_generation_prompt=True)["input_ids"]])
 
@@ -127,7 +134,8 @@ def run_eval(cfg: DictConfig) -> dict:
     reference = cfg.get("reference") or next(iter(paths))
     if reference not in paths:
         raise DistillError(f"reference {reference!r} is not one of the models: {list(paths)}")
-    check_shared_tokenizer(paths)
+    tokenizers = load_tokenizers(paths)
+    shared = shared_with(reference, tokenizers)
     harness = cfg.lm_eval
     if harness.run and importlib.util.find_spec("lm_eval") is None:
         raise DistillError("lm_eval.run=true needs lm-evaluation-harness: pip install 'distill[eval]' (or lm_eval)")
@@ -140,49 +148,53 @@ def run_eval(cfg: DictConfig) -> dict:
     dm.load_documents()
     dm.use_tokenizer(paths[reference])
     dm.setup("fit")
-    vocab_size = len(dm.tokenizer)
+    tokenizers.update({name: dm.tokenizer for name in shared})  # as the data path set it up (chat template)
     models = {name: load_causal_lm(path, what=f"models.{name}").to(device) for name, path in paths.items()}
-    check_vocab(vocab_size, **models)
-
-    log.info("scoring %d models on %d validation blocks of %d tokens", len(models), len(dm.val_blocks), dm.seq_len)
-    quality = evaluate(models, dm.val_dataloader(), vocab_size, reference=reference, device=device, autocast_dtype=amp)
+    for name, model in models.items():
+        check_vocab(len(tokenizers[name]), **{name: model})
+    quality, texts = score_quality(models, tokenizers, reference, shared, dm, device, amp)
     batches = [b[0] for b in dm.val_dataloader()][: cfg.speed.batches]
     prompts, chat = list(cfg.generation.prompts), bool(cfg.generation.get("chat", False))
-    ids = [prompt_ids(dm.tokenizer, p, chat) for p in prompts]
-    timings = {name: [] for name in models}
-    for r in range(cfg.speed.rounds):  # rounds interleave the models, so machine noise hits them alike
-        for name, model in models.items():
-            log.info("timing %s (round %d of %d)", name, r + 1, cfg.speed.rounds)
-            t = {"scoring_tokens_per_s": scoring_throughput(model, batches, device, amp, warmup=cfg.speed.warmup)}
-            t.update(generation_latency(model, ids, cfg.speed.new_tokens, device, amp))
-            timings[name].append(t)
-    rows, texts = {}, {}
+    inputs = {}
+    for name, tok in tokenizers.items():  # each model is timed in its own tokens
+        own = name not in shared
+        ids = [prompt_ids(tok, p, chat, f"models.{name}'s" if own else "the reference model's") for p in prompts]
+        inputs[name] = (own_batches(tok, texts, batches, model_window(models[name])) if own else batches, ids)
+    timings = time_models(models, inputs, cfg.speed, device, amp)
+    rows, texts_out = {}, {}
     for name, model in models.items():
         rows[name] = {
             "path": str(paths[name]),
+            "shared_tokenizer": name in shared,
             "params": num_params(model),
             "size_bytes": size_on_disk(paths[name]),
-            **quality[name],
+            **quality.get(name, {}),
             **{k: median([t[k] for t in timings[name]]) for k in timings[name][0]},
         }
         if rows[name]["ms_per_token"] > 0:  # from the median latency, so the two columns agree
             rows[name]["gen_tokens_per_s"] = 1e3 / rows[name]["ms_per_token"]
-        texts[name] = samples(model, dm.tokenizer, prompts, cfg.generation.max_new_tokens, device, cfg.seed, chat)
-        if getattr(dm, "answers_are_python", False):  # data=stdlib_instruct: greedy answers to held-out prompts
+        texts_out[name] = samples(
+            model, tokenizers[name], prompts, cfg.generation.max_new_tokens, device, cfg.seed, chat
+        )
+        # data=stdlib_instruct: greedy answers to held-out prompts, in rows of the reference's tokens
+        if getattr(dm, "answers_are_python", False) and name in shared:
             answers = answer_metrics({name: model}, dm, device)
             rows[name].update({k.removeprefix(f"{name}."): v for k, v in answers.items() if k.startswith(name)})
     add_ratios(rows, reference)
-    harness_commands = run_harness(harness, dm, paths, rows, out_dir, device.type)
+    harness_commands = run_harness(harness, dm, paths, rows, out_dir, device.type)  # each with its own tokenizer
     result = {
         "reference": reference,
         "models": rows,
-        "samples": texts,
+        "samples": texts_out,
         "data": {
             "val_tokens": quality[reference]["tokens"],
             "val_blocks": len(dm.val_blocks),
             "seq_len": dm.seq_len,
             "speed_batches": len(batches),
             "speed_batch_size": dm.batch_size,
+            "text_docs": len(texts),
+            "text_chars": sum(len(t) for t in texts),
+            "text_bytes": sum(len(t.encode()) for t in texts),
         },
         "device": device_name(device),
         "precision": str(cfg.trainer.precision),
@@ -195,6 +207,51 @@ def run_eval(cfg: DictConfig) -> dict:
     write_atomic(out_dir / "eval.md", markdown)
     print(markdown)
     return result
+
+
+def score_quality(models, tokenizers, reference, shared, dm, device, amp) -> tuple[dict, list[str]]:
+    """Per model: the per-token metrics (``evaluate``) where it shares the reference's tokenizer, and
+    the tokenizer-free ones on the validation text for every model; returns them and that text."""
+    log.info("scoring %d models on %d validation blocks of %d tokens", len(shared), len(dm.val_blocks), dm.seq_len)
+    same = {name: models[name] for name in shared}
+    quality = evaluate(same, dm.val_dataloader(), len(dm.tokenizer), reference, device, autocast_dtype=amp)
+    texts = validation_text(dm)
+    if not texts:
+        if len(shared) < len(models):
+            raise DistillError(
+                "models with different tokenizers compare by bits per byte: this data has no validation text"
+            )
+        return quality, texts
+    pairs = {name: (model, tokenizers[name]) for name, model in models.items()}
+    with torch.autocast(device.type, dtype=amp) if amp else contextlib.nullcontext():
+        for name, metrics in tokenizer_free(pairs, reference, shared, texts, dm.seq_len + 1, AGREEMENT_ROWS).items():
+            quality.setdefault(name, {}).update(metrics)
+    return quality, texts
+
+
+def own_batches(tokenizer, texts: list[str], like: list[torch.Tensor], window: int) -> list[torch.Tensor]:
+    """Batches of the shapes the reference is timed on (the length capped at the model's window),
+    from this tokenizer's tokens of the validation text, repeated where they are fewer."""
+    ids = torch.from_numpy(tokenize(texts, tokenizer).astype(np.int64))
+    out = []
+    for batch in like:
+        shape = (batch.shape[0], min(batch.shape[1], window))
+        numel = shape[0] * shape[1]
+        out.append(ids.repeat(-(-numel // len(ids)))[:numel].view(shape))
+    return out
+
+
+def time_models(models: dict, inputs: dict, speed: DictConfig, device, amp) -> dict[str, list[dict]]:
+    """Scoring throughput and generation latency per model, on its ``inputs`` (batches, prompt ids)."""
+    timings = {name: [] for name in models}
+    for r in range(speed.rounds):  # rounds interleave the models, so machine noise hits them alike
+        for name, model in models.items():
+            log.info("timing %s (round %d of %d)", name, r + 1, speed.rounds)
+            batches, ids = inputs[name]
+            t = {"scoring_tokens_per_s": scoring_throughput(model, batches, device, amp, warmup=speed.warmup)}
+            t.update(generation_latency(model, ids, speed.new_tokens, device, amp))
+            timings[name].append(t)
+    return timings
 
 
 def run_harness(
@@ -232,61 +289,24 @@ def run_harness(
 
 
 def add_ratios(rows: dict[str, dict], reference: str) -> None:
-    """Each model against the reference: how many times smaller and faster (> 1 = better)."""
+    """Each model against the reference: how many times smaller and faster (> 1 = better). Speed of
+    a model with another tokenizer is per byte of text (its tokens times its bytes per token), since
+    its tokens are not the reference's."""
     ref = rows[reference]
     for row in rows.values():
+        per_byte = not row.get("shared_tokenizer", True)
+        scale = (lambda r: r["bytes_per_token"]) if per_byte else (lambda r: 1.0)
         row["params_x"] = ref["params"] / row["params"]
         row["size_x"] = ref["size_bytes"] / max(1, row["size_bytes"])
-        row["speed_x"] = row["scoring_tokens_per_s"] / ref["scoring_tokens_per_s"]
-        row["gen_speed_x"] = ref["ms_per_token"] / row["ms_per_token"] if row["ms_per_token"] else float("nan")
+        row["speed_x"] = row["scoring_tokens_per_s"] * scale(row) / (ref["scoring_tokens_per_s"] * scale(ref))
+        row["gen_speed_x"] = (
+            ref["ms_per_token"] / scale(ref) / (row["ms_per_token"] / scale(row))
+            if row["ms_per_token"]
+            else float("nan")
+        )
 
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({torch.get_num_threads()} threads)"
-
-
-def to_markdown(result: dict) -> str:
-    ref = result["reference"]
-    columns = [c for c in COLUMNS if any(c[0] in row for row in result["models"].values())]
-    head = ["model", *(h for _, h, _ in columns), "× smaller", "× faster (scoring)"]
-    lines = [
-        f"# Model comparison (reference teacher: {ref})",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|---|" + "---:|" * (len(head) - 1),
-    ]
-    for name, row in result["models"].items():
-        cells = [fmt(row[k]) if k in row else "—" for k, _, fmt in columns]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['params_x']:.2f} | {row['speed_x']:.2f} |")
-    d = result["data"]
-    harness = sorted({k for row in result["models"].values() for k in row if k.startswith("lm_eval.")})
-    if harness:
-        lines += [
-            "",
-            "## lm-evaluation-harness (local tasks from the validation split)",
-            "",
-            "| model | " + " | ".join(k.removeprefix("lm_eval.") for k in harness) + " |",
-            "|---|" + "---:|" * len(harness),
-        ]
-        for name, row in result["models"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{row[k]:.4g}" if k in row else "—" for k in harness) + " |")
-    lines += [
-        "",
-        f"Validation: {d['val_tokens']:,} target tokens ({d['val_blocks']} blocks of {d['seq_len']}). "
-        f"Speed on {result['device']}, {result['precision']}: scoring over {d['speed_batches']} validation "
-        f"batches of {d['speed_batch_size']}; generation greedy, batch 1, {result['settings']['new_tokens']} "
-        f"new tokens; medians over the prompts and {result['settings']['rounds']} rounds that interleave the models, "
-        f"each after a warm-up.",
-        "",
-        "## Samples (greedy)",
-        "",
-    ]
-    for name, items in result["samples"].items():
-        lines += [f"### {name}", ""]
-        for item in items:
-            lines += ["```", item["prompt"] + item["completion"], "```", ""]
-    if result.get("lm_eval_commands"):
-        lines += ["## lm-evaluation-harness commands", "", "```bash", *result["lm_eval_commands"].values(), "```", ""]
-    return "\n".join(lines)

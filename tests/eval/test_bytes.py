@@ -8,10 +8,21 @@ import torch
 from distill.align.batch import collate
 from distill.align.encode import TextAligner
 from distill.align.vocab import vocab_mapping
-from distill.eval.bytes import TextScore, aligned_top1_agreement, score_text, score_texts, windows
+from distill.eval.bytes import (
+    TextScore,
+    aligned_top1_agreement,
+    leading_text,
+    model_agreement,
+    score_text,
+    score_texts,
+    text_metrics,
+    text_rows,
+    windows,
+)
 from distill.student.scratch import build_llama
 from tests.align.helpers import FAMILIES, HARD_TEXTS
 
+BPE = ("bpe300", "bpe4096")
 TEXT = "def  f(x):\n    return 'héllo 👋🏽 wörld'  # 日本語\n" * 3
 
 
@@ -105,3 +116,45 @@ def test_top1_agreement_counts_same_string_positions_and_follows_the_mapping():
 def _same(batch, mapping):
     to_student = torch.as_tensor(mapping.teacher_to_student)
     return (batch.one_to_one & (to_student[batch.teacher.first_ids] == batch.student.first_ids)).numpy()
+
+
+def test_text_metrics_put_two_tokenizers_on_one_scale():
+    """Two tiny Llamas under a 300- and a 4096-token vocabulary, on the same texts: finite values for
+    both, the same values when scored again, and bits per byte × bytes = bits per char × chars."""
+    texts = [TEXT, *HARD_TEXTS]
+    models = {name: (tiny_llama(FAMILIES[name](), max_seq_len=32).train(), FAMILIES[name]()) for name in BPE}
+    metrics = text_metrics(models, texts, device="cpu", max_length=16)
+    assert sorted(metrics) == [f"{n}.bits_per_{u}" for n in BPE for u in ("byte", "char")]
+    assert all(math.isfinite(v) and v > 0 for v in metrics.values())
+    assert all(model.training for model, _ in models.values())  # scored in eval mode, its mode restored
+    assert text_metrics(models, texts, max_length=16) == metrics
+    n_bytes, n_chars = sum(len(t.encode()) for t in texts), sum(len(t) for t in texts)
+    for name in models:
+        assert metrics[f"{name}.bits_per_byte"] * n_bytes == pytest.approx(metrics[f"{name}.bits_per_char"] * n_chars)
+    # a text longer than the model's positions is scored in windows of them, however long max_length is
+    model, tok = models["bpe300"]
+    assert score_text(model, tok, TEXT).nll == pytest.approx(score_text(model, tok, TEXT, max_length=10**6).nll)
+
+
+def test_leading_text_and_rows_cut_at_token_ends():
+    """Cuts fall where a token ends (a character's byte tokens stay together, so a re-tokenized
+    piece may hold up to 3 more tokens); rows cover the texts exactly."""
+    tok = FAMILIES["bpe300"]()
+    n = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    texts = [TEXT, "tail " + TEXT]
+    assert leading_text(texts, tok, 10**6) == texts
+    first, second = leading_text(texts, tok, n(TEXT) + 1 + 2)  # the first text, its EOS, two tokens more
+    assert first == TEXT and texts[1].startswith(second) and n(second) == 2
+    [head] = leading_text(texts, tok, 7)
+    assert TEXT.startswith(head) and n(head) == 7
+    rows = list(text_rows(texts, tok, 9))
+    assert "".join(rows) == "".join(texts) and all(n(r) <= 9 + 3 for r in rows) and len(rows) > 10
+
+
+def test_model_agreement_counts_same_string_positions_of_two_models():
+    t_tok, s_tok = FAMILIES["bpe4096"](), FAMILIES["bpe300"]()
+    teacher, student = tiny_llama(t_tok, max_seq_len=64), tiny_llama(s_tok, seed=1, max_seq_len=64)
+    agree, count = model_agreement(teacher, t_tok, student, s_tok, [TEXT, *HARD_TEXTS], row_tokens=24, max_rows=3)
+    assert 0 <= agree <= count and count > 10
+    more = model_agreement(teacher, t_tok, student, s_tok, [TEXT, *HARD_TEXTS], row_tokens=24, max_rows=6)
+    assert more[1] > count  # more rows, more positions
