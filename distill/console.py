@@ -255,7 +255,7 @@ def text_table(header: list[str], rows: list[list[str]], indent: str = "  ") -> 
 
 
 # report.md's columns (``distill.eval.report.MODEL_COLUMNS``), shorter to fit a terminal, and scoring speed
-CONSOLE_COLUMNS = ["model", "params", "val ppl", "top-1 agreement", "KL(teacher‖model)", "scoring tok/s"]
+CONSOLE_COLUMNS = ["model", "params", "val ppl", "bits/byte", "top-1 agreement", "KL(teacher‖model)", "scoring tok/s"]
 
 
 def compression_text(metrics: dict) -> str | None:

@@ -59,6 +59,7 @@ class DistillationModule(L.LightningModule):
         max_bad_steps: int = 10,
         pad_id: int = 0,
         stop_ids: tuple[int, ...] = (),
+        teacher_vocab_size: int | None = None,
     ):
         super().__init__()
         self.student, self.loss = student, loss
@@ -66,6 +67,8 @@ class DistillationModule(L.LightningModule):
         # out of parameters() (the optimizer) and out of .train(); _apply moves it along.
         object.__setattr__(self, "teacher", teacher)
         self.vocab_size = vocab_size
+        # a student with its own tokenizer (cross-tokenizer data): the teacher predicts its own vocabulary
+        self.teacher_vocab_size = teacher_vocab_size or vocab_size
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.max_steps, self.min_lr_ratio = max_steps, min_lr_ratio
         self._coin = random.Random(seed)  # on-policy batch choice: reproducible, independent of torch's RNG
@@ -97,14 +100,16 @@ class DistillationModule(L.LightningModule):
     def teacher_outputs(self, input_ids, rows, position_ids=None) -> Outputs | None:
         if self.teacher is None:
             return None
-        return self.teacher.scores(input_ids, rows, self.loss, self.vocab_size, position_ids)
+        return self.teacher.scores(input_ids, rows, self.loss, self.teacher_vocab_size, position_ids)
 
     def training_step(self, batch, batch_idx):
-        # (inputs, targets, row index[, extras]): extras from conversations (data/chat/datamodule.py)
+        # (inputs, targets, row index[, extras]): extras from conversations (data/chat/datamodule.py) or a
+        # student with its own tokenizer (data/cross.py: the teacher's row of the same text, and the alignment)
         inputs, targets = batch[0], batch[1]
         rows = batch[2] if len(batch) > 2 else None
         extras = batch[3] if len(batch) > 3 else {}
         positions, mask = extras.get("position_ids"), None
+        teacher_inputs, aligned = extras.get("teacher_inputs"), extras.get("aligned")
         on_policy = (
             self.scores_new_tokens and self.loss.on_policy.lmbda > 0 and self._coin.random() < self.loss.on_policy.lmbda
         )
@@ -112,7 +117,8 @@ class DistillationModule(L.LightningModule):
             inputs, targets, mask = self.sample_from_student(inputs, extras.get("prompt_len"))
             positions = None  # sampled rows hold one sequence each (packing with on-policy is refused)
         student = self.student_outputs(inputs, positions)
-        terms = self.loss(student, self.teacher_outputs(inputs, rows, positions), targets, mask)
+        teacher = self.teacher_outputs(inputs if teacher_inputs is None else teacher_inputs, rows, positions)
+        terms = self.loss(student, teacher, targets, mask, aligned)
         if not torch.isfinite(terms["loss"].detach()) and self.trainer.world_size == 1:
             # (with several ranks every one must join the gradient all-reduce: the NaN reaches the gradients
             # of all of them, and the gradient check below skips the step on every rank alike)

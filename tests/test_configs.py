@@ -11,6 +11,9 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from distill.align.batch import collate
+from distill.align.spans import align_offsets
+from distill.align.vocab import VocabMapping
 from distill.data.datamodule import TextDataModule
 from distill.losses.objective import Objective, Outputs
 from distill.run.student import student_spec
@@ -217,6 +220,8 @@ def test_loss_presets_compose_and_instantiate(name, out_dir):
         "gkd": "jsd",
         "hidden": "hidden",
         "attention": "attention",
+        "uld": "uld",
+        "gold": "gold",
     }[name]  # a new preset: name its own term here
     cfg = compose_train(out_dir, f"loss={name}", "loss.temperature=2.0")
     loss = instantiate(cfg.loss)
@@ -230,8 +235,13 @@ def test_loss_presets_compose_and_instantiate(name, out_dir):
             model.set_attn_implementation("eager")
     loss.bind(student, teacher)
     x = torch.randint(0, 128, (2, 8), generator=torch.Generator().manual_seed(0))
+    aligned = None
+    if loss.aligned_terms:  # across vocabularies; here one tokenization on both sides, aligned token by token
+        offsets = np.stack([np.arange(8), np.arange(1, 9)], -1)
+        aligned = collate([align_offsets(row, offsets, row, offsets) for row in x.numpy()], 8, 8)
+        loss.mapping = VocabMapping(np.arange(128), np.arange(128), 128, 128, ambiguous=0)
     with torch.no_grad():
-        terms = loss(model_outputs(student, x, 128, loss), model_outputs(teacher, x, 128, loss), x)
+        terms = loss(model_outputs(student, x, 128, loss), model_outputs(teacher, x, 128, loss), x, None, aligned)
     assert torch.isfinite(terms["loss"]) and terms[own] > 0
 
 

@@ -150,9 +150,9 @@ def test_results_table_has_the_report_cells_aligned_and_the_outputs(tmp_path):
     write_markdown(METRICS, tmp_path / "report.md")
     markdown = (tmp_path / "report.md").read_text()
     header, teacher, student, control = lines[1:5]
-    assert student.split() == ["student", "(distilled)", "4.00M", "11.000", "0.800", "0.1250", "2,500"]
-    assert "| student (distilled) | 4.00M | 11.000 | 0.800 | 0.1250 |" in markdown  # the same cells
-    assert teacher.split()[1:] == ["8.00M", "10.000", "—", "—", "1,000"]
+    assert student.split() == ["student", "(distilled)", "4.00M", "11.000", "—", "0.800", "0.1250", "2,500"]
+    assert "| student (distilled) | 4.00M | 11.000 | — | 0.800 | 0.1250 |" in markdown  # the same cells
+    assert teacher.split()[1:] == ["8.00M", "10.000", "—", "—", "—", "1,000"]
     assert control.split()[-1] == "—"  # no scoring speed measured for the control
     # numbers right-aligned under their headers: every row ends where the header does
     assert len({len(line) for line in (header, teacher, student, control)}) == 1

@@ -60,7 +60,11 @@ def check_arguments(value: dict, target, path: str, extra: dict[str, str] | None
         if key in RESERVED:
             continue
         if key in extra:
-            _check_block(sub, extra[key], join(path, key))
+            owner = load_target(extra[key], join(path, key))
+            if key in arguments(owner).params:  # a scalar read by the run itself (student.tokenizer)
+                check_arguments({key: sub}, owner, path)
+            else:
+                _check_block(sub, extra[key], join(path, key))
             continue
         param = args.params.get(key)
         if param is None:

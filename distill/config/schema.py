@@ -186,8 +186,18 @@ class Run:
     paths: Paths
     teacher: Teacher
     data: Annotated[dict, Built()]
-    # student.lora is taken out before the builder is called (distill.run.student.student_spec)
-    student: Annotated[dict, Built(extra=(("lora", "distill.student.lora.apply_lora"),))]
+    # student.lora, .tokenizer and .vocab_size are taken out before the builder is called
+    # (distill.run.student.student_spec); the latter two are the student's own tokenizer (distill.run.cross)
+    student: Annotated[
+        dict,
+        Built(
+            extra=(
+                ("lora", "distill.student.lora.apply_lora"),
+                ("tokenizer", "distill.run.cross.own_tokenizer"),
+                ("vocab_size", "distill.run.cross.own_tokenizer"),
+            )
+        ),
+    ]
     loss: Annotated[dict, Built()]
     quant: Annotated[dict | None, Built(optional=True)]
     trainer: Annotated[dict, Built()]

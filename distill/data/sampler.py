@@ -79,7 +79,7 @@ def data_shard(trainer) -> dict:
 
 
 def train_loader(
-    dataset, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0, world_size: int = 1
+    dataset, batch_size: int, seed: int, num_workers: int = 0, rank: int = 0, world_size: int = 1, collate_fn=None
 ) -> DataLoader:
     """Shuffled (seeded, resumable mid-epoch) full batches of this rank's shard. The loader gets a
     generator of its own so that creating an iterator never draws from the global RNG (which a
@@ -92,12 +92,17 @@ def train_loader(
         sampler=sampler,
         generator=torch.Generator().manual_seed(seed),
         num_workers=num_workers,
+        collate_fn=collate_fn,
     )
 
 
-def eval_loader(dataset, batch_size: int, seed: int = 0, num_workers: int = 0) -> DataLoader:
+def eval_loader(dataset, batch_size: int, seed: int = 0, num_workers: int = 0, collate_fn=None) -> DataLoader:
     """In order (under DDP Lightning gives each rank its part); like ``train_loader`` it never draws
     from the global RNG."""
     return DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, generator=torch.Generator().manual_seed(seed)
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        generator=torch.Generator().manual_seed(seed),
+        collate_fn=collate_fn,
     )

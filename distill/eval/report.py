@@ -10,10 +10,11 @@ matplotlib.use("Agg")  # headless: no display on training nodes
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def gap_closed(metrics: dict) -> float | None:
-    """(ppl_control − ppl_student) / (ppl_control − ppl_teacher): 1 = as good as the teacher, 0 = no better than control."""
+def gap_closed(metrics: dict, key: str = "val_ppl") -> float | None:
+    """(control − student) / (control − teacher) on ``key`` (perplexity, or bits per byte across
+    tokenizers): 1 = as good as the teacher, 0 = no better than control."""
     try:
-        c, s, t = metrics["baseline.val_ppl"], metrics["student.val_ppl"], metrics["teacher.val_ppl"]
+        c, s, t = metrics[f"baseline.{key}"], metrics[f"student.{key}"], metrics[f"teacher.{key}"]
     except KeyError:
         return None
     return (c - s) / (c - t) if c != t else None
@@ -21,7 +22,7 @@ def gap_closed(metrics: dict) -> float | None:
 
 # (label, metrics key prefix) of the models in the results table, in order
 MODELS = (("teacher", "teacher"), ("student (distilled)", "student"), ("control (scratch, CE only)", "baseline"))
-MODEL_COLUMNS = ("model", "params", "val ppl", "top-1 agreement with teacher", "KL(teacher‖model)")
+MODEL_COLUMNS = ("model", "params", "val ppl", "bits/byte", "top-1 agreement with teacher", "KL(teacher‖model)")
 
 
 def model_rows(metrics: dict) -> list[tuple[str, list[str]]]:
@@ -32,6 +33,7 @@ def model_rows(metrics: dict) -> list[tuple[str, list[str]]]:
         if f"{key}.val_ppl" not in metrics:
             continue
         agree, kl = metrics.get(f"{key}.top1_agreement"), metrics.get(f"{key}.kl_to_teacher")
+        bpb = metrics.get(f"{key}.bits_per_byte")  # tokenizer-free: compares models with different tokenizers
         rows.append(
             (
                 key,
@@ -39,6 +41,7 @@ def model_rows(metrics: dict) -> list[tuple[str, list[str]]]:
                     label,
                     f"{metrics[f'{key}.params'] / 1e6:.2f}M",
                     f"{metrics[f'{key}.val_ppl']:.3f}",
+                    f"{bpb:.4f}" if bpb is not None else "—",
                     f"{agree:.3f}" if agree is not None else "—",
                     f"{kl:.4f}" if kl is not None else "—",
                 ],
@@ -52,9 +55,11 @@ def summary_lines(metrics: dict) -> list[str]:
     lines = []
     if "teacher.params" in metrics:
         lines.append(f"- student / teacher parameters: {metrics['student.params'] / metrics['teacher.params']:.3f}")
-    closed = gap_closed(metrics)
+    on = metrics.get("gap_closed.on", "val_ppl")  # bits per byte when the student has its own tokenizer
+    closed = gap_closed(metrics, on)
     if closed is not None:
-        lines.append(f"- perplexity gap closed, (control − student) / (control − teacher): {closed:.3f}")
+        what = "perplexity" if on == "val_ppl" else "bits-per-byte"
+        lines.append(f"- {what} gap closed, (control − student) / (control − teacher): {closed:.3f}")
     lines.append(
         f"- distillation: {metrics['train.tokens']:,} tokens in {metrics['train.wall_s']:.1f} s "
         f"({metrics['train.tokens_per_s']:,.0f} tokens/s)"

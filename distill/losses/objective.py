@@ -5,7 +5,9 @@ go through one memory-bounded engine: chunked over tokens on logits, or fused wi
 LM head (``fused_linear: true``) so no [tokens × vocab] logits exist at all. Terms on
 internal representations (``hidden``, ``attention``) are small modules bound to the
 models' shapes by ``bind``; their projections train with the student but live here, not in
-the student, so they are never exported.
+the student, so they are never exported. Terms across vocabularies (``uld``, ``gold``: a student with its own
+tokenizer) compare the two distributions per aligned span of text (``distill.losses.cross_vocab``),
+on the ``AlignedBatch`` the cross-tokenizer data gives each batch (``distill.data.cross``).
 
 What each term is and needs comes from the registry (``distill.losses.terms``); every setting
 is validated once, here, when the objective is built (``distill.losses.spec``). Weights and the
@@ -19,11 +21,13 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from distill.errors import DistillError
+from distill.losses.cross_vocab import cross_vocab_loss
 from distill.losses.divergences import chunked_logit_loss
 from distill.losses.fused_linear import fused_linear_loss
 from distill.losses.representation import AttentionLoss, HiddenStateLoss, layer_pairs
 from distill.losses.spec import OnPolicy, loss_spec
 from distill.losses.terms import (
+    ALIGNED_TERMS,
     ATTENTIONS,
     DISTRIBUTION_TERMS,
     DIVERGENCES,
@@ -65,6 +69,7 @@ class Objective(nn.Module):
         hidden: dict | None = None,
         attention: dict | None = None,
         on_policy: dict | None = None,
+        gold: dict | None = None,
     ):
         super().__init__()
         spec = loss_spec(
@@ -77,14 +82,22 @@ class Objective(nn.Module):
             hidden=hidden,
             attention=attention,
             on_policy=on_policy,
+            gold=gold,
         )
         self.weights = dict(spec.weights)  # loss schedules change weights and temperature between steps
         self.temperature, self.beta, self.tail = spec.temperature, spec.beta, spec.tail
         self.chunk_size, self.fused_linear = spec.chunk_size, spec.fused_linear
         self.hidden_spec, self.attention_spec = spec.hidden, spec.attention
         self.on_policy: OnPolicy = spec.on_policy
+        self.gold_spec = spec.gold
         self.hidden_loss: nn.Module | None = None
         self.attention_loss: nn.Module | None = None
+        self.mapping = None  # GOLD's shared tokens of the two vocabularies (``bind_vocabularies``)
+        if self.fused_linear and self.aligned_terms:
+            raise DistillError(
+                f"loss.fused_linear cannot serve loss.weights.{self.aligned_terms[0]}: cross-vocabulary terms read "
+                "both models' logits per aligned span (chunked, never fused); set loss.fused_linear=false"
+            )
 
     # -- which terms run ---------------------------------------------------------------
     def uses(self, term: str) -> bool:
@@ -104,7 +117,12 @@ class Objective(nn.Module):
 
     @property
     def distills_logits(self) -> bool:
-        return any(self.uses(term) for term in DIVERGENCES)
+        return any(self.uses(term) for term in (*DIVERGENCES, *ALIGNED_TERMS))
+
+    @property
+    def aligned_terms(self) -> tuple[str, ...]:
+        """The active cross-vocabulary terms (a student with its own tokenizer)."""
+        return tuple(term for term in ALIGNED_TERMS if self.uses(term))
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -154,17 +172,32 @@ class Objective(nn.Module):
             self.attention_loss = AttentionLoss(pairs)
         return self
 
+    def bind_vocabularies(self, teacher_tokenizer, student_tokenizer) -> Objective:
+        """GOLD's mapping of the tokens whose strings both vocabularies hold (built once)."""
+        if self.uses("gold"):
+            from distill.align.vocab import vocab_mapping
+
+            self.mapping = vocab_mapping(teacher_tokenizer, student_tokenizer)
+        return self
+
     # -- the loss ----------------------------------------------------------------------
     def logit_weights(self, teacher: Outputs | None) -> dict[str, float]:
         if teacher is None:  # teacher-free training (the teacher itself, controls, black-box data): CE only
             return {"ce": 1.0}
         return {t: self.weights[t] for t in DISTRIBUTION_TERMS if self.uses(t)}
 
-    def forward(self, student: Outputs, teacher: Outputs | None, labels: Tensor, mask: Tensor | None = None) -> dict:
+    def forward(
+        self, student: Outputs, teacher: Outputs | None, labels: Tensor, mask: Tensor | None = None, aligned=None
+    ) -> dict:
         """Returns ``{"loss": total, term: detached value, ...}``; ``mask`` marks tokens to distill
-        (default: tokens with a label), ``labels`` = -100 where CE must not look."""
+        (default: tokens with a label), ``labels`` = -100 where CE must not look. ``aligned``: the
+        batch's ``AlignedBatch`` (teacher and student rows of the same text), for ``uld`` / ``gold``."""
         weights = self.logit_weights(teacher)
         loss, parts = self._logit_terms(student, teacher, labels, mask, weights) if weights else (None, {})
+        if teacher is not None and self.aligned_terms:
+            value, terms = self._aligned_terms(student, teacher, aligned)
+            loss = value if loss is None else loss + value
+            parts.update(terms)
         if teacher is not None:
             token_mask = mask if mask is not None else labels != -100
             for name, module in (("hidden", self.hidden_loss), ("attention", self.attention_loss)):
@@ -179,7 +212,27 @@ class Objective(nn.Module):
             parts["router_aux"] = student.router_aux.detach()
         return {"loss": loss, **parts}
 
+    def _aligned_terms(self, student: Outputs, teacher: Outputs, aligned) -> tuple[Tensor, dict]:
+        if aligned is None:
+            raise DistillError(
+                f"loss.weights.{self.aligned_terms[0]} compares two vocabularies on aligned text, but the batch has "
+                "no alignment: give the student its own tokenizer (student.tokenizer=<dir> or student.vocab_size=N)"
+            )
+        return cross_vocab_loss(
+            student.logits,
+            teacher.logits,
+            aligned,
+            weights={t: self.weights[t] for t in self.aligned_terms},
+            temperature=self.temperature,
+            mapping=self.mapping,
+            matched_weight=self.gold_spec["matched_weight"],
+            chunk_size=self.chunk_size,
+            teacher_vocab_size=teacher.vocab_size,
+        )
+
     def _logit_terms(self, student, teacher, labels, mask, weights):
+        if not any(term in DIVERGENCES for term in weights):
+            teacher = None  # CE alone reads the labels (beside cross-vocabulary terms, whose teacher differs)
         t_logits = None if teacher is None else teacher.logits
         common = dict(weights=weights, temperature=self.temperature, beta=self.beta)
         if self.fused_linear:

@@ -31,7 +31,11 @@ class OnPolicy:
 
 # What a term's settings block holds when the caller leaves a key out. (The presets in
 # configs/loss/ spell every key; these are for direct callers such as tests and benchmarks.)
-BLOCK_DEFAULTS = {"hidden": {"pairs": "auto", "metric": "mse"}, "attention": {"pairs": "auto"}}
+BLOCK_DEFAULTS = {
+    "hidden": {"pairs": "auto", "metric": "mse"},
+    "attention": {"pairs": "auto"},
+    "gold": {"matched_weight": None},  # None: TRL's adaptive weight (the shared share of the teacher's vocabulary)
+}
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class LossSpec:
     fused_linear: bool = False
     hidden: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["hidden"]))
     attention: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["attention"]))
+    gold: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["gold"]))
     on_policy: OnPolicy = field(default_factory=OnPolicy)
 
 
@@ -59,6 +64,7 @@ def loss_spec(
     hidden=None,
     attention=None,
     on_policy=None,
+    gold=None,
 ) -> LossSpec:
     """The one validation of the loss settings (arguments as in ``configs/loss/forward_kl.yaml``)."""
     return LossSpec(
@@ -70,6 +76,7 @@ def loss_spec(
         fused_linear=_flag("loss.fused_linear", fused_linear),
         hidden=_block("hidden", hidden),
         attention=_block("attention", attention),
+        gold=_block("gold", gold),
         on_policy=_on_policy(on_policy),
     )
 
@@ -119,7 +126,15 @@ def _pairs(key: str, value):
     return "auto" if pairs is None else pairs
 
 
-_BLOCK_CHECKS = {"pairs": _pairs, "metric": lambda key, value: _choice(key, value, HIDDEN_METRICS)}
+def _share(key: str, value):
+    return None if value is None else _number(key, value, lambda v: 0 <= v <= 1, "must be in [0, 1] or null")
+
+
+_BLOCK_CHECKS = {
+    "pairs": _pairs,
+    "metric": lambda key, value: _choice(key, value, HIDDEN_METRICS),
+    "matched_weight": _share,
+}
 
 
 def _on_policy(given) -> OnPolicy:

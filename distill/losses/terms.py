@@ -17,6 +17,9 @@ from dataclasses import dataclass
 # models' shapes, fed by the models' hidden states or attention maps.
 DISTRIBUTION = "distribution"
 REPRESENTATION = "representation"
+# Output distributions over two vocabularies (a student with its own tokenizer): compared per span
+# of text the two tokenizations share (``distill.align``), in ``distill.losses.cross_vocab``.
+ALIGNED = "aligned"
 
 # What both models must return for a term (``needs``).
 LOGITS, HIDDEN_STATES, ATTENTIONS = "logits", "hidden_states", "attentions"
@@ -49,6 +52,7 @@ class Term:
 # read the temperature and, with a sparse (cached top-k) teacher, ``tail``.
 _ENGINE = ("chunk_size", "fused_linear")
 _DIVERGENCE_SETTINGS = ("temperature", "tail", *_ENGINE)
+_ALIGNED_SETTINGS = ("temperature", "chunk_size")  # chunked over spans; never fused (it needs both vocabularies)
 
 REGISTRY: dict[str, Term] = {
     term.name: term
@@ -99,6 +103,24 @@ REGISTRY: dict[str, Term] = {
             aliases=("cross_entropy", "xent", "nll", "lm"),
         ),
         Term(
+            "uld",
+            "Universal Logit Distillation across vocabularies",
+            ALIGNED,
+            True,
+            LOGITS,
+            _ALIGNED_SETTINGS,
+            aliases=("universal_logit", "cross_tokenizer"),
+        ),
+        Term(
+            "gold",
+            "GOLD (exact KL on shared tokens, ULD on the rest)",
+            ALIGNED,
+            True,
+            LOGITS,
+            ("gold.matched_weight", *_ALIGNED_SETTINGS),
+            aliases=("gold_loss",),
+        ),
+        Term(
             "hidden",
             "hidden-state distillation",
             REPRESENTATION,
@@ -122,6 +144,7 @@ REGISTRY: dict[str, Term] = {
 TERMS = tuple(REGISTRY)
 DISTRIBUTION_TERMS = tuple(name for name, term in REGISTRY.items() if term.compares == DISTRIBUTION)
 REPRESENTATION_TERMS = tuple(name for name, term in REGISTRY.items() if term.compares == REPRESENTATION)
+ALIGNED_TERMS = tuple(name for name, term in REGISTRY.items() if term.compares == ALIGNED)
 DIVERGENCES = tuple(name for name, term in REGISTRY.items() if term.divergence)
 
 

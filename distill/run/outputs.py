@@ -13,7 +13,9 @@ from distill.cache import partial_name, replace_dir, write_atomic
 from distill.callbacks.throughput import Throughput
 from distill.console import results_table_lines, run_plan_lines
 from distill.data.filters.summary import markdown_table
+from distill.eval.aligned import evaluate_across
 from distill.eval.answers import answer_metrics
+from distill.eval.bytes import leading_text, text_metrics
 from distill.eval.compression import compression_section
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.report import gap_closed, plot_curves, write_markdown
@@ -69,17 +71,45 @@ def measure_start(cfg: DictConfig, dm, vocab_size: int, teacher: TeacherSource, 
     device = device_of(cfg)
     models = {name: m for name, m in {"teacher": teacher.live_model, "student": student}.items() if m is not None}
     placed = {name: next(m.parameters()).device for name, m in models.items()}
-    results = evaluate(
-        {name: m.to(device) for name, m in models.items()},
+    models = {name: m.to(device) for name, m in models.items()}
+    results = evaluate_models(cfg, dm, vocab_size, teacher, models, device)["student"]
+    for name, m in models.items():
+        m.to(placed[name])  # back where they were: the Trainer places them itself
+    return {f"student.{k}_start": v for k, v in results.items() if k != "tokens"}
+
+
+def CROSS(dm) -> bool:  # noqa: N802 (reads as a constant test)
+    """A student with its own tokenizer (``distill.data.cross``): each model is measured on its own rows."""
+    return hasattr(dm, "teacher_tokenizer")
+
+
+def evaluate_models(cfg: DictConfig, dm, vocab_size: int, teacher: TeacherSource, models: dict, device) -> dict:
+    """Validation perplexity, agreement and KL of ``models`` (teacher, student, control)."""
+    amp = autocast_dtype(cfg.trainer.precision)
+    if CROSS(dm):
+        return evaluate_across(models, dm, device, amp)
+    return evaluate(
+        models,
         dm.val_dataloader(),
         vocab_size,
         device=device,
         reference_top1=reference_top1(teacher),
-        autocast_dtype=autocast_dtype(cfg.trainer.precision),
-    )["student"]
-    for name, m in models.items():
-        m.to(placed[name])  # back where they were: the Trainer places them itself
-    return {f"student.{k}_start": v for k, v in results.items() if k != "tokens"}
+        autocast_dtype=amp,
+    )
+
+
+def text_metrics_of(dm, models: dict, device) -> dict:
+    """Bits per byte and per character of every model on the validation text, each under its own
+    tokenizer: one scale across tokenizers. The text is the validation documents as far as the
+    validation rows reach (their tokens under the teacher's tokenizer), so it costs what they cost."""
+    data = getattr(dm, "base", dm)
+    docs = getattr(data, "val_docs", None)
+    if not docs or getattr(data, "val_blocks", None) is None:
+        return {}
+    teacher_tokenizer = getattr(dm, "teacher_tokenizer", dm.tokenizer)
+    texts = leading_text([d.text for d in docs], teacher_tokenizer, data.val_blocks.size)
+    pairs = {name: (m, teacher_tokenizer if name == "teacher" else dm.tokenizer) for name, m in models.items()}
+    return text_metrics(pairs, texts, device)
 
 
 def measure(cfg, dm, vocab_size, teacher: TeacherSource, student, baseline, meter: Throughput, device) -> dict:
@@ -87,21 +117,16 @@ def measure(cfg, dm, vocab_size, teacher: TeacherSource, student, baseline, mete
     (written by distill-cache) and agreement is against its stored top-1 on the validation split."""
     models = {"teacher": teacher.live_model, "student": student, "baseline": baseline}
     models = {name: m.to(device) for name, m in models.items() if m is not None}
-    results = evaluate(
-        models,
-        dm.val_dataloader(),
-        vocab_size,
-        device=device,
-        reference_top1=reference_top1(teacher),
-        autocast_dtype=autocast_dtype(cfg.trainer.precision),
-    )
+    results = evaluate_models(cfg, dm, vocab_size, teacher, models, device)
     metrics = {}
-    speed_batches = [b[0] for _, b in zip(range(4), dm.val_dataloader())]  # cheap: the student/teacher speed ratio
+    batches = [b for _, b in zip(range(4), dm.val_dataloader())]  # cheap: the student/teacher speed ratio
     for name in ("teacher", "student"):
-        if name in models:
+        if name in models:  # each model reads its own tokens (a student with its own tokenizer: data/cross.py)
+            own = [b[3]["teacher_inputs"] if name == "teacher" and CROSS(dm) else b[0] for b in batches]
             metrics[f"{name}.scoring_tokens_per_s"] = scoring_throughput(
-                models[name], speed_batches, device, autocast_dtype(cfg.trainer.precision)
+                models[name], own, device, autocast_dtype(cfg.trainer.precision)
             )
+    metrics.update(text_metrics_of(dm, models, device))
     if teacher.cache is not None:
         metrics.update({k: v for k, v in teacher.cache_manifest.get("extra", {}).items() if k.startswith("teacher.")})
     for name, model in models.items():
@@ -120,9 +145,10 @@ def measure(cfg, dm, vocab_size, teacher: TeacherSource, student, baseline, mete
         metrics.pop(f"{name}.tokens", None)
     if "teacher.params" in metrics:
         metrics["student.params_ratio"] = metrics["student.params"] / metrics["teacher.params"]
-    closed = gap_closed(metrics)
+    on = "bits_per_byte" if CROSS(dm) else "val_ppl"  # across tokenizers only bits per byte compare
+    closed = gap_closed(metrics, on)
     if closed is not None:
-        metrics["gap_closed"] = closed
+        metrics["gap_closed"], metrics["gap_closed.on"] = closed, on
     data = getattr(dm, "base", dm)  # sequence-level KD trains on the teacher's answers; its prompts are the base's
     if getattr(data, "answers_are_python", False):  # data=stdlib_instruct: do greedy answers compile, start right
         metrics.update(answer_metrics(models, data, device))

@@ -36,15 +36,20 @@ def student_spec(cfg: DictConfig) -> tuple[dict, dict | None]:
     """The builder's config, and the LoRA block when adapters are on (``student.lora.r > 0``)."""
     spec = OmegaConf.to_container(cfg.student, resolve=True)
     lora = spec.pop("lora", None)
+    for key in ("tokenizer", "vocab_size"):  # the student's own tokenizer: the run's (distill.run.cross)
+        spec.pop(key, None)
     return spec, (lora if lora and lora.get("r") else None)
 
 
 def build_student(cfg: DictConfig, teacher_model, vocab_size: int, dm):
     """The student as its builder makes it (pruned, scratch, ...), before any adapters."""
     spec, _ = student_spec(cfg)
+    if "max_seq_len" in spec and hasattr(dm, "student_len"):  # its own tokenizer may need longer rows
+        spec["max_seq_len"] = max(spec["max_seq_len"], dm.student_len)
     student = instantiate(spec)(teacher=teacher_model, vocab_size=vocab_size, train_blocks=dm.train_blocks)
     student.requires_grad_(True).train()  # builders that copy the (frozen, eval-mode) teacher copy that too
-    check_vocab(vocab_size, teacher=teacher_model, student=student)
+    cross = hasattr(dm, "teacher_tokenizer")  # its own tokenizer: the teacher was checked against its own
+    check_vocab(vocab_size, teacher=None if cross else teacher_model, student=student)
     if student.config.eos_token_id is None:  # a student built without a teacher: the tokenizer's EOS
         for c in (student.config, student.generation_config):
             c.eos_token_id = c.bos_token_id = c.pad_token_id = dm.tokenizer.eos_token_id

@@ -20,6 +20,7 @@ from distill.eval.compression import compression_metrics, teacher_forward_tokens
 from distill.export.command import check_run_export, export_run
 from distill.losses.objective import ce_only
 from distill.run.checks import check_combination
+from distill.run.cross import cross_tokenizer_data
 from distill.run.data import filter_training_data, generation_ids, prepare_data, sequence_kd_data
 from distill.run.fit import fit, optim_args
 from distill.run.outputs import export_student, log_plan, measure, measure_start, write_reports
@@ -55,6 +56,8 @@ def train(cfg: DictConfig) -> float:
     connect_teacher(cfg, dm, teacher, loss)
     if cfg.seq_kd.enabled:
         dm = sequence_kd_data(cfg, dm, teacher)
+    dm = cross_tokenizer_data(cfg, dm, loss)  # a student with its own tokenizer: its rows of the same text
+    teacher_vocab_size, vocab_size = vocab_size, len(dm.tokenizer)
     student = build_student(cfg, teacher.model, vocab_size, dm)
     save_pruning_report(student, out)
     control_config = student.config  # the control is the student's architecture, without adapters
@@ -68,7 +71,14 @@ def train(cfg: DictConfig) -> float:
     loss.bind(student, teacher.live_model)
     log_plan(cfg, teacher, student, dm, loss, estimate["total"])
     module = DistillationModule(
-        student, loss, vocab_size, teacher=teacher.scorer, seed=cfg.seed, **optim_args(cfg), **chat_ids
+        student,
+        loss,
+        vocab_size,
+        teacher=teacher.scorer,
+        seed=cfg.seed,
+        teacher_vocab_size=teacher_vocab_size,
+        **optim_args(cfg),
+        **chat_ids,
     )
     start_metrics = measure_start(cfg, dm, vocab_size, teacher, student)
     if plugin is not None:

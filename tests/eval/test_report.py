@@ -55,5 +55,5 @@ def test_markdown_includes_kl_and_extra_sections(tmp_path):
     }
     write_markdown(metrics, tmp_path / "r.md", sections=[["## Compression", "x"]])
     text = (tmp_path / "r.md").read_text()
-    assert "| student (distilled) | 4.00M | 11.000 | 0.800 | 0.1250 |" in text
+    assert "| student (distilled) | 4.00M | 11.000 | — | 0.800 | 0.1250 |" in text  # no bits per byte measured
     assert "## Compression" in text

@@ -6,17 +6,27 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from distill.losses import divergences
-from distill.losses.objective import Objective
+from distill.errors import DistillError
+from distill.losses import cross_vocab, divergences
+from distill.losses.objective import Objective, Outputs
 from distill.losses.spec import BLOCK_DEFAULTS
-from distill.losses.terms import DISTRIBUTION_TERMS, DIVERGENCES, REGISTRY, REPRESENTATION_TERMS, TERMS, block_settings
+from distill.losses.terms import (
+    ALIGNED_TERMS,
+    DISTRIBUTION_TERMS,
+    DIVERGENCES,
+    REGISTRY,
+    REPRESENTATION_TERMS,
+    TERMS,
+    block_settings,
+)
 
 LOSS_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "loss"
 
 
 def test_every_distribution_term_has_a_kernel_and_a_reference():
     assert set(DISTRIBUTION_TERMS) == set(divergences.TERMS)
-    assert set(DISTRIBUTION_TERMS) | set(REPRESENTATION_TERMS) == set(TERMS)
+    assert set(ALIGNED_TERMS) == set(cross_vocab.TERMS) == set(cross_vocab._PER_SPAN)  # the span kernels
+    assert set(DISTRIBUTION_TERMS) | set(REPRESENTATION_TERMS) | set(ALIGNED_TERMS) == set(TERMS)
     assert set(DIVERGENCES) == set(divergences._PER_TOKEN) == set(DISTRIBUTION_TERMS) - {"ce"}
     s, t = torch.randn(2, 3, 11), torch.randn(2, 3, 11)
     for name in DIVERGENCES:  # the readable reference each kernel is tested against
@@ -24,9 +34,10 @@ def test_every_distribution_term_has_a_kernel_and_a_reference():
 
 
 def test_term_settings_blocks_match_the_spec_defaults():
-    for block in REPRESENTATION_TERMS:
+    for block in (*REPRESENTATION_TERMS, "gold"):
         assert set(BLOCK_DEFAULTS[block]) == set(block_settings(block))
     assert block_settings("hidden") == ("pairs", "metric") and block_settings("attention") == ("pairs",)
+    assert block_settings("gold") == ("matched_weight",) and block_settings("uld") == ()
 
 
 def _yaml_keys(path: Path) -> set[str]:
@@ -61,6 +72,19 @@ def test_the_models_return_what_the_wired_terms_need():
     ce = Objective({"ce": 1.0, "forward_kl": 0.0})
     assert ce.needs_teacher() == [] and not ce.distills_logits and ce.needs_live_teacher() == []
     assert Objective({"tvd": 1.0, "attention": 0.5}).needs_teacher() == ["tvd", "attention"]
+    cross = Objective({"gold": 1.0, "ce": 0.5})  # across vocabularies: a cache serves it too
+    assert cross.aligned_terms == ("gold",) and cross.needs_teacher() == ["gold"] and cross.distills_logits
+    assert cross.needs_live_teacher() == [] and cross.logit_weights(teacher=object()) == {"ce": 0.5}
+
+
+def test_cross_vocabulary_terms_refuse_the_fused_loss_and_a_batch_without_alignment():
+    with pytest.raises(DistillError, match="loss.fused_linear cannot serve loss.weights.uld"):
+        Objective({"uld": 1.0}, fused_linear=True)
+    with pytest.raises(DistillError, match="loss.gold.matched_weight must be in"):
+        Objective({"gold": 1.0}, gold={"matched_weight": 1.5})
+    s, t = Outputs(logits=torch.randn(1, 4, 9), vocab_size=9), Outputs(logits=torch.randn(1, 5, 7), vocab_size=7)
+    with pytest.raises(DistillError, match="student.tokenizer=<dir> or student.vocab_size=N"):
+        Objective({"uld": 1.0})(s, t, torch.zeros(1, 4, dtype=torch.long))
 
 
 @pytest.mark.parametrize(

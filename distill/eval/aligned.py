@@ -1,0 +1,59 @@
+"""Validation metrics of a run whose student has its own tokenizer (``distill.data.cross``).
+
+Per-token numbers (perplexity, KL, top-1 agreement at one position) compare models that share a
+tokenizer only: the teacher is measured on its own rows, the student and the control on theirs.
+What compares across tokenizers is bits per byte on the same text (``distill.eval.bytes``) and the
+top-1 agreement on aligned spans of one token each whose two tokens are the same string.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from distill.align.vocab import vocab_mapping
+from distill.eval.bytes import aligned_top1_agreement
+from distill.eval.metrics import evaluate
+
+
+@torch.no_grad()
+def aligned_agreement(models: dict, teacher, loader, dm, device, autocast_dtype=None) -> dict[str, float]:
+    """{name: top-1 agreement with the teacher} over the aligned validation rows of ``loader``."""
+    mapping = vocab_mapping(dm.teacher_tokenizer, dm.tokenizer)
+    s_vocab, t_vocab = len(dm.tokenizer), len(dm.teacher_tokenizer)
+    agree, count = dict.fromkeys(models, 0), 0
+    amp = (
+        torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+    )
+    was = {name: m.training for name, m in (*models.items(), ("teacher", teacher))}
+    for m in (*models.values(), teacher):
+        m.eval()
+    for inputs, _, _, extras in loader:
+        aligned = extras["aligned"].to(device)
+        with amp:
+            t_logits = teacher(input_ids=extras["teacher_inputs"].to(device), use_cache=False).logits[..., :t_vocab]
+            for name, model in models.items():
+                s_logits = model(input_ids=inputs.to(device), use_cache=False).logits[..., :s_vocab]
+                hits, n = aligned_top1_agreement(s_logits.float(), t_logits.float(), aligned, mapping)
+                agree[name] += hits
+        count += n
+    for name, m in (*models.items(), ("teacher", teacher)):
+        m.train(was[name])
+    return {name: hits / max(1, count) for name, hits in agree.items()}
+
+
+def evaluate_across(models: dict, dm, device, autocast_dtype=None) -> dict[str, dict[str, float]]:
+    """``evaluate``'s results for every model, each on its own tokenizer's rows, with the students'
+    ``top1_agreement`` counted on aligned positions (when the teacher model is among ``models``)."""
+    teacher = models.get("teacher")
+    students = {name: m for name, m in models.items() if name != "teacher"}
+    kwargs = dict(device=device, autocast_dtype=autocast_dtype)
+    results = evaluate(students, dm.val_dataloader(), len(dm.tokenizer), **kwargs) if students else {}
+    if teacher is not None:
+        results |= evaluate({"teacher": teacher}, dm.base.val_dataloader(), len(dm.teacher_tokenizer), **kwargs)
+        if students:
+            agreement = aligned_agreement(students, teacher, dm.val_dataloader(), dm, device, autocast_dtype)
+            for name, value in agreement.items():
+                results[name]["top1_agreement"] = value
+    return results

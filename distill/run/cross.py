@@ -1,0 +1,82 @@
+"""The cross-tokenizer step: a student with its own tokenizer gets its own rows of the teacher's text.
+
+``student.tokenizer=<dir>`` (a fast tokenizer), ``student.vocab_size=N`` (a byte-level BPE trained
+on the training split, cached) or a ``student=pretrained`` whose directory holds another tokenizer:
+then the run trains on ``distill.data.cross.CrossTokenizerData`` and distills with the objectives
+across vocabularies (``loss=uld``, ``loss=gold``). A same-vocabulary term between two tokenizers,
+or a cross-vocabulary term between two alike, is refused in one line (``distill.align.checks``).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from distill.align.checks import check_objective, same_tokenization
+from distill.cache import cached_dir, fingerprint
+from distill.data.cross import CrossTokenizerData
+from distill.data.tokenizer import load_tokenizer, train_bpe
+from distill.errors import DistillError
+from distill.losses.objective import Objective
+from distill.losses.terms import TERMS
+from distill.run.data import write_data_stats
+
+log = logging.getLogger(__name__)
+
+PRETRAINED = "distill.student.pretrained."
+
+
+def own_tokenizer(tokenizer: str | None = None, vocab_size: int | None = None) -> dict:
+    """``student.tokenizer`` / ``student.vocab_size``: the student's own tokenizer, read by the run and
+    taken out of ``student`` before its builder is called (the config check reads these arguments)."""
+    if tokenizer is not None and vocab_size is not None:
+        raise DistillError("give the student one tokenizer: student.tokenizer=<dir> or student.vocab_size=N, not both")
+    if vocab_size is not None and vocab_size < 260:  # the 256 byte symbols, EOS and a few merges
+        raise DistillError(f"student.vocab_size must be >= 260 (a byte-level BPE's alphabet), got {vocab_size}")
+    return {"tokenizer": tokenizer, "vocab_size": vocab_size}
+
+
+def student_tokenizer_path(cfg: DictConfig, dm) -> str | None:
+    """Where the student's tokenizer is, if it names one of its own (else it shares the teacher's)."""
+    spec = own_tokenizer(cfg.student.get("tokenizer"), cfg.student.get("vocab_size"))
+    if spec["tokenizer"]:
+        return spec["tokenizer"]
+    if spec["vocab_size"]:
+        size = spec["vocab_size"]
+        key = fingerprint("bpe-v1", dm.data_key, size)  # the key data modules train their own BPE under
+        texts = (d.text for d in dm.train_docs)
+        return str(cached_dir(dm.cache_dir, "tokenizers", key, lambda tmp: train_bpe(texts, size, tmp)))
+    if str(cfg.student.get("_target_", "")).startswith(PRETRAINED):
+        return cfg.student.path
+    return None
+
+
+def cross_tokenizer_data(cfg: DictConfig, dm, loss: Objective):
+    """``dm`` itself when the student shares the teacher's tokenizer, else the student's aligned rows
+    of it; either way the objective is checked against the two tokenizers first."""
+    path = student_tokenizer_path(cfg, dm)
+    try:
+        student_tok = load_tokenizer(path) if path else dm.tokenizer
+    except (OSError, ValueError) as e:
+        raise DistillError(f"student tokenizer at {path}: {' '.join(str(e).split())[:200]}") from None
+    check_objective([t for t in TERMS if loss.wired(t)], dm.tokenizer, student_tok)
+    if same_tokenization(dm.tokenizer, student_tok):
+        return dm
+    if loss.on_policy.lmbda > 0 or cfg.seq_kd.enabled:
+        raise DistillError(
+            "a student with its own tokenizer trains off-policy on the data for now: set loss.on_policy.lmbda=0 "
+            "and seq_kd.enabled=false"
+        )
+    cross = CrossTokenizerData(dm, student_tok, fingerprint(sorted(student_tok.get_vocab().items())))
+    cross.setup("fit")
+    write_data_stats(cfg, cross)  # what the alignment distils and leaves out, in the run dir
+    loss.bind_vocabularies(dm.tokenizer, student_tok)
+    log.info(
+        "cross-tokenizer: teacher vocabulary %d, student %d (%s); student rows of %d tokens",
+        len(dm.tokenizer),
+        len(student_tok),
+        path,
+        cross.student_len,
+    )
+    return cross
