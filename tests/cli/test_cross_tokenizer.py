@@ -1,0 +1,75 @@
+"""A student with its own tokenizer, end to end: live teacher and a teacher cache written without it,
+the tokenizer-free metrics, the exported student's own tokenizer, and the one-line refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import AutoConfig, AutoTokenizer
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.cli
+
+SMOKE = ["experiment=smoke", "student=scratch", "student.hidden_size=64", "student.num_layers=2", "student.num_heads=2"]
+OWN = ["student.vocab_size=700"]  # its own byte-level BPE, trained on the training split (the teacher's: 512)
+
+
+def one_line_error(proc) -> str:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    return proc.stderr.strip().splitlines()[-1].removeprefix("distill-train: error: ")
+
+
+def test_gold_run_measures_every_model_per_byte_and_exports_the_students_tokenizer(cache_dir, tmp_path):
+    out = tmp_path / "run"
+    proc = run_cli([*SMOKE, *OWN, "loss=gold", f"hydra.run.dir={out}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    for model in ("teacher", "student", "baseline"):
+        assert 0 < metrics[f"{model}.bits_per_byte"] < 8 and metrics[f"{model}.val_ppl"] > 1
+    assert 0 <= metrics["student.top1_agreement"] <= 1  # on aligned one-token spans of one string
+    assert metrics["gap_closed.on"] == "bits_per_byte" and "kl_to_teacher" not in json.dumps(metrics)
+    assert metrics["student.val_ppl"] < metrics["student.val_ppl_start"]
+    alignment = json.loads((out / "data_stats.json").read_text())["alignment"]
+    assert alignment["val"]["spans"] > 0.8 * alignment["val"]["student_tokens"]
+    student = AutoTokenizer.from_pretrained(out / "student")
+    teacher = AutoTokenizer.from_pretrained(metrics["teacher.path"])
+    assert len(student) == 700 and len(teacher) == 512
+    assert AutoConfig.from_pretrained(out / "student").vocab_size == 700
+    assert "bits/byte" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_teacher_cache_written_without_the_student_serves_its_own_tokenizer(cache_dir, tmp_path):
+    where = tmp_path / "teacher-cache"
+    proc = run_cli(
+        [*SMOKE, f"teacher.cache_dir={where}", f"hydra.run.dir={tmp_path / 'c'}"], cache_dir, "distill-cache"
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / "run"
+    args = [*SMOKE, *OWN, "loss=uld", "teacher=cache", f"teacher.cache_dir={where}", "control=false"]
+    proc = run_cli([*args, f"hydra.run.dir={out}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["teacher.source"] == "cache" and metrics["student.val_ppl"] < metrics["student.val_ppl_start"]
+
+
+def test_a_same_vocabulary_term_with_its_own_tokenizer_is_refused_before_training(cache_dir, tmp_path):
+    proc = run_cli([*SMOKE, *OWN, f"hydra.run.dir={tmp_path}"], cache_dir)  # loss: forward KL (the default)
+    error = one_line_error(proc)
+    assert "'forward_kl'" in error and "loss=uld or loss=gold" in error
+    assert "Trainer.fit" not in proc.stdout + proc.stderr and not (tmp_path / "metrics.json").exists()
+
+
+def test_a_cross_vocabulary_term_with_the_teachers_tokenizer_is_refused(cache_dir, tmp_path):
+    error = one_line_error(run_cli([*SMOKE, "loss=uld", f"hydra.run.dir={tmp_path}"], cache_dir))
+    assert "tokenize alike" in error and "loss=forward_kl" in error
+
+
+def test_two_student_tokenizers_are_refused(cache_dir, tmp_path):
+    error = one_line_error(
+        run_cli([*SMOKE, *OWN, "student.tokenizer=/nowhere", "loss=uld", f"hydra.run.dir={tmp_path}"], cache_dir)
+    )
+    assert error.startswith("give the student one tokenizer")
