@@ -15,7 +15,9 @@ from omegaconf import DictConfig
 from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
 from distill.run.checks import teacher_kind
+from distill.run.cross import student_tokenizer_path
 from distill.run.data import filter_training_data, prepare_data
+from distill.run.outputs import text_metrics_of
 from distill.run.setup import autocast_dtype, device_of, seed, setup_run
 from distill.run.teacher import resolve_teacher
 from distill.teacher.cache import teacher_fingerprint
@@ -60,7 +62,14 @@ def build_cache(cfg: DictConfig) -> Path:
         shard_rows=cfg.teacher.shard_rows,
         micro_batch=cfg.teacher.micro_batch,
         trainer_kwargs=trainer_kwargs,
-        extra={"teacher.params": num_params(model), "teacher.val_ppl": scores["val_ppl"]},
+        extra={
+            "teacher.params": num_params(model),
+            "teacher.val_ppl": scores["val_ppl"],
+            **text_metrics_of(dm, {"teacher": model}, device),  # bits per byte: compares across tokenizers
+            # both tokenizers, for the record only: the cache is in the teacher's tokens and positions, and a
+            # student with a tokenizer of its own is aligned to them at training time (distill.data.cross)
+            "tokenizers": {"teacher": dm.tokenizer_path, "student": student_tokenizer_path(cfg, dm) or "the teacher's"},
+        },
         positions=packed_positions(dm),
     )
     log.info("teacher cache ready: %s", path)

@@ -54,6 +54,10 @@ def test_a_teacher_cache_written_without_the_student_serves_its_own_tokenizer(ca
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["teacher.source"] == "cache" and metrics["student.val_ppl"] < metrics["student.val_ppl_start"]
+    # written for a student of the teacher's tokenizer; the teacher's bits per byte come from the manifest
+    extra = json.loads((where / "manifest.json").read_text())["extra"]
+    assert extra["tokenizers"]["student"] == "the teacher's"
+    assert metrics["teacher.bits_per_byte"] == extra["teacher.bits_per_byte"] > 0
 
 
 def test_a_same_vocabulary_term_with_its_own_tokenizer_is_refused_before_training(cache_dir, tmp_path):
