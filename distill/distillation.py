@@ -60,6 +60,7 @@ class DistillationModule(L.LightningModule):
         pad_id: int = 0,
         stop_ids: tuple[int, ...] = (),
         teacher_vocab_size: int | None = None,
+        aligner=None,
     ):
         super().__init__()
         self.student, self.loss = student, loss
@@ -69,6 +70,7 @@ class DistillationModule(L.LightningModule):
         self.vocab_size = vocab_size
         # a student with its own tokenizer (cross-tokenizer data): the teacher predicts its own vocabulary
         self.teacher_vocab_size = teacher_vocab_size or vocab_size
+        self.aligner = aligner  # its tokenizer and the teacher's (align/encode.py): re-tokenizes on-policy samples
         self.lr, self.weight_decay, self.warmup_steps = lr, weight_decay, warmup_steps
         self.max_steps, self.min_lr_ratio = max_steps, min_lr_ratio
         self._coin = random.Random(seed)  # on-policy batch choice: reproducible, independent of torch's RNG
@@ -110,12 +112,14 @@ class DistillationModule(L.LightningModule):
         extras = batch[3] if len(batch) > 3 else {}
         positions, mask = extras.get("position_ids"), None
         teacher_inputs, aligned = extras.get("teacher_inputs"), extras.get("aligned")
-        on_policy = (
+        sampled = (
             self.scores_new_tokens and self.loss.on_policy.lmbda > 0 and self._coin.random() < self.loss.on_policy.lmbda
         )
-        if on_policy:
+        if sampled:
             inputs, targets, mask = self.sample_from_student(inputs, extras.get("prompt_len"))
             positions = None  # sampled rows hold one sequence each (packing with on-policy is refused)
+            if self.aligner is not None:  # the teacher reads what the student wrote, in its own tokens
+                teacher_inputs, aligned = on_policy.realign(self.aligner, inputs, mask)
         student = self.student_outputs(inputs, positions)
         teacher = self.teacher_outputs(inputs if teacher_inputs is None else teacher_inputs, rows, positions)
         terms = self.loss(student, teacher, targets, mask, aligned)
@@ -127,7 +131,7 @@ class DistillationModule(L.LightningModule):
         self.log("train/loss", terms["loss"], prog_bar=True)
         self.log_dict({f"train/{k}": v for k, v in terms.items() if k != "loss"})
         if self.loss.on_policy.lmbda > 0:
-            self.log("train/on_policy", float(on_policy))
+            self.log("train/on_policy", float(sampled))
         return terms["loss"]
 
     @torch.no_grad()

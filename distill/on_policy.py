@@ -95,3 +95,18 @@ def answer_rows(model, inputs: torch.Tensor, prompt_lens: torch.Tensor, spec, pa
         rows[b, :n], rows[b, n:end] = inputs[b, :n], answer[: end - n]
         mask[b, n - 1 : end - 1] = True  # positions whose next token the model wrote
     return rows, mask
+
+
+def realign(aligner, rows: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, object]:
+    """A student with its own tokenizer (``distill.data.cross``): its sampled rows as text in the
+    teacher's tokens, right-padded with the teacher's EOS, and the ``AlignedBatch`` of both (the
+    student's tokens kept as it wrote them; only spans predicted from ``mask``'s positions count)."""
+    from distill.align.batch import collate  # the alignment only where a student has its own tokenizer
+
+    pairs = [aligner.align_student_ids(row) for row in rows.tolist()]
+    width = max(1, *(len(t.ids) for t, _, _ in pairs))
+    teacher = torch.full((len(pairs), width), aligner.teacher.eos_token_id, dtype=torch.long)
+    for b, (t, _, _) in enumerate(pairs):
+        teacher[b, : len(t.ids)] = torch.from_numpy(t.ids)
+    aligned = collate([a for _, _, a in pairs], width, rows.shape[1], student_mask=mask.cpu())
+    return teacher.to(rows.device), aligned.to(rows.device)

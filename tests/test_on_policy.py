@@ -56,3 +56,26 @@ def test_prompts_are_never_response_tokens(chat_tokenizer):
     spec = SimpleNamespace(max_new_tokens=190, temperature=1.0)
     _, _, mask = from_prefix(tiny_llama(0, len(chat_tokenizer)), inputs, spec)
     assert (mask.float().argmax(1) < torch.from_numpy(prompt_lens) - 1).any()  # the prefix form would cut prompts
+
+
+def test_a_student_with_its_own_tokenizer_has_its_samples_read_by_the_teacher_in_its_tokens(tmp_path):
+    from distill.align.encode import TextAligner
+    from distill.data.sources import stdlib_documents
+    from distill.data.tokenizer import load_tokenizer, train_bpe
+    from distill.on_policy import realign
+
+    texts = [d.text for d in stdlib_documents(8)]
+    for name, size in (("teacher", 400), ("student", 700)):
+        train_bpe(texts, size, tmp_path / name)
+    teacher, student = load_tokenizer(tmp_path / "teacher"), load_tokenizer(tmp_path / "student")
+    model, spec = tiny_llama(0, len(student)), SimpleNamespace(max_new_tokens=8, temperature=1.0)
+    inputs = torch.tensor([student(t[:400], add_special_tokens=False)["input_ids"][:40] for t in texts[:3]])
+    torch.manual_seed(0)
+    seq, _, mask = from_prefix(model, inputs, spec)
+    teacher_inputs, aligned = realign(TextAligner(teacher, student), seq, mask)
+    for b in range(len(seq)):  # the teacher's row is the sampled row's text (pads: the teacher's EOS)
+        ids = [i for i in teacher_inputs[b].tolist() if i != teacher.eos_token_id]
+        assert teacher.decode(ids) == student.decode(seq[b], skip_special_tokens=True)
+    rows = aligned.student.rows
+    assert len(rows) > 0 and torch.equal(aligned.weight.bool(), mask.reshape(-1)[rows])  # sampled spans only
+    assert aligned.weight.sum() > 0 and aligned.teacher.rows.max() < teacher_inputs.numel()

@@ -63,10 +63,10 @@ def cross_tokenizer_data(cfg: DictConfig, dm, loss: Objective):
     check_objective([t for t in TERMS if loss.wired(t)], dm.tokenizer, student_tok)
     if same_tokenization(dm.tokenizer, student_tok):
         return dm
-    if loss.on_policy.lmbda > 0 or cfg.seq_kd.enabled:
+    if cfg.seq_kd.enabled:
         raise DistillError(
-            "a student with its own tokenizer trains off-policy on the data for now: set loss.on_policy.lmbda=0 "
-            "and seq_kd.enabled=false"
+            "seq_kd.enabled with a student of its own tokenizer: the teacher's answers are in its tokens; "
+            "train on its text with the student's tokenizer instead (distill-train data=files on the answers)"
         )
     cross = CrossTokenizerData(dm, student_tok, fingerprint(sorted(student_tok.get_vocab().items())))
     cross.setup("fit")

@@ -77,6 +77,7 @@ def train(cfg: DictConfig) -> float:
         teacher=teacher.scorer,
         seed=cfg.seed,
         teacher_vocab_size=teacher_vocab_size,
+        aligner=getattr(dm, "aligner", None),
         **optim_args(cfg),
         **chat_ids,
     )
