@@ -1,5 +1,6 @@
 """A student with its own tokenizer, end to end: live teacher and a teacher cache written without it,
-the tokenizer-free metrics, the exported student's own tokenizer, and the one-line refusals."""
+the tokenizer-free metrics, the exported student's own tokenizer, and the one-line refusal before
+training (the other refusals: tests/run/test_cross.py)."""
 
 from __future__ import annotations
 
@@ -65,15 +66,3 @@ def test_a_same_vocabulary_term_with_its_own_tokenizer_is_refused_before_trainin
     error = one_line_error(proc)
     assert "'forward_kl'" in error and "loss=uld or loss=gold" in error
     assert "Trainer.fit" not in proc.stdout + proc.stderr and not (tmp_path / "metrics.json").exists()
-
-
-def test_a_cross_vocabulary_term_with_the_teachers_tokenizer_is_refused(cache_dir, tmp_path):
-    error = one_line_error(run_cli([*SMOKE, "loss=uld", f"hydra.run.dir={tmp_path}"], cache_dir))
-    assert "tokenize alike" in error and "loss=forward_kl" in error
-
-
-def test_two_student_tokenizers_are_refused(cache_dir, tmp_path):
-    error = one_line_error(
-        run_cli([*SMOKE, *OWN, "student.tokenizer=/nowhere", "loss=uld", f"hydra.run.dir={tmp_path}"], cache_dir)
-    )
-    assert error.startswith("give the student one tokenizer")

@@ -1,0 +1,61 @@
+"""The cross-tokenizer step: which tokenizer the student has, and the objective checked against both."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from distill.data.cross import CrossTokenizerData
+from distill.data.datamodule import from_stdlib
+from distill.errors import DistillError
+from distill.losses.objective import Objective
+from distill.run.cross import cross_tokenizer_data, own_tokenizer, student_tokenizer_path
+
+SCRATCH = "distill.student.scratch.scratch_student"
+
+
+@pytest.fixture(scope="module")
+def dm(tmp_path_factory):
+    dm = from_stdlib(max_docs=10, seq_len=48, batch_size=4, vocab_size=400, cache_dir=str(tmp_path_factory.mktemp("c")))
+    dm.load_documents()
+    dm.use_tokenizer(dm.train_tokenizer())
+    dm.setup()
+    return dm
+
+
+def config(tmp_path, **student):
+    return OmegaConf.create(
+        {
+            "student": {"_target_": SCRATCH, **student},
+            "seq_kd": {"enabled": False},
+            "paths": {"output_dir": str(tmp_path)},
+        }
+    )
+
+
+def test_one_tokenizer_of_a_usable_size():
+    assert own_tokenizer(vocab_size=1024) == {"tokenizer": None, "vocab_size": 1024}
+    with pytest.raises(DistillError, match="student.tokenizer=<dir> or student.vocab_size=N, not both"):
+        own_tokenizer("/a/tokenizer", 1024)
+    with pytest.raises(DistillError, match="student.vocab_size must be >= 260"):
+        own_tokenizer(vocab_size=100)
+
+
+def test_the_students_vocabulary_size_trains_its_own_bpe_and_the_teachers_size_is_the_teachers(dm, tmp_path):
+    assert student_tokenizer_path(config(tmp_path), dm) is None  # no tokenizer of its own
+    same = cross_tokenizer_data(config(tmp_path, vocab_size=400), dm, Objective({"forward_kl": 1.0}))
+    assert same is dm  # the BPE the data module trains at that size: the teacher's own, one tokenization
+    cross = cross_tokenizer_data(config(tmp_path, vocab_size=600), dm, Objective({"gold": 1.0, "ce": 0.5}))
+    assert isinstance(cross, CrossTokenizerData) and len(cross.tokenizer) == 600
+    assert (tmp_path / "data_stats.json").exists()
+
+
+def test_objectives_that_cannot_compare_the_two_tokenizers_are_refused(dm, tmp_path):
+    with pytest.raises(DistillError, match="tokenize alike: loss term 'uld'"):
+        cross_tokenizer_data(config(tmp_path), dm, Objective({"uld": 1.0}))
+    with pytest.raises(DistillError, match="so loss term 'hidden'"):  # wired at weight 0 still compares positions
+        cross_tokenizer_data(config(tmp_path, vocab_size=600), dm, Objective({"gold": 1.0, "hidden": 0.0}))
+    with pytest.raises(DistillError, match="seq_kd.enabled with a student of its own tokenizer"):
+        cfg = config(tmp_path, vocab_size=600)
+        cfg.seq_kd.enabled = True
+        cross_tokenizer_data(cfg, dm, Objective({"gold": 1.0}))
