@@ -13,21 +13,11 @@ Two kinds of prompt:
 
 from __future__ import annotations
 
-import contextlib
-
 import torch
 
+from distill.sampling import eval_mode
+
 IGNORE_INDEX = -100
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield model
-    finally:
-        model.train(was_training)
 
 
 def _sample(model, prompt, attention_mask, new: int, spec, pad_id: int, stop_ids, min_new: int = 0):
@@ -35,7 +25,7 @@ def _sample(model, prompt, attention_mask, new: int, spec, pad_id: int, stop_ids
     sampling = dict(do_sample=True, temperature=spec.temperature, top_k=0, top_p=1.0)
     if spec.temperature <= 0:
         sampling = dict(do_sample=False)
-    with _eval_mode(model):
+    with eval_mode(model):
         return model.generate(
             input_ids=prompt,
             attention_mask=attention_mask,

@@ -16,7 +16,6 @@ stays on the base datamodule's real text: the student is judged on data, not on 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +29,7 @@ from distill.cache import cached_dir, fingerprint
 from distill.data.prompt_response import IGNORE_INDEX, MaskedBlockDataset
 from distill.data.sampler import data_shard, train_loader
 from distill.errors import DistillError
+from distill.sampling import eval_mode, forked_rng
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def generate_continuations(
     rows = np.full((n, prompt_tokens + new_tokens), pad, dtype=np.int64)
     rows[:, :prompt_tokens] = blocks[:, :prompt_tokens]
     prompts = torch.from_numpy(rows[:, :prompt_tokens].copy())
-    with _eval_mode(model), torch.no_grad(), _forked_rng(device):
+    with eval_mode(model), torch.no_grad(), forked_rng(device):
         for b, start in enumerate(range(0, n, batch_size)):
             torch.manual_seed(seed + b)
             ids = prompts[start : start + batch_size].to(device)
@@ -109,23 +109,6 @@ def _generate_kwargs(model, new_tokens, temperature, eos, pad, vocab_size) -> di
     if vocab_size is not None and rows > vocab_size:
         kwargs["suppress_tokens"] = list(range(vocab_size, rows))
     return kwargs
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
-
-
-def _forked_rng(device: torch.device):
-    """Seeding for sampling must not move the run's global RNG streams."""
-    if device.type == "cuda":
-        return torch.random.fork_rng(devices=[device.index or 0])
-    return torch.random.fork_rng(devices=[])
 
 
 def cached_continuations(

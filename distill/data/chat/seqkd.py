@@ -16,9 +16,10 @@ import torch
 
 from distill.cache import cached_dir, fingerprint
 from distill.data.chat.rows import IGNORE_INDEX
-from distill.data.seqkd import SeqKDDataModule, _eval_mode, _forked_rng
+from distill.data.seqkd import SeqKDDataModule
 from distill.errors import DistillError
 from distill.on_policy import answer_rows
+from distill.sampling import eval_mode, forked_rng
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def answer_chunk(model, rows, prompt_lens, *, new_tokens, temperature, seed, bat
     spec = SimpleNamespace(max_new_tokens=new_tokens, temperature=temperature)
     device = torch.device(device)
     out_rows, out_targets = [], []
-    with _eval_mode(model), torch.no_grad(), _forked_rng(device):
+    with eval_mode(model), torch.no_grad(), forked_rng(device):
         for b, start in enumerate(range(0, len(rows), batch_size)):
             torch.manual_seed(seed + b)
             inputs = torch.from_numpy(rows[start : start + batch_size, :-1].astype(np.int64)).to(device)
