@@ -15,6 +15,7 @@ from distill.errors import DistillError
 from distill.eval.metrics import num_params
 from distill.losses.objective import Objective, ce_only
 from distill.ranks import after_rank_zero, data_parallel_size
+from distill.run.checks import teacher_kind
 from distill.run.fit import fit
 from distill.run.student import student_needs_teacher
 from distill.sharding import unsharded
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 def resolve_teacher(cfg: DictConfig, dm, for_training: bool = True) -> TeacherSource:
     """The teacher of this run. For training, its weights are loaded now when it runs (live) or when
     the student is cut out of them (a pruned student); otherwise only on demand (``load_weights``)."""
-    kind = cfg.teacher.get("backend", "live")
+    kind = teacher_kind(cfg)  # checked once, here and in check_combination (distill.run.checks)
     source = TeacherSource(
         kind=kind, path=cfg.teacher.get("path"), loader=None if kind == "none" else lambda: prepare_teacher(cfg, dm)
     )

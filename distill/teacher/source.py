@@ -29,10 +29,6 @@ class TeacherSource:
     # how to get the weights (load teacher.path, or train/fetch the from-scratch teacher) when first needed
     loader: Callable[[], tuple[object, list[dict]]] | None = field(default=None, repr=False)
 
-    def __post_init__(self):
-        if self.kind not in KINDS:
-            raise DistillError(f"teacher.backend must be live, cache or none, got {self.kind!r}")
-
     @property
     def live(self) -> bool:
         return self.kind == "live"
