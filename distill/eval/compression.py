@@ -35,9 +35,11 @@ def compression_metrics(
         out["compression.size_x"] = out["teacher.size_bytes"] / max(1, out["student.size_bytes"])
     if metrics.get("teacher.params") and metrics.get("student.params"):
         out["compression.params_x"] = metrics["teacher.params"] / metrics["student.params"]
-    if metrics.get("teacher.scoring_tokens_per_s") and metrics.get("student.scoring_tokens_per_s"):
-        out["compression.speed_x"] = metrics["student.scoring_tokens_per_s"] / metrics["teacher.scoring_tokens_per_s"]
-    if "teacher.val_ppl" in metrics and "student.val_ppl" in metrics:
+    # tokens of different tokenizers are not one unit: then the speed is per row of the same text
+    per = "rows" if metrics.get("student.scoring_rows_per_s") else "tokens"
+    if metrics.get(f"teacher.scoring_{per}_per_s") and metrics.get(f"student.scoring_{per}_per_s"):
+        out["compression.speed_x"] = metrics[f"student.scoring_{per}_per_s"] / metrics[f"teacher.scoring_{per}_per_s"]
+    if "teacher.val_ppl" in metrics and "student.val_ppl" in metrics and per == "tokens":
         out["compression.ppl_delta"] = metrics["student.val_ppl"] - metrics["teacher.val_ppl"]
     if forward_tokens is not None:
         out["teacher.forward_tokens"] = forward_tokens
@@ -68,7 +70,11 @@ def compression_section(metrics: dict) -> list[str]:
         (
             "scoring speed",
             "compression.speed_x",
-            lambda m: f"{m['teacher.scoring_tokens_per_s']:,.0f} → {m['student.scoring_tokens_per_s']:,.0f} tokens/s",
+            lambda m: (
+                f"{m['teacher.scoring_rows_per_s']:,.1f} → {m['student.scoring_rows_per_s']:,.1f} rows of text/s"
+                if "student.scoring_rows_per_s" in m
+                else f"{m['teacher.scoring_tokens_per_s']:,.0f} → {m['student.scoring_tokens_per_s']:,.0f} tokens/s"
+            ),
         ),
     ]
     lines = ["## Compression", "", "| | teacher → student | × |", "|---|---|---:|"]

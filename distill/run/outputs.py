@@ -78,7 +78,7 @@ def measure_start(cfg: DictConfig, dm, vocab_size: int, teacher: TeacherSource, 
     return {f"student.{k}_start": v for k, v in results.items() if k != "tokens"}
 
 
-def CROSS(dm) -> bool:  # noqa: N802 (reads as a constant test)
+def is_cross(dm) -> bool:
     """A student with its own tokenizer (``distill.data.cross``): each model is measured on its own rows."""
     return hasattr(dm, "teacher_tokenizer")
 
@@ -86,7 +86,7 @@ def CROSS(dm) -> bool:  # noqa: N802 (reads as a constant test)
 def evaluate_models(cfg: DictConfig, dm, vocab_size: int, teacher: TeacherSource, models: dict, device) -> dict:
     """Validation perplexity, agreement and KL of ``models`` (teacher, student, control)."""
     amp = autocast_dtype(cfg.trainer.precision)
-    if CROSS(dm):
+    if is_cross(dm):
         return evaluate_across(models, dm, device, amp)
     return evaluate(
         models,
@@ -122,10 +122,12 @@ def measure(cfg, dm, vocab_size, teacher: TeacherSource, student, baseline, mete
     batches = [b for _, b in zip(range(4), dm.val_dataloader())]  # cheap: the student/teacher speed ratio
     for name in ("teacher", "student"):
         if name in models:  # each model reads its own tokens (a student with its own tokenizer: data/cross.py)
-            own = [b[3]["teacher_inputs"] if name == "teacher" and CROSS(dm) else b[0] for b in batches]
+            own = [b[3]["teacher_inputs"] if name == "teacher" and is_cross(dm) else b[0] for b in batches]
             metrics[f"{name}.scoring_tokens_per_s"] = scoring_throughput(
                 models[name], own, device, autocast_dtype(cfg.trainer.precision)
             )
+            if is_cross(dm):  # rows hold the same text for both: a speed both share
+                metrics[f"{name}.scoring_rows_per_s"] = metrics[f"{name}.scoring_tokens_per_s"] / own[0].shape[1]
     metrics.update(text_metrics_of(dm, models, device))
     if teacher.cache is not None:
         metrics.update({k: v for k, v in teacher.cache_manifest.get("extra", {}).items() if k.startswith("teacher.")})
@@ -145,7 +147,7 @@ def measure(cfg, dm, vocab_size, teacher: TeacherSource, student, baseline, mete
         metrics.pop(f"{name}.tokens", None)
     if "teacher.params" in metrics:
         metrics["student.params_ratio"] = metrics["student.params"] / metrics["teacher.params"]
-    on = "bits_per_byte" if CROSS(dm) else "val_ppl"  # across tokenizers only bits per byte compare
+    on = "bits_per_byte" if is_cross(dm) else "val_ppl"  # across tokenizers only bits per byte compare
     closed = gap_closed(metrics, on)
     if closed is not None:
         metrics["gap_closed"], metrics["gap_closed.on"] = closed, on
