@@ -129,6 +129,18 @@ def instruct() -> str | None:
     )
 
 
+def cross_tokenizer() -> str | None:
+    runs = study_runs("cross-tokenizer")
+    same, gold = runs.get("same_tokenizer_kd"), runs.get("gold_8192")
+    if not (same and gold and "baseline.bits_per_byte" in gold):
+        return None
+    c, s, t = gold["baseline.bits_per_byte"], gold["student.bits_per_byte"], same["student.bits_per_byte"]
+    return (
+        f"student with its own BPE 8,192 (teacher's: 4,096), bits/byte: GOLD {s:.3f} vs its CE control {c:.3f} and "
+        f"the same-tokenizer KD student {t:.3f}: closes {(c - s) / (c - t):.2f} of the gap"
+    )
+
+
 STUDIES = [
     ("quickstart", quickstart),
     ("losses", losses),
@@ -137,6 +149,7 @@ STUDIES = [
     ("quantization", quantization),
     ("minilm_embed", minilm_embed),
     ("instruct", instruct),
+    ("cross-tokenizer", cross_tokenizer),
 ]
 
 

@@ -15,7 +15,8 @@ from omegaconf import DictConfig
 
 from distill.align.checks import check_objective, same_tokenization
 from distill.cache import cached_dir, fingerprint
-from distill.data.cross import CrossTokenizerData
+from distill.data.cross import CrossTokenizerData, seqkd_as_text
+from distill.data.datamodule import TextDataModule
 from distill.data.tokenizer import load_tokenizer, train_bpe
 from distill.errors import DistillError
 from distill.losses.objective import Objective
@@ -55,7 +56,7 @@ def student_tokenizer_path(cfg: DictConfig, dm) -> str | None:
 def cross_tokenizer_data(cfg: DictConfig, dm, loss: Objective):
     """``dm`` itself when the student shares the teacher's tokenizer, else the student's aligned rows
     of it; either way the objective is checked against the two tokenizers first."""
-    path = student_tokenizer_path(cfg, dm)
+    path = student_tokenizer_path(cfg, getattr(dm, "base", dm))  # a BPE of its own: on the corpus, not on answers
     try:
         student_tok = load_tokenizer(path) if path else dm.tokenizer
     except (OSError, ValueError) as e:
@@ -63,11 +64,14 @@ def cross_tokenizer_data(cfg: DictConfig, dm, loss: Objective):
     check_objective([t for t in TERMS if loss.wired(t)], dm.tokenizer, student_tok)
     if same_tokenization(dm.tokenizer, student_tok):
         return dm
-    if cfg.seq_kd.enabled:
+    if type(getattr(dm, "base", dm)) is not TextDataModule:  # rows with masks: prompts, conversations
         raise DistillError(
-            "seq_kd.enabled with a student of its own tokenizer: the teacher's answers are in its tokens; "
-            "train on its text with the student's tokenizer instead (distill-train data=files on the answers)"
+            f"a student with its own tokenizer trains on plain text (data=stdlib or data=files); "
+            f"{type(getattr(dm, 'base', dm)).__name__} rows (prompt/response, conversations) are not aligned "
+            "across tokenizers yet: give the student the teacher's tokenizer"
         )
+    if cfg.seq_kd.enabled:
+        dm = seqkd_as_text(dm)  # the teacher's continuations as text: the student reads them in its tokens
     cross = CrossTokenizerData(dm, student_tok, fingerprint(sorted(student_tok.get_vocab().items())))
     cross.setup("fit")
     write_data_stats(cfg, cross)  # what the alignment distils and leaves out, in the run dir

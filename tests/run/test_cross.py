@@ -7,9 +7,12 @@ from omegaconf import OmegaConf
 
 from distill.data.cross import CrossTokenizerData
 from distill.data.datamodule import from_stdlib
+from distill.data.prompt_response import PromptResponseDataModule
+from distill.data.seqkd import seqkd_datamodule
 from distill.errors import DistillError
 from distill.losses.objective import Objective
 from distill.run.cross import cross_tokenizer_data, own_tokenizer, student_tokenizer_path
+from distill.student.scratch import build_llama
 
 SCRATCH = "distill.student.scratch.scratch_student"
 
@@ -55,7 +58,22 @@ def test_objectives_that_cannot_compare_the_two_tokenizers_are_refused(dm, tmp_p
         cross_tokenizer_data(config(tmp_path), dm, Objective({"uld": 1.0}))
     with pytest.raises(DistillError, match="so loss term 'hidden'"):  # wired at weight 0 still compares positions
         cross_tokenizer_data(config(tmp_path, vocab_size=600), dm, Objective({"gold": 1.0, "hidden": 0.0}))
-    with pytest.raises(DistillError, match="seq_kd.enabled with a student of its own tokenizer"):
-        cfg = config(tmp_path, vocab_size=600)
-        cfg.seq_kd.enabled = True
-        cross_tokenizer_data(cfg, dm, Objective({"gold": 1.0}))
+    rows = object.__new__(PromptResponseDataModule)  # rows with masks: not aligned across tokenizers yet
+    rows.tokenizer = dm.tokenizer
+    own = student_tokenizer_path(config(tmp_path, vocab_size=600), dm)
+    with pytest.raises(DistillError, match="PromptResponseDataModule rows .* are not aligned across tokenizers"):
+        cross_tokenizer_data(config(tmp_path, tokenizer=own), rows, Objective({"gold": 1.0}))
+
+
+def test_sequence_level_kd_gives_the_student_the_teachers_text_in_its_own_tokens(dm, tmp_path):
+    teacher = build_llama(len(dm.tokenizer), 32, 1, 2, max_seq_len=64, eos_token_id=dm.tokenizer.eos_token_id)
+    seqkd = seqkd_datamodule(dm, teacher, teacher_key="t", prompt_tokens=16, max_examples=8, cache_dir=str(tmp_path))
+    cfg = config(tmp_path, vocab_size=600)
+    cfg.seq_kd.enabled = True
+    cross = cross_tokenizer_data(cfg, seqkd, Objective({"gold": 1.0, "ce": 0.5}))
+    texts = [d.text for d in cross.base.train_docs]
+    assert len(texts) == 8 and cross.base.val_docs == dm.val_docs  # judged on the corpus, not on answers
+    for text, block in zip(texts, dm.train_blocks[:8]):  # each: the corpus prompt, then what the teacher wrote
+        prompt = dm.tokenizer.decode(block[:16], skip_special_tokens=True)
+        assert text.startswith(prompt) and len(text) > len(prompt)
+    assert len(cross.datasets["train"]) == len(cross.base.train_blocks) > 0
