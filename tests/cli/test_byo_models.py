@@ -108,6 +108,19 @@ def test_pretrained_student_with_another_tokenizer(byo, cache_dir, tmp_path):
     assert not (out / "metrics.json").exists()
 
 
+def test_pretrained_student_with_another_tokenizer_distills_across_vocabularies(byo, cache_dir, tmp_path):
+    teacher_dir = save_random_model(tmp_path / "teacher", "llama", byo["tok_a"])
+    student_dir = save_random_model(tmp_path / "student-model", "qwen2", byo["tok_b"])
+    out = tmp_path / "run"
+    args = byo_args(teacher_dir, byo["data"], out, "student=pretrained", f"student.path={student_dir}", "loss=gold")
+    proc = run_cli(args, cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["student.bits_per_byte"] > 0 and "student.top1_agreement" in metrics
+    exported = AutoTokenizer.from_pretrained(out / "student")
+    assert exported.get_vocab() == AutoTokenizer.from_pretrained(student_dir).get_vocab()  # its own, kept
+
+
 def test_pretrained_student_sharing_the_tokenizer(byo, cache_dir, tmp_path):
     """A pretrained student of another architecture distils fine when it shares the teacher's tokenizer."""
     teacher_dir = save_random_model(tmp_path / "teacher", "llama", byo["tok_a"])
