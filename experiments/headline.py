@@ -131,13 +131,19 @@ def instruct() -> str | None:
 
 def cross_tokenizer() -> str | None:
     runs = study_runs("cross-tokenizer")
-    same, gold = runs.get("same_tokenizer_kd"), runs.get("gold_8192")
-    if not (same and gold and "baseline.bits_per_byte" in gold):
+    same, control = runs.get("same_tokenizer_kd"), runs.get("same_tokenizer_control")
+    if not (same and control and "gold_8192" in runs):
         return None
-    c, s, t = gold["baseline.bits_per_byte"], gold["student.bits_per_byte"], same["student.bits_per_byte"]
+    same_gain = control["student.bits_per_byte"] - same["student.bits_per_byte"]
+    gains = [
+        f"{vocab:,}: {g:+.3f} ({g / same_gain:.2f}×)"
+        for vocab, name in ((8192, "gold_8192"), (1024, "gold_1024"))
+        if name in runs
+        for g in [runs[name]["baseline.bits_per_byte"] - runs[name]["student.bits_per_byte"]]
+    ]
     return (
-        f"student with its own BPE 8,192 (teacher's: 4,096), bits/byte: GOLD {s:.3f} vs its CE control {c:.3f} and "
-        f"the same-tokenizer KD student {t:.3f}: closes {(c - s) / (c - t):.2f} of the gap"
+        f"student with its own tokenizer (teacher's: BPE 4,096), GOLD's bits/byte gain over its CE control at "
+        f"{'; at '.join(gains)}; × the same-tokenizer KD gain ({same_gain:+.3f})"
     )
 
 

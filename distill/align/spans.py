@@ -51,10 +51,10 @@ class AlignmentStats:
 
     def summary(self) -> str:
         """One line for a log or a report."""
-        share = self.spans / max(1, self.student_tokens)
+        covered = 1 - self.unaligned_student / max(1, self.student_tokens)
         return (
             f"{self.spans} aligned spans ({self.one_to_one} one-to-one) over {self.student_tokens} student "
-            f"and {self.teacher_tokens} teacher tokens ({share:.0%} of student tokens); left out: "
+            f"and {self.teacher_tokens} teacher tokens ({covered:.0%} of the student tokens in a span); left out: "
             f"{self.no_context} without context, {self.special} special on one side, {self.long} longer than "
             f"the span limit; unaligned tokens: {self.unaligned_teacher} teacher, {self.unaligned_student} "
             f"student; longest stretch without a shared boundary: {self.longest_stretch} characters"
