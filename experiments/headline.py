@@ -13,6 +13,8 @@ import math
 import sys
 from pathlib import Path
 
+import readme_block  # experiments/readme_block.py, beside this script
+
 HERE = Path(__file__).resolve().parent
 README = HERE.parent / "README.md"
 BEGIN, END = "<!-- headline:begin (experiments/headline.py) -->", "<!-- headline:end -->"
@@ -175,13 +177,9 @@ def table() -> str:
 def main(argv: list[str]) -> int:
     text = table()
     if "--check" in argv:
-        readme = README.read_text()
-        current = readme.split(BEGIN, 1)[-1].split(END, 1)[0].strip() if BEGIN in readme else ""
-        return 0 if current == text else 1
+        return 0 if readme_block.current(README, BEGIN, END) == text else 1
     if "--write" in argv:  # replace the block between the markers in README.md
-        readme = README.read_text()
-        head, rest = readme.split(BEGIN, 1)
-        README.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        readme_block.write(README, BEGIN, END, text)
     print(text)
     return 0
 

@@ -12,6 +12,9 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # experiments/: the README-block helper the studies share
+import readme_block  # noqa: E402
+
 README = HERE / "README.md"
 BEGIN, END = "<!-- results:begin (summarize.py) -->", "<!-- results:end -->"
 RUNS = ["same_tokenizer_control", "same_tokenizer_kd", "gold_8192", "gold_1024"]
@@ -107,12 +110,9 @@ def main(argv: list[str]) -> int:
     if args:
         collect(Path(args[0]))
     text = block(load())
-    readme = README.read_text()
-    current = readme.split(BEGIN, 1)[-1].split(END, 1)[0].strip() if BEGIN in readme else ""
     if "--check" in argv:
-        return 0 if current == text else 1
-    head, rest = readme.split(BEGIN, 1)
-    README.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+        return 0 if readme_block.current(README, BEGIN, END) == text else 1
+    readme_block.write(README, BEGIN, END, text)
     print(text)
     return 0
 
