@@ -15,6 +15,7 @@ import torch
 from distill.align.vocab import vocab_mapping
 from distill.eval.bytes import aligned_top1_agreement
 from distill.eval.metrics import evaluate
+from distill.sampling import eval_mode
 
 
 @torch.no_grad()
@@ -26,20 +27,19 @@ def aligned_agreement(models: dict, teacher, loader, dm, device, autocast_dtype=
     amp = (
         torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
     )
-    was = {name: m.training for name, m in (*models.items(), ("teacher", teacher))}
-    for m in (*models.values(), teacher):
-        m.eval()
-    for inputs, _, _, extras in loader:
-        aligned = extras["aligned"].to(device)
-        with amp:
-            t_logits = teacher(input_ids=extras["teacher_inputs"].to(device), use_cache=False).logits[..., :t_vocab]
-            for name, model in models.items():
-                s_logits = model(input_ids=inputs.to(device), use_cache=False).logits[..., :s_vocab]
-                hits, n = aligned_top1_agreement(s_logits.float(), t_logits.float(), aligned, mapping)
-                agree[name] += hits
-        count += n
-    for name, m in (*models.items(), ("teacher", teacher)):
-        m.train(was[name])
+    with contextlib.ExitStack() as modes:
+        for m in (*models.values(), teacher):
+            modes.enter_context(eval_mode(m))  # each model's mode is restored after
+        for inputs, _, _, extras in loader:
+            aligned = extras["aligned"].to(device)
+            with amp:
+                t_ids = extras["teacher_inputs"].to(device)
+                t_logits = teacher(input_ids=t_ids, use_cache=False).logits[..., :t_vocab].float()
+                for name, model in models.items():
+                    s_logits = model(input_ids=inputs.to(device), use_cache=False).logits[..., :s_vocab]
+                    hits, n = aligned_top1_agreement(s_logits.float(), t_logits, aligned, mapping)
+                    agree[name] += hits
+            count += n
     return {name: hits / max(1, count) for name, hits in agree.items()}
 
 

@@ -30,6 +30,7 @@ from torch import Tensor
 from distill.align.batch import AlignedBatch, collate
 from distill.align.encode import TextAligner
 from distill.align.vocab import VocabMapping, vocab_mapping
+from distill.sampling import eval_mode
 
 
 @dataclass(frozen=True)
@@ -154,12 +155,10 @@ def text_scores(models: dict, texts: list[str], device=None, max_length: int | N
     moved there if it is not already (a no-op when the caller has)."""
     out = {}
     for name, (model, tokenizer) in models.items():
-        was_training = model.training
-        model.eval()
         if device is not None:
             model.to(device)
-        out[name] = score_texts(model, tokenizer, texts, max_length=max_length)
-        model.train(was_training)
+        with eval_mode(model):
+            out[name] = score_texts(model, tokenizer, texts, max_length=max_length)
     return out
 
 
@@ -184,6 +183,17 @@ def leading_text(texts: list[str], tokenizer, max_tokens: int) -> list[str]:
         out.append(cut)
         left -= len(tokenizer(cut, add_special_tokens=False)["input_ids"]) + 1
     return out
+
+
+def validation_text(dm) -> list[str]:
+    """The text every model's bits per byte is scored on: the validation documents in order, as far
+    as the validation rows' tokens under the reference tokenizer reach (``data.max_val_blocks`` rows
+    of ``data.seq_len + 1``: for packed text, the very text those rows hold). Prompt/response data
+    has no documents: its validation examples as the rows render them (prompt template + response)."""
+    texts = [d.text for d in getattr(dm, "val_docs", None) or []]
+    if not texts and getattr(dm, "val_examples", None):
+        texts = [dm.template.format(prompt=e.prompt) + e.response for e in dm.val_examples]
+    return leading_text(texts, dm.tokenizer, int(dm.val_blocks.size))
 
 
 def cut_to_tokens(text: str, tokenizer, n: int) -> str:
@@ -229,12 +239,9 @@ def model_agreement(
 
 def _row_logits(model, ids, vocab: int) -> Tensor:
     """[1, n, vocab] logits of one row (rows past the tokenizer's vocabulary, padding, cut off)."""
-    was_training = model.training
-    model.eval()
     inputs = torch.as_tensor(ids, dtype=torch.long, device=next(model.parameters()).device)[None]
-    logits = model(input_ids=inputs, use_cache=False).logits[..., :vocab].float()
-    model.train(was_training)
-    return logits
+    with eval_mode(model):
+        return model(input_ids=inputs, use_cache=False).logits[..., :vocab].float()
 
 
 def tokenizer_free(

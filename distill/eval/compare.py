@@ -32,7 +32,7 @@ from distill.data.packing import tokenize
 from distill.errors import DistillError
 from distill.eval import lm_eval_task
 from distill.eval.answers import answer_metrics
-from distill.eval.bytes import leading_text, model_window, tokenizer_free
+from distill.eval.bytes import model_window, tokenizer_free, validation_text
 from distill.eval.compare_table import to_markdown
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.speed import generation_latency, median, scoring_throughput, size_on_disk
@@ -86,17 +86,6 @@ def shared_with(reference: str, tokenizers: dict) -> list[str]:
     """The models that tokenize every text as the reference does (``same_tokenization``): only they
     see the same validation tokens, so only their logits compare position by position."""
     return [name for name, tok in tokenizers.items() if same_tokenization(tokenizers[reference], tok)]
-
-
-def validation_text(dm) -> list[str]:
-    """The text every model's bits per byte is scored on: the validation documents in order, as far
-    as the validation rows' tokens under the reference tokenizer reach (``data.max_val_blocks`` rows
-    of ``data.seq_len + 1``: for packed text, the very text those rows hold). Prompt/response data
-    has no documents: its validation examples as the rows render them (prompt template + response)."""
-    texts = [d.text for d in getattr(dm, "val_docs", None) or []]
-    if not texts and getattr(dm, "val_examples", None):
-        texts = [dm.template.format(prompt=e.prompt) + e.response for e in dm.val_examples]
-    return leading_text(texts, dm.tokenizer, int(dm.val_blocks.size))
 
 
 @torch.no_grad()

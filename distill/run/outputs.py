@@ -15,7 +15,7 @@ from distill.console import results_table_lines, run_plan_lines
 from distill.data.filters.summary import markdown_table
 from distill.eval.aligned import evaluate_across
 from distill.eval.answers import answer_metrics
-from distill.eval.bytes import leading_text, text_metrics
+from distill.eval.bytes import text_metrics, validation_text
 from distill.eval.compression import compression_section
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.report import gap_closed, plot_curves, write_markdown
@@ -99,16 +99,13 @@ def evaluate_models(cfg: DictConfig, dm, vocab_size: int, teacher: TeacherSource
 
 
 def text_metrics_of(dm, models: dict, device) -> dict:
-    """Bits per byte and per character of every model on the validation text, each under its own
-    tokenizer: one scale across tokenizers. The text is the validation documents as far as the
-    validation rows reach (their tokens under the teacher's tokenizer), so it costs what they cost."""
-    data = getattr(dm, "base", dm)
-    docs = getattr(data, "val_docs", None)
-    if not docs or getattr(data, "val_blocks", None) is None:
+    """Bits per byte and per character of every model on the validation text (``validation_text``,
+    as distill-eval scores it), each under its own tokenizer: one scale across tokenizers."""
+    data = getattr(dm, "base", dm)  # the teacher's data: its tokenizer counts how far the text reaches
+    texts = validation_text(data)
+    if not texts:
         return {}
-    teacher_tokenizer = getattr(dm, "teacher_tokenizer", dm.tokenizer)
-    texts = leading_text([d.text for d in docs], teacher_tokenizer, data.val_blocks.size)
-    pairs = {name: (m, teacher_tokenizer if name == "teacher" else dm.tokenizer) for name, m in models.items()}
+    pairs = {name: (m, data.tokenizer if name == "teacher" else dm.tokenizer) for name, m in models.items()}
     return text_metrics(pairs, texts, device)
 
 

@@ -102,16 +102,15 @@ def plot(runs: dict[str, dict], path: Path) -> None:
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if not a.startswith("--")]
-    if args:
-        collect(Path(args[0]))
-    text = block(load())
-    if "--check" in argv:
-        return 0 if readme_block.current(README, BEGIN, END) == text else 1
-    plot(load(), HERE / "results.png")
-    readme_block.write(README, BEGIN, END, text)
-    print(text)
-    return 0
+    return readme_block.summarize(
+        argv,
+        README,
+        BEGIN,
+        END,
+        lambda: block(load()),
+        collect,
+        before_write=lambda: plot(load(), HERE / "results.png"),
+    )
 
 
 if __name__ == "__main__":
