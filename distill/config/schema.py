@@ -186,8 +186,8 @@ class Run:
     paths: Paths
     teacher: Teacher
     data: Annotated[dict, Built()]
-    # student.lora, .tokenizer and .vocab_size are taken out before the builder is called
-    # (distill.run.student.student_spec); the latter two are the student's own tokenizer (distill.run.cross)
+    # student.lora, .tokenizer, .vocab_size and .tokenizer_style are taken out before the builder is called
+    # (distill.run.student.student_spec); the last three are the student's own tokenizer (distill.run.cross)
     student: Annotated[
         dict,
         Built(
@@ -195,6 +195,7 @@ class Run:
                 ("lora", "distill.student.lora.apply_lora"),
                 ("tokenizer", "distill.run.cross.own_tokenizer"),
                 ("vocab_size", "distill.run.cross.own_tokenizer"),
+                ("tokenizer_style", "distill.run.cross.own_tokenizer"),
             )
         ),
     ]

@@ -1,19 +1,23 @@
-"""Byte-level BPE trained on the training split, saved in Hugging Face format.
+"""BPE tokenizers trained on the training split, saved in Hugging Face format.
 
-`tokenizers` does the training (seconds on the stdlib); we only wrap it so that the
-exported student loads with ``AutoTokenizer.from_pretrained``.
+Two styles, the two that today's model families ship: byte-level BPE (GPT-2, Llama 3, Qwen; the
+default) and SentencePiece-style BPE with byte fallback (Llama 2, Mistral, Gemma), which a student
+from such a family brings to cross-tokenizer distillation. `tokenizers` does the training (seconds on
+the stdlib); we only wrap it so that the exported student loads with ``AutoTokenizer.from_pretrained``.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from distill.safety import pretrained_kwargs
 
 EOS = "<|endoftext|>"
+STYLES = ("byte_level", "sentencepiece")
 
 
 def train_bpe(texts: list[str], vocab_size: int, out_dir: Path, special_tokens: list[str] | None = None) -> None:
@@ -30,6 +34,27 @@ def train_bpe(texts: list[str], vocab_size: int, out_dir: Path, special_tokens: 
     )
     tok.train_from_iterator(texts, trainer=trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS)
+    hf.save_pretrained(str(out_dir))
+
+
+def train_sentencepiece_bpe(texts, vocab_size: int, out_dir: Path) -> None:
+    """SentencePiece-style BPE (as converted from Llama 2's or Gemma's ``tokenizer.model``): spaces are
+    '▁', there is no pre-tokenizer (a piece may span a word and the space after it, 'return▁'), and a
+    character outside the vocabulary is spelled as its UTF-8 bytes, ``<0x00>``..``<0xFF>`` pieces."""
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
+    specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    # the byte pieces were passed as special tokens only to reserve them a place in the vocabulary:
+    # in SentencePiece-converted tokenizers they are ordinary entries, decoded as bytes
+    spec = json.loads(tok.to_str())
+    spec["added_tokens"] = [a for a in spec["added_tokens"] if not a["content"].startswith("<0x")]
+    tok = Tokenizer.from_str(json.dumps(spec))
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+    )
     hf.save_pretrained(str(out_dir))
 
 

@@ -1,7 +1,7 @@
 """The cross-tokenizer step: a student with its own tokenizer gets its own rows of the teacher's text.
 
-``student.tokenizer=<dir>`` (a fast tokenizer), ``student.vocab_size=N`` (a byte-level BPE trained
-on the training split, cached) or a ``student=pretrained`` whose directory holds another tokenizer:
+``student.tokenizer=<dir>`` (a fast tokenizer), ``student.vocab_size=N`` (a BPE trained on the
+training split, cached; ``student.tokenizer_style``: byte-level or SentencePiece-style) or a ``student=pretrained`` whose directory holds another tokenizer:
 then the run trains on ``distill.data.cross.CrossTokenizerData`` and distills with the objectives
 across vocabularies (``loss=uld``, ``loss=gold``). A same-vocabulary term between two tokenizers,
 or a cross-vocabulary term between two alike, is refused in one line (``distill.align.checks``).
@@ -17,7 +17,7 @@ from distill.align.checks import check_objective, same_tokenization
 from distill.cache import cached_dir, fingerprint
 from distill.data.cross import CrossTokenizerData, seqkd_as_text
 from distill.data.datamodule import TextDataModule
-from distill.data.tokenizer import load_tokenizer, train_bpe
+from distill.data.tokenizer import STYLES, load_tokenizer, train_bpe, train_sentencepiece_bpe
 from distill.errors import DistillError
 from distill.losses.objective import Objective
 from distill.losses.terms import TERMS
@@ -28,26 +28,40 @@ log = logging.getLogger(__name__)
 PRETRAINED = "distill.student.pretrained."
 
 
-def own_tokenizer(tokenizer: str | None = None, vocab_size: int | None = None) -> dict:
-    """``student.tokenizer`` / ``student.vocab_size``: the student's own tokenizer, read by the run and
-    taken out of ``student`` before its builder is called (the config check reads these arguments)."""
+def own_tokenizer(
+    tokenizer: str | None = None, vocab_size: int | None = None, tokenizer_style: str = "byte_level"
+) -> dict:
+    """``student.tokenizer`` / ``student.vocab_size`` (+ ``student.tokenizer_style``): the student's own
+    tokenizer, read by the run and taken out of ``student`` before its builder is called (the config
+    check reads these arguments)."""
     if tokenizer is not None and vocab_size is not None:
         raise DistillError("give the student one tokenizer: student.tokenizer=<dir> or student.vocab_size=N, not both")
     if vocab_size is not None and vocab_size < 260:  # the 256 byte symbols, EOS and a few merges
         raise DistillError(f"student.vocab_size must be >= 260 (a byte-level BPE's alphabet), got {vocab_size}")
-    return {"tokenizer": tokenizer, "vocab_size": vocab_size}
+    if tokenizer_style not in STYLES:
+        raise DistillError(f"student.tokenizer_style must be one of {', '.join(STYLES)}, got {tokenizer_style!r}")
+    if tokenizer_style != "byte_level" and vocab_size is None:
+        raise DistillError("student.tokenizer_style is the style of the BPE trained at student.vocab_size=N: give both")
+    return {"tokenizer": tokenizer, "vocab_size": vocab_size, "tokenizer_style": tokenizer_style}
+
+
+# the BPE trainers and the cache keys of their tokenizers ("bpe-v1": the key data modules train theirs under,
+# so the teacher's size and style give back the teacher's own tokenizer)
+TRAINERS = {"byte_level": ("bpe-v1", train_bpe), "sentencepiece": ("sp-bpe-v1", train_sentencepiece_bpe)}
 
 
 def student_tokenizer_path(cfg: DictConfig, dm) -> str | None:
     """Where the student's tokenizer is, if it names one of its own (else it shares the teacher's)."""
-    spec = own_tokenizer(cfg.student.get("tokenizer"), cfg.student.get("vocab_size"))
+    s = cfg.student
+    spec = own_tokenizer(s.get("tokenizer"), s.get("vocab_size"), s.get("tokenizer_style") or "byte_level")
     if spec["tokenizer"]:
         return spec["tokenizer"]
     if spec["vocab_size"]:
         size = spec["vocab_size"]
-        key = fingerprint("bpe-v1", dm.data_key, size)  # the key data modules train their own BPE under
+        version, train = TRAINERS[spec["tokenizer_style"]]
+        key = fingerprint(version, dm.data_key, size)
         texts = (d.text for d in dm.train_docs)
-        return str(cached_dir(dm.cache_dir, "tokenizers", key, lambda tmp: train_bpe(texts, size, tmp)))
+        return str(cached_dir(dm.cache_dir, "tokenizers", key, lambda tmp: train(texts, size, tmp)))
     if str(cfg.student.get("_target_", "")).startswith(PRETRAINED):
         return cfg.student.path
     return None

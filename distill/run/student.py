@@ -36,7 +36,7 @@ def student_spec(cfg: DictConfig) -> tuple[dict, dict | None]:
     """The builder's config, and the LoRA block when adapters are on (``student.lora.r > 0``)."""
     spec = OmegaConf.to_container(cfg.student, resolve=True)
     lora = spec.pop("lora", None)
-    for key in ("tokenizer", "vocab_size"):  # the student's own tokenizer: the run's (distill.run.cross)
+    for key in ("tokenizer", "vocab_size", "tokenizer_style"):  # the student's own tokenizer: the run's (distill.run.cross)
         spec.pop(key, None)
     return spec, (lora if lora and lora.get("r") else None)
 

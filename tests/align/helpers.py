@@ -5,15 +5,13 @@ two vocabulary sizes (the repo's own ``train_bpe``), a SentencePiece-style BPE w
 from __future__ import annotations
 
 import functools
-import json
 import sysconfig
 import tempfile
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer
 
-from distill.data.tokenizer import train_bpe
+from distill.data.tokenizer import train_bpe, train_sentencepiece_bpe
 
 CORPUS_FILES = ("textwrap.py", "string.py", "shlex.py", "fnmatch.py", "glob.py", "bisect.py", "heapq.py")
 HARD_TEXTS = (
@@ -46,20 +44,9 @@ def byte_bpe(vocab_size: int):
 def byte_fallback_bpe(vocab_size: int = 1000):
     """SentencePiece-style (Llama 2, Gemma): '▁' for spaces, '<0xNN>' pieces for bytes it cannot spell,
     and no pre-tokenizer, so pieces may span a word and the space after it ('return▁')."""
-    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
-    tok.normalizer = normalizers.Replace(" ", "\u2581")
-    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
-    specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)
-    tok.train_from_iterator(corpus(), trainer)
-    # the byte pieces were passed as special tokens only to reserve them a place in the vocabulary:
-    # in SentencePiece-converted tokenizers they are ordinary entries, decoded as bytes
-    spec = json.loads(tok.to_str())
-    spec["added_tokens"] = [a for a in spec["added_tokens"] if not a["content"].startswith("<0x")]
-    tok = Tokenizer.from_str(json.dumps(spec))
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
-    )
+    out = workdir() / f"sp{vocab_size}"
+    train_sentencepiece_bpe(corpus(), vocab_size, out)
+    return AutoTokenizer.from_pretrained(str(out))
 
 
 @functools.cache

@@ -37,11 +37,15 @@ def config(tmp_path, **student):
 
 
 def test_one_tokenizer_of_a_usable_size():
-    assert own_tokenizer(vocab_size=1024) == {"tokenizer": None, "vocab_size": 1024}
+    assert own_tokenizer(vocab_size=1024) == {"tokenizer": None, "vocab_size": 1024, "tokenizer_style": "byte_level"}
     with pytest.raises(DistillError, match="student.tokenizer=<dir> or student.vocab_size=N, not both"):
         own_tokenizer("/a/tokenizer", 1024)
     with pytest.raises(DistillError, match="student.vocab_size must be >= 260"):
         own_tokenizer(vocab_size=100)
+    with pytest.raises(DistillError, match="tokenizer_style must be one of byte_level, sentencepiece, got 'wordpiece'"):
+        own_tokenizer(vocab_size=1024, tokenizer_style="wordpiece")
+    with pytest.raises(DistillError, match="the style of the BPE trained at student.vocab_size=N: give both"):
+        own_tokenizer("/a/tokenizer", tokenizer_style="sentencepiece")
 
 
 def test_the_students_vocabulary_size_trains_its_own_bpe_and_the_teachers_size_is_the_teachers(dm, tmp_path):
@@ -51,6 +55,22 @@ def test_the_students_vocabulary_size_trains_its_own_bpe_and_the_teachers_size_i
     cross = cross_tokenizer_data(config(tmp_path, vocab_size=600), dm, Objective({"gold": 1.0, "ce": 0.5}))
     assert isinstance(cross, CrossTokenizerData) and len(cross.tokenizer) == 600
     assert (tmp_path / "data_stats.json").exists()
+
+
+def test_a_sentencepiece_style_student_of_the_teachers_size_is_another_tokenizer(dm, tmp_path):
+    """Same size as the teacher's byte-level BPE, another family's style: its own rows, '▁' pieces and
+    byte fallback, and what the student reads decodes back to the teacher's text."""
+    cfg = config(tmp_path, vocab_size=400, tokenizer_style="sentencepiece")
+    cross = cross_tokenizer_data(cfg, dm, Objective({"gold": 1.0, "ce": 0.5}))
+    tok = cross.tokenizer
+    assert isinstance(cross, CrossTokenizerData) and tok.eos_token == "</s>"
+    assert tok.convert_ids_to_tokens(tok("é 日", add_special_tokens=False)["input_ids"])[-3:] == [
+        "<0xE6>",
+        "<0x97>",
+        "<0xA5>",
+    ]
+    assert any("\u2581" in piece for piece in tok.convert_ids_to_tokens(tok("def f(x): return x")["input_ids"]))
+    assert student_tokenizer_path(cfg, dm) != student_tokenizer_path(config(tmp_path, vocab_size=400), dm)
 
 
 def test_objectives_that_cannot_compare_the_two_tokenizers_are_refused(dm, tmp_path):
