@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from distill.safety import pretrained_kwargs
@@ -39,10 +39,14 @@ def train_bpe(texts: list[str], vocab_size: int, out_dir: Path, special_tokens: 
 
 def train_sentencepiece_bpe(texts, vocab_size: int, out_dir: Path) -> None:
     """SentencePiece-style BPE (as converted from Llama 2's or Gemma's ``tokenizer.model``): spaces are
-    '▁', there is no pre-tokenizer (a piece may span a word and the space after it, 'return▁'), and a
-    character outside the vocabulary is spelled as its UTF-8 bytes, ``<0x00>``..``<0xFF>`` pieces."""
+    '▁', a character outside the vocabulary is spelled as its UTF-8 bytes (``<0x00>``..``<0xFF>``
+    pieces), and pieces split as SentencePiece's trainer splits them (``split_by_whitespace`` with
+    whitespace-only pieces allowed, Llama 2's settings): a word with the one '▁' before it ('▁return'),
+    or a run of '▁' (indentation). Without that split, BPE training on whole documents of code
+    would merge across words (and take minutes on the stdlib)."""
     tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>"))
     tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("\u2581+(?=\u2581)|\u2581?[^\u2581]+"), behavior="isolated")
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(), decoders.Fuse()])
     specials = ["<unk>", "<s>", "</s>", *(f"<0x{i:02X}>" for i in range(256))]
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, show_progress=False)

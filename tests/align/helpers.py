@@ -42,8 +42,8 @@ def byte_bpe(vocab_size: int):
 
 @functools.cache
 def byte_fallback_bpe(vocab_size: int = 1000):
-    """SentencePiece-style (Llama 2, Gemma): '▁' for spaces, '<0xNN>' pieces for bytes it cannot spell,
-    and no pre-tokenizer, so pieces may span a word and the space after it ('return▁')."""
+    """SentencePiece-style (Llama 2, Gemma): '▁' for spaces ('▁return', '▁▁▁' for indentation),
+    '<0xNN>' pieces for bytes it cannot spell (``distill.data.tokenizer.train_sentencepiece_bpe``)."""
     out = workdir() / f"sp{vocab_size}"
     train_sentencepiece_bpe(corpus(), vocab_size, out)
     return AutoTokenizer.from_pretrained(str(out))
