@@ -95,6 +95,9 @@ class VocabMapping:
     teacher_size: int
     student_size: int
     ambiguous: int  # strings left out: several tokens of one vocabulary stand for them
+    # [teacher_size] int64: the student token each teacher token's text begins with, −1 where none
+    # (``first_pieces``; the ``projected_kl`` term). None: not built (a mapping written by hand).
+    first_piece: np.ndarray | None = None
 
     @property
     def teacher_to_student(self) -> np.ndarray:
@@ -126,7 +129,30 @@ def vocab_mapping(teacher_tokenizer, student_tokenizer) -> VocabMapping:
     pairs += _special_pairs(teacher_tokenizer, student_tokenizer)
     t, s = np.asarray(sorted(pairs), np.int64).reshape(-1, 2).T if pairs else (np.zeros(0, np.int64),) * 2
     assert max(Counter(t.tolist()).values(), default=1) == 1 and max(Counter(s.tolist()).values(), default=1) == 1
-    return VocabMapping(t, s, _size(teacher_tokenizer), _size(student_tokenizer), ambiguous)
+    sizes = _size(teacher_tokenizer), _size(student_tokenizer)
+    return VocabMapping(t, s, *sizes, ambiguous, first_pieces(teacher_tokenizer, student_tokenizer, dict(pairs)))
+
+
+def first_pieces(teacher_tokenizer, student_tokenizer, matched: dict[int, int]) -> np.ndarray:
+    """[teacher_size] int64: for each teacher token, the student token its text begins with (−1: none).
+
+    A matched token (same text, or EOS/BOS by role) is its own match. Any other is given the longest
+    student vocabulary entry its bytes begin with: greedy longest match, as WordPiece tokenizes. It
+    approximates the first piece the student's own tokenizer would cut (BPE's merges may cut a shorter
+    one), and unlike running that tokenizer on the text alone it needs no valid UTF-8 (a byte-level
+    token may hold part of a character) and is not fooled by a prepended '▁'. Special tokens that no
+    role matches stay −1."""
+    out = np.full(_size(teacher_tokenizer), -1, np.int64)
+    student = {text: min(ids) for text, ids in vocabulary_text(student_tokenizer).items()}
+    longest = max(map(len, student), default=0)
+    for text, ids in vocabulary_text(teacher_tokenizer).items():
+        for cut in range(min(len(text), longest), 0, -1):
+            if text[:cut] in student:
+                out[ids] = student[text[:cut]]
+                break
+    for t, s in matched.items():
+        out[t] = s
+    return out
 
 
 def _special_pairs(teacher, student) -> list[tuple[int, int]]:

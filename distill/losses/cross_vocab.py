@@ -25,6 +25,9 @@ Terms (names as in ``loss.weights``):
            (TRL applies its generalized JSD to the shared tokens' probabilities as they are,
            unnormalized; the bucket keeps both sides proper distributions, on which KL is a
            divergence, and forward KL is the repo's default term.)
+- ``projected_kl``  forward KL from the teacher's distribution projected onto the student's
+           vocabulary, each teacher token's mass on the student token its text begins with, on the
+           span's first rows (``distill.losses.projected``).
 
 Both are scaled by T² like every divergence here (Hinton's convention, so weights stay
 comparable across temperatures) and averaged over spans weighted by ``AlignedBatch.weight``.
@@ -49,9 +52,11 @@ from distill.align.batch import AlignedBatch, SideIndex
 from distill.align.vocab import VocabMapping
 from distill.errors import DistillError
 from distill.losses.divergences import TAIL_EPS
+from distill.losses.projected import Projection, projected_per_span
 from distill.teacher.outputs import SparseTeacher
 
-TERMS = ("uld", "gold")
+TERMS = ("uld", "gold", "projected_kl")
+MAPPED = ("gold", "projected_kl")  # the terms that read the vocabulary mapping
 
 
 def sorted_l1(p: Tensor, q: Tensor, p_len: int, q_len: int, want_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -140,7 +145,8 @@ def gold_per_span(lv_s, lv_t, shared, off_s, off_t, want_grad):
 
 
 class Shared:
-    """The vocabulary mapping as index tensors and masks on the logits' device, and GOLD's weight."""
+    """The vocabulary mapping as index tensors and masks on the logits' device, GOLD's weight, and
+    the projection of the teacher's vocabulary onto the student's (``projected_kl``)."""
 
     def __init__(self, mapping: VocabMapping, device, matched_weight: float | None = None):
         as_long = lambda a: torch.as_tensor(a, dtype=torch.long, device=device)
@@ -152,6 +158,7 @@ class Shared:
         self.student_rest = mapping.student_size - len(mapping.student_ids)
         adaptive = len(mapping.teacher_ids) / max(1, mapping.teacher_size)  # TRL's default
         self.weight = adaptive if matched_weight is None else float(matched_weight)
+        self.projection = None if mapping.first_piece is None else Projection(mapping.first_piece, device)
 
 
 def _mask(ids: Tensor, size: int, device) -> Tensor:
@@ -227,7 +234,7 @@ def cross_vocab_loss(
     [B, Lt, Vt] likewise (no gradient), or a cached teacher's ``SparseTeacher`` [B, Lt, k] in the
     teacher's own positions (see ``logit_rows``; its vocabulary size from ``teacher_vocab_size`` or
     the mapping); ``aligned`` indexes their flattened rows
-    (``distill.align.batch.collate``). ``gold`` needs ``mapping`` (``distill.align.vocab``).
+    (``distill.align.batch.collate``). ``gold`` and ``projected_kl`` need ``mapping`` (``distill.align.vocab``).
     Settings are trusted (terms of ``TERMS``, weights >= 0, temperature > 0, chunk_size >= 1)."""
     s2 = student_logits.reshape(-1, student_logits.shape[-1])
     if isinstance(teacher_logits, SparseTeacher):
@@ -238,17 +245,20 @@ def cross_vocab_loss(
         t2 = CachedRows(flat.logprobs, flat.indices, width)
     else:
         t2 = teacher_logits.detach().reshape(-1, teacher_logits.shape[-1])
-    if "gold" in weights:
-        _check_mapping(mapping, s2.shape[-1], t2.width if isinstance(t2, CachedRows) else t2.shape[-1])
-    shared = Shared(mapping, s2.device, matched_weight) if "gold" in weights else None
+    mapped = [term for term in MAPPED if term in weights]
+    if mapped:
+        _check_mapping(mapped[0], mapping, s2.shape[-1], t2.width if isinstance(t2, CachedRows) else t2.shape[-1])
+    shared = Shared(mapping, s2.device, matched_weight) if mapped else None
     loss, parts = _CrossVocabLoss.apply(s2, t2, aligned, weights, shared, float(temperature), int(chunk_size))
     return loss, dict(zip(weights, parts.unbind()))
 
 
-def _check_mapping(mapping: VocabMapping | None, student_width: int, teacher_width: int) -> None:
-    """GOLD reads the logits through the mapping: both must describe the same vocabularies."""
-    if mapping is None:
-        raise DistillError("loss term 'gold' needs the vocabulary mapping of the two tokenizers (distill.align.vocab)")
+def _check_mapping(term: str, mapping: VocabMapping | None, student_width: int, teacher_width: int) -> None:
+    """GOLD and the projection read the logits through the mapping: both must describe the same vocabularies."""
+    if mapping is None or (term == "projected_kl" and mapping.first_piece is None):
+        raise DistillError(
+            f"loss term {term!r} needs the vocabulary mapping of the two tokenizers (distill.align.vocab)"
+        )
     if (mapping.student_size, mapping.teacher_size) != (student_width, teacher_width):
         raise DistillError(
             f"logits of {student_width} (student) and {teacher_width} (teacher) tokens do not match the vocabulary "
@@ -256,7 +266,7 @@ def _check_mapping(mapping: VocabMapping | None, student_width: int, teacher_wid
         )
 
 
-_PER_SPAN = {"uld": uld_per_span, "gold": gold_per_span}
+_PER_SPAN = {"uld": uld_per_span, "gold": gold_per_span, "projected_kl": projected_per_span}
 
 
 class _CrossVocabLoss(torch.autograd.Function):

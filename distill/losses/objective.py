@@ -5,7 +5,7 @@ go through one memory-bounded engine: chunked over tokens on logits, or fused wi
 LM head (``fused_linear: true``) so no [tokens × vocab] logits exist at all. Terms on
 internal representations (``hidden``, ``attention``) are small modules bound to the
 models' shapes by ``bind``; their projections train with the student but live here, not in
-the student, so they are never exported. Terms across vocabularies (``uld``, ``gold``: a student with its own
+the student, so they are never exported. Terms across vocabularies (``uld``, ``gold``, ``projected_kl``: a student with its own
 tokenizer) compare the two distributions per aligned span of text (``distill.losses.cross_vocab``),
 on the ``AlignedBatch`` the cross-tokenizer data gives each batch (``distill.data.cross``).
 
@@ -173,8 +173,9 @@ class Objective(nn.Module):
         return self
 
     def bind_vocabularies(self, teacher_tokenizer, student_tokenizer) -> Objective:
-        """GOLD's mapping of the tokens whose strings both vocabularies hold (built once)."""
-        if self.uses("gold"):
+        """The mapping of the tokens whose strings both vocabularies hold, and of each teacher token to
+        the student token its text begins with (built once; read by ``gold`` and ``projected_kl``)."""
+        if self.uses("gold") or self.uses("projected_kl"):
             from distill.align.vocab import vocab_mapping
 
             self.mapping = vocab_mapping(teacher_tokenizer, student_tokenizer)
@@ -191,7 +192,7 @@ class Objective(nn.Module):
     ) -> dict:
         """Returns ``{"loss": total, term: detached value, ...}``; ``mask`` marks tokens to distill
         (default: tokens with a label), ``labels`` = -100 where CE must not look. ``aligned``: the
-        batch's ``AlignedBatch`` (teacher and student rows of the same text), for ``uld`` / ``gold``."""
+        batch's ``AlignedBatch`` (teacher and student rows of the same text), for ``uld`` / ``gold`` / ``projected_kl``."""
         weights = self.logit_weights(teacher)
         loss, parts = self._logit_terms(student, teacher, labels, mask, weights) if weights else (None, {})
         if teacher is not None and self.aligned_terms:

@@ -121,6 +121,15 @@ REGISTRY: dict[str, Term] = {
             aliases=("gold_loss",),
         ),
         Term(
+            "projected_kl",
+            "forward KL from the teacher's distribution projected onto the student's vocabulary",
+            ALIGNED,
+            True,
+            LOGITS,
+            _ALIGNED_SETTINGS,
+            aliases=("projected", "first_piece_kl"),
+        ),
+        Term(
             "hidden",
             "hidden-state distillation",
             REPRESENTATION,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from distill.align.vocab import byte_level_alphabet, spelling, token_text, vocab_mapping
+from distill.align.vocab import byte_level_alphabet, spelling, token_text, vocab_mapping, vocabulary_text
 from tests.align.helpers import FAMILIES
 
 
@@ -59,3 +59,26 @@ def test_a_vocabulary_matches_itself_entirely():
     m = vocab_mapping(t, t)
     assert np.array_equal(m.teacher_ids, m.student_ids) and len(m.teacher_ids) == len(t) == m.teacher_size
     assert "100%" in m.summary()
+
+
+@pytest.mark.parametrize(("teacher", "student"), [("bpe4096", "bpe300"), ("bpe4096", "byte_fallback")])
+def test_each_teacher_token_projects_to_the_longest_student_token_its_text_begins_with(teacher, student):
+    t, s = FAMILIES[teacher](), FAMILIES[student]()
+    mapping = vocab_mapping(t, s)
+    first = mapping.first_piece
+    assert (first[mapping.teacher_ids] == mapping.student_ids).all()  # shared text: its own token
+    assert first[t.eos_token_id] == s.eos_token_id
+    t_text, s_text = vocabulary_text(t), {i: text for text, ids in vocabulary_text(s).items() for i in ids}
+    s_strings = set(s_text.values())
+    agree = n = 0
+    for text, ids in t_text.items():
+        piece = s_text[first[ids[0]]]
+        assert text.startswith(piece) and not any(
+            text[:cut] in s_strings for cut in range(len(piece) + 1, len(text) + 1)
+        )
+        try:  # how often the student's own tokenizer cuts the same first piece (measured: 0.98 and 0.92)
+            encoded = s(text.decode(), add_special_tokens=False)["input_ids"]
+        except UnicodeDecodeError:  # part of a character: only the longest match can place it
+            continue
+        n, agree = n + 1, agree + (encoded[0] == first[ids[0]])
+    assert agree / n > 0.9

@@ -50,9 +50,13 @@ def test_a_teacher_cache_written_without_the_student_serves_its_own_tokenizer(ca
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / "run"
-    args = [*SMOKE, *OWN, "loss=uld", "teacher=cache", f"teacher.cache_dir={where}", "control=false"]
+    # another family's tokenizer, and two cross-vocabulary terms composed (the projection reads the cache too)
+    own = [*OWN, "student.tokenizer_style=sentencepiece", "loss=uld", "+loss.weights.projected_kl=0.5"]
+    args = [*SMOKE, *own, "teacher=cache", f"teacher.cache_dir={where}", "control=false"]
     proc = run_cli([*args, f"hydra.run.dir={out}"], cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert AutoTokenizer.from_pretrained(out / "student").eos_token == "</s>"
+    assert "0.5 × projected_kl" in proc.stderr + proc.stdout
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["teacher.source"] == "cache" and metrics["student.val_ppl"] < metrics["student.val_ppl_start"]
     # written for a student of the teacher's tokenizer; the teacher's bits per byte come from the manifest
@@ -64,5 +68,5 @@ def test_a_teacher_cache_written_without_the_student_serves_its_own_tokenizer(ca
 def test_a_same_vocabulary_term_with_its_own_tokenizer_is_refused_before_training(cache_dir, tmp_path):
     proc = run_cli([*SMOKE, *OWN, f"hydra.run.dir={tmp_path}"], cache_dir)  # loss: forward KL (the default)
     error = one_line_error(proc)
-    assert "'forward_kl'" in error and "loss=uld or loss=gold" in error
+    assert "'forward_kl'" in error and "loss=gold, loss=projected_kl or loss=uld" in error
     assert "Trainer.fit" not in proc.stdout + proc.stderr and not (tmp_path / "metrics.json").exists()

@@ -1,4 +1,4 @@
-"""ULD and GOLD on aligned spans: the chunked kernels against plain references written from the papers."""
+"""ULD, GOLD and the projected KL on aligned spans: the chunked kernels against plain references written from the papers."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,9 @@ from distill.losses.cross_vocab import TAIL_EPS, cross_vocab_loss
 from distill.teacher.outputs import SparseTeacher
 
 B, LT, LS, VT, VS = 2, 14, 11, 17, 13
-MAPPING = VocabMapping(np.array([0, 2, 5, 7, 11]), np.array([1, 3, 4, 9, 0]), VT, VS, ambiguous=0)
+# the shared tokens map to their own; others to a student token their text would begin with; 3 and 16: to none
+FIRST = np.array([1, 5, 3, -1, 6, 4, 6, 9, 12, 2, 5, 0, 12, 8, 2, 7, -1])
+MAPPING = VocabMapping(np.array([0, 2, 5, 7, 11]), np.array([1, 3, 4, 9, 0]), VT, VS, ambiguous=0, first_piece=FIRST)
 
 
 def _offsets(cuts):
@@ -81,14 +83,32 @@ def gold_reference(p, q, mapping, matched_weight):
     return w * kl + (1 - w) * uld_reference(p[t_rest], q[s_rest])
 
 
+def projected_reference(p_first, q_first, first):
+    """Each teacher token's probability moved to the student token its text begins with (renormalized
+    over the tokens that have one), then forward KL to the student's first-token distribution."""
+    target = torch.zeros_like(q_first)
+    for t_id, s_id in enumerate(first.tolist()):
+        if s_id >= 0:
+            target[s_id] = target[s_id] + p_first[t_id]
+    target = target / target.sum()
+    return sum(x * (x.log() - q) for x, q in zip(target, q_first.log()) if x > 0)
+
+
 def reference(term, s, t, rows, weights, T, matched_weight=None):
     """Mean over spans (by weight) of the term between the merged distributions, × T²."""
     total, k_all = 0.0, 0
     for b, (a, t_ids, s_ids) in enumerate(rows):
         for k in range(len(a)):
-            q = merged_probs(s[b], _groups(a.student, k, s_ids), T)
-            p = merged_probs(t[b], _groups(a.teacher, k, t_ids), T)
-            value = uld_reference(p, q) if term == "uld" else gold_reference(p, q, MAPPING, matched_weight)
+            s_group, t_group = _groups(a.student, k, s_ids), _groups(a.teacher, k, t_ids)
+            q, p = merged_probs(s[b], s_group, T), merged_probs(t[b], t_group, T)
+            if term == "uld":
+                value = uld_reference(p, q)
+            elif term == "gold":
+                value = gold_reference(p, q, MAPPING, matched_weight)
+            else:  # the span's first rows only
+                value = projected_reference(
+                    merged_probs(t[b], t_group[:1], T), merged_probs(s[b], s_group[:1], T), FIRST
+                )
             total = total + weights[k_all] * value
             k_all += 1
     return total / weights.sum() * T**2
@@ -112,7 +132,7 @@ def _value_and_grad(fn, s):
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 256])
 @pytest.mark.parametrize("T", [1.0, 2.5])
-@pytest.mark.parametrize("term", ["uld", "gold"])
+@pytest.mark.parametrize("term", ["uld", "gold", "projected_kl"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_kernel_matches_reference_value_and_grad(term, T, chunk_size, seed):
     rows = _rows(seed)
@@ -125,8 +145,12 @@ def test_kernel_matches_reference_value_and_grad(term, T, chunk_size, seed):
     torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(parts[term], loss)
-    extra_only = set(batch.student.extra_rows.tolist()) - set(batch.student.rows.tolist())
-    assert extra_only and all(g.reshape(-1, VS)[r].abs().sum() > 0 for r in extra_only)  # merged rows learn too
+    extra_only = sorted(set(batch.student.extra_rows.tolist()) - set(batch.student.rows.tolist()))
+    learn = g.reshape(-1, VS)[extra_only].abs().sum(-1)
+    if term == "projected_kl":  # the span's later tokens do not enter the projection
+        assert learn.max() < 1e-6
+    else:
+        assert extra_only and (learn > 0).all()  # merged rows learn too
 
 
 def test_masked_spans_count_nothing_and_get_no_gradient():
@@ -161,11 +185,11 @@ def _same_model_batch():
     """One vocabulary and one tokenization on both sides: every span is one token each."""
     off = _offsets(list(range(0, 11)))
     ids = np.arange(len(off)) % VS
-    identity = VocabMapping(np.arange(VS), np.arange(VS), VS, VS, ambiguous=0)
+    identity = VocabMapping(np.arange(VS), np.arange(VS), VS, VS, ambiguous=0, first_piece=np.arange(VS))
     return collate([align_offsets(ids, off, ids, off)], len(off), len(off)), identity, len(off)
 
 
-@pytest.mark.parametrize("term", ["uld", "gold"])
+@pytest.mark.parametrize("term", ["uld", "gold", "projected_kl"])
 def test_identical_models_have_zero_loss(term):
     batch, identity, n = _same_model_batch()
     z = torch.randn(1, n, VS, requires_grad=True)

@@ -1,0 +1,54 @@
+"""The teacher's next-token distribution projected onto the student's vocabulary (``projected_kl``).
+
+ULD compares sorted probabilities, blind to which token is which; GOLD compares exactly only the
+tokens whose strings both vocabularies hold, which are few when the student's vocabulary is much
+smaller than the teacher's (a 1,024-token student holds a small share of a 4,096-token teacher's
+strings). This term gives the student a target over its whole vocabulary at every aligned span:
+
+At the row where both models predict the span's first token (the same characters of the same text
+come next for both), the teacher's probability of each of its tokens t moves to the student token
+its text begins with, ``first(t)`` (``distill.align.vocab.first_pieces``)::
+
+    p̃(s) = Σ_{t: first(t) = s} p(t) / Σ_{t: first(t) ≠ −1} p(t)
+
+(the probability that the student's next token is s, were the student to cut the teacher's next
+token as ``first`` does), and the loss is the forward KL(p̃ || q) to the student's distribution q
+on that row, scaled by T² and averaged over spans like ULD and GOLD. A teacher token that is
+shared text maps to itself, so on the shared tokens p̃ ≥ GOLD's exact target. Written for this
+repo (no library projects one vocabulary onto another); the per-span reference it is tested
+against is in ``tests/losses/test_cross_vocab.py``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from distill.losses.divergences import TAIL_EPS
+
+
+class Projection:
+    """``first_piece`` as index tensors on the logits' device: the mapped teacher ids and their targets."""
+
+    def __init__(self, first_piece, device):
+        first = torch.as_tensor(first_piece, dtype=torch.long, device=device)
+        self.teacher = (first >= 0).nonzero().squeeze(-1)
+        self.student = first[self.teacher]
+
+
+def projected_target(log_p: Tensor, projection: Projection, student_size: int) -> Tensor:
+    """[c, Vs] p̃ from the teacher's [c, Vt] log-probabilities of the span's first token."""
+    p = log_p.exp()[:, projection.teacher]
+    target = torch.zeros(len(p), student_size, device=p.device).index_add_(1, projection.student, p)
+    return target / target.sum(-1, keepdim=True).clamp_min(TAIL_EPS)
+
+
+def projected_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad):
+    """KL(p̃ || q) on the span's first rows: the merged vectors less their offsets (the later tokens'
+    log-probabilities do not enter). d/d log q = −p̃; the offset's own gradient cancels the one the
+    chunk loop gives it through lv_s (the term does not depend on the offset)."""
+    target = projected_target(lv_t - off_t.unsqueeze(-1), vocab.projection, lv_s.shape[-1])
+    value = (torch.xlogy(target, target) - target * (lv_s - off_s.unsqueeze(-1))).sum(-1)
+    if not want_grad:
+        return value, None, None
+    return value, target.neg(), target.sum(-1)
