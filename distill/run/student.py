@@ -32,11 +32,14 @@ def student_needs_teacher(cfg: DictConfig) -> bool:
     return str(cfg.student.get("_target_", "")).startswith(STUDENTS_FROM_TEACHER)
 
 
+OWN_TOKENIZER = ("tokenizer", "vocab_size", "tokenizer_style")
+
+
 def student_spec(cfg: DictConfig) -> tuple[dict, dict | None]:
     """The builder's config, and the LoRA block when adapters are on (``student.lora.r > 0``)."""
     spec = OmegaConf.to_container(cfg.student, resolve=True)
     lora = spec.pop("lora", None)
-    for key in ("tokenizer", "vocab_size", "tokenizer_style"):  # the student's own tokenizer: the run's (distill.run.cross)
+    for key in OWN_TOKENIZER:  # the student's own tokenizer: the run's (distill.run.cross)
         spec.pop(key, None)
     return spec, (lora if lora and lora.get("r") else None)
 
