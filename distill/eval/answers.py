@@ -9,6 +9,7 @@ generation: validation rows target the assistant's tokens only, so ``val_ppl`` o
 
 from __future__ import annotations
 
+import ast
 from types import SimpleNamespace
 
 import numpy as np
@@ -18,11 +19,18 @@ from distill.on_policy import answer_rows
 
 
 def compiles(code: str) -> bool:
+    """Does ``code`` hold at least one Python statement and compile? An empty, blank or
+    comment-only answer compiles (``compile("")`` succeeds) but answers nothing, so it fails."""
     try:
-        compile(code, "<answer>", "exec")
+        holds_code = bool(ast.parse(code).body)
+        compile(code, "<answer>", "exec")  # ast.parse misses some compile-time errors ('return' outside def)
     except (SyntaxError, ValueError, OverflowError, MemoryError, RecursionError):
         return False
-    return True
+    return holds_code
+
+
+def is_empty(text: str) -> bool:
+    return not text.strip()
 
 
 def first_line(text: str) -> str:
@@ -69,6 +77,7 @@ def answer_metrics(models: dict, dm, device, *, max_prompts: int = 64, max_new_t
             max_new_tokens=max_new_tokens, device=device,
         )  # fmt: skip
         metrics[f"{name}.answer_compile_rate"] = float(np.mean([compiles(a) for a in answers]))
+        metrics[f"{name}.answer_empty_rate"] = float(np.mean([is_empty(a) for a in answers]))
         metrics[f"{name}.answer_first_line_match"] = float(
             np.mean([first_line(a) == r for a, r in zip(answers, references)])
         )

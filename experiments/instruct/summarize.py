@@ -22,6 +22,7 @@ RUNS = ["forward_kl_seed0", "forward_kl_seed1", "gkd_seed0", "seqkd_seed0"]
 COLUMNS = [
     ("val_ppl", "response ppl", "{:.2f}"),
     ("answer_compile_rate", "answers compile", "{:.3f}"),
+    ("answer_empty_rate", "answers empty", "{:.3f}"),
     ("answer_first_line_match", "def line matches", "{:.3f}"),
 ]
 
