@@ -13,10 +13,10 @@ its text begins with, ``first(t)`` (``distill.align.vocab.first_pieces``)::
 
 (the probability that the student's next token is s, were the student to cut the teacher's next
 token as ``first`` does), and the loss is the forward KL(p̃ || q) to the student's distribution q
-on that row, scaled by T² and averaged over spans like ULD and GOLD. A teacher token that is
-shared text maps to itself, so on the shared tokens p̃ ≥ GOLD's exact target. Written for this
-repo (no library projects one vocabulary onto another); the per-span reference it is tested
-against is in ``tests/losses/test_cross_vocab.py``.
+on that row, scaled by T² and averaged over spans like ULD and GOLD. A teacher token whose text
+the student's vocabulary holds maps to that same token. Written for this repo (the anchors' losses
+across vocabularies are ULD and GOLD); the per-span reference it is tested against is in
+``tests/losses/test_cross_vocab.py``.
 """
 
 from __future__ import annotations
