@@ -12,10 +12,25 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["WANDB_MODE"] = "offline"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `pytest -n 2`: one thread per worker, and for the commands it starts, so two workers share two
+    # cores instead of four spinning OpenMP threads fighting over them. Set before torch is imported.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 # fixtures shared across test folders (the chat tokenizer: data/chat, eval, on-policy)
 pytest_plugins = ["tests.data.chat.fixtures"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """Under ``pytest -n N --dist loadgroup`` each test file runs whole on one worker (its module fixtures
+    are built once, its tests keep their order), and every test of tests/slurm on the same worker: they
+    share the one local Slurm cluster that a session fixture starts and stops. (Tryfirst: xdist reads
+    the marks in its own hook.) Without xdist the marks do nothing."""
+    for item in items:
+        path = Path(item.path).relative_to(REPO).as_posix()
+        item.add_marker(pytest.mark.xdist_group("slurm" if path.startswith("tests/slurm/") else path))
 
 
 @pytest.fixture
