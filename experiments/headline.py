@@ -138,8 +138,12 @@ def cross_tokenizer() -> str | None:
         return None
     same_gain = control["student.bits_per_byte"] - same["student.bits_per_byte"]
     gains = [
-        f"{vocab:,}: {g:+.3f} ({g / same_gain:.2f}×)"
-        for vocab, name in ((8192, "gold_8192"), (1024, "gold_1024"))
+        f"{vocab}: {g:+.3f} ({g / same_gain:.2f}×)"
+        for vocab, name in (
+            ("4,096 SentencePiece-style", "gold_4096_sp"),
+            ("8,192", "gold_8192"),
+            ("1,024", "gold_1024"),
+        )
         if name in runs
         for g in [runs[name]["baseline.bits_per_byte"] - runs[name]["student.bits_per_byte"]]
     ]

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The rows of experiments/cross-tokenizer/README.md at equal steps: the quickstart teacher (BPE 4,096,
 # trained once, cached) distilled into the same from-scratch student (a 4-layer Llama of hidden 256),
-# with the teacher's tokenizer (forward KL) and with tokenizers of its own (BPE 8,192 and 1,024 trained
-# on the same training split: GOLD). A run with a student tokenizer of its own also trains the CE-only
-# control with it (same architecture, steps and text); the same-tokenizer control is a run of its own.
+# with the teacher's tokenizer (forward KL) and with tokenizers of its own (byte-level BPE 8,192 and
+# 1,024 and a SentencePiece-style BPE 4,096, trained on the same training split: GOLD; and the projected
+# KL at 1,024). A GOLD run also trains the CE-only control with its tokenizer (same architecture, steps and
+# text); the same-tokenizer control is a run of its own.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-experiments/cross-tokenizer/runs}
@@ -11,6 +12,11 @@ run() { name=$1; shift; [ -f "$OUT/$name/metrics.json" ] || distill-train experi
 run same_tokenizer_kd control=false                     # forward KL + 0.5 CE, the teacher's BPE 4,096
 # its control: CE only, the teacher's tokenizer, the same architecture, steps and rows (teacher=none)
 run same_tokenizer_control teacher=none loss.weights.forward_kl=0 loss.weights.ce=1 control=false
+# another family's tokenizer of the teacher's size: SentencePiece-style BPE ('▁' spaces, byte fallback)
+run gold_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=gold
 run gold_8192 student.vocab_size=8192 loss=gold         # GOLD + 0.5 CE, its own BPE 8,192
 run gold_1024 student.vocab_size=1024 loss=gold         # a much smaller vocabulary
+# the projection (loss=projected_kl + 0.5 CE) where GOLD's shared strings are fewest; its control is the
+# GOLD run's (the same tokenizer, architecture, steps and text; a run is deterministic)
+run projected_kl_1024 student.vocab_size=1024 loss=projected_kl control=false
 python experiments/cross-tokenizer/summarize.py "$OUT"

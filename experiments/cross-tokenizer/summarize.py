@@ -17,15 +17,27 @@ import readme_block  # noqa: E402
 
 README = HERE / "README.md"
 BEGIN, END = "<!-- results:begin (summarize.py) -->", "<!-- results:end -->"
-RUNS = ["same_tokenizer_control", "same_tokenizer_kd", "gold_8192", "gold_1024"]
-CROSS = ["gold_8192", "gold_1024"]  # each also trained the CE-only control with its own tokenizer
-VOCAB = {"same_tokenizer_control": 4096, "same_tokenizer_kd": 4096, "gold_8192": 8192, "gold_1024": 1024}
+RUNS = ["same_tokenizer_control", "same_tokenizer_kd", "gold_4096_sp", "gold_8192", "gold_1024", "projected_kl_1024"]
+CROSS = ["gold_4096_sp", "gold_8192", "gold_1024", "projected_kl_1024"]
+# the run that trained each cross run's CE-only control with its tokenizer (GOLD runs train their own)
+CONTROL = {"projected_kl_1024": "gold_1024"}
+VOCAB = {
+    "same_tokenizer_control": "4,096",
+    "same_tokenizer_kd": "4,096",
+    "gold_4096_sp": "4,096 SentencePiece-style",
+    "gold_8192": "8,192",
+    "gold_1024": "1,024",
+    "projected_kl_1024": "1,024",
+}
 LABELS = {
+    "gold_4096_sp": "cross-tokenizer KD: GOLD + 0.5 CE",
     "same_tokenizer_control": "control: CE only, the teacher's tokenizer",
     "same_tokenizer_kd": "KD with the teacher's tokenizer: forward KL + 0.5 CE",
     "gold_8192": "cross-tokenizer KD: GOLD + 0.5 CE",
     "gold_1024": "cross-tokenizer KD: GOLD + 0.5 CE",
+    "projected_kl_1024": "cross-tokenizer KD: projected KL + 0.5 CE",
 }
+TERM = {name: "projected KL" if name.startswith("projected") else "GOLD" for name in CROSS}
 
 
 def collect(runs_dir: Path) -> None:
@@ -39,12 +51,12 @@ def load() -> dict[str, dict]:
     return {n: json.loads(p.read_text()) for n, p in found.items() if p.exists()}
 
 
-def row(label: str, vocab: int, m: dict, who: str) -> str:
+def row(label: str, vocab: str, m: dict, who: str) -> str:
     """One model's cells; ``who``: its prefix in the run's metrics (teacher, student, baseline)."""
     agree = m.get(f"{who}.top1_agreement")
     cells = [
         label,
-        f"{vocab:,}",
+        vocab,
         f"{m[f'{who}.params'] / 1e6:.2f}M",
         f"**{m[f'{who}.bits_per_byte']:.4f}**",
         f"{m[f'{who}.val_ppl']:.2f}",
@@ -67,10 +79,10 @@ def goal_lines(runs: dict) -> list[str]:
         same_gain = bpb(runs, "same_tokenizer_control") - same
         lines.append(f"- KD's gain with the teacher's tokenizer: {same_gain:+.4f} bits/byte over its control")
     for name in CROSS:
-        c, s = bpb(runs, name, "baseline"), bpb(runs, name)
+        c, s = bpb(runs, CONTROL.get(name, name), "baseline"), bpb(runs, name)
         if c is None or s is None:
             continue
-        at = f"GOLD at {VOCAB[name]:,}"
+        at = f"{TERM[name]} at {VOCAB[name]}"
         lines.append(f"- {at}: KD's gain over its own control {c - s:+.4f} bits/byte"
                      + (f" ({(c - s) / same_gain:.2f}× the same-tokenizer gain)" if same_gain else ""))  # fmt: skip
         if same is None:
@@ -80,7 +92,7 @@ def goal_lines(runs: dict) -> list[str]:
                          f"same-tokenizer KD student ({same:.4f}) (goal ≥ 0.5)")  # fmt: skip
         else:
             lines.append(f"  - the issue's ratio is undefined: its control ({c:.4f}) is already better than the "
-                         f"same-tokenizer KD student ({same:.4f}), so there is no gap to close; the GOLD student "
+                         f"same-tokenizer KD student ({same:.4f}), so there is no gap to close; the {TERM[name]} student "
                          f"({s:.4f}) beats both")  # fmt: skip
     return lines
 
@@ -90,11 +102,11 @@ def block(runs: dict[str, dict]) -> str:
     lines = [head, "|---|---:|---:|---:|---:|---:|"]
     with_teacher = next((runs[n] for n in RUNS if "teacher.bits_per_byte" in runs.get(n, {})), None)
     if with_teacher:
-        lines.append(row("teacher (8 layers, from scratch)", 4096, with_teacher, "teacher"))
+        lines.append(row("teacher (8 layers, from scratch)", "4,096", with_teacher, "teacher"))
     for name in RUNS:
         if name not in runs:
             continue
-        if name in CROSS:  # this run trained the control with its tokenizer
+        if name in CROSS and name not in CONTROL:  # this run trained the control with its tokenizer
             lines.append(row("control: CE only, its own tokenizer", VOCAB[name], runs[name], "baseline"))
         lines.append(row(LABELS[name], VOCAB[name], runs[name], "student"))
     lines += ["", *goal_lines(runs)]
