@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from transformers import AutoModelForCausalLM
 
 from distill.errors import DistillError
+from distill.run.student import OWN_TOKENIZER
 from distill.student.scratch import KNOWN, MOE, PRESETS, build_llama, scratch_student
 
 VOCAB = 96
@@ -86,7 +87,7 @@ def test_default_is_todays_llama_student():
     # and the yaml with everything left null builds the same model
     cfg = OmegaConf.load(CONFIG / "scratch.yaml")
     cfg.max_seq_len = 256
-    for key in ("tokenizer", "vocab_size"):  # the student's own tokenizer: read by the run, never the builder
+    for key in OWN_TOKENIZER:  # the student's own tokenizer: read by the run, never the builder
         cfg.pop(key)
     from_yaml = instantiate(cfg)(teacher=None, vocab_size=4096)
     assert from_yaml.config.to_dict() == old.config.to_dict()
