@@ -96,7 +96,7 @@ class VocabMapping:
     student_size: int
     ambiguous: int  # strings left out: several tokens of one vocabulary stand for them
     # [teacher_size] int64: the student token each teacher token's text begins with, −1 where none
-    # (``first_pieces``; the ``projected_kl`` term). None: not built (a mapping written by hand).
+    # (``first_pieces``; the ``projected_kl`` term). None: not asked for, or a mapping written by hand.
     first_piece: np.ndarray | None = None
 
     @property
@@ -114,8 +114,10 @@ class VocabMapping:
         )
 
 
-def vocab_mapping(teacher_tokenizer, student_tokenizer) -> VocabMapping:
-    """The tokens two vocabularies share (see the module doc), built once per pair of tokenizers."""
+def vocab_mapping(teacher_tokenizer, student_tokenizer, projection: bool = False) -> VocabMapping:
+    """The tokens two vocabularies share (see the module doc), built once per pair of tokenizers;
+    with ``projection``, also each teacher token's first student piece (``first_pieces``: only the
+    ``projected_kl`` term reads it, and it walks every teacher token)."""
     t_text, s_text = vocabulary_text(teacher_tokenizer), vocabulary_text(student_tokenizer)
     pairs, ambiguous = [], 0
     for text, t_ids in t_text.items():
@@ -130,7 +132,8 @@ def vocab_mapping(teacher_tokenizer, student_tokenizer) -> VocabMapping:
     t, s = np.asarray(sorted(pairs), np.int64).reshape(-1, 2).T if pairs else (np.zeros(0, np.int64),) * 2
     assert max(Counter(t.tolist()).values(), default=1) == 1 and max(Counter(s.tolist()).values(), default=1) == 1
     sizes = _size(teacher_tokenizer), _size(student_tokenizer)
-    return VocabMapping(t, s, *sizes, ambiguous, first_pieces(teacher_tokenizer, student_tokenizer, dict(pairs)))
+    first = first_pieces(teacher_tokenizer, student_tokenizer, dict(pairs)) if projection else None
+    return VocabMapping(t, s, *sizes, ambiguous, first)
 
 
 def first_pieces(teacher_tokenizer, student_tokenizer, matched: dict[int, int]) -> np.ndarray:

@@ -178,7 +178,7 @@ class Objective(nn.Module):
         if self.uses("gold") or self.uses("projected_kl"):
             from distill.align.vocab import vocab_mapping
 
-            self.mapping = vocab_mapping(teacher_tokenizer, student_tokenizer)
+            self.mapping = vocab_mapping(teacher_tokenizer, student_tokenizer, projection=self.uses("projected_kl"))
         return self
 
     # -- the loss ----------------------------------------------------------------------
