@@ -92,3 +92,37 @@ def test_moe_student_adds_its_load_balancing_loss():
     # with top-1 routing only the balancing loss reaches the router
     routers = [p for n, p in student.named_parameters() if "gate" in n and "experts" not in n]
     assert routers and all(p.grad is not None and p.grad.abs().sum() > 0 for p in routers)
+
+
+def test_gradient_clipping_reuses_the_checked_norm_and_clips_as_lightning_does():
+    """One pass over the gradients for the finite check and the clip: the weights after a clipped
+    step are those of Lightning's own clipping (``clip_gradients``), and a norm is never reused."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    def fit(module_class):
+        teacher, student = _models()
+        module = module_class(student, Objective({"forward_kl": 1.0, "ce": 0.5}), 60, teacher=Teacher(teacher))
+        data = torch.randint(0, 60, (6, 9), generator=torch.Generator().manual_seed(1))
+        loader = DataLoader([(r[:-1], r[1:], torch.tensor(i)) for i, r in enumerate(data)], batch_size=2)
+        trainer = L.Trainer(
+            max_steps=3,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            gradient_clip_val=0.05,  # small enough that every step clips
+        )
+        trainer.fit(module, loader)
+        return module
+
+    class LightningClips(DistillationModule):
+        configure_gradient_clipping = L.LightningModule.configure_gradient_clipping
+
+    ours, theirs = fit(DistillationModule), fit(LightningClips)
+    for a, b in zip(ours.student.parameters(), theirs.student.parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert ours._grad_norm is None  # consumed by the step that took it
+    untouched = _models()[1]
+    assert any(not torch.allclose(a, b) for a, b in zip(ours.student.parameters(), untouched.parameters()))

@@ -203,6 +203,7 @@ RULES = {
     OBJECTIVE + "beta": FRACTION,
     OBJECTIVE + "tail": OneOf("distill.teacher.outputs.TAIL_MODES"),
     OBJECTIVE + "chunk_size": POSITIVE_INT,
+    OBJECTIVE + "compile": OneOf("distill.losses.compiled.COMPILE_MODES"),
     "distill.losses.spec.OnPolicy.lmbda": FRACTION,
     "distill.losses.spec.OnPolicy.max_new_tokens": POSITIVE_INT,
     "distill.losses.spec.OnPolicy.temperature": ge(0),

@@ -186,6 +186,8 @@ def logit_chunk(
     beta: float = 0.5,
     tail: str = "bucket",
     want_grad: bool = True,
+    out: Tensor | None = None,
+    kernel=None,
 ) -> tuple[dict[str, Tensor], Tensor | None]:
     """Loss sums and their gradient for one chunk of tokens, in float32.
 
@@ -195,8 +197,22 @@ def logit_chunk(
     from TERMS (only "ce" when t is None); terms absent are not computed. Trusts its caller:
     nothing is checked here, once per chunk. Returns sums[term] = float32 0-dim sum over
     the chunk's valid tokens of the per-token term value (divergences already × T²), and
-    grad = d(Σ_term coef[term] · sums[term]) / ds as float32 [n, V] (None if not want_grad).
+    grad = d(Σ_term coef[term] · sums[term]) / ds as float32 [n, V] (None if not want_grad), or
+    written into ``out`` [n, V] (any float dtype) and returned as ``out`` when it is given.
+    ``kernel``: a faster implementation of some chunks (``distill.losses.compiled.chunk_kernel``),
+    called with the same arguments; where it returns None, the eager code below runs.
     """
+    if kernel is not None:
+        fast = kernel(s, t, y, m, coef, temperature, want_grad, out)
+        if fast is not None:
+            return fast
+    sums, grad = _eager_chunk(s, t, y, m, coef, temperature, beta, tail, want_grad)
+    if out is None or grad is None:
+        return sums, grad
+    return sums, out.copy_(grad)
+
+
+def _eager_chunk(s, t, y, m, coef, temperature, beta, tail, want_grad):
     divs = {term: c for term, c in coef.items() if term != "ce"}
     x = s.float()  # never modified in place: it is ``s`` itself when s is float32
     if not isinstance(t, SparseTeacher) and set(divs) <= {"forward_kl"}:
@@ -429,6 +445,7 @@ def chunked_logit_loss(
     beta: float = 0.5,
     tail: str = "bucket",
     chunk_size: int = 256,
+    kernel=None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ_term weights[term] · mean(term), fused and chunked; returns (loss, {term: detached mean}).
 
@@ -439,6 +456,7 @@ def chunked_logit_loss(
     there is no teacher. The settings are trusted: ``Objective`` validates them once
     (``distill.losses.spec``); a direct caller passes terms of ``TERMS``, weights >= 0,
     temperature > 0, beta in [0, 1], a tail of ``teacher.outputs.TAIL_MODES``, chunk_size >= 1.
+    ``kernel``: see ``logit_chunk`` (the compiled chunks, ``loss.compile``).
     """
     if teacher is None:  # nothing to compare with: the divergences drop out
         weights = {term: w for term, w in weights.items() if term not in DIVERGENCES}
@@ -446,14 +464,14 @@ def chunked_logit_loss(
     if mask is None:
         mask = labels != IGNORE_INDEX
     loss, parts = _ChunkedLogitLoss.apply(
-        student_logits, teacher, labels, mask, weights, float(temperature), float(beta), tail, int(chunk_size)
+        student_logits, teacher, labels, mask, weights, float(temperature), float(beta), tail, int(chunk_size), kernel
     )
     return loss, dict(zip(weights, parts.unbind()))
 
 
 class _ChunkedLogitLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s, teacher, labels, mask, weights, T, beta, tail, chunk):
+    def forward(ctx, s, teacher, labels, mask, weights, T, beta, tail, chunk, kernel):
         V = s.shape[-1]
         s2, y, m = s.reshape(-1, V), labels.reshape(-1), mask.reshape(-1)
         t2 = teacher.flatten_tokens() if isinstance(teacher, SparseTeacher) else teacher
@@ -475,11 +493,11 @@ class _ChunkedLogitLoss(torch.autograd.Function):
                 beta=beta,
                 tail=tail,
                 want_grad=grad is not None,
+                out=None if grad is None else grad[rows],  # the gradient goes straight into the buffer
+                kernel=kernel,
             )
             for term in weights:
                 totals[term] = totals[term] + sums[term]
-            if grad is not None:
-                grad[rows] = g
         parts = torch.stack([totals[term] / counts[term] for term in weights])
         loss = sum(w * parts[i] for i, w in enumerate(weights.values()))
         ctx.save_for_backward(grad if grad is not None else s2.new_empty(0))
@@ -490,7 +508,9 @@ class _ChunkedLogitLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_parts):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).view(ctx.shape), *([None] * 8)
+        if not torch.equal(grad_loss, torch.ones_like(grad_loss)):  # skip a logits-sized pass in the usual case
+            grad = grad * grad_loss.to(grad.dtype)
+        return grad.view(ctx.shape), *([None] * 9)
 
 
 def _check_shapes(s, teacher, labels, mask):

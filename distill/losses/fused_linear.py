@@ -46,6 +46,7 @@ def fused_linear_loss(
     chunk_size: int = 256,
     student_bias: Tensor | None = None,
     teacher_bias: Tensor | None = None,
+    kernel=None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``Σ weights[term] · mean(term)`` over the LM heads' logits, never materializing them.
 
@@ -63,7 +64,7 @@ def fused_linear_loss(
 
     Matmuls run in the inputs' dtype (the autocast dtype under autocast), softmax math in
     float32. Peak memory beyond the gradients themselves: a few ``[chunk_size × V]`` float32
-    buffers (256 × 128,256 → ~125 MiB each).
+    buffers (256 × 128,256 → ~125 MiB each). ``kernel``: see ``divergences.logit_chunk`` (``loss.compile``).
     """
     spec = _prepare(
         student_hidden,
@@ -88,6 +89,7 @@ def fused_linear_loss(
     spec.want_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (student_hidden, student_weight, student_bias)
     )
+    spec.kernel = kernel
     spec.dtypes = (
         _matmul_dtype(student_hidden, student_weight),
         None if teacher_hidden is None else _matmul_dtype(teacher_hidden, teacher_weight),
@@ -119,6 +121,7 @@ class _Spec:
     coef: dict[str, float] = field(default_factory=dict)  # weight / count: the chunk function's coefficients
     want_grad: bool = True
     dtypes: tuple = (torch.float32, torch.float32)  # matmul dtype of the student's and the teacher's head
+    kernel: object = None  # logit_chunk's compiled kernels, or None (eager)
 
 
 class _FusedLinearLoss(torch.autograd.Function):
@@ -150,6 +153,11 @@ def _run_chunks(h, w, b, th, tw, tb, labels, mask, spec: _Spec, needs):
     teacher = None if th is None else _Head.cut(tw, tb, spec.vocab, spec.dtypes[1])
     grads = _Grads(h2, w, b, spec.vocab, needs) if spec.want_grad else None
     sums = dict.fromkeys(spec.weights, 0.0)
+    # The compiled kernel writes d loss / d logits into one float32 chunk buffer that every chunk reuses
+    # (the eager code builds it in place of its own softmax buffer, so it needs none).
+    buffer = None
+    if grads is not None and spec.kernel is not None:
+        buffer = torch.empty(min(spec.chunk, h2.shape[0]), spec.vocab, device=h.device)
     for lo in range(0, h2.shape[0], spec.chunk):
         rows = slice(lo, lo + spec.chunk)
         h_rows = h2[rows].to(student.weight.dtype)
@@ -164,6 +172,8 @@ def _run_chunks(h, w, b, th, tw, tb, labels, mask, spec: _Spec, needs):
             temperature=spec.temperature,
             beta=spec.beta,
             want_grad=grads is not None,
+            out=None if buffer is None else buffer[: h_rows.shape[0]],
+            kernel=spec.kernel,
         )
         del s, t  # free the chunk's logits before the gradient matmuls allocate
         sums = {term: sums[term] + part[term] for term in sums}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from distill.errors import DistillError
+from distill.losses.compiled import COMPILE_FROM_VOCAB, chunk_kernel
 from distill.losses.cross_vocab import cross_vocab_loss
 from distill.losses.divergences import chunked_logit_loss
 from distill.losses.fused_linear import fused_linear_loss
@@ -66,6 +67,7 @@ class Objective(nn.Module):
         tail: str = "bucket",
         chunk_size: int = 256,
         fused_linear: bool = False,
+        compile: bool | str = "auto",
         hidden: dict | None = None,
         attention: dict | None = None,
         on_policy: dict | None = None,
@@ -79,6 +81,7 @@ class Objective(nn.Module):
             tail=tail,
             chunk_size=chunk_size,
             fused_linear=fused_linear,
+            compile=compile,
             hidden=hidden,
             attention=attention,
             on_policy=on_policy,
@@ -86,7 +89,7 @@ class Objective(nn.Module):
         )
         self.weights = dict(spec.weights)  # loss schedules change weights and temperature between steps
         self.temperature, self.beta, self.tail = spec.temperature, spec.beta, spec.tail
-        self.chunk_size, self.fused_linear = spec.chunk_size, spec.fused_linear
+        self.chunk_size, self.fused_linear, self.compile = spec.chunk_size, spec.fused_linear, spec.compile
         self.hidden_spec, self.attention_spec = spec.hidden, spec.attention
         self.on_policy: OnPolicy = spec.on_policy
         self.gold_spec = spec.gold
@@ -235,7 +238,7 @@ class Objective(nn.Module):
         if not any(term in DIVERGENCES for term in weights):
             teacher = None  # CE alone reads the labels (beside cross-vocabulary terms, whose teacher differs)
         t_logits = None if teacher is None else teacher.logits
-        common = dict(weights=weights, temperature=self.temperature, beta=self.beta)
+        common = dict(weights=weights, temperature=self.temperature, beta=self.beta, kernel=self._kernel(student))
         if self.fused_linear:
             if isinstance(t_logits, SparseTeacher):
                 raise DistillError("loss.fused_linear needs a live teacher; the cached top-k is already sparse")
@@ -255,6 +258,18 @@ class Objective(nn.Module):
         return chunked_logit_loss(
             student.logits, t_logits, labels, mask, tail=self.tail, chunk_size=self.chunk_size, **common
         )
+
+    def _kernel(self, student: Outputs):
+        """The compiled chunk kernels (``loss.compile``): always with ``true``; with ``auto`` from
+        ``COMPILE_FROM_VOCAB`` tokens up, where the loss's passes over ``[chunk × vocab]`` start to
+        cost as much as the LM head (below, eager is within a few % of the floor and a compile would
+        only add its seconds at startup)."""
+        if self.compile != "auto":
+            return chunk_kernel if self.compile else None
+        vocab = student.vocab_size
+        if vocab is None:  # Outputs built without it: the logits' last dimension, or the LM head's rows
+            vocab = student.logits.shape[-1] if student.logits is not None else student.head_weight.shape[0]
+        return chunk_kernel if vocab >= COMPILE_FROM_VOCAB else None
 
 
 def ce_only() -> Objective:

@@ -48,6 +48,7 @@ class LossSpec:
     tail: str = "bucket"
     chunk_size: int = 256
     fused_linear: bool = False
+    compile: bool | str = "auto"
     hidden: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["hidden"]))
     attention: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["attention"]))
     gold: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["gold"]))
@@ -61,6 +62,7 @@ def loss_spec(
     tail="bucket",
     chunk_size=256,
     fused_linear=False,
+    compile="auto",
     hidden=None,
     attention=None,
     on_policy=None,
@@ -74,6 +76,7 @@ def loss_spec(
         tail=_choice("loss.tail", tail, TAIL_MODES),
         chunk_size=_integer("loss.chunk_size", chunk_size, minimum=1),
         fused_linear=_flag("loss.fused_linear", fused_linear),
+        compile=_compile_mode(compile),
         hidden=_block("hidden", hidden),
         attention=_block("attention", attention),
         gold=_block("gold", gold),
@@ -183,6 +186,12 @@ def _choice(key: str, value, choices: tuple[str, ...]) -> str:
         hint = f" (did you mean {nearest(value, choices)!r}?)" if isinstance(value, str) else ""
         raise DistillError(f"{key} must be one of {', '.join(choices)}, got {value!r}{hint}")
     return value
+
+
+def _compile_mode(value) -> bool | str:
+    if value is True or value is False or value == "auto":
+        return value
+    raise DistillError(f"loss.compile must be auto, true or false, got {value!r}")
 
 
 def _flag(key: str, value) -> bool:
