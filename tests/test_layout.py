@@ -18,7 +18,6 @@ ONE_CONCEPT = {
     "student/sparsity.py": "unstructured / N:M sparsity: masks, Wanda and magnitude scores, the builder",
     "quant/qat.py": "the QAT plugin: plan, fake-quantize, verify what torchao did, convert, finalize",
     "quant/qlora.py": "the QLoRA plugin: 4-bit base layers, the CPU gradient fix, adapters, merge",
-    "teacher/cache.py": "the teacher cache's format: manifest, shards, lookup and the CachedTeacher over it",
     "data/prompt_response.py": "one data format: parse, template, response mask, pack, its DataModule",
 }
 

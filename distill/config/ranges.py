@@ -131,9 +131,11 @@ RULES = {
     S + "SeqKD.max_examples": POSITIVE_INT,
     S + "SeqKD.batch_size": POSITIVE_INT,
     # -- teacher: the cache keeps the top_k log-probabilities at a softmax temperature (Hinton et al. 2015:
-    # T > 0); read_top_k <= top_k; load_in: distill.quant.quantized_teacher.LOAD_IN (check_load_in)
+    # T > 0); read_top_k <= top_k; load_in: distill.quant.quantized_teacher.LOAD_IN (check_load_in);
+    # cache_format: the formats distill.teacher.cache_manifest writes (FORMAT_VERSIONS)
     S + "Teacher.load_in": OneOf("distill.quant.quantized_teacher.LOAD_IN", fold_case=True),
     S + "Teacher.top_k": POSITIVE_INT,
+    S + "Teacher.cache_format": OneOf("distill.teacher.cache_manifest.FORMAT_VERSIONS"),
     S + "Teacher.temperature": gt(0),
     S + "Teacher.shard_rows": POSITIVE_INT,
     S + "Teacher.micro_batch": POSITIVE_INT,

@@ -90,6 +90,7 @@ class Teacher:
     # teacher=cache
     cache_dir: str
     top_k: int
+    cache_format: str  # fp16 | compact (distill.teacher.cache_manifest.FORMAT_VERSIONS)
     temperature: float
     shard_rows: int
     micro_batch: int

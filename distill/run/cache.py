@@ -71,6 +71,7 @@ def build_cache(cfg: DictConfig) -> Path:
             "tokenizers": {"teacher": dm.tokenizer_path, "student": student_tokenizer_path(cfg, dm) or "the teacher's"},
         },
         positions=packed_positions(dm),
+        cache_format=cfg.teacher.get("cache_format", "fp16"),
     )
     log.info("teacher cache ready: %s", path)
     return path

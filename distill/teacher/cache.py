@@ -1,4 +1,4 @@
-"""The offline teacher cache: on-disk format, manifest checks and the reader.
+"""The offline teacher cache: the reader, its checks against the run, and the teacher fingerprint.
 
 ``distill-cache`` runs the teacher once and stores, per token, its top-k log-probabilities,
 so training with ``teacher=cache`` loads no teacher model. Layout of a cache directory::
@@ -8,18 +8,20 @@ so training with ``teacher=cache`` loads no teacher model. Layout of a cache dir
     train/shard-00000.indices.npy      [rows, seq_len, k] token ids, narrowest int type
     val/...                            same, when the validation split was cached
 
+That is the default ``fp16`` format; ``teacher.cache_format=compact`` stores the same shards as byte
+records of about 100 bytes per token (``distill.teacher.compact``), decoded here on every lookup.
+
 Shard ``s`` of a split holds its packed rows ``[s * shard_rows, (s + 1) * shard_rows)``.
 Each file is written under a temporary name and renamed (indices first, values last),
 so a shard whose two files both exist is complete; that is how a restarted writer skips
 finished work and how the reader tells a finished cache from an interrupted one.
-The writer lives in ``distill.teacher.cache_writer``.
+The manifest, the format versions and the shard paths are in ``distill.teacher.cache_manifest``,
+the writer in ``distill.teacher.cache_writer``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -31,28 +33,20 @@ from torch import Tensor, nn
 from distill.cache import fingerprint
 from distill.errors import DistillError
 from distill.losses.objective import Outputs
+from distill.teacher import compact
+from distill.teacher.cache_manifest import (
+    IDENTITY_FIELDS,
+    all_shards,
+    bytes_per_token,
+    format_of,
+    index_dtype_for,
+    missing_shards,
+    read_manifest,
+    shard_paths,
+    stored_widths,
+)
 from distill.teacher.outputs import SparseTeacher
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-VALUE_DTYPE = "float16"
-# Fields that define a cache's content: a writer refuses to resume into a cache whose
-# manifest differs in any of them (``extra`` is free-form and may change).
-IDENTITY_FIELDS = (
-    "format_version",
-    "teacher_key",
-    "tokenizer_key",
-    "data_key",
-    "chat_key",
-    "top_k",
-    "temperature",
-    "vocab_size",
-    "seq_len",
-    "shard_rows",
-    "value_dtype",
-    "index_dtype",
-    "splits",
-)
 # What a mismatch in each field means to a user, for the reader's one-line refusal.
 _FIELD_MEANING = {
     "data_key": "data",
@@ -65,102 +59,6 @@ _FIELD_MEANING = {
     "top_k": "settings",
     "temperature": "settings",
 }
-
-
-# -- format helpers (shared with the writer) ----------------------------------------
-def index_dtype_for(vocab_size: int) -> np.dtype:
-    """The narrowest integer type holding every token id ``0 .. vocab_size - 1``."""
-    if vocab_size <= 1 << 8:
-        return np.dtype(np.uint8)
-    if vocab_size <= 1 << 16:
-        return np.dtype(np.uint16)
-    return np.dtype(np.int32)
-
-
-def bytes_per_token(top_k: int, vocab_size: int) -> int:
-    return top_k * (np.dtype(VALUE_DTYPE).itemsize + index_dtype_for(vocab_size).itemsize)
-
-
-def num_shards(num_rows: int, shard_rows: int) -> int:
-    return -(-num_rows // shard_rows)
-
-
-def shard_paths(cache_dir: str | Path, split: str, shard: int) -> tuple[Path, Path]:
-    """(values, indices) file paths of one shard."""
-    base = Path(cache_dir) / split / f"shard-{shard:05d}"
-    return base.with_name(base.name + ".values.npy"), base.with_name(base.name + ".indices.npy")
-
-
-def shard_done(cache_dir: str | Path, split: str, shard: int) -> bool:
-    return all(p.is_file() for p in shard_paths(cache_dir, split, shard))
-
-
-def all_shards(manifest: dict) -> list[tuple[str, int]]:
-    return [(split, s) for split, info in manifest["splits"].items() for s in range(info["num_shards"])]
-
-
-def missing_shards(cache_dir: str | Path, manifest: dict) -> list[tuple[str, int]]:
-    return [(split, s) for split, s in all_shards(manifest) if not shard_done(cache_dir, split, s)]
-
-
-def build_manifest(
-    *,
-    keys: dict,
-    top_k: int,
-    temperature: float,
-    vocab_size: int,
-    seq_len: int,
-    split_rows: dict[str, int],
-    shard_rows: int,
-    extra: dict | None = None,
-) -> dict:
-    missing = {"teacher_key", "tokenizer_key", "data_key"} - set(keys)
-    if missing:
-        raise ValueError(f"keys must name {sorted(missing)}")
-    return {
-        "format_version": FORMAT_VERSION,
-        "teacher_key": str(keys["teacher_key"]),
-        "tokenizer_key": str(keys["tokenizer_key"]),
-        "data_key": str(keys["data_key"]),
-        # conversations: the chat template, the turns trained on and the packing (data/chat/datamodule.py)
-        "chat_key": keys.get("chat_key"),
-        "top_k": int(top_k),
-        "temperature": float(temperature),
-        "vocab_size": int(vocab_size),
-        "seq_len": int(seq_len),
-        "shard_rows": int(shard_rows),
-        "value_dtype": VALUE_DTYPE,
-        "index_dtype": index_dtype_for(vocab_size).name,
-        "bytes_per_token": bytes_per_token(top_k, vocab_size),
-        "splits": {
-            name: {"num_rows": int(n), "num_shards": num_shards(n, shard_rows)} for name, n in split_rows.items()
-        },
-        "extra": dict(extra or {}),
-    }
-
-
-def read_manifest(cache_dir: str | Path) -> dict | None:
-    """The manifest, or None if there is none; a corrupt one is a user-facing error."""
-    path = Path(cache_dir) / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise DistillError(
-            f"teacher cache {cache_dir} has an unreadable {MANIFEST} ({e}); delete the directory "
-            "and rerun distill-cache"
-        ) from e
-
-
-def write_manifest(cache_dir: str | Path, manifest: dict) -> None:
-    """Atomic: a temp file in the same directory, then a rename."""
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", suffix=".partial", dir=cache_dir)
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, cache_dir / MANIFEST)
 
 
 def teacher_fingerprint(model_or_dir: str | Path | nn.Module) -> str:
@@ -209,12 +107,7 @@ class TeacherCache:
         manifest = read_manifest(self.cache_dir) if self.cache_dir.is_dir() else None
         if manifest is None:
             raise DistillError(f"no teacher cache at {self.cache_dir}: run distill-cache first")
-        version = manifest.get("format_version")
-        if version != FORMAT_VERSION:
-            raise DistillError(
-                f"teacher cache {self.cache_dir} has format version {version}; this distill reads "
-                f"version {FORMAT_VERSION} (rebuild it with distill-cache)"
-            )
+        self.cache_format = format_of(manifest, self.cache_dir)  # fp16 | compact; other versions refused
         self.manifest = manifest
         self._check_expect(expect or {})
         missing = missing_shards(self.cache_dir, manifest)
@@ -224,7 +117,8 @@ class TeacherCache:
                 f"teacher cache {self.cache_dir} is incomplete: {len(missing)} of {total} shards are "
                 "missing (rerun distill-cache to finish it)"
             )
-        self.index_dtype = np.dtype(manifest["index_dtype"])
+        self.value_dtype, self.index_dtype = np.dtype(manifest["value_dtype"]), np.dtype(manifest["index_dtype"])
+        self.widths = stored_widths(manifest)  # last dimension of a shard's two arrays
         self.max_open_shards = max_open_shards
         self._open: OrderedDict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 
@@ -274,7 +168,9 @@ class TeacherCache:
         return self.manifest["seq_len"]
 
     @property
-    def bytes_per_token(self) -> int:
+    def bytes_per_token(self) -> float:
+        if self.cache_format == "compact":
+            return self.manifest["bytes_per_token"]  # measured by the writer
         return bytes_per_token(self.top_k, self.vocab_size)
 
     @property
@@ -294,8 +190,13 @@ class TeacherCache:
         values, indices = np.load(values_path, mmap_mode="r"), np.load(indices_path, mmap_mode="r")
         info, m = self.manifest["splits"][split], self.manifest
         rows = min(m["shard_rows"], info["num_rows"] - shard * m["shard_rows"])
-        shape = (rows, m["seq_len"], m["top_k"])
-        if values.shape != shape or indices.shape != shape or indices.dtype != self.index_dtype:
+        shape = (rows, m["seq_len"], self.widths[0])
+        if (values.shape, indices.shape, values.dtype, indices.dtype) != (
+            shape,
+            (*shape[:2], self.widths[1]),
+            self.value_dtype,
+            self.index_dtype,
+        ):
             raise DistillError(
                 f"teacher cache {self.cache_dir} has a damaged shard {values_path.name} "
                 f"(shape {values.shape}, expected {shape}); delete it and rerun distill-cache"
@@ -309,8 +210,8 @@ class TeacherCache:
         self, rows: Tensor | np.ndarray | list[int], split: str = "train", device: torch.device | str | None = None
     ) -> SparseTeacher:
         """Teacher outputs of packed rows (any order, any shards): logprobs float32, indices long,
-        both ``[B, seq_len, k]``. With ``device``, the compact float16 / narrow-int arrays travel
-        and are widened there (2-4x less host-to-device traffic)."""
+        both ``[B, seq_len, k]``. With ``device``, the narrow arrays of ``gather`` travel and are
+        widened there (2-4x less host-to-device traffic)."""
         values, indices = self.gather(rows, split)
         values, indices = torch.from_numpy(values), torch.from_numpy(indices)
         if device is not None and torch.device(device).type != "cpu":
@@ -319,8 +220,9 @@ class TeacherCache:
         return SparseTeacher(values.float(), indices.long())
 
     def gather(self, rows: Tensor | np.ndarray | list[int], split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-        """The stored arrays (float16 values, narrow-int indices) of packed rows: one
-        fancy-indexed read per shard touched, no per-row Python loop."""
+        """The top-k of packed rows as (values, narrow-int indices) ``[B, seq_len, k]``, best first: one
+        fancy-indexed read per shard touched, no per-row Python loop. The fp16 format gives its stored
+        arrays; the compact one's byte records are decoded for the whole batch at once (float32 values)."""
         if split not in self.manifest["splits"]:
             raise DistillError(
                 f"teacher cache {self.cache_dir} has no {split!r} split (it has "
@@ -332,9 +234,8 @@ class TeacherCache:
         if r.size and (r.min() < 0 or r.max() >= n):
             bad = int(r.max() if r.max() >= n else r.min())
             raise IndexError(f"row {bad} is outside the teacher cache's {split} split ({n} rows)")
-        shape = (r.size, self.seq_len, self.top_k)
-        values = np.empty(shape, np.float16)
-        indices = np.empty(shape, self.index_dtype)
+        values = np.empty((r.size, self.seq_len, self.widths[0]), self.value_dtype)
+        indices = np.empty((r.size, self.seq_len, self.widths[1]), self.index_dtype)
         shard_of, offset = np.divmod(r, self.manifest["shard_rows"])
         for shard in np.unique(shard_of):
             pos = np.flatnonzero(shard_of == shard)
@@ -342,6 +243,8 @@ class TeacherCache:
             v, i = self._shard(split, int(shard))
             values[pos] = v[offset[pos]]
             indices[pos] = i[offset[pos]]
+        if self.cache_format == "compact":
+            return compact.decode(values, indices, self.top_k, self.vocab_size, index_dtype_for(self.vocab_size))
         return values, indices
 
     def __getstate__(self) -> dict:

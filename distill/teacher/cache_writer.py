@@ -4,7 +4,8 @@ Each predict "batch" is one unfinished shard (its packed rows); ``TopKTeacher.pr
 runs the teacher over it in micro-batches and keeps the top-k log-probabilities;
 ``TeacherCacheWriter`` saves the shard atomically. Using the Trainer rather than a hand loop
 gives devices, precision and DDP for free: under DDP each rank predicts different shards.
-The format and the reader are in ``distill.teacher.cache``.
+The formats are in ``distill.teacher.cache_manifest`` (and ``distill.teacher.compact``), the reader in
+``distill.teacher.cache``.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from distill.errors import DistillError
-from distill.teacher.cache import (
+from distill.teacher.cache import TeacherCache
+from distill.teacher.cache_manifest import (
     IDENTITY_FIELDS,
-    TeacherCache,
     all_shards,
     build_manifest,
+    encode_shard,
+    measured_bytes_per_token,
     missing_shards,
     read_manifest,
     shard_paths,
@@ -84,6 +87,8 @@ class TopKTeacher(L.LightningModule):
 
     @torch.no_grad()
     def predict_step(self, batch: dict, batch_idx: int) -> tuple[np.ndarray, np.ndarray]:
+        """(float32 log-probabilities, int64 ids) ``[rows, seq_len, k]``: the writer stores them in the
+        cache's format (the compact one is encoded from float32, not from float16 roundings)."""
         values, indices = [], []
         positions = batch.get("position_ids")
         for n, ids in enumerate(batch["input_ids"].split(self.micro_batch)):
@@ -105,26 +110,24 @@ class TopKTeacher(L.LightningModule):
             values.append(v.cpu())
             indices.append(i.cpu())
         # Joined in numpy: torch.cat of float16 under a bf16 autocast context is refused by torch.
-        return np.concatenate([v.numpy() for v in values]).astype(np.float16), np.concatenate(
-            [i.numpy() for i in indices]
-        )
+        return np.concatenate([v.float().numpy() for v in values]), np.concatenate([i.numpy() for i in indices])
 
 
 class TeacherCacheWriter(BasePredictionWriter):
-    """Saves each predicted shard under temp names and renames it into place (indices
-    first, values last), so a shard is on disk complete or not at all."""
+    """Saves each predicted shard, in the format of the cache's ``manifest``, under temp names and
+    renames it into place (indices first, values last), so a shard is on disk complete or not at all."""
 
-    def __init__(self, cache_dir: str | Path, index_dtype: np.dtype):
+    def __init__(self, cache_dir: str | Path, manifest: dict):
         super().__init__(write_interval="batch")
-        self.cache_dir, self.index_dtype = Path(cache_dir), np.dtype(index_dtype)
+        self.cache_dir, self.manifest = Path(cache_dir), manifest
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
-        values, indices = prediction
+        values, indices = encode_shard(self.manifest, *prediction)
         split, shard = batch["split"], int(batch["shard"])
         values_path, indices_path = shard_paths(self.cache_dir, split, shard)
         values_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp_indices = _save_tmp(indices_path, indices.astype(self.index_dtype))
-        tmp_values = _save_tmp(values_path, values.astype(np.float16, copy=False))
+        tmp_indices = _save_tmp(indices_path, indices)
+        tmp_values = _save_tmp(values_path, values)
         os.replace(tmp_indices, indices_path)
         os.replace(tmp_values, values_path)
 
@@ -172,9 +175,11 @@ def write_teacher_cache(
     progress_bar: bool = True,
     extra: dict | None = None,
     positions: dict[str, np.ndarray] | None = None,
+    cache_format: str = "fp16",
 ) -> Path:
     """Run the teacher over packed ``blocks`` (``{split: [n, seq_len + 1]}``) and cache its
-    top-k log-probabilities in ``cache_dir``; resumable, a rerun writes only missing shards.
+    top-k log-probabilities in ``cache_dir``, in ``cache_format`` (``fp16`` or ``compact``);
+    resumable, a rerun writes only missing shards.
 
     ``keys`` holds ``teacher_key``, ``tokenizer_key`` and ``data_key``. ``trainer_kwargs``
     go to the Trainer (accelerator, devices, precision, strategy; default one device). The
@@ -201,6 +206,7 @@ def write_teacher_cache(
         split_rows={k: len(v) for k, v in blocks.items()},
         shard_rows=shard_rows,
         extra=extra,
+        cache_format=cache_format,
     )
     old = read_manifest(cache_dir)
     if old is not None:
@@ -219,16 +225,17 @@ def write_teacher_cache(
     todo = missing_shards(cache_dir, manifest)
     total = len(all_shards(manifest))
     log.info(
-        "teacher cache %s: %d of %d shards already written, writing %d (top-%d, %d bytes/token)",
+        "teacher cache %s: %d of %d shards already written, writing %d (top-%d, %s format, %d bytes/token)",
         cache_dir,
         total - len(todo),
         total,
         len(todo),
         top_k,
+        cache_format,
         manifest["bytes_per_token"],
     )
     if todo:
-        writer = TeacherCacheWriter(cache_dir, np.dtype(manifest["index_dtype"]))
+        writer = TeacherCacheWriter(cache_dir, manifest)
         loader = DataLoader(ShardDataset(blocks, todo, shard_rows, positions), batch_size=1, collate_fn=_one_item)
         module = TopKTeacher(teacher_model, vocab_size, top_k, temperature, micro_batch)
         kwargs = {"accelerator": "auto", "devices": 1, **(trainer_kwargs or {})}
@@ -245,5 +252,14 @@ def write_teacher_cache(
         if not trainer.is_global_zero:
             return cache_dir
     TeacherCache(cache_dir)  # checks every shard is there
-    log.info("teacher cache %s: complete (%d shards, %d written now)", cache_dir, total, len(todo))
+    if cache_format == "compact":  # its size on disk, now that every shard is there
+        manifest["bytes_per_token"] = measured_bytes_per_token(cache_dir, manifest)
+        write_manifest(cache_dir, manifest)
+    log.info(
+        "teacher cache %s: complete (%d shards, %d written now, %s bytes/token)",
+        cache_dir,
+        total,
+        len(todo),
+        manifest["bytes_per_token"],
+    )
     return cache_dir

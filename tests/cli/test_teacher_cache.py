@@ -103,3 +103,24 @@ def test_cache_from_another_teacher_is_refused(teacher_cache, cache_dir, tmp_pat
     last = proc.stderr.strip().splitlines()[-1]
     assert "was built for a different teacher (teacher_key" in last, last
     assert not (tmp_path / "metrics.json").exists()
+
+
+def test_compact_cache_writes_and_trains(cache_dir, tmp_path):
+    """teacher.cache_format=compact: the same two commands; training reads the format from the manifest."""
+    where = tmp_path / "compact"
+    proc = run_cli(
+        [*SMOKE, f"teacher.cache_dir={where}", "teacher.cache_format=compact", f"hydra.run.dir={tmp_path / 'cache'}"],
+        cache_dir,
+        prog="distill-cache",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((where / "manifest.json").read_text())
+    assert (manifest["format_version"], manifest["cache_format"]) == (2, "compact")
+    assert 75 <= manifest["bytes_per_token"] < 80  # k=64, vocab 512: 35 + 40 bytes of records, plus .npy headers
+    proc = run_cli(
+        [*SMOKE, "teacher=cache", f"teacher.cache_dir={where}", f"hydra.run.dir={tmp_path / 'train'}"], cache_dir
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "no teacher model is loaded or run" in proc.stdout + proc.stderr
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert 1 < metrics["student.val_ppl"] < 512 and 0 <= metrics["student.top1_agreement"] <= 1

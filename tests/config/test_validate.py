@@ -154,6 +154,10 @@ OUT_OF_RANGE = [
     ),
     (["teacher=cache", "teacher.top_k=0"], "teacher.top_k=0: expected >= 1"),
     (
+        ["teacher=cache", "teacher.cache_format=compakt"],
+        "teacher.cache_format='compakt': expected one of 'fp16', 'compact'; did you mean compact?",
+    ),
+    (
         ["teacher.load_in=16bit"],
         ("teacher.load_in='16bit': expected one of 'fp32', 'bf16', '8bit', '4bit'; did you mean 8bit?"),
     ),
