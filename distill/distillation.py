@@ -44,6 +44,20 @@ class NonFiniteGuard:
         self.in_a_row = 0
 
 
+def adamw(groups, **kwargs) -> torch.optim.AdamW:
+    """AdamW, fused where torch has the kernel for these parameters (CPU and CUDA tensors). PyTorch's
+    default on CPU is a loop of separate ops per parameter; at a 32k vocabulary that step took 2.1 s
+    of CPU time for 41M parameters, fused 0.29 s (issue 22). Same update rule; sharded (DTensor) or
+    other parameters fall back to the default implementation."""
+    params = [p for group in groups for p in group["params"]]
+    if params and all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") for p in params):
+        try:
+            return torch.optim.AdamW(groups, fused=True, **kwargs)
+        except (RuntimeError, ValueError):  # a dtype the fused kernel lacks (e.g. fp16 on CPU)
+            pass
+    return torch.optim.AdamW(groups, **kwargs)
+
+
 class DistillationModule(L.LightningModule):
     def __init__(
         self,
@@ -194,11 +208,8 @@ class DistillationModule(L.LightningModule):
         params = [p for p in self.parameters() if p.requires_grad]
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
-        opt = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=self.lr,
-            betas=(0.9, 0.95),
-        )
+        groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        opt = adamw(groups, lr=self.lr, betas=(0.9, 0.95))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

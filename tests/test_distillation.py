@@ -72,6 +72,10 @@ def test_cached_teacher_is_looked_up_by_row_index():
     # k = vocab in bucket mode is exactly the live teacher
     torch.testing.assert_close(cached.training_step(batch, 0), live.training_step(batch, 0), rtol=1e-5, atol=1e-6)
     assert cache.asked == [[3, 1]]
+    # and with the LM head fused into the loss: no student logits at all, the same loss
+    fused = Objective({"forward_kl": 1.0}, fused_linear=True)
+    cached_fused = _quiet(DistillationModule(student, fused, 60, teacher=cache))
+    torch.testing.assert_close(cached_fused.training_step(batch, 0), live.training_step(batch, 0), rtol=1e-5, atol=1e-6)
 
 
 def test_moe_student_adds_its_load_balancing_loss():

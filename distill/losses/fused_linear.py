@@ -29,6 +29,7 @@ from torch.autograd.function import once_differentiable
 from distill.errors import DistillError
 from distill.losses.divergences import IGNORE_INDEX, logit_chunk
 from distill.losses.terms import DIVERGENCES
+from distill.teacher.outputs import SparseTeacher
 
 
 def fused_linear_loss(
@@ -47,6 +48,8 @@ def fused_linear_loss(
     student_bias: Tensor | None = None,
     teacher_bias: Tensor | None = None,
     kernel=None,
+    teacher_topk: SparseTeacher | None = None,
+    tail: str = "bucket",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """``Σ weights[term] · mean(term)`` over the LM heads' logits, never materializing them.
 
@@ -54,7 +57,8 @@ def fused_linear_loss(
     student_weight ``[V_s, H_s]``: the LM head. Only its first ``vocab_size`` rows
     (default: all) are vocabulary; the rest is padding and gets zero gradient.
     teacher_hidden / teacher_weight ``[..., H_t]`` / ``[V_t, H_t]``: the frozen teacher
-    (no gradients), or both ``None`` for CE only (divergences are then dropped).
+    (no gradients), or both ``None`` for CE only (divergences are then dropped), or for the
+    cached teacher's ``teacher_topk`` ``[..., k]`` (compared under ``tail``, as in ``divergences``).
     ``V_t ≠ V_s`` needs an explicit ``vocab_size``. Terms are those of
     ``distill.losses.divergences`` (forward_kl, reverse_kl, jsd, tvd, ce), with the same
     definitions: divergences (× T²) averaged over ``mask`` ``[...]`` (bool; default:
@@ -67,6 +71,7 @@ def fused_linear_loss(
     buffers (256 × 128,256 → ~125 MiB each). ``kernel``: see ``divergences.logit_chunk`` (``loss.compile``).
     """
     spec = _prepare(
+        teacher_topk,
         student_hidden,
         student_weight,
         teacher_hidden,
@@ -89,7 +94,8 @@ def fused_linear_loss(
     spec.want_grad = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (student_hidden, student_weight, student_bias)
     )
-    spec.kernel = kernel
+    spec.kernel, spec.tail = kernel, tail
+    spec.topk = None if teacher_topk is None else teacher_topk.flatten_tokens()
     spec.dtypes = (
         _matmul_dtype(student_hidden, student_weight),
         None if teacher_hidden is None else _matmul_dtype(teacher_hidden, teacher_weight),
@@ -122,6 +128,8 @@ class _Spec:
     want_grad: bool = True
     dtypes: tuple = (torch.float32, torch.float32)  # matmul dtype of the student's and the teacher's head
     kernel: object = None  # logit_chunk's compiled kernels, or None (eager)
+    topk: SparseTeacher | None = None  # the cached teacher's top-k, flattened to [tokens, k]
+    tail: str = "bucket"
 
 
 class _FusedLinearLoss(torch.autograd.Function):
@@ -162,7 +170,7 @@ def _run_chunks(h, w, b, th, tw, tb, labels, mask, spec: _Spec, needs):
         rows = slice(lo, lo + spec.chunk)
         h_rows = h2[rows].to(student.weight.dtype)
         s = student.logits(h_rows)
-        t = None if teacher is None else teacher.logits(th2[rows])
+        t = spec.topk[rows] if spec.topk is not None else None if teacher is None else teacher.logits(th2[rows])
         part, g = logit_chunk(
             s,
             t,
@@ -171,6 +179,7 @@ def _run_chunks(h, w, b, th, tw, tb, labels, mask, spec: _Spec, needs):
             spec.coef,
             temperature=spec.temperature,
             beta=spec.beta,
+            tail=spec.tail,
             want_grad=grads is not None,
             out=None if buffer is None else buffer[: h_rows.shape[0]],
             kernel=spec.kernel,
@@ -244,7 +253,7 @@ class _Grads:
         return [gh, gw, gb]
 
 
-def _prepare(h, w, th, tw, labels, mask, weights, temperature, beta, vocab_size, chunk_size, b, tb) -> _Spec:
+def _prepare(topk, h, w, th, tw, labels, mask, weights, temperature, beta, vocab_size, chunk_size, b, tb) -> _Spec:
     """The ``_Spec`` of one call. Settings are trusted (validated once, by ``distill.losses.spec``);
     what is checked are the shapes that would otherwise be read wrongly without an error: tokens
     are flattened and cut into chunks by row, so hidden states, labels or a mask with other token
@@ -255,6 +264,10 @@ def _prepare(h, w, th, tw, labels, mask, weights, temperature, beta, vocab_size,
             "teacher_hidden and teacher_weight must both be given or both be None (and teacher_bias only with them)"
         )
     tokens = h.shape[:-1]
+    if topk is not None and (th is not None or topk.shape[:-1] != tokens):
+        raise DistillError(
+            f"teacher_topk {tuple(topk.shape)} must cover the student's tokens {tuple(tokens)}, without teacher_hidden"
+        )
     if th is not None and th.shape[:-1] != tokens:
         raise DistillError(f"teacher_hidden tokens {tuple(th.shape[:-1])} != student's {tuple(tokens)}")
     if labels.shape != tokens or (mask is not None and mask.shape != tokens):
@@ -262,7 +275,7 @@ def _prepare(h, w, th, tw, labels, mask, weights, temperature, beta, vocab_size,
     for who, weight, bias in (("student", w, b), ("teacher", tw, tb)):
         if bias is not None and bias.shape != weight.shape[:1]:
             raise DistillError(f"{who}: bias shape {tuple(bias.shape)} != ({weight.shape[0]},)")
-    if th is None:  # nothing to compare with: the divergences drop out
+    if th is None and topk is None:  # nothing to compare with: the divergences drop out
         weights = {term: w for term, w in weights.items() if term not in DIVERGENCES}
     return _Spec(weights, _check_vocab(vocab_size, w, tw), float(temperature), float(beta), int(chunk_size))
 

@@ -240,19 +240,21 @@ class Objective(nn.Module):
         t_logits = None if teacher is None else teacher.logits
         common = dict(weights=weights, temperature=self.temperature, beta=self.beta, kernel=self._kernel(student))
         if self.fused_linear:
-            if isinstance(t_logits, SparseTeacher):
-                raise DistillError("loss.fused_linear needs a live teacher; the cached top-k is already sparse")
+            cached = isinstance(t_logits, SparseTeacher)  # the cache's top-k: no teacher head to run
+            live = teacher is not None and not cached
             return fused_linear_loss(
                 student.last_hidden,
                 student.head_weight,
-                None if teacher is None else teacher.last_hidden,
-                None if teacher is None else teacher.head_weight,
+                teacher.last_hidden if live else None,
+                teacher.head_weight if live else None,
                 labels,
                 mask,
                 vocab_size=student.vocab_size,
                 chunk_size=self.chunk_size,
                 student_bias=student.head_bias,
-                teacher_bias=None if teacher is None else teacher.head_bias,
+                teacher_bias=teacher.head_bias if live else None,
+                teacher_topk=t_logits if cached else None,
+                tail=self.tail,
                 **common,
             )
         return chunked_logit_loss(

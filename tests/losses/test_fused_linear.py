@@ -7,6 +7,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from distill.errors import DistillError
 from distill.losses.divergences import IGNORE_INDEX, chunked_logit_loss, cross_entropy, forward_kl
 from distill.losses.fused_linear import fused_linear_loss
+from distill.teacher.outputs import SparseTeacher
 
 B, N, H_S, H_T, V = 2, 23, 16, 12, 37  # 46 tokens: no chunk size below divides it
 V_S, V_T = V + 5, V + 3  # LM-head rows past the vocabulary are padding
@@ -245,6 +246,26 @@ def test_all_terms_at_once_match_chunked_logit_loss_on_materialized_logits():
         _close(parts[k], ref_parts[k])
     for got, want in zip(_grads(loss, h, w), _grads(ref, h, w)):
         _close(got, want)
+
+
+@pytest.mark.parametrize("tail", ["bucket", "renormalize"])
+def test_a_cached_top_k_teacher_matches_chunked_logit_loss_on_materialized_logits(tail):
+    """``teacher_topk`` (the cache's top-k, no teacher head): the same loss as the chunked one on the
+    student's materialized logits, with ``tail`` read the same way; pieces not in the top-k get gradient."""
+    h, w, th, tw, y, _ = _inputs(16)
+    with torch.no_grad():
+        lp, idx = torch.log_softmax(th @ tw[:V].t(), -1).topk(6, dim=-1)
+    topk = SparseTeacher(lp, idx)
+    kw = dict(weights={"forward_kl": 1.0, "ce": 0.5}, tail=tail)
+    ref, ref_parts = chunked_logit_loss(h @ w[:V].t(), topk, y, chunk_size=1000, **kw)
+    loss, parts = fused_linear_loss(h, w, None, None, y, vocab_size=V, chunk_size=5, teacher_topk=topk, **kw)
+    _close(loss, ref)
+    for k in ref_parts:
+        _close(parts[k], ref_parts[k])
+    for got, want in zip(_grads(loss, h, w), _grads(ref, h, w)):
+        _close(got, want)
+    with pytest.raises(DistillError, match="teacher_topk"):
+        fused_linear_loss(h, w, th, tw, y, vocab_size=V, teacher_topk=topk, **kw)
 
 
 def test_non_contiguous_hidden_slice_as_in_shifted_causal_lm():
