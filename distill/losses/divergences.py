@@ -203,7 +203,7 @@ def logit_chunk(
     called with the same arguments; where it returns None, the eager code below runs.
     """
     if kernel is not None:
-        fast = kernel(s, t, y, m, coef, temperature, want_grad, out)
+        fast = kernel(s, t, y, m, coef, temperature, tail, want_grad, out)
         if fast is not None:
             return fast
     sums, grad = _eager_chunk(s, t, y, m, coef, temperature, beta, tail, want_grad)

@@ -13,6 +13,7 @@ from distill.losses import compiled as C
 from distill.losses.divergences import IGNORE_INDEX, chunked_logit_loss, logit_chunk
 from distill.losses.fused_linear import fused_linear_loss
 from distill.losses.objective import Objective, Outputs
+from distill.teacher.outputs import SparseTeacher
 
 V = 97
 
@@ -52,6 +53,47 @@ def test_the_kernel_computes_what_the_eager_chunk_computes(temperature, coef):
     _same(got_grad, want_grad)
     sums, none = logit_chunk(s, t, y, m, coef, temperature=temperature, want_grad=False, kernel=C.chunk_kernel)
     assert none is None and all(torch.allclose(sums[k], want[k]) for k in want)
+
+
+def _topk(t, k=8):
+    lp, idx = torch.log_softmax(t, -1).topk(k, dim=-1)
+    return SparseTeacher(lp, idx)
+
+
+@pytest.mark.parametrize("coef", [{"forward_kl": 0.7, "ce": 0.3}, {"forward_kl": 1.0}])
+def test_the_cache_bucket_kernel_computes_what_the_eager_chunk_computes(coef):
+    s, t, y, m = _inputs()
+    teacher = _topk(t)
+    teacher.logprobs[m.logical_not()] = float("nan")  # rows not distilled may hold anything (padding)
+    want, want_grad = logit_chunk(s, teacher, y, m, coef)
+    got, got_grad = logit_chunk(s, teacher, y, m, coef, kernel=C.chunk_kernel)
+    assert set(got) == set(want)
+    for term in want:
+        _same(got[term], want[term])
+    _same(got_grad, want_grad)
+
+
+def test_a_teacher_tail_far_below_float32_epsilon_keeps_its_gradient():
+    """The student's tail mass (outside the teacher's top-k) is a difference of sums in float64: a tail
+    of 1e-9 (far below float32's 6e-8 relative step at 1) still gets its gradient, as in the eager kernel."""
+    s, t, y, m = _inputs(n=8, v=20)
+    s[:, 8:] -= 25.0  # the student puts ~1e-9 of its mass on the 12 tokens outside the top 8
+    teacher = _topk(t)
+    teacher = SparseTeacher(teacher.logprobs, torch.arange(8).expand(8, 8).clone())
+    want, want_grad = logit_chunk(s, teacher, y, m, {"forward_kl": 1.0})
+    got, got_grad = logit_chunk(s, teacher, y, m, {"forward_kl": 1.0}, kernel=C.chunk_kernel)
+    _same(got["forward_kl"], want["forward_kl"], 1e-5)
+    tail_want, tail_got = want_grad[:, 8:], got_grad[:, 8:]
+    assert tail_want.abs().max() > 0
+    assert ((tail_got - tail_want).abs() <= 1e-3 * tail_want.abs()).all()
+
+
+def test_settings_without_a_compiled_kernel_run_eagerly():
+    s, t, y, m = _inputs()
+    teacher = _topk(t)
+    assert C.chunk_kernel(s, teacher, y, m, {"forward_kl": 1.0}, 1.0, "renormalize", True, None) is None
+    assert C.chunk_kernel(s, teacher, y, m, {"forward_kl": 1.0}, 2.0, "bucket", True, None) is None
+    assert C.chunk_kernel(s, t, y, m, {"jsd": 1.0, "ce": 0.5}, 1.0, "bucket", True, None) is None
 
 
 def test_without_a_teacher_the_kernel_is_cross_entropy():
@@ -154,4 +196,4 @@ def test_when_compiling_fails_the_eager_kernel_runs_and_says_so(monkeypatch, cap
     want, want_grad = logit_chunk(s, t, y, m, coef)
     assert torch.equal(got_grad, want_grad) and torch.equal(got["ce"], want["ce"])
     assert "compiling the loss kernel failed (InductorError: no C++ compiler found); running it eagerly" in caplog.text
-    assert C.chunk_kernel(s, t, y, m, coef, 1.0, True, None) is None  # eager from then on, without retrying
+    assert C.chunk_kernel(s, t, y, m, coef, 1.0, "bucket", True, None) is None  # eager from then on, no retry
