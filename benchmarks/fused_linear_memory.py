@@ -3,7 +3,9 @@
 Naive: ``s = h @ W_sᵀ`` and (no_grad) ``t = h_t @ W_tᵀ`` materialized, then the plain
 reference forward KL (T²-scaled) + CE with autograd and ``.backward()``. Fused:
 ``distill.losses.fused_linear.fused_linear_loss`` (chunks of tokens, gradients computed
-in the forward pass). Both compute the same loss from the same inputs.
+in the forward pass). Compiled: the fused loss with the compiled chunk kernels (``loss.compile``,
+``distill.losses.compiled``), compiled during the warm-up step. All compute the same loss from the
+same inputs.
 
 Each variant runs in its own subprocess so their peaks do not mix: inputs are allocated,
 a small warm-up step runs, then RSS is recorded, the peak counter is reset (writing 5 to
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from distill.losses.compiled import chunk_kernel
 from distill.losses.divergences import IGNORE_INDEX, cross_entropy, forward_kl
 from distill.losses.fused_linear import fused_linear_loss
 
@@ -53,8 +56,8 @@ def parse_args(argv=None):
     p.add_argument("--kl-weight", type=float, default=1.0)
     p.add_argument("--ce-weight", type=float, default=1.0)
     p.add_argument("--warmup-tokens", type=int, default=256, help="tokens of the warm-up step (0: none)")
-    p.add_argument("--variants", default="naive,fused", help="comma-separated subset of naive,fused")
-    p.add_argument("--worker", choices=["naive", "fused"], help=argparse.SUPPRESS)
+    p.add_argument("--variants", default="naive,fused,compiled", help="comma-separated subset of naive,fused,compiled")
+    p.add_argument("--worker", choices=["naive", "fused", "compiled"], help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -84,7 +87,7 @@ def naive_step(args, h, w, th, tw, y):
     return loss.detach()
 
 
-def fused_step(args, h, w, th, tw, y):
+def fused_step(args, h, w, th, tw, y, kernel=None):
     loss, _ = fused_linear_loss(
         h,
         w,
@@ -94,9 +97,15 @@ def fused_step(args, h, w, th, tw, y):
         weights={"forward_kl": args.kl_weight, "ce": args.ce_weight},
         temperature=args.temperature,
         chunk_size=args.chunk_size,
+        kernel=kernel,
     )
     loss.backward()
     return loss.detach()
+
+
+def compiled_step(args, h, w, th, tw, y):
+    """The fused loss with the compiled chunk kernels (``loss.compile``); compiled in the warm-up step."""
+    return fused_step(args, h, w, th, tw, y, kernel=chunk_kernel)
 
 
 def _status_kib(field: str) -> int:
@@ -107,7 +116,7 @@ def _status_kib(field: str) -> int:
 
 
 def worker(args) -> None:
-    step = {"naive": naive_step, "fused": fused_step}[args.worker]
+    step = {"naive": naive_step, "fused": fused_step, "compiled": compiled_step}[args.worker]
     h, w, th, tw, y = make_inputs(args)
     if args.warmup_tokens:
         n = min(args.warmup_tokens, args.tokens)
@@ -173,21 +182,23 @@ def main(argv=None) -> None:
                 f"(cpu {r['cpu_seconds']:.2f} s)   (inputs {r['inputs_mib']:.0f} MiB, loss {r['loss']:.6f})",
                 flush=True,
             )
-        if {"naive", "fused"} <= set(results):
+        if "naive" in results and len(results) > 1:
             report(results, Path(tmp))
 
 
 def report(results: dict, tmp: Path) -> None:
-    n, f = results["naive"], results["fused"]
+    n = results["naive"]
     print("\n| variant | peak MiB | wall s | process CPU s |\n|---|---:|---:|---:|")
-    for v in ("naive", "fused"):
+    for v in (v for v in ("naive", "fused", "compiled") if v in results):
         r = results[v]
         print(f"| {v} | {r['peak_mib']:.0f} | {r['seconds']:.2f} | {r['cpu_seconds']:.2f} |")
-    mem, tim, cpu = (f[k] / n[k] for k in ("peak_mib", "seconds", "cpu_seconds"))
-    print(f"\nfused/naive: peak {mem:.3f} (goal <= 0.25)   wall time {tim:.3f} (goal <= 1.3)   CPU time {cpu:.3f}")
-    a, b = torch.load(tmp / "fused.pt"), torch.load(tmp / "naive.pt")
-    errs = {k: rel_err(a[k], b[k]) for k in ("loss", "grad_h", "grad_w")}
-    print("max rel error (max|fused − naive| / max|naive|): " + "   ".join(f"{k} {e:.2e}" for k, e in errs.items()))
+    for v in (v for v in ("fused", "compiled") if v in results):
+        f = results[v]
+        mem, tim, cpu = (f[k] / n[k] for k in ("peak_mib", "seconds", "cpu_seconds"))
+        print(f"\n{v}/naive: peak {mem:.3f} (goal <= 0.25)   wall time {tim:.3f} (goal <= 1.3)   CPU time {cpu:.3f}")
+        a, b = torch.load(tmp / f"{v}.pt"), torch.load(tmp / "naive.pt")
+        errs = {k: rel_err(a[k], b[k]) for k in ("loss", "grad_h", "grad_w")}
+        print(f"max rel error (max|{v} − naive| / max|naive|): " + "   ".join(f"{k} {e:.2e}" for k, e in errs.items()))
 
 
 if __name__ == "__main__":

@@ -304,8 +304,13 @@ def main():
         "torch's default for CPU (a loop of ops per parameter, as the issue's first floor measured)",
     )
     p.add_argument("--rows", default="floor,alone,live,cache,naive,TRL", help="comma list of words in row names")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     args = p.parse_args()
     args.rows = args.rows.split(",")
+    if (
+        args.threads
+    ):  # one thread: no thread spins waiting for a sibling, so CPU time is the work, even on a busy machine
+        torch.set_num_threads(args.threads)
     print(trl_missing() or "TRL GKDTrainer row: trl installed")
     for text in args.points.split(","):
         point = parse_point(text)

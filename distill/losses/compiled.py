@@ -10,7 +10,9 @@ the same fusion by hand in Triton, which cannot run on CPU; hence these.
 
 The kernels restate the eager functions of ``divergences`` (the specification) in a form
 Inductor fuses well, and ``tests/losses/test_compiled.py`` checks values and gradients
-against them. Coefficients and the temperature are 0-dim tensors, so a loss schedule that
+against them. Measured per 256-token chunk, one thread, CPU time (``benchmarks/vocab_scaling.py``
+measures whole steps): forward KL + CE 3-4x faster than eager at 8k to 128k, CE alone 3-4x, the
+cache's bucket kernel 2.1x at 128k and 1.5x at 32k, even at 8k. Coefficients and the temperature are 0-dim tensors, so a loss schedule that
 changes them every step does not recompile; only ``T == 1`` (one exp fewer) and ``want_grad``
 select a graph. Rows are traced static first and dynamic after the first other size (the
 last chunk), so a run compiles each kernel at most twice.

@@ -53,6 +53,7 @@ def test_the_kernel_computes_what_the_eager_chunk_computes(temperature, coef):
     _same(got_grad, want_grad)
     sums, none = logit_chunk(s, t, y, m, coef, temperature=temperature, want_grad=False, kernel=C.chunk_kernel)
     assert none is None and all(torch.allclose(sums[k], want[k]) for k in want)
+    assert not C._failed, C._failed  # compiled, not the eager fallback (which would pass the checks above)
 
 
 def _topk(t, k=8):
