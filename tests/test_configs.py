@@ -50,6 +50,8 @@ def test_default_is_quickstart(out_dir):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_composes_and_instantiates(name, out_dir, tiny_teacher):
+    if "# Planned for:" in (CONFIG_DIR / "experiment" / f"{name}.yaml").read_text():
+        pytest.skip("a recipe for GPU nodes (real model dirs, 8 GPUs): composed and planned in tests/run/test_plan.py")
     cfg = compose_train(out_dir, f"experiment={name}")
     if cfg.task != "causal_lm":
         pytest.skip(f"task={cfg.task} composes in its own test (tests/embedding/test_configs.py)")

@@ -46,7 +46,17 @@ def sweep_group() -> str | None:
     return f"{os.path.basename(os.path.dirname(sweep))}/{os.path.basename(sweep)}"
 
 
+def required(what: str, _node_=None) -> str:
+    """``path: ${required:'the Llama-3.1-8B directory'}``: a value an experiment needs from the command line.
+    (``???`` cannot say it there: a later config's ``???`` leaves the value a group gave the key in place.)"""
+    from distill.errors import DistillError
+
+    key = _node_._get_full_key(None) if _node_ is not None else "this setting"
+    raise DistillError(f"{key} is required by this experiment ({what}): give it on the command line, {key}=...")
+
+
 def register() -> None:
+    OmegaConf.register_new_resolver("required", required, replace=True)
     OmegaConf.register_new_resolver("sweep_group", sweep_group, replace=True)
     OmegaConf.register_new_resolver("auto_precision", auto_precision, replace=True)
     OmegaConf.register_new_resolver("wandb_offline", wandb_offline, replace=True)

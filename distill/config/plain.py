@@ -30,6 +30,11 @@ def _value(parent: DictConfig | ListConfig, key, path: str) -> Any:
     try:
         value = parent[key]
     except OmegaConfBaseException as e:
+        own = e
+        while own is not None and not isinstance(own, DistillError):  # a resolver's own message (${required:...})
+            own = own.__cause__ or own.__context__
+        if own is not None:
+            raise own from None
         raw = parent._get_node(key)._value()  # the interpolation as written
         reason = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
         raise DistillError(f"{path}={raw!r}: cannot resolve ({reason})") from None

@@ -124,6 +124,11 @@ RULES = {
     S + "Optim.min_lr_ratio": FRACTION,
     S + "Optim.max_bad_steps": POSITIVE_INT,
     S + "Memory.available_bytes": ge(0),
+    # -- planning (plan=true): a device's memory, its peak FLOP/s and the fraction of it a run reaches
+    S + "Planning.device_memory_gib": gt(0),
+    S + "Planning.peak_tflops": gt(0),
+    S + "Planning.mfu": within(0, 1, low_open=True),
+    S + "Planning.tokens": POSITIVE_INT,
     # -- seq_kd (Kim & Rush 2016): temperature 0 is greedy decoding (the paper's beam-1 approximation)
     S + "SeqKD.prompt_tokens": POSITIVE_INT,
     S + "SeqKD.new_tokens": POSITIVE_INT,

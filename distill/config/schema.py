@@ -45,6 +45,16 @@ class Memory:
 
 
 @dataclass
+class Planning:
+    """``planning``: the device and budget ``plan=true`` plans for (``distill/run/plan.py``)."""
+
+    device_memory_gib: float
+    peak_tflops: float
+    mfu: float
+    tokens: int | None
+
+
+@dataclass
 class SeqKD:
     """``seq_kd``: sequence-level KD (Kim & Rush 2016), the teacher's continuations as training data."""
 
@@ -180,6 +190,8 @@ class Run:
     allow_pickle: bool
     trust_remote_code: bool
     memory: Memory
+    plan: bool  # print the plan (memory per device, largest micro-batch, time) and exit
+    planning: Planning
     optimized_metric: str
     attn_implementation: str
     optim: Optim

@@ -28,20 +28,12 @@ def quant_plugin(spec, precision, device: str):
     return instantiate(spec, precision=str(precision or "32-true"), device=device)
 
 
-def log_memory_estimate(student, teacher_model, plugin, dm, precision, load_in, vocab_size: int) -> dict:
+def log_memory_estimate(student, teacher_model, setup, load_in) -> dict:
+    """The memory model's parts for this run (``distill.quant.memory``), logged at debug level."""
     from distill.quant.memory import estimate_memory, format_estimate
 
     check_load_in(load_in)
-    estimate = estimate_memory(
-        student,
-        teacher_model,
-        batch_size=dm.batch_size,
-        seq_len=dm.seq_len,
-        precision=str(precision),
-        quant=plugin.name if plugin else "none",
-        teacher_load_in=load_in,
-        vocab_size=vocab_size,
-    )
+    estimate = estimate_memory(student, teacher_model, setup)
     log.debug("%s", format_estimate(estimate))  # the run plan shows the total; the breakdown on request
     return estimate
 

@@ -7,16 +7,19 @@ from omegaconf import DictConfig
 
 from distill.eval.metrics import evaluate
 from distill.quant.config import log_memory_estimate, quant_plugin, quantize_teacher_for_run
+from distill.run.memory import memory_setup
 from distill.run.setup import autocast_dtype, device_of
 from distill.safety import check_memory_fits
 from distill.teacher.source import TeacherSource
 
 
-def prepare_quantization(cfg: DictConfig, student, teacher: TeacherSource, dm, vocab_size: int):
-    """Returns (plugin or None, memory estimate, the quantized teacher's metrics)."""
+def prepare_quantization(cfg: DictConfig, student, teacher: TeacherSource, dm, vocab_size: int, loss=None):
+    """Returns (plugin or None, memory estimate, the quantized teacher's metrics). The estimate is the one
+    memory model ``plan=true`` prints (``distill.run.memory.memory_setup``), for this device."""
     precision, load_in = cfg.trainer.get("precision"), cfg.teacher.get("load_in")
     plugin = quant_plugin(cfg.get("quant"), precision, device_of(cfg))
-    estimate = log_memory_estimate(student, teacher.live_model, plugin, dm, precision, load_in, vocab_size)
+    setup = memory_setup(cfg, vocab_size, batch_size=dm.batch_size, seq_len=dm.seq_len, plugin=plugin, loss=loss)
+    estimate = log_memory_estimate(student, teacher.live_model, setup, load_in)
     check_memory_fits(estimate["total"], device_of(cfg), cfg.memory.get("available_bytes"), cfg.memory.force)
     return plugin, estimate, quantize_live_teacher(cfg, teacher.live_model, dm, vocab_size)
 

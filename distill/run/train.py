@@ -24,6 +24,7 @@ from distill.run.cross import cross_tokenizer_data
 from distill.run.data import filter_training_data, generation_ids, prepare_data, sequence_kd_data
 from distill.run.fit import fit, optim_args
 from distill.run.outputs import export_student, log_plan, measure, measure_start, write_reports
+from distill.run.plan import plan_run
 from distill.run.quant import prepare_quantization
 from distill.run.setup import seed, setup_run
 from distill.run.student import (
@@ -41,7 +42,10 @@ log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig) -> float:
-    """Run the configured distillation; returns ``cfg.optimized_metric`` (for sweeps)."""
+    """Run the configured distillation; returns ``cfg.optimized_metric`` (for sweeps). ``plan=true``: print
+    the plan instead and return NaN (``distill.run.plan``: nothing is loaded or trained)."""
+    if cfg.get("plan"):
+        return plan_run(cfg)
     start = time.perf_counter()
     out = setup_run(cfg, "train", preemptible=True)
     loss = instantiate(cfg.loss)
@@ -66,7 +70,7 @@ def train(cfg: DictConfig) -> float:
         student = apply_lora(student, **lora, total_steps=cfg.trainer.max_steps)
     teacher.release_weights()
     use_eager_attention(cfg, loss, student=student, teacher=teacher.live_model)
-    plugin, estimate, teacher_quant = prepare_quantization(cfg, student, teacher, dm, vocab_size)
+    plugin, estimate, teacher_quant = prepare_quantization(cfg, student, teacher, dm, vocab_size, loss)
     check_run_export(cfg, student, plugin)  # export.gguf / a ggml QAT type: refuse an unwritable student now
     loss.bind(student, teacher.live_model)
     log_plan(cfg, teacher, student, dm, loss, estimate["total"])

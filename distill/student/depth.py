@@ -18,7 +18,7 @@ from transformers import PreTrainedModel
 from distill.errors import DistillError
 from distill.student.calibration import calibration_batches, capture_block_io, decoder_layers
 from distill.student.prune import keep_layers
-from distill.student.support import check_supported
+from distill.student.support import check_supported, weightless
 
 log = logging.getLogger(__name__)
 
@@ -88,11 +88,14 @@ def depth_pruned(
             f"{outside + min(per_layer):,} parameters (embeddings and norms alone are {outside:,})"
         )
 
-    batches = calibration_batches(train_blocks, calibration_samples, calibration_batch_size, seed)
-    vocab = teacher.get_input_embeddings().num_embeddings
-    if max(int(b.max()) for b in batches) >= vocab:
-        raise DistillError(f"calibration token ids exceed the teacher's vocabulary of {vocab}: wrong tokenizer?")
-    importance = block_importance(teacher, batches)
+    if weightless(teacher):  # shapes only (plan=true): every block scores alike, the first ones are kept
+        importance = [0.0] * n
+    else:
+        batches = calibration_batches(train_blocks, calibration_samples, calibration_batch_size, seed)
+        vocab = teacher.get_input_embeddings().num_embeddings
+        if max(int(b.max()) for b in batches) >= vocab:
+            raise DistillError(f"calibration token ids exceed the teacher's vocabulary of {vocab}: wrong tokenizer?")
+        importance = block_importance(teacher, batches)
 
     if target_params is not None:
         fits = [
@@ -117,8 +120,9 @@ def depth_pruned(
         "params_before": count_params(teacher),
         "params_after": count_params(student),
     }
-    scores = ", ".join(f"{i}:{v:.4f}" for i, v in enumerate(importance))
-    log.info("depth pruning: block importance (1 - cos) %s", scores)
+    if not weightless(teacher):  # a weightless teacher measured nothing
+        scores = ", ".join(f"{i}:{v:.4f}" for i, v in enumerate(importance))
+        log.info("depth pruning: block importance (1 - cos) %s", scores)
     log.info(
         "depth pruning: keeping %d of %d layers %s (%s -> %s parameters)",
         k,

@@ -6,7 +6,8 @@ The dense student here is the teacher pruned to every other layer (``base``), so
 from the teacher's own weights and is then distilled from it like any other student.
 
 Dense Llama / Mistral students become Mixtral; dense Qwen2 students become Qwen2-MoE (its always-on
-shared expert is given width 0, so the two families compute the same thing).
+shared expert is given width 0, so the two families compute the same thing); dense Qwen3 students
+become Qwen3-MoE (no shared expert; q/k norms and head_dim kept).
 
 Function preservation: both families renormalise the top-k routing weights to sum to 1, and with
 identical experts ``sum_i w_i * f(x) == f(x)``, so at initialisation the MoE's logits equal the
@@ -33,9 +34,10 @@ from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from distill.errors import DistillError
 from distill.student.prune import decoder_layers_name, every_other_layer
+from distill.student.support import built_like, weightless
 
 BASES = {"every_other_layer": every_other_layer}
-TARGET = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe"}
+TARGET = {"llama": "mixtral", "mistral": "mixtral", "qwen2": "qwen2_moe", "qwen3": "qwen3_moe"}
 
 
 def _dense_builder(base: str):
@@ -57,7 +59,7 @@ def _moe_config(dense: PreTrainedModel, num_experts: int, experts_per_token: int
     kind = c.model_type
     if kind not in TARGET:
         raise DistillError(
-            f"moe_upcycle turns llama, mistral or qwen2 students into MoEs; the dense student is {kind!r}"
+            f"moe_upcycle turns llama, mistral, qwen2 or qwen3 students into MoEs; the dense student is {kind!r}"
         )
     if getattr(c, "mlp_bias", False) or (kind != "qwen2" and getattr(c, "attention_bias", False)):
         raise DistillError(
@@ -90,6 +92,19 @@ def _moe_config(dense: PreTrainedModel, num_experts: int, experts_per_token: int
             num_local_experts=num_experts,
             sliding_window=getattr(c, "sliding_window", None),
             router_jitter_noise=0.0,
+        )
+    elif kind == "qwen3":  # qwen3 -> qwen3_moe: every layer sparse, renormalised top-k
+        keys.update(
+            head_dim=head_dim,
+            intermediate_size=c.intermediate_size,
+            moe_intermediate_size=c.intermediate_size,
+            num_experts=num_experts,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            attention_bias=c.attention_bias,
+            use_sliding_window=c.use_sliding_window,
+            sliding_window=c.sliding_window,
         )
     else:  # qwen2 -> qwen2_moe: every layer sparse, renormalised top-k, no shared expert
         if head_dim != c.hidden_size // c.num_attention_heads:
@@ -138,7 +153,9 @@ def upcycle(
     with torch.random.fork_rng(devices=[]), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Initializing zero-element tensors")  # the width-0 shared expert
         torch.manual_seed(seed)
-        moe = AutoModelForCausalLM.from_config(config)
+        with built_like(dense):  # a weightless dense student (plan=true) gives a weightless MoE
+            moe = AutoModelForCausalLM.from_config(config)
+    shapes_only = weightless(dense)
 
     layers = decoder_layers_name(dense) + "."
     mlp = re.compile(re.escape(layers) + r"(\d+)\.mlp\.(gate_proj|up_proj|down_proj)\.weight")
@@ -160,11 +177,15 @@ def upcycle(
             "experts.down_proj": p["down_proj"].expand(num_experts, *p["down_proj"].shape).clone(),
         }
         for name, w in experts.items():
-            if expert_noise_std > 0:
+            if expert_noise_std > 0 and not shapes_only:
                 w += torch.randn(w.shape, generator=generator) * expert_noise_std * w.std()
             state[prefix + name] = w
         router = target[prefix + "gate.weight"]
-        state[prefix + "gate.weight"] = torch.randn(router.shape, generator=generator) * router_init_std
+        state[prefix + "gate.weight"] = (
+            torch.empty_like(router)
+            if shapes_only
+            else torch.randn(router.shape, generator=generator) * router_init_std
+        )
         for key, value in target.items():  # the zero-width shared expert of Qwen2-MoE, its gate
             if key.startswith(prefix + "shared_expert"):
                 state[key] = torch.zeros_like(value)

@@ -14,6 +14,7 @@ from transformers import PreTrainedModel
 
 from distill.errors import DistillError
 from distill.student.blocks import decoder_blocks
+from distill.student.support import built_like
 
 
 def decoder_layers_name(model: PreTrainedModel) -> str:
@@ -31,7 +32,8 @@ def keep_layers(teacher: PreTrainedModel, keep: list[int]) -> PreTrainedModel:
     if isinstance(getattr(config, "layer_types", None), list):  # per-layer attention kinds (Qwen2, Gemma...)
         config.layer_types = [config.layer_types[i] for i in keep]
     # the teacher's own class: a causal LM stays one, an encoder (BertModel, layers in encoder.layer) too
-    student = type(teacher)._from_config(config)
+    with built_like(teacher):  # a weightless teacher gives a weightless student
+        student = type(teacher)._from_config(config)
     new_index = {old: new for new, old in enumerate(sorted(keep))}
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.(.*)")
     state = {}

@@ -37,7 +37,7 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from distill.errors import DistillError
 from distill.student.calibration import calibration_batches, forward_hooks, run_calibration
-from distill.student.support import check_supported
+from distill.student.support import built_like, check_supported, weightless
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ _LLAMA_RULES = [
     (r"model\.embed_tokens\.weight", (None, "hidden")),
     (r"lm_head\.weight", (None, "hidden")),
     (r"model\.norm\.(weight|bias)", ("hidden",)),
-    (_L + r"(input_layernorm|post_attention_layernorm)\.(weight|bias)", ("hidden",)),
+    (_L + r"(input|post_attention|pre_feedforward|post_feedforward)_layernorm\.(weight|bias)", ("hidden",)),
     (_L + r"self_attn\.q_proj\.weight", ("q", "hidden")),
     (_L + r"self_attn\.q_proj\.bias", ("q",)),
     (_L + r"self_attn\.[kv]_proj\.weight", ("kv", "hidden")),
@@ -287,7 +287,8 @@ def _indices(kind: str, layer: int | None, keep: Keep, teacher: Dims) -> Tensor:
 def slice_model(teacher: PreTrainedModel, keep: Keep, dims: Dims) -> PreTrainedModel:
     """A new model of ``dims`` holding the teacher's weights at the ``keep`` indices."""
     layout, full = _layout(teacher), teacher_dims(teacher)
-    student = AutoModelForCausalLM.from_config(_student_config(teacher, dims))
+    with built_like(teacher):
+        student = AutoModelForCausalLM.from_config(_student_config(teacher, dims))
     state = {}
     for name, value in teacher.state_dict().items():
         layer, axes = _rule(layout, name)
@@ -392,6 +393,15 @@ def _summary(scores: Tensor, kept: list[Tensor]) -> dict:
     return out
 
 
+def _calibration(teacher: PreTrainedModel, train_blocks, samples: int, batch_size: int, seed: int) -> list[Tensor]:
+    batches = calibration_batches(train_blocks, samples, batch_size, seed)
+    vocab = teacher.get_input_embeddings().num_embeddings
+    if max(int(b.max()) for b in batches) >= vocab:
+        raise DistillError(f"calibration token ids exceed the teacher's vocabulary of {vocab}: wrong tokenizer?")
+    max_len = getattr(teacher.config, "max_position_embeddings", None)
+    return [b[:, :max_len] for b in batches] if max_len else batches
+
+
 def width_pruned(
     teacher: PreTrainedModel | None,
     vocab_size: int | None = None,
@@ -431,14 +441,13 @@ def width_pruned(
     full = teacher_dims(teacher)
     dims = _resolve_dims(teacher, hidden_size, intermediate_size, num_kv_groups, target_params)
 
-    batches = calibration_batches(train_blocks, calibration_samples, calibration_batch_size, seed)
-    vocab = teacher.get_input_embeddings().num_embeddings
-    if max(int(b.max()) for b in batches) >= vocab:
-        raise DistillError(f"calibration token ids exceed the teacher's vocabulary of {vocab}: wrong tokenizer?")
-    max_len = getattr(teacher.config, "max_position_embeddings", None)
-    if max_len:
-        batches = [b[:, :max_len] for b in batches]
-    imp = importance(teacher, batches)
+    if weightless(teacher):  # shapes only (plan=true): every channel scores alike, the first ones are kept
+        n = teacher.config.num_hidden_layers
+        imp = Importance(torch.zeros(full.hidden), torch.zeros(n, full.intermediate), torch.zeros(n, full.kv_groups))
+    else:
+        imp = importance(
+            teacher, _calibration(teacher, train_blocks, calibration_samples, calibration_batch_size, seed)
+        )
     keep = select(imp, dims)
     student = slice_model(teacher, keep, dims)
 

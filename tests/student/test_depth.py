@@ -11,7 +11,7 @@ from distill.student.calibration import calibration_batches
 from distill.student.depth import block_importance, depth_pruned
 from tests.student.tiny_models import CONFIGS, VOCAB, tiny_model
 
-KINDS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2"]
+KINDS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2"]
 SMALL = dict(calibration_samples=6, calibration_batch_size=3)
 
 
@@ -142,7 +142,7 @@ def test_unsupported_architecture_names_the_supported_ones(data):
         max_position_embeddings=32,
         word_embed_proj_dim=32,
     )
-    with pytest.raises(DistillError, match="llama, mistral, qwen2, qwen3, gemma, gpt2.*'opt'"):
+    with pytest.raises(DistillError, match="llama, mistral, qwen2, qwen3, gemma, gemma2, gpt2.*'opt'"):
         depth_pruned(OPTForCausalLM(config), VOCAB, data, num_layers=1)
 
 

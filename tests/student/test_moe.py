@@ -30,7 +30,9 @@ def logits(model, tokens=TOKENS):
         return model(tokens).logits
 
 
-@pytest.mark.parametrize("kind,moe_type", [("llama", "mixtral"), ("mistral", "mixtral"), ("qwen2", "qwen2_moe")])
+@pytest.mark.parametrize(
+    "kind,moe_type", [("llama", "mixtral"), ("mistral", "mixtral"), ("qwen2", "qwen2_moe"), ("qwen3", "qwen3_moe")]
+)
 def test_at_init_the_moe_computes_what_the_dense_student_computes(kind, moe_type):
     teacher = tiny_model(kind)
     dense, moe = every_other_layer(teacher), moe_upcycle(teacher, VOCAB)
@@ -123,7 +125,7 @@ def test_base_can_be_any_dense_builder(llama):
     "teacher,kwargs,match",
     [
         (None, {}, "needs a teacher"),
-        ("gpt2", {}, "llama, mistral or qwen2"),
+        ("gpt2", {}, "llama, mistral, qwen2 or qwen3"),
         ("llama", dict(num_experts=2, experts_per_token=3), "experts_per_token <= num_experts"),
         ("llama", dict(base="nowhere"), "unknown base"),
     ],

@@ -17,7 +17,7 @@ from distill.student.width import Dims, Keep, importance, slice_model, teacher_d
 
 from .tiny_models import VOCAB, tiny_model
 
-KINDS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2"]
+KINDS = ["llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gpt2"]
 LLAMA_LIKE = [k for k in KINDS if k != "gpt2"]
 CALIB = dict(calibration_samples=8, calibration_batch_size=4)
 WIDTH_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "student" / "width.yaml"
@@ -52,7 +52,7 @@ def expected_params(config) -> int:
     h, i, v = config.hidden_size, config.intermediate_size, config.vocab_size
     d = getattr(config, "head_dim", None) or h // config.num_attention_heads
     q, kv = config.num_attention_heads * d, config.num_key_value_heads * d
-    block = h * q + 2 * h * kv + q * h + 3 * h * i + 2 * h
+    block = h * q + 2 * h * kv + q * h + 3 * h * i + (4 if config.model_type == "gemma2" else 2) * h
     if config.model_type == "qwen2":
         block += q + 2 * kv  # q/k/v biases
     if config.model_type == "qwen3":
@@ -226,7 +226,7 @@ def test_unsupported_architecture_names_the_supported_ones(blocks):
         word_embed_proj_dim=16,
         max_position_embeddings=32,
     )
-    supported = "width pruning supports llama, mistral, qwen2, qwen3, gemma, gpt2; the teacher is 'opt'"
+    supported = "width pruning supports llama, mistral, qwen2, qwen3, gemma, gemma2, gpt2; the teacher is 'opt'"
     with pytest.raises(DistillError, match=supported):
         width_pruned(AutoModelForCausalLM.from_config(config), VOCAB, blocks)
 

@@ -58,6 +58,15 @@ CONFIGS = {
         head_dim=16,
         max_position_embeddings=64,
     ),
+    "gemma2": dict(  # four norms per block, soft-capping, alternating sliding/global attention
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=64,
+    ),
     "gpt2": dict(n_embd=64, n_layer=4, n_head=4, n_positions=64, bos_token_id=0, eos_token_id=0),
 }
 
