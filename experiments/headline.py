@@ -153,6 +153,19 @@ def cross_tokenizer() -> str | None:
     )
 
 
+def teachers() -> str | None:
+    runs = {f: load("teachers", f"metrics_{f}.json") for f in ("fp16", "compact")}
+    sizes = {f: load("teachers", f"manifest_{f}.json") for f in ("fp16", "compact")}
+    if not all(runs.values()) or not all(sizes.values()):
+        return None
+    a, b = runs["fp16"]["student.val_ppl"], runs["compact"]["student.val_ppl"]
+    return (
+        f"compact top-64 cache at {sizes['compact']['bytes_per_token']:.0f} bytes/token vs "
+        f"{sizes['fp16']['bytes_per_token']:.0f} (fp16): student val ppl {b:.2f} vs {a:.2f} ({(b - a) / a:+.2%}), "
+        f"{runs['fp16']['train.steps']} steps"
+    )
+
+
 STUDIES = [
     ("quickstart", quickstart),
     ("losses", losses),
@@ -162,6 +175,7 @@ STUDIES = [
     ("minilm_embed", minilm_embed),
     ("instruct", instruct),
     ("cross-tokenizer", cross_tokenizer),
+    ("teachers", teachers),
 ]
 
 
