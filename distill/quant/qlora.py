@@ -108,6 +108,17 @@ def quantization_device(layer: nn.Module, device: str | torch.device | None) -> 
     return layer.weight.device
 
 
+def keep_code_map_real() -> None:
+    """bitsandbytes caches the 8-bit code map of double quantization in a module-level dict, on the
+    device of the first tensor it ever quantized. If that was a weightless (meta) model (``plan=true``,
+    the real-shape builders), every later real quantization in the process fails with "Cannot copy
+    out of meta tensor". Seeding the cache on the CPU first keeps it real (it is copied to each
+    tensor's device on use, meta included)."""
+    cache = bnb.functional.name2qmap
+    if "dynamic" not in cache:
+        cache["dynamic"] = bnb.functional.create_dynamic_map()
+
+
 def to_linear4bit(
     layer: nn.Module,
     *,
@@ -132,6 +143,7 @@ def to_linear4bit(
     # Without this, an eval forward under no_grad repacks the weights for a CPU inference kernel
     # that autograd cannot differentiate through: later LoRA gradients are silently wrong.
     q.support_avx512bf16_for_cpu = False
+    keep_code_map_real()
     q.weight = Params4bit(
         weight.contiguous(), requires_grad=False, compress_statistics=double_quant, quant_type=quant_type, module=q
     )._quantize(quantization_device(layer, device))

@@ -325,3 +325,19 @@ def test_dequantize_undoes_a_cpu_repack():
     if not getattr(layer.weight.quant_state, "packing_format_for_cpu", False):
         pytest.skip("bitsandbytes does not repack on this CPU (no AVX512-BF16)")
     torch.testing.assert_close(to_linear(layer).weight, expected, rtol=1e-2, atol=1e-3)
+
+
+def test_quantizing_a_weightless_layer_first_leaves_real_quantization_working(monkeypatch):
+    """bitsandbytes caches its double-quantization code map on the first tensor's device; a meta
+    layer first (plan=true, real-shape builders) used to poison it for the rest of the process."""
+    import bitsandbytes.functional as bnbf
+
+    def fresh_process() -> None:
+        monkeypatch.setattr(bnbf, "name2qmap", {})
+
+    real = torch.nn.Linear(128, 64)
+    fresh_process()
+    reference = to_linear(to_linear4bit(real)).weight
+    fresh_process()
+    to_linear4bit(torch.nn.Linear(128, 64, device="meta"))
+    assert torch.equal(to_linear(to_linear4bit(real)).weight, reference)

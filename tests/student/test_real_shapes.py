@@ -144,10 +144,6 @@ def test_lora_wraps_the_pruned_student(name):
     assert trainable == expected and count(wrapped) == before + expected
 
 
-@pytest.mark.skip(
-    reason="leaves process state behind: a later real 4-bit quantize_teacher in the same worker fails with "
-    "'Cannot copy out of meta tensor' (tests/quant/test_memory.py 4bit after this test); to fix, then re-enable"
-)
 @pytest.mark.parametrize("name", FAMILIES)
 def test_qlora_quantizes_every_base_layer(name):
     """The QLoRA plugin's own conversion runs on meta weights: every LoRA base becomes packed NF4."""
