@@ -108,6 +108,14 @@ class Teacher:
 
 
 @dataclass
+class TeacherEntry(Teacher):
+    """One entry of ``teachers`` (several teachers): ``teacher``'s keys, its weight and a name."""
+
+    weight: float  # >= 0, not all 0; normalized to sum to 1 (distill.run.teachers)
+    name: str | None  # what loss.hidden.teacher / loss.attention.teacher may call it
+
+
+@dataclass
 class Embedding:
     """``embedding`` (task: embedding): pooling and the held-out evaluation of a sentence encoder."""
 
@@ -125,6 +133,7 @@ class LayerPairs:
     """``loss.attention``: the (teacher layer, student layer) pairs compared; ``auto`` spaces them evenly."""
 
     pairs: str | list[list[int]]
+    teacher: int | str | None  # with several teachers (teachers=): the one paired with, by index or name
 
 
 @dataclass
@@ -198,6 +207,8 @@ class Run:
     seq_kd: SeqKD
     paths: Paths
     teacher: Teacher
+    teachers: list[TeacherEntry] | None  # several teachers: replaces teacher (distill.run.teachers)
+    teachers_mix: Literal["mixture", "sum"]  # their mixture as one target, or the weighted sum of per-teacher losses
     data: Annotated[dict, Built()]
     # student.lora, .tokenizer, .vocab_size and .tokenizer_style are taken out before the builder is called
     # (distill.run.student.student_spec); the last three are the student's own tokenizer (distill.run.cross)

@@ -54,6 +54,10 @@ class Outputs:
     attentions: tuple[Tensor, ...] | None = None  # HF output_attentions
     vocab_size: int | None = None  # tokens of the tokenizer: LM-head rows past it are padding
     router_aux: Tensor | None = None  # an MoE student's load-balancing loss, already × its router_aux_loss_coef
+    # several teachers, teachers_mix=sum (distill.teacher.mixture): each one's outputs and its weight; the
+    # distribution terms are computed against each and summed with the weights
+    members: tuple[Outputs, ...] | None = None
+    member_weights: tuple[float, ...] | None = None
 
 
 class Objective(nn.Module):
@@ -197,7 +201,10 @@ class Objective(nn.Module):
         (default: tokens with a label), ``labels`` = -100 where CE must not look. ``aligned``: the
         batch's ``AlignedBatch`` (teacher and student rows of the same text), for ``uld`` / ``gold`` / ``projected_kl``."""
         weights = self.logit_weights(teacher)
-        loss, parts = self._logit_terms(student, teacher, labels, mask, weights) if weights else (None, {})
+        if teacher is not None and teacher.members:
+            loss, parts = self._per_teacher_terms(student, teacher, labels, mask, weights)
+        else:
+            loss, parts = self._logit_terms(student, teacher, labels, mask, weights) if weights else (None, {})
         if teacher is not None and self.aligned_terms:
             value, terms = self._aligned_terms(student, teacher, aligned)
             loss = value if loss is None else loss + value
@@ -215,6 +222,22 @@ class Objective(nn.Module):
             loss = loss + student.router_aux
             parts["router_aux"] = student.router_aux.detach()
         return {"loss": loss, **parts}
+
+    def _per_teacher_terms(self, student: Outputs, teacher: Outputs, labels, mask, weights):
+        """``teachers_mix=sum``: Σ_i w_i · (the divergence terms against teacher i), CE once; each
+        teacher's values are also reported as ``<term>.teacher<i>``."""
+        divergences = {term: w for term, w in weights.items() if term in DIVERGENCES}
+        rest = {term: w for term, w in weights.items() if term not in DIVERGENCES}
+        loss, parts = self._logit_terms(student, None, labels, mask, rest) if rest else (None, {})
+        for i, (member, share) in enumerate(zip(teacher.members, teacher.member_weights)):
+            if not divergences:
+                break
+            value, terms = self._logit_terms(student, member, labels, mask, divergences)
+            loss = share * value if loss is None else loss + share * value
+            for term, v in terms.items():
+                parts[term] = parts.get(term, 0.0) + share * v
+                parts[f"{term}.teacher{i}"] = v
+        return loss, parts
 
     def _aligned_terms(self, student: Outputs, teacher: Outputs, aligned) -> tuple[Tensor, dict]:
         if aligned is None:

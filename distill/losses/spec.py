@@ -32,8 +32,9 @@ class OnPolicy:
 # What a term's settings block holds when the caller leaves a key out. (The presets in
 # configs/loss/ spell every key; these are for direct callers such as tests and benchmarks.)
 BLOCK_DEFAULTS = {
-    "hidden": {"pairs": "auto", "metric": "mse"},
-    "attention": {"pairs": "auto"},
+    # teacher: with several teachers (``teachers=``), the one the term pairs with (a name or an index); None: the first
+    "hidden": {"pairs": "auto", "metric": "mse", "teacher": None},
+    "attention": {"pairs": "auto", "teacher": None},
     "gold": {"matched_weight": None},  # None: TRL's adaptive weight (the shared share of the teacher's vocabulary)
 }
 
@@ -133,8 +134,16 @@ def _share(key: str, value):
     return None if value is None else _number(key, value, lambda v: 0 <= v <= 1, "must be in [0, 1] or null")
 
 
+def _teacher_name(key: str, value):
+    """A teacher of ``teachers=``: its index (an integer >= 0) or its name; whether it exists is checked by the run."""
+    if value is None or isinstance(value, str):
+        return value
+    return _integer(key, value, minimum=0)
+
+
 _BLOCK_CHECKS = {
     "pairs": _pairs,
+    "teacher": _teacher_name,
     "metric": lambda key, value: _choice(key, value, HIDDEN_METRICS),
     "matched_weight": _share,
 }

@@ -135,7 +135,7 @@ REGISTRY: dict[str, Term] = {
             REPRESENTATION,
             True,
             HIDDEN_STATES,
-            ("hidden.pairs", "hidden.metric"),
+            ("hidden.pairs", "hidden.metric", "hidden.teacher"),
             aliases=("hidden_states", "mse", "cosine"),
         ),
         Term(
@@ -144,7 +144,7 @@ REGISTRY: dict[str, Term] = {
             REPRESENTATION,
             True,
             ATTENTIONS,
-            ("attention.pairs",),
+            ("attention.pairs", "attention.teacher"),
             aliases=("attn", "attentions"),
         ),
     )

@@ -11,6 +11,7 @@ from distill.errors import DistillError
 from distill.losses.objective import Objective
 from distill.quant.config import check_load_in
 from distill.run.student import student_needs_teacher
+from distill.run.teachers_config import check_teachers, several
 from distill.strategies import check_strategy
 from distill.teacher.source import KINDS
 
@@ -28,6 +29,9 @@ def check_combination(cfg: DictConfig, loss: Objective) -> None:
     check_strategy(cfg.trainer, loss, cfg.get("quant"), cfg.teacher.get("load_in"))  # deepspeed/fsdp that cannot run
     check_load_in(cfg.teacher.get("load_in"))
     kind = teacher_kind(cfg)
+    if several(cfg):  # teachers=[...]: each entry's kind is checked against the objective there
+        check_teachers(cfg, loss)
+        kind = "several"
     if kind == "none":
         if student_needs_teacher(cfg):
             raise DistillError(

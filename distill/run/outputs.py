@@ -22,7 +22,7 @@ from distill.eval.report import gap_closed, plot_curves, write_markdown
 from distill.eval.speed import scoring_throughput
 from distill.quant.config import quant_section
 from distill.run.setup import autocast_dtype, device_of
-from distill.teacher.source import TeacherSource
+from distill.teacher.source import SEVERAL, TeacherSource
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def log_plan(cfg: DictConfig, teacher: TeacherSource, student, dm, objective, memory_bytes: float) -> None:
     """What the run is about to do, printed before the distillation starts."""
     lines = run_plan_lines(
-        teacher_kind=teacher.kind,
+        teacher_kind=teacher.kind if teacher.kind != SEVERAL else f"{len(teacher.members)} teachers, the first",
         teacher_source=cfg.teacher.get("path") or (cfg.teacher.cache_dir if teacher.kind == "cache" else None),
         teacher_params=num_params(teacher.model) if teacher.model is not None else None,
         student_builder=group_choice("student", cfg.student.get("_target_", "")),

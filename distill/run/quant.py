@@ -9,6 +9,8 @@ from distill.eval.metrics import evaluate
 from distill.quant.config import log_memory_estimate, quant_plugin, quantize_teacher_for_run
 from distill.run.memory import memory_setup
 from distill.run.setup import autocast_dtype, device_of
+from distill.run.teachers import add_teachers
+from distill.run.teachers_config import member_config
 from distill.safety import check_memory_fits
 from distill.teacher.source import TeacherSource
 
@@ -19,9 +21,14 @@ def prepare_quantization(cfg: DictConfig, student, teacher: TeacherSource, dm, v
     precision, load_in = cfg.trainer.get("precision"), cfg.teacher.get("load_in")
     plugin = quant_plugin(cfg.get("quant"), precision, device_of(cfg))
     setup = memory_setup(cfg, vocab_size, batch_size=dm.batch_size, seq_len=dm.seq_len, plugin=plugin, loss=loss)
-    estimate = log_memory_estimate(student, teacher.live_model, setup, load_in)
+    # several teachers: the first counted as the one teacher, the other live ones added
+    estimate = add_teachers(log_memory_estimate(student, teacher.live_model, setup, load_in), cfg, teacher, setup)
     check_memory_fits(estimate["total"], device_of(cfg), cfg.memory.get("available_bytes"), cfg.memory.force)
-    return plugin, estimate, quantize_live_teacher(cfg, teacher.live_model, dm, vocab_size)
+    quantized = quantize_live_teacher(cfg, teacher.live_model, dm, vocab_size)
+    for i, member in enumerate(teacher.members[1:], 1):  # each teacher at its own teachers[i].load_in
+        done = quantize_live_teacher(member_config(cfg, i), member.live_model, dm, vocab_size)
+        quantized |= {f"teachers.{i}.{k.split('.', 1)[1]}": v for k, v in done.items()}
+    return plugin, estimate, quantized
 
 
 def quantize_live_teacher(cfg: DictConfig, model, dm, vocab_size: int) -> dict:

@@ -15,6 +15,7 @@ from distill.callbacks import preemption
 from distill.config import validate
 from distill.multirun_ranks import launch_ranks_as_this_job
 from distill.ranks import is_main_process
+from distill.run.teachers_config import place_teachers
 from distill.safety import check_device, check_write_paths, set_load_policy, weight_kwargs
 from distill.strategies import strategy_that_runs_here
 from distill.teacher.load import check_context, check_model_dir, check_tokenizer_dir
@@ -30,6 +31,7 @@ def setup_run(cfg: DictConfig, app: str, preemptible: bool = False) -> Path:
     strategy_that_runs_here(cfg.trainer)  # a preset that cannot run here says why, before the generic device check
     check_device(cfg)
     check_write_paths(cfg)
+    place_teachers(cfg)  # teachers=[...]: checked, and the first placed in `teacher` for every step below
     check_model_dirs(cfg)
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -34,7 +34,7 @@ from distill.run.student import (
     student_spec,
     use_eager_attention,
 )
-from distill.run.teacher import connect_teacher, resolve_teacher
+from distill.run.teachers import connect, first_cached_metrics, forward_cost, resolve, teachers_metrics
 from distill.sharding import unsharded
 from distill.student.lora import apply_lora
 
@@ -55,9 +55,9 @@ def train(cfg: DictConfig) -> float:
     dm = prepare_data(cfg)
     vocab_size = len(dm.tokenizer)
     chat_ids = generation_ids(dm)  # conversations: pad and end-of-turn ids (before seq-KD swaps the data)
-    teacher = resolve_teacher(cfg, dm)
+    teacher = resolve(cfg, dm)  # teachers=[...]: one source holding each (distill.run.teachers)
     filter_stats = filter_training_data(cfg, dm, teacher)  # the teacher is given; the student's data is filtered
-    connect_teacher(cfg, dm, teacher, loss)
+    connect(cfg, dm, teacher, loss)
     if cfg.seq_kd.enabled:
         dm = sequence_kd_data(cfg, dm, teacher)
     dm = cross_tokenizer_data(cfg, dm, loss)  # a student with its own tokenizer: its rows of the same text
@@ -69,10 +69,10 @@ def train(cfg: DictConfig) -> float:
     if lora:
         student = apply_lora(student, **lora, total_steps=cfg.trainer.max_steps)
     teacher.release_weights()
-    use_eager_attention(cfg, loss, student=student, teacher=teacher.live_model)
+    use_eager_attention(cfg, loss, student=student, teacher=teacher.paired_model)
     plugin, estimate, teacher_quant = prepare_quantization(cfg, student, teacher, dm, vocab_size, loss)
     check_run_export(cfg, student, plugin)  # export.gguf / a ggml QAT type: refuse an unwritable student now
-    loss.bind(student, teacher.live_model)
+    loss.bind(student, teacher.paired_model)
     log_plan(cfg, teacher, student, dm, loss, estimate["total"])
     module = DistillationModule(
         student,
@@ -98,6 +98,8 @@ def train(cfg: DictConfig) -> float:
     student = finalize_quantized(student, plugin)
     metrics = measure(cfg, dm, vocab_size, teacher, student, baseline, meter, trainer.strategy.root_device)
     metrics.update(run_facts(trainer, dm, teacher, filter_stats, estimate, meter))
+    metrics.update(teachers_metrics(cfg, dm, vocab_size, teacher, student, trainer.strategy.root_device))
+    metrics.update({k: v for k, v in first_cached_metrics(teacher).items() if k not in metrics})
     metrics.update({**teacher_quant, **start_metrics})
     export_student(student, dm.tokenizer, out / "student", chat_ids.get("stop_ids", ()))
     if plugin is not None:
@@ -113,6 +115,7 @@ def train(cfg: DictConfig) -> float:
             time.perf_counter() - start,
         )
     )
+    metrics.update(forward_cost(metrics, teacher, meter.tokens, teacher_forward_tokens))  # several teachers
     write_reports(
         metrics,
         out,

@@ -16,7 +16,8 @@ from distill.errors import DistillError
 
 log = logging.getLogger(__name__)
 
-KINDS = ("live", "cache", "none")
+KINDS = ("live", "cache", "none")  # teacher.backend
+SEVERAL = "several"  # teachers=[...]: ``members`` hold one source each (distill.run.teachers)
 
 
 @dataclass
@@ -28,6 +29,10 @@ class TeacherSource:
     scorer: object | None = None  # what the training module queries: Teacher | CachedTeacher | None
     # how to get the weights (load teacher.path, or train/fetch the from-scratch teacher) when first needed
     loader: Callable[[], tuple[object, list[dict]]] | None = field(default=None, repr=False)
+    # several teachers: one source per entry, its normalized weight, and the one representation terms pair with
+    members: list[TeacherSource] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    paired: int = 0
 
     @property
     def live(self) -> bool:
@@ -35,20 +40,32 @@ class TeacherSource:
 
     @property
     def live_model(self):
-        """The model the run executes (live kind only): what the loss binds to and the memory counts."""
+        """The model the run executes (live kind only): what the memory counts first and ``teacher.*`` measures
+        (several teachers: the first one's, when it is live)."""
+        if self.kind == SEVERAL:
+            return self.members[0].live_model
         return self.model if self.live else None
 
     @property
+    def paired_model(self):
+        """The live model hidden-state and attention terms compare with (several teachers: the paired one)."""
+        return self.members[self.paired].live_model if self.kind == SEVERAL else self.live_model
+
+    @property
     def cache(self):
-        """The offline cache (``TeacherCache``) this run reads, if any."""
-        return getattr(self.scorer, "cache", None)
+        """The offline cache (``TeacherCache``) this run reads, if any (several teachers: no single one)."""
+        return None if self.kind == SEVERAL else getattr(self.scorer, "cache", None)
 
     @property
     def cache_manifest(self) -> dict | None:
         return self.cache.manifest if self.cache is not None else None
 
     def load_weights(self):
-        """The teacher's weights (loaded or trained once, then kept)."""
+        """The teacher's weights (loaded or trained once, then kept); several teachers: the first one's."""
+        if self.kind == SEVERAL:
+            self.model = self.members[0].load_weights()
+            self.path = self.members[0].path
+            return self.model
         if self.model is None:
             if self.loader is None:
                 raise DistillError("teacher=none has no teacher weights")
@@ -59,6 +76,8 @@ class TeacherSource:
     def model_dir(self) -> str | None:
         """The teacher's directory, producing the from-scratch teacher if nothing has yet (its
         weights are not kept: a caller that only needs the directory, e.g. a scoring filter)."""
+        if self.kind == SEVERAL:
+            return self.members[0].model_dir()
         if self.path is None and self.loader is not None:
             model, _ = self.loader()
             self.path = model.name_or_path
@@ -66,6 +85,10 @@ class TeacherSource:
 
     def release_weights(self) -> None:
         """A cached teacher whose weights were read only to prune the student from: never run."""
+        for member in self.members:
+            member.release_weights()
+        if self.members:
+            self.model = self.members[0].model
         if self.kind == "cache" and self.model is not None:
             log.info("teacher weights were read only to initialise the pruned student; the teacher is never run")
             self.model = None

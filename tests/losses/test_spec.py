@@ -44,7 +44,7 @@ OK = {"forward_kl": 1.0, "ce": 0.5}
         (dict(weights=OK, hidden={"pairs": [[0, "a"]]}), "loss.hidden.pairs: layer pair [0, 'a'] must be"),
         (
             dict(weights=OK, hidden={"layers": "auto"}),
-            "loss.hidden has no setting 'layers' (hidden-state distillation reads pairs, metric)",
+            "loss.hidden has no setting 'layers' (hidden-state distillation reads pairs, metric, teacher)",
         ),
         (dict(weights=OK, attention={"pairs": []}), "loss.attention.pairs: layer pairs must be"),
         (dict(weights=OK, attention={"metric": "mse"}), "loss.attention has no setting 'metric'"),
@@ -91,8 +91,9 @@ def test_a_hydra_config_becomes_plain_checked_values():
     spec = loss_spec(**cfg)
     assert spec.weights == {"forward_kl": 1.0, "hidden": 0.0}  # a weight of None leaves its term out
     assert all(type(w) is float for w in spec.weights.values()) and spec.temperature == 2.0
-    assert spec.hidden == {"pairs": [(3, 1), (1, 0)], "metric": "mse"}  # defaults fill what is not given
-    assert spec.attention == {"pairs": "auto"}
+    # defaults fill what is not given
+    assert spec.hidden == {"pairs": [(3, 1), (1, 0)], "metric": "mse", "teacher": None}
+    assert spec.attention == {"pairs": "auto", "teacher": None}
     assert spec.on_policy == OnPolicy(lmbda=0.5, max_new_tokens=32, temperature=1.0)
     assert (spec.beta, spec.tail, spec.chunk_size, spec.fused_linear) == (0.5, "bucket", 256, False)
 
@@ -109,4 +110,4 @@ def test_the_objective_keeps_what_was_validated():
     )
     assert obj.weights == {"jsd": 1.0, "ce": 0.5} and obj.temperature == 3.0 and obj.beta == 0.2
     assert (obj.tail, obj.chunk_size, obj.fused_linear) == ("renormalize", 7, False)
-    assert obj.hidden_spec == {"pairs": "auto", "metric": "cosine"} and obj.on_policy.lmbda == 0.25
+    assert obj.hidden_spec == {"pairs": "auto", "metric": "cosine", "teacher": None} and obj.on_policy.lmbda == 0.25

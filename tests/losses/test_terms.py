@@ -36,7 +36,8 @@ def test_every_distribution_term_has_a_kernel_and_a_reference():
 def test_term_settings_blocks_match_the_spec_defaults():
     for block in (*REPRESENTATION_TERMS, "gold"):
         assert set(BLOCK_DEFAULTS[block]) == set(block_settings(block))
-    assert block_settings("hidden") == ("pairs", "metric") and block_settings("attention") == ("pairs",)
+    assert block_settings("hidden") == ("pairs", "metric", "teacher")
+    assert block_settings("attention") == ("pairs", "teacher")
     assert block_settings("gold") == ("matched_weight",) and block_settings("uld") == ()
 
 

@@ -1,0 +1,163 @@
+"""The teacher step with ``teachers=[...]``: each entry resolved and connected like the one teacher of a
+run (``distill.run.teacher``, on the config ``member_config`` gives it), then queried through one
+``MixtureTeacher``; the memory they add, and what the run reports of each (``teachers.<i>.*``).
+
+With one teacher (``teachers`` unset) every function here is the single-teacher step.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import DictConfig
+
+from distill.errors import DistillError
+from distill.eval.metrics import evaluate, num_params
+from distill.losses.mixture import normalized
+from distill.quant.memory import teacher_bytes
+from distill.run.setup import autocast_dtype
+from distill.run.teacher import connect_teacher, resolve_teacher
+from distill.run.teachers_config import member_config, paired_teacher, several, tokenizer_vocab
+from distill.teacher.mixture import MixtureTeacher
+from distill.teacher.source import SEVERAL, TeacherSource
+
+log = logging.getLogger(__name__)
+
+
+def resolve(cfg: DictConfig, dm, for_training: bool = True) -> TeacherSource:
+    """The run's teacher(s). The first is resolved as the one teacher would be (loaded when it runs or
+    the student is cut from it); the others are loaded only when they run (live)."""
+    if not several(cfg):
+        return resolve_teacher(cfg, dm, for_training)
+    members = []
+    for i in range(len(cfg.teachers)):
+        member = resolve_teacher(member_config(cfg, i), dm, for_training=for_training and i == 0)
+        if for_training and member.live:
+            member.load_weights()
+        check_tokenizer(member, i, dm.tokenizer)
+        members.append(member)
+    first = members[0]
+    return TeacherSource(
+        kind=SEVERAL,
+        path=first.path,
+        model=first.model,
+        history=first.history,
+        members=members,
+        weights=normalized([float(e.weight) for e in cfg.teachers]),
+    )
+
+
+def check_tokenizer(member: TeacherSource, i: int, tokenizer) -> None:
+    """A live teacher's own tokenizer must be the student's (a cache is checked against it when opened)."""
+    if not member.live or member.path is None:
+        return
+    try:
+        vocab = tokenizer_vocab(member.path)
+    except Exception:  # noqa: BLE001 - a from-scratch teacher saved by this package always has one
+        return
+    if vocab != tokenizer.get_vocab():
+        raise DistillError(
+            f"teachers[{i}] ({member.path}) has a different tokenizer from the student's ({len(vocab)} vs "
+            f"{len(tokenizer)} tokens): several teachers must share the student's tokenizer; drop the entry"
+        )
+
+
+def connect(cfg: DictConfig, dm, source: TeacherSource, objective=None) -> TeacherSource:
+    """What the training module will query: one scorer per teacher, behind a ``MixtureTeacher``."""
+    if source.kind != SEVERAL:
+        return connect_teacher(cfg, dm, source, objective)
+    for i, member in enumerate(source.members):
+        try:
+            connect_teacher(member_config(cfg, i), dm, member, objective)
+        except DistillError as err:
+            raise DistillError(f"teachers[{i}]: {err}") from None
+    source.paired = paired_teacher(cfg, objective) if objective is not None else 0
+    mix = cfg.get("teachers_mix", "mixture")
+    source.scorer = MixtureTeacher([m.scorer for m in source.members], source.weights, mix, source.paired)
+    shares = ", ".join(
+        f"{m.kind} {m.path or m.cache_manifest and 'cache'} × {w:.3g}" for m, w in zip(source.members, source.weights)
+    )
+    log.info("teachers (%s): %s; representation terms pair with teachers[%d]", mix, shares, source.paired)
+    return source
+
+
+def add_teachers(estimate: dict, cfg: DictConfig, source: TeacherSource, setup) -> dict:
+    """The memory estimate (``distill.quant.memory.estimate_memory``, which counted the first teacher) with
+    every other live teacher: its weights (at its ``load_in``), and per batch its logits and their float32
+    log-probabilities while they are mixed."""
+    if source.kind != SEVERAL:
+        return estimate
+    out = dict(estimate)
+    counted = source.live_model if setup.teacher_kind == "live" else None
+    logits = 8.0 * setup.batch_size * setup.seq_len * setup.vocab_size
+    for member, entry in zip(source.members, cfg.teachers):
+        model = member.live_model
+        if model is None or model is counted:
+            continue
+        out["teacher weights"] += teacher_bytes(model, entry.get("load_in"))
+        out["loss buffers"] += logits
+    held = out["student weights"] + out["teacher weights"] + out["optimizer"] + out["fsdp gathered"]
+    transient = max(out["activations"] + out["loss buffers"], out["optimizer step"])
+    out["total"] = held + out["gradients"] + transient  # as estimate_memory sums its parts
+    return out
+
+
+def teachers_metrics(cfg: DictConfig, dm, vocab_size: int, source: TeacherSource, student, device) -> dict:
+    """``teachers.<i>.*`` of each teacher: its weight, kind, parameters and validation perplexity (a cache: as
+    its manifest recorded them), and the student's top-1 agreement and KL to it. The first teacher also keeps
+    ``teacher.*`` (measured by the run as for one teacher)."""
+    if source.kind != SEVERAL:
+        return {}
+    out = {"teachers.count": len(source.members), "teachers.mix": cfg.get("teachers_mix", "mixture")}
+    for i, (member, entry) in enumerate(zip(source.members, cfg.teachers)):
+        prefix = f"teachers.{i}."
+        out |= {prefix + "weight": source.weights[i], prefix + "source": member.kind}
+        out[prefix + "name"] = entry.get("name") or str(i)
+        out[prefix + "path"] = member.path if member.live else entry.get("cache_dir")
+        if member.live_model is not None:
+            out |= {
+                prefix + k: v
+                for k, v in measure_member(cfg, dm, vocab_size, member.live_model, student, device).items()
+            }
+        elif member.cache is not None:
+            extra = member.cache_manifest.get("extra", {})
+            out |= {prefix + k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("teacher.")}
+    return out
+
+
+def measure_member(cfg: DictConfig, dm, vocab_size: int, model, student, device) -> dict:
+    results = evaluate(
+        {"teacher": model.to(device), "student": student.to(device)},
+        dm.val_dataloader(),
+        vocab_size,
+        device=device,
+        autocast_dtype=autocast_dtype(cfg.trainer.precision),
+    )
+    return {
+        "params": num_params(model),
+        "val_ppl": results["teacher"]["val_ppl"],
+        "student_top1_agreement": results["student"]["top1_agreement"],
+        "student_kl": results["student"]["kl_to_teacher"],
+    }
+
+
+def first_cached_metrics(source: TeacherSource) -> dict:
+    """A cached first teacher's ``teacher.*`` from its manifest, as a run with that one cache reports them."""
+    if source.kind != SEVERAL or source.members[0].cache is None:
+        return {}
+    extra = source.members[0].cache_manifest.get("extra", {})
+    return {k: v for k, v in extra.items() if k.startswith("teacher.")}
+
+
+def forward_cost(metrics: dict, source: TeacherSource, train_tokens: int, single) -> dict:
+    """Several teachers: the tokens each ran a forward on (``single``: the one-teacher count,
+    ``teacher_forward_tokens``), and ``teacher.forward_tokens`` / ``teacher.forward_flops`` summed over
+    all of them (2 FLOPs per parameter per token, each teacher at its own size)."""
+    if source.kind != SEVERAL:
+        return {}
+    out, flops = {}, 0
+    for i, member in enumerate(source.members):
+        tokens = single(member.kind, train_tokens, member.cache_manifest) or 0
+        out[f"teachers.{i}.forward_tokens"] = tokens
+        flops += 2 * (metrics.get(f"teachers.{i}.params") or 0) * tokens
+    return out | {"teacher.forward_tokens": sum(out.values()), "teacher.forward_flops": flops}
