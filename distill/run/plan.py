@@ -32,6 +32,8 @@ from distill.run.checks import check_combination, teacher_kind
 from distill.run.memory import memory_setup, strategy_kind
 from distill.run.plan_lines import plan_lines
 from distill.run.student import STUDENTS_FROM_TEACHER, student_spec
+from distill.run.teachers import with_more_teachers
+from distill.run.teachers_config import member_config, place_teachers, several
 from distill.safety import pretrained_kwargs, set_load_policy
 from distill.student.lora import apply_lora
 from distill.student.prune import every_other_layer
@@ -55,6 +57,7 @@ def plan_run(cfg: DictConfig) -> float:
 def make_plan(cfg: DictConfig) -> dict:
     """The plan as plain values (what ``plan.json`` holds)."""
     validate(cfg, "train")
+    place_teachers(cfg, check_dirs=False)  # teachers=[...]: the first planned as `teacher`, the others added below
     set_load_policy(cfg.get("allow_pickle", False), cfg.get("trust_remote_code", False))
     if cfg.get("task", "causal_lm") != "causal_lm":
         raise DistillError("plan=true plans causal-LM runs (task=causal_lm); this run is task=" + str(cfg.task))
@@ -65,7 +68,7 @@ def make_plan(cfg: DictConfig) -> dict:
     student = weightless_student(cfg, teacher, vocab)
     setup = memory_setup(cfg, vocab, loss=loss, for_plan=True)
     live = teacher if setup.teacher_kind == "live" else None
-    memory = estimate_memory(student, live, setup)
+    memory = with_more_teachers(estimate_memory(student, live, setup), other_teachers(cfg), setup)
     planning = cfg.planning
     budget = float(planning.device_memory_gib) * GiB
     flops = distillation_flops_per_token(student, live, setup.seq_len)
@@ -106,6 +109,14 @@ def make_plan(cfg: DictConfig) -> dict:
         "seconds": time["seconds"],
         "device_hours": time["device_hours"],
     }
+
+
+def other_teachers(cfg: DictConfig) -> list[tuple]:
+    """Several teachers: (weightless model, load_in) of each live one after the first."""
+    if not several(cfg):
+        return []
+    members = [(member_config(cfg, i), e) for i, e in enumerate(cfg.teachers) if i > 0 and e.backend == "live"]
+    return [(weightless_teacher(member), e.get("load_in")) for member, e in members]
 
 
 def count(model) -> int | None:

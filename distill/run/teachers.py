@@ -87,14 +87,19 @@ def add_teachers(estimate: dict, cfg: DictConfig, source: TeacherSource, setup) 
     log-probabilities while they are mixed."""
     if source.kind != SEVERAL:
         return estimate
-    out = dict(estimate)
     counted = source.live_model if setup.teacher_kind == "live" else None
+    others = [
+        (m.live_model, e.get("load_in")) for m, e in zip(source.members, cfg.teachers) if m.live_model is not None
+    ]
+    return with_more_teachers(estimate, [(model, load_in) for model, load_in in others if model is not counted], setup)
+
+
+def with_more_teachers(estimate: dict, teachers: list[tuple], setup) -> dict:
+    """``estimate`` plus live teachers given as (model, load_in) (weightless ones too: ``plan=true``)."""
+    out = dict(estimate)
     logits = 8.0 * setup.batch_size * setup.seq_len * setup.vocab_size
-    for member, entry in zip(source.members, cfg.teachers):
-        model = member.live_model
-        if model is None or model is counted:
-            continue
-        out["teacher weights"] += teacher_bytes(model, entry.get("load_in"))
+    for model, load_in in teachers:
+        out["teacher weights"] += teacher_bytes(model, load_in)
         out["loss buffers"] += logits
     held = out["student weights"] + out["teacher weights"] + out["optimizer"] + out["fsdp gathered"]
     transient = max(out["activations"] + out["loss buffers"], out["optimizer step"])

@@ -27,13 +27,15 @@ def several(cfg: DictConfig) -> bool:
     return bool(cfg.get("teachers"))
 
 
-def place_teachers(cfg: DictConfig) -> None:
-    """Resolve ``teachers`` (if given) into full entries and put the first in ``teacher``, checked."""
+def place_teachers(cfg: DictConfig, check_dirs: bool = True) -> None:
+    """Resolve ``teachers`` (if given) into full entries and put the first in ``teacher``, checked
+    (``check_dirs=False``: ``plan=true``, where a model dir may hold only its config.json)."""
     if not several(cfg):
         return
     entries = resolved_entries(cfg)
     check_entries(entries)
-    check_entry_dirs(entries, cfg.data.get("seq_len"))
+    if check_dirs:
+        check_entry_dirs(entries, cfg.data.get("seq_len"))
     with open_dict(cfg):
         cfg.teachers = entries
         cfg.teacher = teacher_config(entries[0])
@@ -162,7 +164,7 @@ def paired_teacher(cfg: DictConfig, loss) -> int:
 def check_teachers(cfg: DictConfig, loss) -> None:
     """Combinations several teachers cannot serve, each refused in one line before any data work."""
     entries = cfg.teachers
-    cached = [i for i, e in enumerate(entries) if e.backend == "cache"]
+    cached = [i for i, e in enumerate(entries) if e.get("backend") == "cache"]
     own_tokenizer = cfg.student.get("tokenizer") or cfg.student.get("vocab_size")
     if loss.aligned_terms or own_tokenizer:
         what = f"loss.weights.{loss.aligned_terms[0]}" if loss.aligned_terms else "a student tokenizer of its own"
