@@ -145,6 +145,8 @@ RULES = {
     S + "Teacher.shard_rows": POSITIVE_INT,
     S + "Teacher.micro_batch": POSITIVE_INT,
     S + "Teacher.read_top_k": POSITIVE_INT,
+    S + "Teacher.samples": POSITIVE_INT,  # cache_mode=sample: draws per token (<= vocab: the writer checks)
+    S + "Teacher.sample_seed": ge(0),
     S + "TeacherScratch.hidden_size": POSITIVE_INT,
     S + "TeacherScratch.num_layers": POSITIVE_INT,
     S + "TeacherScratch.num_heads": POSITIVE_INT,

@@ -105,6 +105,9 @@ class Teacher:
     shard_rows: int
     micro_batch: int
     read_top_k: int | None
+    cache_mode: Literal["topk", "sample"]  # what distill-cache keeps per token (distill.teacher.sampled)
+    samples: int  # cache_mode=sample: tokens drawn per position
+    sample_seed: int  # cache_mode=sample: the draws' seed (a cache's identity)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Validation perplexity of several models and their top-1 agreement with a reference, in one pass."""
+"""Validation perplexity of several models, their calibration and their top-1 agreement with a reference, in
+one pass."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
+
+from distill.eval.calibration import ece, top1_bin_sums
 
 
 def num_params(model: torch.nn.Module) -> int:
@@ -31,8 +34,9 @@ def evaluate(
     autocast_dtype: torch.dtype | None = None,
     reference_top1: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Returns ``{name: {"val_ppl", "top1_agreement", "kl_to_teacher", "tokens"}}`` over target
-    tokens (-100 = not a target).
+    """Returns ``{name: {"val_ppl", "ece", "top1_agreement", "kl_to_teacher", "tokens"}}`` over target
+    tokens (-100 = not a target). ``ece``: the expected calibration error of the model's top-1
+    next-token probability (``distill.eval.calibration``, 15 bins).
 
     Agreement is against model ``reference``, or against ``reference_top1(row_index)`` (the
     stored top-1 of a cached teacher) when given. ``kl_to_teacher`` is KL(reference || model) in
@@ -41,6 +45,7 @@ def evaluate(
     nll = {name: 0.0 for name in models}
     agree = {name: 0 for name in models}
     kl = {name: 0.0 for name in models}
+    calibration = {name: 0 for name in models}
     count = 0
     was_training = {name: m.training for name, m in models.items()}
     for m in models.values():
@@ -61,6 +66,7 @@ def evaluate(
         ref_logp = logits[reference][valid].log_softmax(-1) if reference in logits else None
         for name, lg in logits.items():
             nll[name] += F.cross_entropy(lg.flatten(0, 1), targets.flatten(), reduction="sum", ignore_index=-100).item()
+            calibration[name] = calibration[name] + top1_bin_sums(lg, targets, valid)
             if ref_top1 is not None:
                 agree[name] += ((lg.argmax(-1) == ref_top1) & valid).sum().item()
             if ref_logp is not None and name != reference:
@@ -72,6 +78,7 @@ def evaluate(
     out = {}
     for name in models:
         out[name] = {"val_ppl": math.exp(nll[name] / max(1, count)), "tokens": count}
+        out[name]["ece"] = ece(calibration[name]) if count else 0.0
         if has_reference and name != reference:
             out[name]["top1_agreement"] = agree[name] / max(1, count)
         if reference in models and name != reference:

@@ -1,4 +1,5 @@
-"""The body of ``distill-cache``: run the teacher once over the training data, keep its top-k.
+"""The body of ``distill-cache``: run the teacher once over the training data, keep its top-k (or, with
+``teacher.cache_mode=sample``, tokens drawn from it).
 
 Same data, tokenizer and teacher as the ``distill-train`` runs that will read the cache
 (the same config tree, with ``teacher=cache``). The teacher's own validation numbers go into
@@ -65,6 +66,7 @@ def build_cache(cfg: DictConfig) -> Path:
         extra={
             "teacher.params": num_params(model),
             "teacher.val_ppl": scores["val_ppl"],
+            "teacher.ece": scores["ece"],
             **text_metrics_of(dm, {"teacher": model}, device),  # bits per byte: compares across tokenizers
             # both tokenizers, for the record only: the cache is in the teacher's tokens and positions, and a
             # student with a tokenizer of its own is aligned to them at training time (distill.data.cross)
@@ -72,6 +74,9 @@ def build_cache(cfg: DictConfig) -> Path:
         },
         positions=packed_positions(dm),
         cache_format=cfg.teacher.get("cache_format", "fp16"),
+        cache_mode=cfg.teacher.get("cache_mode", "topk"),
+        samples=cfg.teacher.get("samples", 64),
+        sample_seed=cfg.teacher.get("sample_seed", 0),
     )
     log.info("teacher cache ready: %s", path)
     return path

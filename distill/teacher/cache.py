@@ -10,6 +10,8 @@ so training with ``teacher=cache`` loads no teacher model. Layout of a cache dir
 
 That is the default ``fp16`` format; ``teacher.cache_format=compact`` stores the same shards as byte
 records of about 100 bytes per token (``distill.teacher.compact``), decoded here on every lookup.
+``teacher.cache_mode=sample`` stores N tokens drawn from the teacher and their counts instead
+(``distill.teacher.sampled``), read back as the log of the empirical distribution count / N.
 
 Shard ``s`` of a split holds its packed rows ``[s * shard_rows, (s + 1) * shard_rows)``.
 Each file is written under a temporary name and renamed (indices first, values last),
@@ -36,6 +38,7 @@ from distill.losses.objective import Outputs
 from distill.teacher import compact
 from distill.teacher.cache_manifest import (
     IDENTITY_FIELDS,
+    SAMPLED,
     all_shards,
     bytes_per_token,
     format_of,
@@ -46,6 +49,7 @@ from distill.teacher.cache_manifest import (
     stored_widths,
 )
 from distill.teacher.outputs import SparseTeacher
+from distill.teacher.sampled import check_objective, to_logprobs
 
 # What a mismatch in each field means to a user, for the reader's one-line refusal.
 _FIELD_MEANING = {
@@ -107,7 +111,7 @@ class TeacherCache:
         manifest = read_manifest(self.cache_dir) if self.cache_dir.is_dir() else None
         if manifest is None:
             raise DistillError(f"no teacher cache at {self.cache_dir}: run distill-cache first")
-        self.cache_format = format_of(manifest, self.cache_dir)  # fp16 | compact; other versions refused
+        self.cache_format = format_of(manifest, self.cache_dir)  # fp16 | compact | sampled; others refused
         self.manifest = manifest
         self._check_expect(expect or {})
         missing = missing_shards(self.cache_dir, manifest)
@@ -160,6 +164,11 @@ class TeacherCache:
         return self.manifest["temperature"]
 
     @property
+    def sampled(self) -> bool:
+        """Its entries are N draws from the teacher (``teacher.cache_mode=sample``), not the top-k."""
+        return self.cache_format == SAMPLED
+
+    @property
     def vocab_size(self) -> int:
         return self.manifest["vocab_size"]
 
@@ -169,7 +178,7 @@ class TeacherCache:
 
     @property
     def bytes_per_token(self) -> float:
-        if self.cache_format == "compact":
+        if self.cache_format != "fp16":
             return self.manifest["bytes_per_token"]  # measured by the writer
         return bytes_per_token(self.top_k, self.vocab_size)
 
@@ -245,6 +254,8 @@ class TeacherCache:
             indices[pos] = i[offset[pos]]
         if self.cache_format == "compact":
             return compact.decode(values, indices, self.top_k, self.vocab_size, index_dtype_for(self.vocab_size))
+        if self.sampled:  # counts -> log of the empirical distribution (float32, padded slots finite)
+            return to_logprobs(values, self.top_k), indices
         return values, indices
 
     def __getstate__(self) -> dict:
@@ -263,6 +274,12 @@ class CachedTeacher:
         self.cache = cache
         # Entries are stored best first, so the first k of a top-64 cache are exactly a top-k cache:
         # one cache serves a sweep over k.
+        if cache.sampled and read_top_k not in (None, cache.top_k):
+            raise DistillError(
+                f"teacher.read_top_k={read_top_k} reads a top-k cache, but {cache.cache_dir} holds {cache.top_k} "
+                "sampled tokens per position (teacher.cache_mode=sample; the first k of them are no sample): "
+                "leave teacher.read_top_k unset"
+            )
         if read_top_k is not None and not 1 <= read_top_k <= cache.top_k:
             raise DistillError(
                 f"teacher.read_top_k must be between 1 and the cache's top_k {cache.top_k} (got {read_top_k})"
@@ -282,7 +299,10 @@ class CachedTeacher:
 
     def scores(self, input_ids: Tensor, rows: Tensor, objective, vocab_size: int, position_ids=None):
         """The same ``Outputs`` a live teacher gives, with the cache's top-k in place of logits (it was
-        written over these very rows, packed positions included)."""
+        written over these very rows, packed positions included). A sampled cache checks the objective on
+        every call (a loss schedule may switch a term on later): only unbiased terms may read it."""
+        if self.cache.sampled:
+            check_objective(objective, f"teacher cache {self.cache.cache_dir}")
         return Outputs(logits=self.outputs(rows, device=input_ids.device), vocab_size=vocab_size)
 
     def has_split(self, split: str) -> bool:

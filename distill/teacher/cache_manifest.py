@@ -10,6 +10,10 @@ Two on-disk formats, chosen with ``teacher.cache_format`` and told apart by the 
   record of bytes (99 at k=64, vocab 4,096); ``bytes_per_token`` is measured once the cache is
   complete (the shard files' bytes over the tokens they hold), and the manifest's ``compact``
   block records the layout.
+- version 3, ``sampled`` (``teacher.cache_mode=sample``, ``distill.teacher.sampled``): per token, N
+  slots of (count of the narrowest unsigned type, token id of the narrowest integer type), N draws from
+  the teacher in all; ``top_k`` is N (the slots), ``samples`` and ``sample_seed`` say how they were drawn,
+  ``bytes_per_token`` is measured as for ``compact`` (3 N + headers at vocab <= 65,536).
 
 Either way a shard is two ``.npy`` files (``values``, ``indices``) written under temporary names and
 renamed indices first, values last: a shard whose two files exist is complete.
@@ -25,11 +29,13 @@ from pathlib import Path
 import numpy as np
 
 from distill.errors import DistillError
-from distill.teacher import compact
+from distill.teacher import compact, sampled
 
 MANIFEST = "manifest.json"
 VALUE_DTYPE = "float16"
 FORMAT_VERSIONS = {"fp16": 1, "compact": 2}  # teacher.cache_format -> the manifest's format_version
+SAMPLED = "sampled"  # the layout of teacher.cache_mode=sample (its own: ids + counts)
+VERSIONS = {**FORMAT_VERSIONS, SAMPLED: 3}  # every layout this code reads
 FORMAT_VERSION = FORMAT_VERSIONS["fp16"]
 # Fields that define a cache's content: a writer refuses to resume into a cache whose
 # manifest differs in any of them (``extra`` is free-form and may change).
@@ -47,6 +53,7 @@ IDENTITY_FIELDS = (
     "value_dtype",
     "index_dtype",
     "splits",
+    "sample_seed",
 )
 
 
@@ -63,6 +70,8 @@ def bytes_per_token(top_k: int, vocab_size: int, cache_format: str = "fp16") -> 
     """The payload per token (without the files' headers)."""
     if cache_format == "compact":
         return sum(compact.record_bytes(top_k, vocab_size))
+    if cache_format == SAMPLED:  # top_k is the number of draws N: N slots of (count, id)
+        return top_k * (sampled.count_dtype(top_k).itemsize + index_dtype_for(vocab_size).itemsize)
     return top_k * (np.dtype(VALUE_DTYPE).itemsize + index_dtype_for(vocab_size).itemsize)
 
 
@@ -99,15 +108,19 @@ def build_manifest(
     shard_rows: int,
     extra: dict | None = None,
     cache_format: str = "fp16",
+    sample_seed: int | None = None,
 ) -> dict:
+    """The manifest of a cache; ``cache_format`` ``sampled`` is ``teacher.cache_mode=sample``, with
+    ``top_k`` the number of draws per token."""
     missing = {"teacher_key", "tokenizer_key", "data_key"} - set(keys)
     if missing:
         raise ValueError(f"keys must name {sorted(missing)}")
-    if cache_format not in FORMAT_VERSIONS:
+    if cache_format not in VERSIONS:
         raise DistillError(f"teacher.cache_format must be one of {', '.join(FORMAT_VERSIONS)} (got {cache_format!r})")
     packed = cache_format == "compact"  # byte records: their dtypes are uint8, their layout below
+    is_sampled = cache_format == SAMPLED
     manifest = {
-        "format_version": FORMAT_VERSIONS[cache_format],
+        "format_version": VERSIONS[cache_format],
         "cache_format": cache_format,
         "teacher_key": str(keys["teacher_key"]),
         "tokenizer_key": str(keys["tokenizer_key"]),
@@ -119,7 +132,10 @@ def build_manifest(
         "vocab_size": int(vocab_size),
         "seq_len": int(seq_len),
         "shard_rows": int(shard_rows),
-        "value_dtype": "uint8" if packed else VALUE_DTYPE,
+        "cache_mode": "sample" if is_sampled else "topk",
+        "samples": int(top_k) if is_sampled else None,
+        "sample_seed": int(sample_seed or 0) if is_sampled else None,
+        "value_dtype": "uint8" if packed else sampled.count_dtype(top_k).name if is_sampled else VALUE_DTYPE,
         "index_dtype": "uint8" if packed else index_dtype_for(vocab_size).name,
         "bytes_per_token": bytes_per_token(top_k, vocab_size, cache_format),
         "splits": {
@@ -133,10 +149,10 @@ def build_manifest(
 
 
 def format_of(manifest: dict, cache_dir: str | Path) -> str:
-    """The cache's format (``fp16`` or ``compact``) from its version; a version this code does not read
-    is a one-line refusal."""
-    version, known = manifest.get("format_version"), sorted(FORMAT_VERSIONS.values())
-    for name, v in FORMAT_VERSIONS.items():
+    """The cache's format (``fp16``, ``compact`` or ``sampled``) from its version; a version this code does
+    not read is a one-line refusal."""
+    version, known = manifest.get("format_version"), sorted(VERSIONS.values())
+    for name, v in VERSIONS.items():
         if version == v and type(version) is int:
             return name
     if isinstance(version, int) and version > known[-1]:
@@ -161,6 +177,8 @@ def encode_shard(manifest: dict, values: np.ndarray, indices: np.ndarray) -> tup
     """The writer's (log-probabilities, ids) of one shard as the arrays its two files hold."""
     if manifest["format_version"] == FORMAT_VERSIONS["compact"]:
         return compact.encode(values, indices, manifest["vocab_size"])
+    if manifest["format_version"] == VERSIONS[SAMPLED]:  # values are the counts
+        return values.astype(manifest["value_dtype"]), indices.astype(manifest["index_dtype"], copy=False)
     return values.astype(VALUE_DTYPE, copy=False), indices.astype(manifest["index_dtype"], copy=False)
 
 

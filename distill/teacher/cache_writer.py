@@ -1,7 +1,8 @@
 """Writing the offline teacher cache with ``Trainer.predict``.
 
 Each predict "batch" is one unfinished shard (its packed rows); ``TopKTeacher.predict_step``
-runs the teacher over it in micro-batches and keeps the top-k log-probabilities;
+runs the teacher over it in micro-batches and keeps the top-k log-probabilities (or, with
+``teacher.cache_mode=sample``, N tokens drawn from its distribution and their counts: ``distill.teacher.sampled``);
 ``TeacherCacheWriter`` saves the shard atomically. Using the Trainer rather than a hand loop
 gives devices, precision and DDP for free: under DDP each rank predicts different shards.
 The formats are in ``distill.teacher.cache_manifest`` (and ``distill.teacher.compact``), the reader in
@@ -28,6 +29,7 @@ from distill.errors import DistillError
 from distill.teacher.cache import TeacherCache
 from distill.teacher.cache_manifest import (
     IDENTITY_FIELDS,
+    SAMPLED,
     all_shards,
     build_manifest,
     encode_shard,
@@ -37,6 +39,7 @@ from distill.teacher.cache_manifest import (
     shard_paths,
     write_manifest,
 )
+from distill.teacher.sampled import CACHE_MODES, draw, shard_generator
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +77,23 @@ class TopKTeacher(L.LightningModule):
     Logits are trimmed to ``vocab_size`` first (embedding rows padded past the tokenizer,
     e.g. Qwen's 152,064 vs 151,936, are never real tokens), divided by the temperature and
     normalised in float32 over the whole vocabulary, so the stored values are true
-    log-probabilities even though only k of them are kept."""
+    log-probabilities even though only k of them are kept. With ``sample_seed`` set, ``top_k`` tokens are
+    drawn from that same distribution instead, and the "values" are their counts (``sampled.draw``)."""
 
-    def __init__(self, model: nn.Module, vocab_size: int, top_k: int, temperature: float, micro_batch: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        vocab_size: int,
+        top_k: int,
+        temperature: float,
+        micro_batch: int,
+        sample_seed: int | None = None,
+    ):
         super().__init__()
         self.model = getattr(model, "model", model) if isinstance(model, L.LightningModule) else model
         self.model.eval()
         self.vocab_size, self.top_k, self.temperature, self.micro_batch = vocab_size, top_k, temperature, micro_batch
+        self.sample_seed = sample_seed
 
     def train(self, mode: bool = True) -> TopKTeacher:
         return super().train(False)
@@ -91,6 +104,9 @@ class TopKTeacher(L.LightningModule):
         cache's format (the compact one is encoded from float32, not from float16 roundings)."""
         values, indices = [], []
         positions = batch.get("position_ids")
+        generator = (
+            None if self.sample_seed is None else shard_generator(self.sample_seed, batch["split"], batch["shard"])
+        )
         for n, ids in enumerate(batch["input_ids"].split(self.micro_batch)):
             packed = (
                 {}
@@ -106,7 +122,11 @@ class TopKTeacher(L.LightningModule):
             logits = logits[..., : self.vocab_size].float()
             if self.temperature != 1.0:
                 logits = logits / self.temperature
-            v, i = torch.log_softmax(logits, dim=-1).topk(self.top_k, dim=-1)
+            log_probs = torch.log_softmax(logits, dim=-1)
+            if generator is None:
+                v, i = log_probs.topk(self.top_k, dim=-1)
+            else:
+                v, i = draw(log_probs, self.top_k, generator)
             values.append(v.cpu())
             indices.append(i.cpu())
         # Joined in numpy: torch.cat of float16 under a bf16 autocast context is refused by torch.
@@ -176,10 +196,14 @@ def write_teacher_cache(
     extra: dict | None = None,
     positions: dict[str, np.ndarray] | None = None,
     cache_format: str = "fp16",
+    cache_mode: str = "topk",
+    samples: int = 64,
+    sample_seed: int = 0,
 ) -> Path:
     """Run the teacher over packed ``blocks`` (``{split: [n, seq_len + 1]}``) and cache its
     top-k log-probabilities in ``cache_dir``, in ``cache_format`` (``fp16`` or ``compact``);
-    resumable, a rerun writes only missing shards.
+    resumable, a rerun writes only missing shards. ``cache_mode="sample"`` caches ``samples`` draws
+    per token instead, seeded by ``sample_seed`` (``distill.teacher.sampled``; its own layout).
 
     ``keys`` holds ``teacher_key``, ``tokenizer_key`` and ``data_key``. ``trainer_kwargs``
     go to the Trainer (accelerator, devices, precision, strategy; default one device). The
@@ -190,8 +214,10 @@ def write_teacher_cache(
     seq_lens = {a.shape[1] - 1 for a in blocks.values()}
     if len(seq_lens) != 1 or any(a.ndim != 2 for a in blocks.values()):
         raise ValueError("every split must be a [n, seq_len + 1] array with one seq_len")
+    top_k, cache_format = _slots(cache_mode, cache_format, top_k, samples)
     if not 1 <= top_k <= vocab_size:
-        raise DistillError(f"teacher.top_k must be between 1 and the vocabulary size {vocab_size} (got {top_k})")
+        what = "samples" if cache_mode == "sample" else "top_k"
+        raise DistillError(f"teacher.{what} must be between 1 and the vocabulary size {vocab_size} (got {top_k})")
     if not temperature > 0:
         raise DistillError(f"teacher.temperature must be > 0 (got {temperature})")
     if shard_rows < 1 or micro_batch < 1:
@@ -207,6 +233,7 @@ def write_teacher_cache(
         shard_rows=shard_rows,
         extra=extra,
         cache_format=cache_format,
+        sample_seed=sample_seed,
     )
     old = read_manifest(cache_dir)
     if old is not None:
@@ -225,11 +252,12 @@ def write_teacher_cache(
     todo = missing_shards(cache_dir, manifest)
     total = len(all_shards(manifest))
     log.info(
-        "teacher cache %s: %d of %d shards already written, writing %d (top-%d, %s format, %d bytes/token)",
+        "teacher cache %s: %d of %d shards already written, writing %d (%s-%d, %s format, %d bytes/token)",
         cache_dir,
         total - len(todo),
         total,
         len(todo),
+        "samples" if cache_mode == "sample" else "top",
         top_k,
         cache_format,
         manifest["bytes_per_token"],
@@ -237,7 +265,8 @@ def write_teacher_cache(
     if todo:
         writer = TeacherCacheWriter(cache_dir, manifest)
         loader = DataLoader(ShardDataset(blocks, todo, shard_rows, positions), batch_size=1, collate_fn=_one_item)
-        module = TopKTeacher(teacher_model, vocab_size, top_k, temperature, micro_batch)
+        seed = sample_seed if cache_format == SAMPLED else None
+        module = TopKTeacher(teacher_model, vocab_size, top_k, temperature, micro_batch, sample_seed=seed)
         kwargs = {"accelerator": "auto", "devices": 1, **(trainer_kwargs or {})}
         with _quiet_lightning():
             trainer = L.Trainer(
@@ -252,7 +281,7 @@ def write_teacher_cache(
         if not trainer.is_global_zero:
             return cache_dir
     TeacherCache(cache_dir)  # checks every shard is there
-    if cache_format == "compact":  # its size on disk, now that every shard is there
+    if cache_format != "fp16":  # its size on disk, now that every shard is there
         manifest["bytes_per_token"] = measured_bytes_per_token(cache_dir, manifest)
         write_manifest(cache_dir, manifest)
     log.info(
@@ -263,3 +292,17 @@ def write_teacher_cache(
         manifest["bytes_per_token"],
     )
     return cache_dir
+
+
+def _slots(cache_mode: str, cache_format: str, top_k: int, samples: int) -> tuple[int, str]:
+    """(entries per token, the layout written) of ``teacher.cache_mode`` and ``teacher.cache_format``."""
+    if cache_mode not in CACHE_MODES:
+        raise DistillError(f"teacher.cache_mode must be one of {', '.join(CACHE_MODES)} (got {cache_mode!r})")
+    if cache_mode == "topk":
+        return top_k, cache_format
+    if cache_format != "fp16":  # fp16 is the default; the sampled layout is its own (ids + counts)
+        raise DistillError(
+            f"teacher.cache_format={cache_format} is a top-k layout: teacher.cache_mode=sample writes its own "
+            "(token ids + counts); leave teacher.cache_format at fp16"
+        )
+    return samples, SAMPLED

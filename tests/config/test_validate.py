@@ -165,6 +165,8 @@ OUT_OF_RANGE = [
         ["teacher.load_in=16bit"],
         ("teacher.load_in='16bit': expected one of 'fp32', 'bf16', '8bit', '4bit'; did you mean 8bit?"),
     ),
+    (["teacher=cache", "teacher.cache_mode=samples"], "teacher.cache_mode='samples': expected one of 'topk', 'sample'"),
+    (["teacher=cache", "teacher.samples=0"], "teacher.samples=0: expected >= 1"),
     (["teacher.scratch.num_layers=0"], "teacher.scratch.num_layers=0: expected >= 1"),
     (["student=width", "student.target_params=-0.5"], "student.target_params=-0.5: expected > 0"),
     (["student=wanda", "student.sparsity=1.0"], "student.sparsity=1.0: expected a value in [0, 1)"),

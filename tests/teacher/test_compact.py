@@ -138,8 +138,8 @@ def test_old_fp16_caches_still_read(built, tmp_path):
 @pytest.mark.parametrize(
     "version, message",
     [
-        (3, r"has format version 3, newer than this distill reads \(1, 2\): update distill, or rebuild"),
-        ("2", r"has an unknown format version '2' \(this distill reads 1, 2\): rebuild it with distill-cache"),
+        (4, r"has format version 4, newer than this distill reads \(1, 2, 3\): update distill, or rebuild"),
+        ("2", r"has an unknown format version '2' \(this distill reads 1, 2, 3\): rebuild it with distill-cache"),
         (None, r"has an unknown format version None"),
     ],
 )
