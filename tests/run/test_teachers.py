@@ -134,6 +134,19 @@ def test_two_live_teachers_of_different_depths_give_the_mixture_at_the_loss_temp
     torch.testing.assert_close(F.log_softmax(out.logits / 2.0, -1), want)
 
 
+def test_teachers_of_different_architectures_and_padded_heads_mix():
+    """A Llama and a Qwen2 (its LM head padded past the vocabulary) on one tokenizer: each trimmed, then mixed."""
+    from tests.cli.helpers import build_random_model
+
+    torch.manual_seed(0)
+    qwen = build_random_model("qwen2", V + 64, eos=0).eval()  # 64 rows of padding past the tokenizer
+    small = llama(1, 0)
+    ids = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(0))
+    out = MixtureTeacher([Teacher(small), Teacher(qwen)], [1, 1]).scores(ids, None, _objective(), V)
+    want = mixture_logprobs([small(ids).logits, qwen(ids).logits[..., :V]], [1, 1])
+    torch.testing.assert_close(out.logits, want)
+
+
 def test_hidden_states_come_from_the_paired_teacher_only():
     small, deep = llama(1, 0), llama(3, 1)
     ids = torch.randint(0, V, (1, 8), generator=torch.Generator().manual_seed(0))
