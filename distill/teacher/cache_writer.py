@@ -281,9 +281,12 @@ def write_teacher_cache(
         if not trainer.is_global_zero:
             return cache_dir
     TeacherCache(cache_dir)  # checks every shard is there
-    if cache_format != "fp16":  # its size on disk, now that every shard is there
-        manifest["bytes_per_token"] = measured_bytes_per_token(cache_dir, manifest)
-        write_manifest(cache_dir, manifest)
+    # its size on disk, now that every shard is there: every format records it, so caches of different
+    # layouts compare at equal bytes (bytes_per_token stays the fp16 payload, k x 4 at vocab <= 65,536)
+    manifest["measured_bytes_per_token"] = measured_bytes_per_token(cache_dir, manifest)
+    if cache_format != "fp16":
+        manifest["bytes_per_token"] = manifest["measured_bytes_per_token"]
+    write_manifest(cache_dir, manifest)
     log.info(
         "teacher cache %s: complete (%d shards, %d written now, %s bytes/token)",
         cache_dir,

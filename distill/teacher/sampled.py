@@ -97,11 +97,11 @@ def to_logprobs(counts: np.ndarray, samples: int) -> np.ndarray:
 
 
 def check_objective(objective, where: str = "the teacher cache") -> None:
-    """One line refusing an objective whose loss is not an unbiased estimate on a sampled cache."""
+    """One line refusing an objective whose loss is not an unbiased estimate on a sampled cache (an object
+    without ``weights``, e.g. a several-teacher member's logits-only request, has nothing to check)."""
+    weights = getattr(objective, "weights", None) or {}
     biased = [
-        t
-        for t, w in objective.weights.items()
-        if w > 0 and t not in UNBIASED_TERMS and not (t == "jsd" and objective.beta == 0)
+        t for t, w in weights.items() if w > 0 and t not in UNBIASED_TERMS and not (t == "jsd" and objective.beta == 0)
     ]
     if biased:
         raise DistillError(
@@ -109,7 +109,7 @@ def check_objective(objective, where: str = "the teacher cache") -> None:
             f"loss.beta=0) are unbiased on them, not {', '.join(biased)}; set loss.weights.{biased[0]}=0 or "
             "train from a top-k cache"
         )
-    if objective.temperature != 1.0 and any(w > 0 and t != "ce" for t, w in objective.weights.items()):
+    if any(w > 0 and t != "ce" for t, w in weights.items()) and objective.temperature != 1.0:
         raise DistillError(
             f"{where} holds sampled tokens (teacher.cache_mode=sample) and loss.temperature="
             f"{objective.temperature:g} would re-temper them (biased): train with loss.temperature=1 and "

@@ -32,7 +32,7 @@ def test_manifest_and_storage(sampled):
     assert (m["value_dtype"], m["index_dtype"], m["sample_seed"]) == ("uint8", "uint16", 0)
     assert 3 * S <= m["bytes_per_token"] < 3 * S + 2  # measured: counts + ids, plus the .npy headers (tiny shards)
     cache = TeacherCache(sampled)
-    assert cache.sampled and cache.bytes_per_token == m["bytes_per_token"]
+    assert cache.sampled and cache.bytes_per_token == m["bytes_per_token"] == m["measured_bytes_per_token"]
     counts = np.load(shard_paths(sampled, "train", 0)[0])
     assert counts.dtype == np.uint8 and (counts.sum(-1) == S).all()
 
