@@ -34,6 +34,7 @@ from distill.eval import lm_eval_task
 from distill.eval.answers import answer_metrics
 from distill.eval.bytes import model_window, tokenizer_free, validation_text
 from distill.eval.compare_table import to_markdown
+from distill.eval.llama_cpp_rows import gguf_rows, named_files
 from distill.eval.metrics import evaluate, num_params
 from distill.eval.speed import generation_latency, median, scoring_throughput, size_on_disk
 from distill.safety import pretrained_kwargs, weight_kwargs
@@ -125,6 +126,8 @@ def run_eval(cfg: DictConfig) -> dict:
         raise DistillError(f"reference {reference!r} is not one of the models: {list(paths)}")
     tokenizers = load_tokenizers(paths)
     shared = shared_with(reference, tokenizers)
+    llama_cpp = cfg.get("llama_cpp") or {}
+    gguf_files = named_files(llama_cpp.get("files", "auto"), paths)
     harness = cfg.lm_eval
     if harness.run and importlib.util.find_spec("lm_eval") is None:
         raise DistillError("lm_eval.run=true needs lm-evaluation-harness: pip install 'distill[eval]' (or lm_eval)")
@@ -170,6 +173,16 @@ def run_eval(cfg: DictConfig) -> dict:
             answers = answer_metrics({name: model}, dm, device)
             rows[name].update({k.removeprefix(f"{name}."): v for k, v in answers.items() if k.startswith(name)})
     add_ratios(rows, reference)
+    gguf = gguf_rows(
+        gguf_files,
+        tokenizers,
+        reference,
+        shared,
+        list(dm.val_dataloader()),
+        prompts,
+        cfg.speed,
+        llama_cpp.get("threads"),
+    )
     harness_commands = run_harness(harness, dm, paths, rows, out_dir, device.type)  # each with its own tokenizer
     result = {
         "reference": reference,
@@ -189,6 +202,7 @@ def run_eval(cfg: DictConfig) -> dict:
         "precision": str(cfg.trainer.precision),
         "settings": OmegaConf.to_container(cfg.speed, resolve=True),
         "lm_eval_commands": harness_commands,
+        "llama_cpp": gguf,
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "eval.json", json.dumps(result, indent=2) + "\n")

@@ -64,6 +64,7 @@ def to_markdown(result: dict) -> str:
         lines += [f"### {name}", ""]
         for item in items:
             lines += ["```", item["prompt"] + item["completion"], "```", ""]
+    lines += llama_cpp_section(result.get("llama_cpp", {}), result["models"])
     if result.get("lm_eval_commands"):
         lines += ["## lm-evaluation-harness commands", "", "```bash", *result["lm_eval_commands"].values(), "```", ""]
     return "\n".join(lines)
@@ -88,3 +89,26 @@ def text_notes(result: dict) -> list[str]:
     if lossy := [name for name, row in rows.items() if row.get("text_lossless") is False]:
         lines.append(f"\n{', '.join(lossy)}: the tokenizer does not give the text back (it normalizes it).")
     return lines
+
+
+def llama_cpp_section(rows: dict, models: dict) -> list[str]:
+    """The section of eval.md: one line per file, with the PyTorch model's perplexity beside it."""
+    if not rows:
+        return []
+    lines = [
+        "",
+        "## llama.cpp (each GGUF file run by llama.cpp on this machine's CPU)",
+        "",
+        "| file | from model | size on disk | val ppl (llama.cpp) | val ppl (PyTorch model) | generation tokens/s "
+        "| time to first token (ms) | threads |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in rows.items():
+        torch_ppl = models.get(row["model"], {}).get("val_ppl")
+        ppl = f"{row['val_ppl']:.3f}" if "val_ppl" in row else "— (not the reference's tokenizer)"
+        lines.append(
+            f"| {name} | {row['model'] or '—'} | {row['size_bytes'] / 2**20:.2f} MiB | {ppl} | "
+            f"{f'{torch_ppl:.3f}' if torch_ppl and 'val_ppl' in row else '—'} | {row['gen_tokens_per_s']:,.1f} | "
+            f"{row['ttft_ms']:.2f} | {row['threads']} |"
+        )
+    return [*lines, ""]

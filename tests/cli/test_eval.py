@@ -112,3 +112,25 @@ def test_every_run_reports_its_compression(smoke_run):
     assert m["student.kl_to_teacher"] > 0
     report = (smoke_run / "report.md").read_text()
     assert "## Compression" in report and "FLOPs" in report and "| parameters |" in report
+
+
+@pytest.mark.deploy
+def test_eval_runs_each_exported_gguf_in_llama_cpp(cache_dir, tmp_path):
+    pytest.importorskip("llama_cpp", reason="llama.cpp not installed: pip install 'distill[deploy]'")
+    from distill.export.command import export_dir
+
+    student = tiny_model_dir(tmp_path / "run" / "student", 300)
+    export_dir(student.parent, "f16")  # <run>/student.f16.gguf, found beside the model (llama_cpp.files=auto)
+    out = tmp_path / "out"
+    proc = run_cli(
+        ["experiment=smoke", f"hydra.run.dir={out}", f"models={{s: {student}}}", "data.max_val_blocks=2", *FAST],
+        cache_dir,
+        prog="distill-eval",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((out / "eval.json").read_text())
+    row = result["llama_cpp"]["s.f16"]
+    assert row["model"] == "s" and row["size_bytes"] == (student.parent / "student.f16.gguf").stat().st_size
+    assert math.isclose(row["val_ppl"], result["models"]["s"]["val_ppl"], rel_tol=5e-3)  # F16: within 0.5%
+    assert row["gen_tokens_per_s"] > 0 and row["ttft_ms"] > 0
+    assert "| s.f16 | s |" in (out / "eval.md").read_text()
