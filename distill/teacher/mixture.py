@@ -6,7 +6,8 @@ the student with:
 
 - ``mixture`` (default): one target, the weighted mixture of the teachers' distributions
   (``distill.losses.mixture``: exact for live teachers, on the union of the top-k supports when one
-  is cached). Every divergence term then compares the student with that one distribution.
+  is cached; a live teacher beside a cache is cut to the cache's top-k first). Every divergence term
+  then compares the student with that one distribution.
 - ``sum``: each output-distribution term is computed against each teacher and the results are summed
   with the weights (``Objective`` reads ``Outputs.members``); per-teacher values are logged as
   ``train/<term>.teacher<i>``. For forward KL on live teachers the two train alike:
@@ -18,8 +19,8 @@ the student with:
   top-k and tail, the mixture on the union of supports.
 
 Hidden-state and attention terms pair the student with one teacher, ``paired`` (``loss.hidden.teacher``):
-only that teacher returns its internals; the others return logits alone. Teachers of weight 0 are not
-run (the paired one always is).
+only that teacher returns its internals; the others return logits alone. Under ``mixture`` teachers of
+weight 0 are not run (the paired one always is).
 """
 
 from __future__ import annotations
