@@ -175,6 +175,7 @@ def run_eval(cfg: DictConfig) -> dict:
     add_ratios(rows, reference)
     gguf = gguf_rows(
         gguf_files,
+        paths,
         tokenizers,
         reference,
         shared,
