@@ -8,12 +8,14 @@ With one teacher (``teachers`` unset) every function here is the single-teacher 
 from __future__ import annotations
 
 import logging
+from types import SimpleNamespace
 
 from omegaconf import DictConfig
+from torch import nn
 
 from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
-from distill.losses.mixture import normalized
+from distill.losses.mixture import mixture_logprobs, normalized
 from distill.quant.memory import teacher_bytes
 from distill.run.setup import autocast_dtype
 from distill.run.teacher import connect_teacher, resolve_teacher
@@ -133,7 +135,30 @@ def teachers_metrics(cfg: DictConfig, dm, vocab_size: int, source: TeacherSource
         elif member.cache is not None:
             extra = member.cache_manifest.get("extra", {})
             out |= {prefix + k.split(".", 1)[1]: v for k, v in extra.items() if k.startswith("teacher.")}
-    return out
+    return out | mixture_metrics(cfg, dm, vocab_size, source, student, device)
+
+
+class MixtureModel(nn.Module):
+    """The live teachers' mixture as one model for ``evaluate``: its "logits" are the mixture's
+    log-probabilities (softmax leaves them as they are), so its perplexity is the ensemble's."""
+
+    def __init__(self, models: list, weights: list[float], vocab_size: int):
+        super().__init__()
+        self.models, self.weights, self.vocab_size = nn.ModuleList(models), weights, vocab_size
+
+    def forward(self, input_ids, use_cache=False):
+        logits = [m(input_ids=input_ids, use_cache=False).logits[..., : self.vocab_size] for m in self.models]
+        return SimpleNamespace(logits=mixture_logprobs(logits, self.weights))
+
+
+def mixture_metrics(cfg: DictConfig, dm, vocab_size: int, source: TeacherSource, student, device) -> dict:
+    """``teachers.mixture.*`` with live teachers only: the mixture's validation perplexity, and the student's
+    top-1 agreement with it and KL(mixture ‖ student), the training target's own divergence."""
+    if source.kind != SEVERAL or any(m.live_model is None for m in source.members):
+        return {}
+    mixture = MixtureModel([m.live_model for m in source.members], source.weights, vocab_size)
+    found = measure_member(cfg, dm, vocab_size, mixture, student, device)
+    return {f"teachers.mixture.{k}": v for k, v in found.items() if k != "params"}
 
 
 def measure_member(cfg: DictConfig, dm, vocab_size: int, model, student, device) -> dict:

@@ -230,6 +230,10 @@ def test_a_tiny_run_with_two_teachers_of_different_depths(out_dir):
     assert metrics["teachers.0.weight"] == 0.75 and metrics["teachers.1.name"] == "deep"
     assert metrics["teachers.1.params"] > metrics["teachers.0.params"] == metrics["teacher.params"]
     assert metrics["teachers.0.val_ppl"] == metrics["teacher.val_ppl"] and metrics["teachers.1.val_ppl"] > 1
+    # the ensemble's perplexity is at most the weighted geometric mean of its members' (log is concave)
+    bound = metrics["teachers.0.val_ppl"] ** 0.75 * metrics["teachers.1.val_ppl"] ** 0.25
+    assert 1 < metrics["teachers.mixture.val_ppl"] <= bound * (1 + 1e-6)
+    assert 0 <= metrics["teachers.mixture.student_top1_agreement"] <= 1 and metrics["teachers.mixture.student_kl"] > 0
     losses = logged(out_dir)["train/forward_kl"]
     assert losses and all(math.isfinite(v) for v in losses)
 
