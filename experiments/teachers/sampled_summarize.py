@@ -36,12 +36,15 @@ def measured(out: Path, arm: str, manifest: dict) -> float:
 
 def training_table(out: Path) -> None:
     rows = []
+    done = [
+        (out / f"train_{arm}/metrics.json").exists() or (HERE / f"sampled_metrics_{arm}.json").exists() for arm in ARMS
+    ]
+    if not all(done):  # a half-finished run copies nothing
+        print("(the training runs are not finished)")
+        return
     for arm in ARMS:
         metrics = load(out / f"train_{arm}/metrics.json", f"sampled_metrics_{arm}.json")
         manifest = load(out / f"cache_{arm}/manifest.json", f"sampled_manifest_{arm}.json")
-        if metrics is None or manifest is None:
-            print(f"(no {arm} run)")
-            return
         if "measured_bytes_per_token" not in manifest and (out / f"cache_{arm}").is_dir():
             manifest["measured_bytes_per_token"] = measured(out, arm, manifest)
             (HERE / f"sampled_manifest_{arm}.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
