@@ -25,9 +25,9 @@ probabilities), and a padded slot reads back as log-probability ``PAD_LOGPROB``,
 0 but which is finite: 0 · (−inf) = NaN where the kernels compute p · (log p − log q). At vocab
 <= 65,536 that is 3 bytes per slot against the fp16 top-k's 4 (a float16 log-prob + id).
 
-Seeded: each shard draws from its own generator, seeded by (``teacher.sample_seed``, split, shard), with
-uniforms drawn on the CPU and inverse-CDF sampling in float64, so a rerun, a resumed run or another
-rank gives the same shard (to the float64 CDF's rounding on another device).
+Seeded: each shard draws (``torch.multinomial``) from its own generator, seeded by
+(``teacher.sample_seed``, split, shard), so a rerun, a resumed run or another rank gives the same shard on
+the same kind of device (a GPU's generator draws other numbers than the CPU's).
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from distill.errors import DistillError
 CACHE_MODES = ("topk", "sample")  # teacher.cache_mode
 PAD_LOGPROB = -1e4  # an undrawn slot: exp() is exactly 0 even in float64, and finite (see module doc)
 UNBIASED_TERMS = ("forward_kl", "ce")  # (and jsd at beta = 0, which is forward KL)
-_CHUNK_ELEMENTS = 1 << 22  # tokens x vocabulary per draw: bounds the float64 CDF's memory
+_CHUNK_ELEMENTS = 1 << 22  # tokens x max(vocabulary, 2 N^2) per draw: bounds its memory
 
 
 def count_dtype(samples: int) -> np.dtype:
@@ -51,10 +51,10 @@ def count_dtype(samples: int) -> np.dtype:
     return np.dtype(np.uint8 if samples <= 255 else np.uint16 if samples <= 65535 else np.uint32)
 
 
-def shard_generator(seed: int, split: str, shard: int) -> torch.Generator:
-    """The CPU generator of one shard: independent of which rank writes it, or when."""
+def shard_generator(seed: int, split: str, shard: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of one shard: independent of which rank writes it, or when."""
     digest = hashlib.sha256(f"sampled-cache:{seed}:{split}:{shard}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
 
 
 @torch.no_grad()
@@ -64,27 +64,33 @@ def draw(log_probs: Tensor, samples: int, generator: torch.Generator) -> tuple[T
     lead, vocab = log_probs.shape[:-1], log_probs.shape[-1]
     if samples > vocab:
         raise DistillError(f"teacher.samples must be at most the vocabulary size {vocab} (got {samples})")
-    step = max(1, _CHUNK_ELEMENTS // vocab)
-    counts, ids = [], []
-    for rows in log_probs.reshape(-1, vocab).split(step):
-        # uniforms first, on the CPU, in one fixed order: the same draws whatever device runs the teacher
-        u = torch.rand(len(rows), samples, generator=generator, dtype=torch.float64).to(rows.device)
-        c, i = _counts(rows, u, vocab)
-        counts.append(c)
-        ids.append(i)
-    return torch.cat(counts).view(*lead, samples), torch.cat(ids).view(*lead, samples)
+    flat = log_probs.reshape(-1, vocab)
+    # torch.multinomial, not an inverse CDF of our own: 9x faster on CPU (measured), and the tally below
+    # works on [tokens, N, N], never on [tokens, V]
+    step = max(1, _CHUNK_ELEMENTS // max(vocab, 2 * samples * samples))
+    parts = [
+        _tally(torch.multinomial(rows.float().exp(), samples, replacement=True, generator=generator), vocab)
+        for rows in flat.split(step)
+    ]
+    counts, ids = torch.cat([c for c, _ in parts]), torch.cat([i for _, i in parts])
+    return counts.view(*lead, samples), ids.view(*lead, samples)
 
 
-def _counts(log_probs: Tensor, u: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
-    cdf = log_probs.double().exp().cumsum(-1)
-    # the first id whose CDF exceeds u: never a token of probability 0 (its CDF equals its predecessor's)
-    drawn = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).clamp_(max=vocab - 1)
-    hist = torch.zeros(log_probs.shape, dtype=torch.int64, device=log_probs.device)
-    hist.scatter_add_(-1, drawn, torch.ones_like(drawn))
-    # count first, then the smaller id: one integer key gives a canonical order, and its top-N slots past
-    # the drawn ids are the smallest undrawn ids (distinct, count 0)
-    key = hist * vocab + (vocab - 1 - torch.arange(vocab, device=hist.device))
-    top = key.topk(u.shape[-1], dim=-1).values
+def _tally(drawn: Tensor, vocab: int) -> tuple[Tensor, Tensor]:
+    """Draws ``[n, N]`` -> (counts, ids) ``[n, N]``: the distinct ids drawn, most drawn first (ties: smaller
+    id first), then the smallest ids never drawn, count 0 (among the first 2N ids there are always enough)."""
+    n, samples = drawn.shape
+    d = drawn.sort(-1).values
+    count = (d[:, :, None] == d[:, None, :]).sum(-1)  # how often each draw's id was drawn
+    first = torch.ones_like(d, dtype=torch.bool)
+    first[:, 1:] = d[:, 1:] != d[:, :-1]  # one slot per distinct id
+    candidates = torch.arange(min(2 * samples, vocab), device=d.device)
+    free = ~(candidates[None, :, None] == d[:, None, :]).any(-1)
+    pad = free & (free.cumsum(-1) <= samples - first.sum(-1, keepdim=True))
+    ids = torch.cat([d, candidates.expand(n, -1)], -1)
+    slots = torch.cat([torch.where(first, count, -1), torch.where(pad, 0, -1)], -1)  # -1: not a slot
+    # count first, then the smaller id, as one integer key: exactly N entries are >= 0
+    top = (slots * vocab + (vocab - 1 - ids)).topk(samples, dim=-1).values
     return torch.div(top, vocab, rounding_mode="floor").float(), vocab - 1 - top % vocab
 
 

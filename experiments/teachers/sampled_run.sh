@@ -9,7 +9,7 @@ set -euo pipefail
 OUT=${1:-/tmp/sampled_exp}
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline DISTILL_CACHE_DIR=${DISTILL_CACHE_DIR:-$HOME/.cache/distill}
 TEACHER=${TEACHER:-$DISTILL_CACHE_DIR/teachers/139714577ad63b5f}  # the quickstart teacher (8 x 256, vocab 4,096)
-DOCS=${DOCS:-120} STEPS=${STEPS:-150} K=${K:-24} N=${N:-32}
+DOCS=${DOCS:-120} STEPS=${STEPS:-100} K=${K:-24} N=${N:-32}
 COMMON=(teacher.path="$TEACHER" data.max_docs="$DOCS" data.max_val_blocks=128)
 mkdir -p "$OUT"
 declare -A MODE=([topk]="teacher.top_k=$K" [sampled]="teacher.cache_mode=sample teacher.samples=$N")

@@ -47,6 +47,16 @@ def test_draws_are_seeded_distinct_and_sum_to_n():
     assert (drawn >= 5).all()  # never a token of probability 0
 
 
+def test_tally_by_hand():
+    from distill.teacher.sampled import _tally
+
+    counts, ids = _tally(torch.tensor([[5, 7, 5, 2], [1, 1, 1, 1]]), vocab=10)
+    assert counts.tolist() == [[2, 1, 1, 0], [4, 0, 0, 0]]
+    assert ids.tolist() == [[5, 2, 7, 0], [1, 0, 2, 3]]  # ties: smaller id first; pads: smallest undrawn ids
+    counts, ids = _tally(torch.tensor([[0, 1, 2, 3]]), vocab=5)  # fewer than 2N ids in the vocabulary
+    assert counts.tolist() == [[1, 1, 1, 1]] and ids.tolist() == [[0, 1, 2, 3]]
+
+
 def test_the_empirical_distribution_is_unbiased():
     log_p = _teacher(n=4)
     g, mean, rounds = shard_generator(0, "val", 0), torch.zeros(4, V), 3000
