@@ -25,3 +25,4 @@ for arm in topk sampled; do
 done
 wait
 tail -n 2 "$OUT"/cache_*.log "$OUT"/train_*.log
+python experiments/teachers/sampled_agreement.py "$OUT" | tail -n 25  # agreement and KL against the live teacher
