@@ -124,3 +124,26 @@ def test_compact_cache_writes_and_trains(cache_dir, tmp_path):
     assert "no teacher model is loaded or run" in proc.stdout + proc.stderr
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert 1 < metrics["student.val_ppl"] < 512 and 0 <= metrics["student.top1_agreement"] <= 1
+
+
+def test_sampled_cache_writes_trains_and_refuses_a_biased_objective(cache_dir, tmp_path):
+    """teacher.cache_mode=sample: the same two commands; forward KL + CE train on it, reverse KL is one line."""
+    where = tmp_path / "sampled"
+    sample = ["teacher.cache_mode=sample", "teacher.samples=16"]
+    proc = run_cli(
+        [*SMOKE, f"teacher.cache_dir={where}", *sample, f"hydra.run.dir={tmp_path / 'cache'}"],
+        cache_dir,
+        prog="distill-cache",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    manifest = json.loads((where / "manifest.json").read_text())
+    assert (manifest["format_version"], manifest["cache_mode"], manifest["samples"]) == (3, "sample", 16)
+    assert 0 <= manifest["extra"]["teacher.ece"] <= 1
+    train = [*SMOKE, "teacher=cache", f"teacher.cache_dir={where}"]
+    proc = run_cli([*train, f"hydra.run.dir={tmp_path / 'train'}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
+    assert 1 < metrics["student.val_ppl"] < 512 and 0 <= metrics["student.ece"] <= 1
+    proc = run_cli([*train, "+loss.weights.reverse_kl=0.5", f"hydra.run.dir={tmp_path / 'rkl'}"], cache_dir)
+    assert proc.returncode == 2
+    assert "not reverse_kl" in proc.stderr.strip().splitlines()[-1]
