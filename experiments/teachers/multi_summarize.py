@@ -42,7 +42,10 @@ def main(out: Path) -> None:
         )
     mixed = next((m for run, m in runs.items() if run.startswith("mix")), None)
     if mixed:
-        print(f"\nteacher val ppl: A {teacher_ppl(mixed, 0)}, B {teacher_ppl(mixed, 1)}")
+        ensemble = mixed.get("teachers.mixture.val_ppl")
+        print(
+            f"\nteacher val ppl: A {teacher_ppl(mixed, 0)}, B {teacher_ppl(mixed, 1)}, their 0.5/0.5 mixture {ensemble:.2f}"
+        )
     singles = [m["student.val_ppl"] for run, m in runs.items() if run.startswith("single")]
     if mixed and singles:
         best = min(singles)
