@@ -144,6 +144,7 @@ def test_sampled_cache_writes_trains_and_refuses_a_biased_objective(cache_dir, t
     assert proc.returncode == 0, proc.stderr[-3000:]
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert 1 < metrics["student.val_ppl"] < 512 and 0 <= metrics["student.ece"] <= 1
+    assert "student.top1_agreement" not in metrics  # the sample's mode is not the teacher's top-1
     proc = run_cli([*train, "+loss.weights.reverse_kl=0.5", f"hydra.run.dir={tmp_path / 'rkl'}"], cache_dir)
     assert proc.returncode == 2
     assert "not reverse_kl" in proc.stderr.strip().splitlines()[-1]
