@@ -1,5 +1,7 @@
 """DistillationModule with each teacher backend, and on-policy (GKD) batches."""
 
+from types import SimpleNamespace
+
 import torch
 
 from distill.distillation import DistillationModule
@@ -53,6 +55,7 @@ class _FakeCache(CachedTeacher):
 
     def __init__(self, logprobs, indices):
         self.logprobs, self.indices, self.asked = logprobs, indices, []
+        self.cache = SimpleNamespace(sampled=False, cache_dir="memory")  # a top-k cache, as TeacherCache says
 
     def outputs(self, rows, split="train", device=None):
         self.asked.append(rows.tolist())
