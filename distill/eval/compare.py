@@ -180,7 +180,7 @@ def run_eval(cfg: DictConfig) -> dict:
         reference,
         shared,
         list(dm.val_dataloader()),
-        prompts,
+        {name: [p[0].tolist() for p in ids] for name, (_, ids) in inputs.items()},  # generation.chat applied
         cfg.speed,
         llama_cpp.get("threads"),
     )

@@ -97,7 +97,8 @@ def gguf_rows(
     files: dict[str, Path], paths, tokenizers: dict, reference: str, shared, batches, prompts, speed, threads
 ):
     """One row per file: llama.cpp's perplexity (on the reference's rows, where it shares that
-    tokenizer), size, and generation speed on the generation prompts (medians, as for the models).
+    tokenizer), size, and generation speed on the generation prompts (medians, as for the models):
+    ``prompts`` maps each model to its prompts' ids, as the PyTorch models were timed on them.
     A file's model: where it lies (auto), else the one model carrying its tokenizer (None if several)."""
     from distill.export import llama_cpp as runtime
 
@@ -107,7 +108,7 @@ def gguf_rows(
     for name, file in files.items():
         source, placed = carriers[name][0], model_of(name, paths)
         model = placed if placed in carriers[name] else (source if len(carriers[name]) == 1 else None)
-        ids = [tokenizers[source](p)["input_ids"] or [0] for p in prompts]
+        ids = [p or [0] for p in prompts[source]]
         n_ctx = max(seq, max(map(len, ids)) + speed.new_tokens + 1)
         llm = runtime.load(file, n_ctx=n_ctx, threads=threads)
         row = {"path": str(file), "model": model, "size_bytes": file.stat().st_size}

@@ -14,6 +14,14 @@ pytestmark = pytest.mark.cli
 FAST = ["speed.batches=1", "speed.rounds=1", "speed.new_tokens=2", "generation.max_new_tokens=2"]
 
 
+def quick_eval(models: str, cache_dir, out) -> dict:
+    """distill-eval on the smoke data at its fastest settings; its eval.json."""
+    args = ["experiment=smoke", f"hydra.run.dir={out}", models, "data.max_val_blocks=2", *FAST]
+    proc = run_cli(args, cache_dir, prog="distill-eval")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads((out / "eval.json").read_text())
+
+
 @pytest.mark.slow
 def test_eval_compares_teacher_and_student_on_the_training_split(smoke_run, cache_dir, tmp_path):
     metrics = json.loads((smoke_run / "metrics.json").read_text())
@@ -52,13 +60,7 @@ def test_eval_compares_teacher_and_student_on_the_training_split(smoke_run, cach
 def test_eval_compares_models_with_different_tokenizers_by_bits_per_byte(cache_dir, tmp_path):
     a, b = tiny_model_dir(tmp_path / "a", 300), tiny_model_dir(tmp_path / "b", 280)
     out = tmp_path / "out"
-    proc = run_cli(
-        ["experiment=smoke", f"hydra.run.dir={out}", f"models=[{a},{b}]", "data.max_val_blocks=2", *FAST],
-        cache_dir,
-        prog="distill-eval",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rows = json.loads((out / "eval.json").read_text())["models"]
+    rows = quick_eval(f"models=[{a},{b}]", cache_dir, out)["models"]
     assert math.isfinite(rows["a"]["val_ppl"]) and "val_ppl" not in rows["b"]
     assert all(math.isfinite(row["bits_per_byte"]) and math.isfinite(row["bits_per_char"]) for row in rows.values())
     assert 0 <= rows["b"]["aligned_top1_agreement"] <= 1 and rows["b"]["aligned_positions"] > 0
@@ -122,13 +124,7 @@ def test_eval_runs_each_exported_gguf_in_llama_cpp(cache_dir, tmp_path):
     student = tiny_model_dir(tmp_path / "run" / "student", 300)
     export_dir(student.parent, "f16")  # <run>/student.f16.gguf, found beside the model (llama_cpp.files=auto)
     out = tmp_path / "out"
-    proc = run_cli(
-        ["experiment=smoke", f"hydra.run.dir={out}", f"models={{s: {student}}}", "data.max_val_blocks=2", *FAST],
-        cache_dir,
-        prog="distill-eval",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((out / "eval.json").read_text())
+    result = quick_eval(f"models={{s: {student}}}", cache_dir, out)
     row = result["llama_cpp"]["s.f16"]
     assert row["model"] == "s" and row["size_bytes"] == (student.parent / "student.f16.gguf").stat().st_size
     assert math.isclose(row["val_ppl"], result["models"]["s"]["val_ppl"], rel_tol=5e-3)  # F16: within 0.5%

@@ -85,7 +85,8 @@ def test_llama_cpp_perplexity_equals_the_pytorch_models(exported):
     model = AutoModelForCausalLM.from_pretrained(exported["a"])
     ours = evaluate({"a": model}, batches, len(toks["a"]), reference="a")["a"]["val_ppl"]
     speed = OmegaConf.create({"new_tokens": 4, "rounds": 1})
-    out = gguf_rows(auto_files(exported), exported, toks, "a", ["a"], batches, ["def f(x):"], speed, threads=1)
+    prompts = {name: [tok("def f(x):")["input_ids"]] for name, tok in toks.items()}
+    out = gguf_rows(auto_files(exported), exported, toks, "a", ["a"], batches, prompts, speed, threads=1)
     assert math.isclose(out["a.f16"]["val_ppl"], ours, rel_tol=5e-3)  # F16 weights: the 0.5%
     assert "val_ppl" not in out["b.f16"] and out["b.f16"]["model"] == "b"  # not the reference's tokens
     for row in out.values():
