@@ -243,12 +243,15 @@ def teacher_bytes_per_param(teacher: nn.Module, load_in: str | None) -> float:
 
 
 def largest_micro_batch(
-    student: nn.Module, teacher: nn.Module | None, setup: Setup, budget_bytes: float, lora_trainable=None
+    student: nn.Module, teacher: nn.Module | None, setup: Setup, budget_bytes: float, lora_trainable=None, adjust=None
 ) -> int:
-    """The largest micro-batch whose estimated peak fits ``budget_bytes`` (0: not even one row)."""
+    """The largest micro-batch whose estimated peak fits ``budget_bytes`` (0: not even one row).
+    ``adjust(estimate, setup) -> estimate`` adds what ``estimate_memory`` does not see (more teachers)."""
 
     def fits(b: int) -> bool:
-        return estimate_memory(student, teacher, replace(setup, batch_size=b), lora_trainable)["total"] <= budget_bytes
+        at_b = replace(setup, batch_size=b)
+        estimate = estimate_memory(student, teacher, at_b, lora_trainable)
+        return (adjust(estimate, at_b) if adjust else estimate)["total"] <= budget_bytes
 
     if not fits(1):
         return 0

@@ -68,7 +68,8 @@ def make_plan(cfg: DictConfig) -> dict:
     student = weightless_student(cfg, teacher, vocab)
     setup = memory_setup(cfg, vocab, loss=loss, for_plan=True)
     live = teacher if setup.teacher_kind == "live" else None
-    memory = with_more_teachers(estimate_memory(student, live, setup), other_teachers(cfg), setup)
+    others = other_teachers(cfg)
+    memory = with_more_teachers(estimate_memory(student, live, setup), others, setup)
     planning = cfg.planning
     budget = float(planning.device_memory_gib) * GiB
     flops = distillation_flops_per_token(student, live, setup.seq_len)
@@ -100,7 +101,9 @@ def make_plan(cfg: DictConfig) -> dict:
         "memory": memory,
         "device_memory_bytes": budget,
         "fits": memory["total"] <= budget,
-        "largest_micro_batch": largest_micro_batch(student, live, setup, budget),
+        "largest_micro_batch": largest_micro_batch(
+            student, live, setup, budget, adjust=lambda est, at_b: with_more_teachers(est, others, at_b)
+        ),
         "flops_per_token": flops,
         "tokens": tokens,
         "tokens_from": "planning.tokens" if planning.get("tokens") else "trainer.max_steps",

@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from distill.errors import DistillError
 from distill.eval.flops import distillation_flops_per_token
-from distill.quant.memory import Setup, estimate_memory
+from distill.quant.memory import Setup, estimate_memory, teacher_bytes
 from distill.run.plan import make_plan, weightless_student, weightless_teacher
 from distill.run.plan_lines import plan_lines
 from tests.compose import compose_train
@@ -189,3 +189,29 @@ def test_each_recipe_plans_within_the_hardware_it_names(name, out_dir):
     assert plan["fits"], plan["memory"]
     assert plan["largest_micro_batch"] >= cfg.data.batch_size
     assert plan["setup"]["world_size"] == (8 if name != "qlora_8b_to_4b" else 1)
+
+
+def test_several_teachers_count_in_the_peak_and_in_the_largest_micro_batch(out_dir):
+    """A second live teacher adds its weights and its logits to every micro-batch the plan tries."""
+    one, two = FIXTURES / "llama-3.2-1b", FIXTURES / "llama-3.1-8b"  # one vocabulary (128,256)
+    base = (f"teacher.path={one}", "student=depth", "student.num_layers=8", "trainer=gpu", "data.seq_len=2048")
+    single = plan_of(out_dir, *base)
+    several = plan_of(out_dir, *base, f"teachers=[{{path: {one}, weight: 1}}, {{path: {two}, weight: 1}}]")
+    cfg = compose_train(out_dir, *base)
+    eight_b = weightless_teacher(compose_train(out_dir, f"teacher.path={two}"))
+    eight_b_bytes = teacher_bytes(eight_b, None)
+    assert several["memory"]["teacher weights"] == pytest.approx(single["memory"]["teacher weights"] + eight_b_bytes)
+    largest = several["largest_micro_batch"]
+    assert 0 < largest < single["largest_micro_batch"]
+    teacher = weightless_teacher(cfg)
+    student = weightless_student(cfg, teacher, 128256)
+
+    def total(b: int) -> float:  # the plan's own sum, redone by hand: the 8B's weights + fp32 logits twice
+        setup = Setup(**{**several["setup"], "batch_size": b})
+        est = estimate_memory(student, teacher, setup)
+        logits = 8.0 * b * 2048 * 128256
+        transient = max(est["activations"] + est["loss buffers"] + logits, est["optimizer step"])
+        held = est["student weights"] + est["teacher weights"] + eight_b_bytes + est["optimizer"] + est["fsdp gathered"]
+        return held + est["gradients"] + transient
+
+    assert [total(b) <= 80 * GiB for b in (largest, largest + 1)] == [True, False]
