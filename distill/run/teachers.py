@@ -73,12 +73,6 @@ def connect(cfg: DictConfig, dm, source: TeacherSource, objective=None) -> Teach
             connect_teacher(member_config(cfg, i), dm, member, objective)
         except DistillError as err:
             raise DistillError(f"teachers[{i}]: {err}") from None
-        if getattr(member.cache, "sampled", False):
-            # its slots are draws, not a top-k: the union's cut to K tokens would drop draws into the tail
-            raise DistillError(
-                f"teachers[{i}] is a sampled cache (teacher.cache_mode=sample), which a mixture of teachers does "
-                "not read yet: write it with teacher.cache_mode=topk, or distill from it alone (teacher.*)"
-            )
     source.paired = paired_teacher(cfg, objective) if objective is not None else 0
     mix = cfg.get("teachers_mix", "mixture")
     source.scorer = MixtureTeacher([m.scorer for m in source.members], source.weights, mix, source.paired)

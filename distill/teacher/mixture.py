@@ -30,6 +30,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
+from distill.errors import DistillError
 from distill.losses.mixture import as_logits, mixture_logprobs, normalized, sparse_mixture, top_k_of
 from distill.losses.objective import Outputs
 from distill.teacher.outputs import SparseTeacher
@@ -45,6 +46,8 @@ class MixtureTeacher(nn.Module):
         # live teachers as registered children: ``DistillationModule._apply`` moves this module, and them with it
         self.live = nn.ModuleList([s for s in scorers if isinstance(s, nn.Module)])
         self.weights, self.mix, self.paired = normalized(weights), mix, paired
+        if mix == "mixture":
+            refuse_sampled_in_mixture(self.scorers)
 
     def train(self, mode: bool = True) -> MixtureTeacher:
         return super().train(False)  # teachers never leave eval mode
@@ -86,6 +89,27 @@ class MixtureTeacher(nn.Module):
         return self.scorers[i].scores(input_ids, rows, asked, vocab_size, position_ids)
 
 
+def refuse_sampled_in_mixture(scorers: list) -> None:
+    """A sampled cache's slots are draws, not its top-k: the union's cut to the K most probable tokens would
+    move draws into the tail and bias the estimate. Under ``sum`` each teacher's terms run on its own
+    support, so a sampled cache stays the unbiased estimate it is alone."""
+    for i, scorer in enumerate(scorers):
+        if getattr(getattr(scorer, "cache", None), "sampled", False):
+            raise DistillError(
+                f"teachers[{i}] is a sampled cache (teacher.cache_mode=sample), which teachers_mix=mixture does not "
+                "read (its draws would be cut to the union's top-k): use teachers_mix=sum, or write it with "
+                "teacher.cache_mode=topk"
+            )
+
+
 def _logits_only(objective) -> SimpleNamespace:
-    """What ``model_outputs`` reads of an objective, asking for no hidden states or attention maps."""
-    return SimpleNamespace(needs_hidden_states=False, needs_attentions=False, fused_linear=objective.fused_linear)
+    """What ``model_outputs`` reads of an objective, asking for no hidden states or attention maps; the terms
+    and temperature stay, for a sampled cache's check of the objective (``distill.teacher.sampled``)."""
+    return SimpleNamespace(
+        needs_hidden_states=False,
+        needs_attentions=False,
+        fused_linear=objective.fused_linear,
+        weights=objective.weights,
+        temperature=objective.temperature,
+        beta=getattr(objective, "beta", 0.0),
+    )

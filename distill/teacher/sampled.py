@@ -103,8 +103,9 @@ def to_logprobs(counts: np.ndarray, samples: int) -> np.ndarray:
 
 
 def check_objective(objective, where: str = "the teacher cache") -> None:
-    """One line refusing an objective whose loss is not an unbiased estimate on a sampled cache (an object
-    without ``weights``, e.g. a several-teacher member's logits-only request, has nothing to check)."""
+    """One line refusing an objective whose loss is not an unbiased estimate on a sampled cache (a
+    several-teacher member's logits-only request carries the terms too; an object without ``weights`` has
+    nothing to check)."""
     weights = getattr(objective, "weights", None) or {}
     biased = [
         t for t, w in weights.items() if w > 0 and t not in UNBIASED_TERMS and not (t == "jsd" and objective.beta == 0)

@@ -201,6 +201,43 @@ def test_a_live_and_a_cached_teacher_mix_on_the_union_of_their_top_k(tmp_path):
     assert (kept > 0).sum(-1).eq(out.shape[-1]).all()
 
 
+def test_a_sampled_cache_serves_under_sum_and_is_refused_under_mixture(tmp_path):
+    """Under ``sum`` a sampled cache's terms run on its own draws (unbiased, as alone); ``mixture`` would cut
+    its draws to the union's top-k, so it is refused in one line naming the entry."""
+    from tests.teacher.tiny_cache import VOCAB, random_blocks, tiny_teacher, write_cache
+
+    blocks = random_blocks()
+    write_cache(tiny_teacher(), blocks, tmp_path / "topk", temperature=1.0)
+    write_cache(tiny_teacher(), blocks, tmp_path / "sampled", temperature=1.0, cache_mode="sample", samples=12)
+    topk, sampled = (CachedTeacher(TeacherCache(tmp_path / name)) for name in ("topk", "sampled"))
+    assert sampled.cache.sampled and not topk.cache.sampled
+    with pytest.raises(DistillError, match=r"^teachers\[1\] is a sampled cache .* use teachers_mix=sum"):
+        MixtureTeacher([topk, sampled], [0.5, 0.5])
+    ids = torch.from_numpy(blocks["train"][:3, :-1].astype("int64"))
+    rows, labels = torch.tensor([0, 4, 7]), torch.from_numpy(blocks["train"][:3, 1:].astype("int64"))
+    student, obj = llama(1, 5, vocab=VOCAB), _objective()
+
+    def loss_and_grad(teacher_out):
+        logits = student(ids).logits.detach().requires_grad_()
+        terms = obj(Outputs(logits=logits, vocab_size=VOCAB), teacher_out, labels)
+        return terms, torch.autograd.grad(terms["loss"], logits)[0]
+
+    summed, g_sum = loss_and_grad(
+        MixtureTeacher([topk, sampled], [0.25, 0.75], mix="sum").scores(ids, rows, obj, VOCAB)
+    )
+    alone = [loss_and_grad(s.scores(ids, rows, obj, VOCAB)) for s in (topk, sampled)]
+    torch.testing.assert_close(
+        summed["loss"], 0.5 * summed["ce"] + 0.25 * alone[0][0]["forward_kl"] + 0.75 * alone[1][0]["forward_kl"]
+    )
+    torch.testing.assert_close(summed["forward_kl.teacher1"], alone[1][0]["forward_kl"])
+    # the gradient of each teacher's term is its own: the weighted sum of the two runs' (each with CE 0.5)
+    torch.testing.assert_close(g_sum, 0.25 * alone[0][1] + 0.75 * alone[1][1])
+    with pytest.raises(DistillError, match="not reverse_kl"):  # the sampled member still checks the objective
+        MixtureTeacher([topk, sampled], [0.5, 0.5], mix="sum").scores(
+            ids, rows, Objective(weights={"reverse_kl": 1.0}), VOCAB
+        )
+
+
 # ---------------------------------------------------------------- memory
 
 
