@@ -48,11 +48,9 @@ def connect_teacher(cfg: DictConfig, dm, source: TeacherSource, objective: Objec
         source.scorer = CachedTeacher(
             open_teacher_cache(cfg, dm, source.model), read_top_k=cfg.teacher.get("read_top_k")
         )
-        log.info(
-            "teacher: offline cache %s (top-%d); no teacher model is loaded or run",
-            cfg.teacher.cache_dir,
-            source.scorer.top_k,
-        )
+        scorer = source.scorer
+        entries = f"{scorer.top_k} draws per token" if scorer.cache.sampled else f"top-{scorer.top_k}"
+        log.info("teacher: offline cache %s (%s); no teacher model is loaded or run", cfg.teacher.cache_dir, entries)
         if objective is not None:
             check_cache_temperature(source.scorer.temperature, objective)
     else:

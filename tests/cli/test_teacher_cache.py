@@ -142,6 +142,7 @@ def test_sampled_cache_writes_trains_and_refuses_a_biased_objective(cache_dir, t
     train = [*SMOKE, "teacher=cache", f"teacher.cache_dir={where}"]
     proc = run_cli([*train, f"hydra.run.dir={tmp_path / 'train'}"], cache_dir)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "(16 draws per token)" in proc.stdout + proc.stderr  # not "top-16"
     metrics = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert 1 < metrics["student.val_ppl"] < 512 and 0 <= metrics["student.ece"] <= 1
     assert "student.top1_agreement" not in metrics  # the sample's mode is not the teacher's top-1
