@@ -24,7 +24,7 @@ from distill.errors import DistillError
 from distill.losses.compiled import COMPILE_FROM_VOCAB, chunk_kernel
 from distill.losses.cross_vocab import cross_vocab_loss
 from distill.losses.divergences import chunked_logit_loss
-from distill.losses.fused_linear import fused_linear_loss
+from distill.losses.fused_linear import fused_chunk, fused_linear_loss
 from distill.losses.representation import AttentionLoss, HiddenStateLoss, layer_pairs
 from distill.losses.spec import OnPolicy, loss_spec
 from distill.losses.terms import (
@@ -273,7 +273,7 @@ class Objective(nn.Module):
                 labels,
                 mask,
                 vocab_size=student.vocab_size,
-                chunk_size=self.chunk_size,
+                chunk_size=fused_chunk(self.chunk_size, student.last_hidden.shape[-1]),
                 student_bias=student.head_bias,
                 teacher_bias=teacher.head_bias if live else None,
                 teacher_topk=t_logits if cached else None,

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from distill.losses.fused_linear import fused_chunk
+
 ACT_BYTES = {"fp32": 4.0, "16": 2.7}  # bytes per saved activation value (see the module docstring)
 CHUNK_BUFFERS = 4  # fp32 [chunk, vocab] tensors alive at once in a loss chunk: 3.3 measured (eager, vocab 32,768)
 
@@ -94,6 +96,7 @@ def loss_bytes(student: nn.Module, teacher: nn.Module | None, setup) -> float:
     if setup.fused_linear:
         hidden = model_dims(student)[0]
         t_hidden = model_dims(teacher)[0] if teacher is not None else 0
+        chunk = min(fused_chunk(setup.chunk_size, hidden), tokens) * vocab * 4 * CHUNK_BUFFERS
         return float(chunk + tokens * (hidden + t_hidden) * 4)
     logit = 2 if setup.mixed else 4
     rows = head_rows(student)

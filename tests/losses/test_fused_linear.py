@@ -6,7 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from distill.errors import DistillError
 from distill.losses.divergences import IGNORE_INDEX, chunked_logit_loss, cross_entropy, forward_kl
-from distill.losses.fused_linear import fused_linear_loss
+from distill.losses.fused_linear import MAX_AUTO_CHUNK, fused_chunk, fused_linear_loss
 from distill.teacher.outputs import SparseTeacher
 
 B, N, H_S, H_T, V = 2, 23, 16, 12, 37  # 46 tokens: no chunk size below divides it
@@ -191,6 +191,29 @@ def test_never_materializes_all_tokens_logits():
         loss.backward()
     assert B * N * V > max(V_S * H_S, B * N * H_S, 4 * V_S)  # else the check below proves nothing
     assert probe.largest <= max(V_S * H_S, B * N * H_S, 4 * V_S)  # weight or hidden grads, one chunk's logits
+
+
+def test_the_chunk_grows_to_the_hidden_size_up_to_a_cap():
+    """Each chunk pays a pass over the [V × H] weight gradient, so chunks of fewer than H tokens waste it."""
+    assert fused_chunk(256, 64) == 256  # a chunk already past the hidden size is kept
+    assert fused_chunk(256, 384) == 384 and fused_chunk(256, 4096) == MAX_AUTO_CHUNK == 512
+    assert fused_chunk(2048, 1024) == 2048  # a larger loss.chunk_size is the user's
+
+
+def test_the_objective_runs_the_fused_loss_at_the_grown_chunk(monkeypatch):
+    import distill.losses.objective as objective
+
+    seen = []
+    real = objective.fused_linear_loss
+    monkeypatch.setattr(
+        objective, "fused_linear_loss", lambda *a, **kw: seen.append(kw["chunk_size"]) or real(*a, **kw)
+    )
+    h, w, th, tw, y, _ = _inputs(10)
+    obj = objective.Objective({"forward_kl": 1.0}, fused_linear=True, chunk_size=4)
+    student = objective.Outputs(last_hidden=h, head_weight=w, vocab_size=V)
+    teacher = objective.Outputs(last_hidden=th, head_weight=tw, vocab_size=V)
+    obj(student, teacher, y)
+    assert seen == [fused_chunk(4, H_S)] and seen[0] == H_S > 4
 
 
 @pytest.mark.parametrize("term", ["forward_kl", "reverse_kl", "jsd", "tvd"])

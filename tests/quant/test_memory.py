@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from distill.quant.activations_memory import CHUNK_BUFFERS
 from distill.quant.memory import (
     NF4_BYTES,
     Setup,
@@ -185,6 +186,14 @@ def test_a_cached_teacher_holds_its_top_k_not_its_logits():
 def test_the_fused_loss_holds_no_logits():
     kw = dict(batch_size=8, seq_len=256)  # 2,048 tokens: logits past the loss's 256-token chunks
     assert estimate(llama(), fused_linear=True, **kw)["loss buffers"] < estimate(llama(), **kw)["loss buffers"] / 2
+
+
+def test_the_fused_loss_buffers_are_counted_at_the_chunk_it_runs():
+    """The fused loss grows its chunk to the hidden size (``fused_chunk``): 128 tokens here, not 32."""
+    kw = dict(batch_size=8, seq_len=256, fused_linear=True, chunk_size=32)
+    tokens, hidden = 8 * 256, 128
+    expected = 128 * 512 * 4 * CHUNK_BUFFERS + tokens * hidden * 4
+    assert estimate(llama(), **kw)["loss buffers"] == expected
 
 
 def test_largest_micro_batch_is_the_last_that_fits():
