@@ -4,6 +4,8 @@ import pytest
 
 from tests.conftest import run_cli
 
+pytestmark = pytest.mark.cli  # each case starts distill-train in a subprocess
+
 
 def _last_line(proc):
     lines = [ln for ln in proc.stderr.splitlines() if ln.strip()]
