@@ -4,9 +4,8 @@
 #   A: the quickstart's teacher (8 layers, 7.5M params, 600 steps from scratch; cached from earlier runs)
 #   B: the same recipe at 6 layers (teacher.scratch.num_layers=6; trained by the first command)
 # Runs one after another (2 CPU cores); a run whose metrics.json exists is skipped. STEPS (default the
-# quickstart's 400) sets the distillation steps of every run alike; the committed numbers used STEPS=60
-# (2 cores shared with other jobs at a load of ~10: 400 steps per run did not fit the session).
-# Usage: STEPS=60 bash experiments/teachers/multi_run.sh [OUT]   (then: python experiments/teachers/multi_summarize.py OUT)
+# quickstart's 400) sets the distillation steps of every run alike; the committed numbers are at 400.
+# Usage: bash experiments/teachers/multi_run.sh [OUT]   (then: python experiments/teachers/multi_summarize.py OUT)
 set -euo pipefail
 OUT=${1:-/tmp/multi_teachers}
 STEPS=${STEPS:-400}
