@@ -1,6 +1,6 @@
 """The full-size sampled-cache study's table: python experiments/teachers/sampled_full_summarize.py [OUT]
 
-Reads ``OUT/train_<arm>_s<seed>/metrics.json`` and ``OUT/cache_<arm>/manifest.json`` of
+Reads ``OUT/train_<arm>_s<seed>/metrics.json`` and ``OUT/cache_<arm>_s<seed>/manifest.json`` of
 ``sampled_full.sh`` (arms ``topk``, ``sampled``) and copies them here under ``sampled_full/``; without a
 fresh run it reads those copies. Prints one row per run, then each arm's mean and standard deviation
 over its seeds, and the per-seed difference (sampled − top-k, same seed: same batches and student).
@@ -23,10 +23,8 @@ def collect(out: Path) -> dict[tuple[str, int], dict]:
     KEPT.mkdir(exist_ok=True)
     for run in sorted(out.glob("train_*_s*/metrics.json")) if out.is_dir() else []:
         shutil.copyfile(run, KEPT / f"metrics_{run.parent.name.removeprefix('train_')}.json")
-    for arm in ARMS:
-        manifest = out / f"cache_{arm}" / "manifest.json"
-        if manifest.exists():
-            shutil.copyfile(manifest, KEPT / f"manifest_{arm}.json")
+    for manifest in sorted(out.glob("cache_*_s*/manifest.json")) if out.is_dir() else []:
+        shutil.copyfile(manifest, KEPT / f"manifest_{manifest.parent.name.removeprefix('cache_')}.json")
     runs = {}
     for path in sorted(KEPT.glob("metrics_*_s*.json")):
         arm, seed = re.fullmatch(r"metrics_(\w+)_s(\d+)\.json", path.name).groups()
@@ -60,16 +58,15 @@ def main(out: Path) -> None:
         diffs = [runs["sampled", s][k] - runs["topk", s][k] for s in paired]
         if diffs:
             print(f"\nsampled − top-k, {k}, per seed {paired}: " + ", ".join(f"{d:+.4f}" for d in diffs))
-    for arm in ARMS:
-        manifest = KEPT / f"manifest_{arm}.json"
-        if manifest.exists():
-            m = json.loads(manifest.read_text())
-            extra = m.get("extra", {})
-            print(
-                f"\n{arm} cache: {m.get('measured_bytes_per_token', m['bytes_per_token']):.2f} bytes/token, "
-                f"teacher val ppl {extra.get('teacher.val_ppl', float('nan')):.3f}, "
-                f"ECE {extra.get('teacher.ece', float('nan')):.4f}"
-            )
+    print()
+    for path in sorted(KEPT.glob("manifest_*_s*.json")):
+        m = json.loads(path.read_text())
+        extra = m.get("extra", {})
+        print(
+            f"{path.stem.removeprefix('manifest_')} cache: {m.get('measured_bytes_per_token', m['bytes_per_token']):.2f} "
+            f"bytes/token; teacher on that seed's validation rows: val ppl {extra.get('teacher.val_ppl', float('nan')):.3f}, "
+            f"ECE {extra.get('teacher.ece', float('nan')):.4f}"
+        )
 
 
 if __name__ == "__main__":
