@@ -260,10 +260,14 @@ class _Grads:
                 self.h[rows] = g_mm @ weight
         if self.w is not None:
             w = self.w[: self.vocab]
-            if weight.dtype == torch.float32:
-                w.addmm_(g.t(), h_rows) if self.w_written else torch.mm(g.t(), h_rows, out=w)
+            if weight.dtype == torch.float32 and self.w_written:
+                w.addmm_(g.t(), h_rows)
+            elif weight.dtype == torch.float32:
+                torch.mm(g.t(), h_rows, out=w)
+            elif self.w_written:
+                w.add_(g_mm.t() @ h_rows)
             else:
-                w.add_(g_mm.t() @ h_rows) if self.w_written else w.copy_(g_mm.t() @ h_rows)
+                w.copy_(g_mm.t() @ h_rows)
             self.w_written = True
         if self.b is not None:
             self.b[: self.vocab].add_(g.sum(0))
