@@ -44,13 +44,14 @@ class NonFiniteGuard:
         self.in_a_row = 0
 
 
-def adamw(groups, **kwargs) -> torch.optim.AdamW:
+def adamw(groups, fused: bool = True, **kwargs) -> torch.optim.AdamW:
     """AdamW, fused where torch has the kernel for these parameters (CPU and CUDA tensors). PyTorch's
     default on CPU is a loop of separate ops per parameter; at a 32k vocabulary that step took 2.1 s
     of CPU time for 41M parameters, fused 0.29 s (issue 22). Same update rule; sharded (DTensor) or
-    other parameters fall back to the default implementation."""
+    other parameters fall back to the default implementation, as does ``fused=False`` (fp16's grad
+    scaler: a fused optimizer unscales inside its step, after Lightning would have clipped)."""
     params = [p for group in groups for p in group["params"]]
-    if params and all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") for p in params):
+    if fused and params and all(type(p.data) is torch.Tensor and p.device.type in ("cpu", "cuda") for p in params):
         try:
             return torch.optim.AdamW(groups, fused=True, **kwargs)
         except (RuntimeError, ValueError):  # a dtype the fused kernel lacks (e.g. fp16 on CPU)
@@ -187,12 +188,25 @@ class DistillationModule(L.LightningModule):
 
     def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
         """Clip by the norm ``on_before_optimizer_step`` already took: one pass over the gradients instead of
-        two (at a 128k vocabulary the embedding and LM head gradients alone are 1 GiB of float32)."""
+        two (at a 128k vocabulary the embedding and LM head gradients alone are 1 GiB of float32).
+
+        Plain gradients are clipped here, not by Lightning: its mixed-precision plugin refuses to clip for
+        any optimizer that unscales inside its step (fused AdamW), a rule for fp16's grad scaler that it
+        applies under bf16 autocast too, where there is nothing to unscale. fp16 (no fused optimizer there,
+        ``configure_optimizers``) and sharded (DTensor) gradients keep Lightning's clipping."""
         norm, self._grad_norm = getattr(self, "_grad_norm", None), None
-        if norm is None or not gradient_clip_val or gradient_clip_algorithm not in (None, "norm"):
-            return self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if not gradient_clip_val:
+            return None
         params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+        if self.trainer.precision == "16-mixed" or any(type(p.grad) is not torch.Tensor for p in params):
+            return self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        if gradient_clip_algorithm == "value":
+            torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+        elif norm is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, gradient_clip_val, norm)
+        else:
+            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+        return None
 
     def on_save_checkpoint(self, checkpoint) -> None:
         checkpoint["distill_module"] = {"coin": self._coin.getstate(), "skipped": self.guard.skipped}
@@ -209,7 +223,8 @@ class DistillationModule(L.LightningModule):
         decay = [p for p in params if p.ndim >= 2]
         no_decay = [p for p in params if p.ndim < 2]
         groups = [{"params": decay, "weight_decay": self.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        opt = adamw(groups, lr=self.lr, betas=(0.9, 0.95))
+        fp16 = getattr(self._trainer, "precision", None) == "16-mixed"  # also called with no trainer (tests, tools)
+        opt = adamw(groups, fused=not fp16, lr=self.lr, betas=(0.9, 0.95))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -2,6 +2,7 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from distill.distillation import DistillationModule
@@ -99,6 +100,35 @@ def test_moe_student_adds_its_load_balancing_loss():
     # with top-1 routing only the balancing loss reaches the router
     routers = [p for n, p in student.named_parameters() if "gate" in n and "experts" not in n]
     assert routers and all(p.grad is not None and p.grad.abs().sum() > 0 for p in routers)
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_gradient_clipping_under_bf16_autocast_with_the_fused_optimizer(algorithm):
+    """Lightning's mixed-precision plugin refuses to clip for a fused AdamW (it unscales inside its step: an
+    fp16 rule it applies to bf16 too); the module clips plain gradients itself, both algorithms."""
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    teacher, student = _models()
+    module = DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}), 60, teacher=Teacher(teacher))
+    data = torch.randint(0, 60, (4, 9), generator=torch.Generator().manual_seed(1))
+    loader = DataLoader([(r[:-1], r[1:], torch.tensor(i)) for i, r in enumerate(data)], batch_size=2)
+    trainer = L.Trainer(
+        max_steps=2,
+        accelerator="cpu",
+        precision="bf16-mixed",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        gradient_clip_val=0.01,
+        gradient_clip_algorithm=algorithm,
+    )
+    trainer.fit(module, loader)
+    assert trainer.optimizers[0].defaults["fused"] is True
+    assert trainer.global_step == 2
+    untouched = _models()[1]
+    assert any(not torch.allclose(a, b) for a, b in zip(module.student.parameters(), untouched.parameters()))
 
 
 def test_gradient_clipping_reuses_the_checked_norm_and_clips_as_lightning_does():

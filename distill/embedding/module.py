@@ -57,4 +57,6 @@ class EmbeddingDistillModule(L.LightningModule):
     # The optimizer and schedule of the causal path (AdamW, no decay on norms and biases, linear
     # warm-up then cosine to min_lr_ratio): the same attributes, so the same methods.
     configure_optimizers = DistillationModule.configure_optimizers
+    # and its clipping: Lightning's refuses the fused AdamW under bf16 autocast (see there)
+    configure_gradient_clipping = DistillationModule.configure_gradient_clipping
     _lr_factor = DistillationModule._lr_factor
