@@ -102,29 +102,40 @@ def test_moe_student_adds_its_load_balancing_loss():
     assert routers and all(p.grad is not None and p.grad.abs().sum() > 0 for p in routers)
 
 
-@pytest.mark.parametrize("algorithm", ["norm", "value"])
-def test_gradient_clipping_under_bf16_autocast_with_the_fused_optimizer(algorithm):
-    """Lightning's mixed-precision plugin refuses to clip for a fused AdamW (it unscales inside its step: an
-    fp16 rule it applies to bf16 too); the module clips plain gradients itself, both algorithms."""
+def _fit_clipped(module_class, rows: int, steps: int, **trainer_kwargs):
+    """A tiny live-teacher run with gradient clipping: (module, trainer) after ``steps`` optimizer steps."""
     import lightning as L
     from torch.utils.data import DataLoader
 
     teacher, student = _models()
-    module = DistillationModule(student, Objective({"forward_kl": 1.0, "ce": 0.5}), 60, teacher=Teacher(teacher))
-    data = torch.randint(0, 60, (4, 9), generator=torch.Generator().manual_seed(1))
+    module = module_class(student, Objective({"forward_kl": 1.0, "ce": 0.5}), 60, teacher=Teacher(teacher))
+    data = torch.randint(0, 60, (rows, 9), generator=torch.Generator().manual_seed(1))
     loader = DataLoader([(r[:-1], r[1:], torch.tensor(i)) for i, r in enumerate(data)], batch_size=2)
     trainer = L.Trainer(
-        max_steps=2,
+        max_steps=steps,
         accelerator="cpu",
-        precision="bf16-mixed",
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
+        **trainer_kwargs,
+    )
+    trainer.fit(module, loader)
+    return module, trainer
+
+
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_gradient_clipping_under_bf16_autocast_with_the_fused_optimizer(algorithm):
+    """Lightning's mixed-precision plugin refuses to clip for a fused AdamW (it unscales inside its step: an
+    fp16 rule it applies to bf16 too); the module clips plain gradients itself, both algorithms."""
+    module, trainer = _fit_clipped(
+        DistillationModule,
+        rows=4,
+        steps=2,
+        precision="bf16-mixed",
         gradient_clip_val=0.01,
         gradient_clip_algorithm=algorithm,
     )
-    trainer.fit(module, loader)
     assert trainer.optimizers[0].defaults["fused"] is True
     assert trainer.global_step == 2
     untouched = _models()[1]
@@ -135,24 +146,9 @@ def test_gradient_clipping_reuses_the_checked_norm_and_clips_as_lightning_does()
     """One pass over the gradients for the finite check and the clip: the weights after a clipped
     step are those of Lightning's own clipping (``clip_gradients``), and a norm is never reused."""
     import lightning as L
-    from torch.utils.data import DataLoader
 
-    def fit(module_class):
-        teacher, student = _models()
-        module = module_class(student, Objective({"forward_kl": 1.0, "ce": 0.5}), 60, teacher=Teacher(teacher))
-        data = torch.randint(0, 60, (6, 9), generator=torch.Generator().manual_seed(1))
-        loader = DataLoader([(r[:-1], r[1:], torch.tensor(i)) for i, r in enumerate(data)], batch_size=2)
-        trainer = L.Trainer(
-            max_steps=3,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            gradient_clip_val=0.05,  # small enough that every step clips
-        )
-        trainer.fit(module, loader)
-        return module
+    def fit(module_class):  # gradient_clip_val small enough that every step clips
+        return _fit_clipped(module_class, rows=6, steps=3, gradient_clip_val=0.05)[0]
 
     class LightningClips(DistillationModule):
         configure_gradient_clipping = L.LightningModule.configure_gradient_clipping

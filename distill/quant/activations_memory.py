@@ -91,18 +91,17 @@ def teacher_workspace(teacher: nn.Module, setup) -> float:
 
 def loss_bytes(student: nn.Module, teacher: nn.Module | None, setup) -> float:
     """The loss's logits-sized buffers per device (see the module docstring)."""
-    tokens, vocab = setup.batch_size * setup.seq_len, setup.vocab_size
-    chunk = min(setup.chunk_size, tokens) * vocab * 4 * CHUNK_BUFFERS
+    tokens, vocab, hidden = setup.batch_size * setup.seq_len, setup.vocab_size, model_dims(student)[0]
+    chunk_tokens = fused_chunk(setup.chunk_size, hidden) if setup.fused_linear else setup.chunk_size
+    chunk = min(chunk_tokens, tokens) * vocab * 4 * CHUNK_BUFFERS
     if setup.fused_linear:
-        hidden = model_dims(student)[0]
         t_hidden = model_dims(teacher)[0] if teacher is not None else 0
-        chunk = min(fused_chunk(setup.chunk_size, hidden), tokens) * vocab * 4 * CHUNK_BUFFERS
         return float(chunk + tokens * (hidden + t_hidden) * 4)
     logit = 2 if setup.mixed else 4
     rows = head_rows(student)
     total = tokens * rows * logit + tokens * vocab * logit * (2 if rows != vocab else 1)  # logits (+ copy), grad
     if setup.mixed:
-        total += 2 * rows * model_dims(student)[0]  # the head weight's 16-bit gradient before accumulation
+        total += 2 * rows * hidden  # the head weight's 16-bit gradient before accumulation
     if teacher is not None:  # its logits come out in its head's dtype (bf16 when loaded so), or autocast's
         t_rows, t_logit = (
             head_rows(teacher),
