@@ -115,10 +115,12 @@ class DistillationModule(L.LightningModule):
     def student_outputs(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None) -> Outputs:
         return model_outputs(self.student, input_ids, self.vocab_size, self.loss, position_ids)
 
-    def teacher_outputs(self, input_ids, rows, position_ids=None) -> Outputs | None:
+    def teacher_outputs(self, input_ids, rows, position_ids=None, feeds=None) -> Outputs | None:
+        """``feeds``: several teachers reading rows of their own tokenizers (``MixtureTeacher.read_feeds``)."""
         if self.teacher is None:
             return None
-        return self.teacher.scores(input_ids, rows, self.loss, self.teacher_vocab_size, position_ids)
+        more = {"feeds": feeds} if feeds is not None and getattr(self.teacher, "reads", None) else {}
+        return self.teacher.scores(input_ids, rows, self.loss, self.teacher_vocab_size, position_ids, **more)
 
     def training_step(self, batch, batch_idx):
         # (inputs, targets, row index[, extras]): extras from conversations (data/chat/datamodule.py) or a
@@ -137,7 +139,12 @@ class DistillationModule(L.LightningModule):
             if self.aligner is not None:  # the teacher reads what the student wrote, in its own tokens
                 teacher_inputs, aligned = on_policy.realign(self.aligner, inputs, mask)
         student = self.student_outputs(inputs, positions)
-        teacher = self.teacher_outputs(inputs if teacher_inputs is None else teacher_inputs, rows, positions)
+        feeds = {
+            "student": (inputs, None),
+            "teacher": (teacher_inputs, aligned),
+            **dict(enumerate(extras.get("views", []))),
+        }
+        teacher = self.teacher_outputs(inputs if teacher_inputs is None else teacher_inputs, rows, positions, feeds)
         terms = self.loss(student, teacher, targets, mask, aligned)
         if not torch.isfinite(terms["loss"].detach()) and self.trainer.world_size == 1:
             # (with several ranks every one must join the gradient all-reduce: the NaN reaches the gradients

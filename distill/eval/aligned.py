@@ -18,11 +18,21 @@ from distill.eval.metrics import evaluate
 from distill.sampling import eval_mode
 
 
+def feed_rows(extras: dict, feed) -> tuple:
+    """The rows a teacher reads and their alignment with the student's: the first teacher's
+    (``feed="teacher"``), or view ``feed`` (several teachers of other tokenizers, ``distill.data.cross``)."""
+    return (extras["teacher_inputs"], extras["aligned"]) if feed == "teacher" else extras["views"][feed]
+
+
 @torch.no_grad()
-def aligned_agreement(models: dict, teacher, loader, dm, device, autocast_dtype=None) -> dict[str, float]:
-    """{name: top-1 agreement with the teacher} over the aligned validation rows of ``loader``."""
-    mapping = vocab_mapping(dm.teacher_tokenizer, dm.tokenizer)
-    s_vocab, t_vocab = len(dm.tokenizer), len(dm.teacher_tokenizer)
+def aligned_agreement(
+    models: dict, teacher, loader, dm, device, autocast_dtype=None, feed="teacher", teacher_tokenizer=None
+) -> dict[str, float]:
+    """{name: top-1 agreement with the teacher} over the aligned validation rows of ``loader`` (the
+    teacher reading the rows ``feed`` names, in ``teacher_tokenizer``: by default the first teacher's)."""
+    teacher_tokenizer = teacher_tokenizer or dm.teacher_tokenizer
+    mapping = vocab_mapping(teacher_tokenizer, dm.tokenizer)
+    s_vocab, t_vocab = len(dm.tokenizer), len(teacher_tokenizer)
     agree, count = dict.fromkeys(models, 0), 0
     amp = (
         torch.autocast(torch.device(device).type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
@@ -31,9 +41,9 @@ def aligned_agreement(models: dict, teacher, loader, dm, device, autocast_dtype=
         for m in (*models.values(), teacher):
             modes.enter_context(eval_mode(m))  # each model's mode is restored after
         for inputs, _, _, extras in loader:
-            aligned = extras["aligned"].to(device)
+            t_ids, aligned = feed_rows(extras, feed)
+            t_ids, aligned = t_ids.to(device), aligned.to(device)
             with amp:
-                t_ids = extras["teacher_inputs"].to(device)
                 t_logits = teacher(input_ids=t_ids, use_cache=False).logits[..., :t_vocab].float()
                 for name, model in models.items():
                     s_logits = model(input_ids=inputs.to(device), use_cache=False).logits[..., :s_vocab]

@@ -58,6 +58,8 @@ class Outputs:
     # distribution terms are computed against each and summed with the weights
     members: tuple[Outputs, ...] | None = None
     member_weights: tuple[float, ...] | None = None
+    # a member that reads rows in its own tokenizer: their ``AlignedBatch`` to the student's rows
+    aligned: object | None = None
 
 
 class Objective(nn.Module):
@@ -100,6 +102,7 @@ class Objective(nn.Module):
         self.hidden_loss: nn.Module | None = None
         self.attention_loss: nn.Module | None = None
         self.mapping = None  # GOLD's shared tokens of the two vocabularies (``bind_vocabularies``)
+        self.member_mappings: list = []  # several teachers: each one's with the student (``bind_vocabularies``)
         if self.fused_linear and self.aligned_terms:
             raise DistillError(
                 f"loss.fused_linear cannot serve loss.weights.{self.aligned_terms[0]}: cross-vocabulary terms read "
@@ -179,13 +182,21 @@ class Objective(nn.Module):
             self.attention_loss = AttentionLoss(pairs)
         return self
 
-    def bind_vocabularies(self, teacher_tokenizer, student_tokenizer) -> Objective:
+    def bind_vocabularies(self, teacher_tokenizer, student_tokenizer, members: list | None = None) -> Objective:
         """The mapping of the tokens whose strings both vocabularies hold, and of each teacher token to
-        the student token its text begins with (built once; read by ``gold`` and ``projected_kl``)."""
+        the student token its text begins with (built once; read by ``gold`` and ``projected_kl``).
+        ``members``: several teachers' tokenizers, a mapping for each (none where it is the student's)."""
         if self.uses("gold") or self.uses("projected_kl"):
             from distill.align.vocab import vocab_mapping
 
-            self.mapping = vocab_mapping(teacher_tokenizer, student_tokenizer, projection=self.uses("projected_kl"))
+            def mapping(tokenizer):
+                return vocab_mapping(tokenizer, student_tokenizer, projection=self.uses("projected_kl"))
+
+            self.mapping = mapping(teacher_tokenizer)
+            self.member_mappings = [
+                self.mapping if t is teacher_tokenizer else None if t is student_tokenizer else mapping(t)
+                for t in members or []
+            ]
         return self
 
     # -- the loss ----------------------------------------------------------------------
@@ -205,7 +216,7 @@ class Objective(nn.Module):
             loss, parts = self._per_teacher_terms(student, teacher, labels, mask, weights)
         else:
             loss, parts = self._logit_terms(student, teacher, labels, mask, weights) if weights else (None, {})
-        if teacher is not None and self.aligned_terms:
+        if teacher is not None and self.aligned_terms and not teacher.members:
             value, terms = self._aligned_terms(student, teacher, aligned)
             loss = value if loss is None else loss + value
             parts.update(terms)
@@ -224,22 +235,27 @@ class Objective(nn.Module):
         return {"loss": loss, **parts}
 
     def _per_teacher_terms(self, student: Outputs, teacher: Outputs, labels, mask, weights):
-        """``teachers_mix=sum``: Σ_i w_i · (the divergence terms against teacher i), CE once; each
-        teacher's values are also reported as ``<term>.teacher<i>``."""
+        """``teachers_mix=sum``: Σ_i w_i · (the terms against teacher i), CE once; each teacher's values are
+        also reported as ``<term>.teacher<i>``. A teacher on the student's tokens gets the divergence terms,
+        one on rows of its own tokenizer (``Outputs.aligned``) the cross-vocabulary terms, on its alignment."""
         divergences = {term: w for term, w in weights.items() if term in DIVERGENCES}
         rest = {term: w for term, w in weights.items() if term not in DIVERGENCES}
         loss, parts = self._logit_terms(student, None, labels, mask, rest) if rest else (None, {})
         for i, (member, share) in enumerate(zip(teacher.members, teacher.member_weights)):
-            if not divergences:
-                break
-            value, terms = self._logit_terms(student, member, labels, mask, divergences)
+            if member.aligned is not None:
+                mapping = self.member_mappings[i] if self.member_mappings else self.mapping
+                value, terms = self._aligned_terms(student, member, member.aligned, mapping)
+            elif divergences:
+                value, terms = self._logit_terms(student, member, labels, mask, divergences)
+            else:
+                continue
             loss = share * value if loss is None else loss + share * value
             for term, v in terms.items():
                 parts[term] = parts.get(term, 0.0) + share * v
                 parts[f"{term}.teacher{i}"] = v
         return loss, parts
 
-    def _aligned_terms(self, student: Outputs, teacher: Outputs, aligned) -> tuple[Tensor, dict]:
+    def _aligned_terms(self, student: Outputs, teacher: Outputs, aligned, mapping=None) -> tuple[Tensor, dict]:
         if aligned is None:
             raise DistillError(
                 f"loss.weights.{self.aligned_terms[0]} compares two vocabularies on aligned text, but the batch has "
@@ -251,7 +267,7 @@ class Objective(nn.Module):
             aligned,
             weights={t: self.weights[t] for t in self.aligned_terms},
             temperature=self.temperature,
-            mapping=self.mapping,
+            mapping=self.mapping if mapping is None else mapping,
             matched_weight=self.gold_spec["matched_weight"],
             chunk_size=self.chunk_size,
             teacher_vocab_size=teacher.vocab_size,

@@ -15,13 +15,16 @@ from omegaconf import DictConfig
 
 from distill.align.checks import check_objective, same_tokenization
 from distill.cache import cached_dir, fingerprint
-from distill.data.cross import CrossTokenizerData, seqkd_as_text
+from distill.data.cross import CrossTokenizerData
 from distill.data.datamodule import TextDataModule
+from distill.data.seqkd_text import seqkd_as_text
 from distill.data.tokenizer import STYLES, load_tokenizer, train_bpe, train_sentencepiece_bpe
 from distill.errors import DistillError
 from distill.losses.objective import Objective
 from distill.losses.terms import TERMS
+from distill.run.cross_teachers import STUDENT, TEACHER, check_terms, member_tokenizers, teacher_reads, view_specs
 from distill.run.data import write_data_stats
+from distill.teacher.source import SEVERAL
 
 log = logging.getLogger(__name__)
 
@@ -67,16 +70,23 @@ def student_tokenizer_path(cfg: DictConfig, dm) -> str | None:
     return None
 
 
-def cross_tokenizer_data(cfg: DictConfig, dm, loss: Objective):
+def cross_tokenizer_data(cfg: DictConfig, dm, loss: Objective, teacher=None):
     """``dm`` itself when the student shares the teacher's tokenizer, else the student's aligned rows
-    of it; either way the objective is checked against the two tokenizers first."""
+    of it; either way the objective is checked against the two tokenizers first. Several teachers
+    (``teacher``: their source) whose tokenizers differ get a view each (``distill.run.cross_teachers``)."""
     path = student_tokenizer_path(cfg, getattr(dm, "base", dm))  # a BPE of its own: on the corpus, not on answers
     try:
         student_tok = load_tokenizer(path) if path else dm.tokenizer
     except (OSError, ValueError) as e:
         raise DistillError(f"student tokenizer at {path}: {' '.join(str(e).split())[:200]}") from None
-    check_objective([t for t in TERMS if loss.wired(t)], dm.tokenizer, student_tok)
-    if same_tokenization(dm.tokenizer, student_tok):
+    members = member_tokenizers(teacher, dm.tokenizer) if teacher is not None and teacher.kind == SEVERAL else None
+    reads, views = teacher_reads(members, dm.tokenizer, student_tok) if members else (None, [])
+    if reads is not None and len(set(reads)) > 1 or views:
+        check_several(cfg, loss, teacher, reads)
+    else:
+        check_objective([t for t in TERMS if loss.wired(t)], dm.tokenizer, student_tok)
+    shared = same_tokenization(dm.tokenizer, student_tok)
+    if shared and not views:
         return dm
     if type(getattr(dm, "base", dm)) is not TextDataModule:  # rows with masks: prompts, conversations
         raise DistillError(
@@ -86,10 +96,20 @@ def cross_tokenizer_data(cfg: DictConfig, dm, loss: Objective):
         )
     if cfg.seq_kd.enabled:
         dm = seqkd_as_text(dm)  # the teacher's continuations as text: the student reads them in its tokens
-    cross = CrossTokenizerData(dm, student_tok, fingerprint(sorted(student_tok.get_vocab().items())))
+    student_key = fingerprint(sorted(student_tok.get_vocab().items()))
+    cross = CrossTokenizerData(dm, None if shared else student_tok, student_key, view_specs(views))
     cross.setup("fit")
     write_data_stats(cfg, cross)  # what the alignment distils and leaves out, in the run dir
-    loss.bind_vocabularies(dm.tokenizer, student_tok)
+    if reads is not None:
+        own = {TEACHER: dm.tokenizer, STUDENT: student_tok}
+        feeds = [own.get(r) if r in own else views[r] for r in reads]
+        teacher.scorer.read_feeds(reads, [len(t) for t in feeds])
+        loss.bind_vocabularies(dm.tokenizer, student_tok, members=feeds)
+        log.info(
+            "teachers read: %s (views: %d)", ", ".join(f"teachers[{i}] {r}" for i, r in enumerate(reads)), len(views)
+        )
+    else:
+        loss.bind_vocabularies(dm.tokenizer, student_tok)
     log.info(
         "cross-tokenizer: teacher vocabulary %d, student %d (%s); student rows of %d tokens",
         len(dm.tokenizer),
@@ -98,3 +118,15 @@ def cross_tokenizer_data(cfg: DictConfig, dm, loss: Objective):
         cross.student_len,
     )
     return cross
+
+
+def check_several(cfg: DictConfig, loss: Objective, teacher, reads: list) -> None:
+    """Teachers on different rows: each compared with the student on its own (``teachers_mix=sum``)."""
+    if cfg.get("teachers_mix", "mixture") == "mixture":
+        raise DistillError(
+            "teachers_mix=mixture mixes distributions over one vocabulary, but these teachers read different "
+            f"tokenizers' rows ({reads}): use teachers_mix=sum (each teacher aligned with the student on its own)"
+        )
+    caches = [i for i, m in enumerate(teacher.members) if m.kind == "cache"]
+    terms = [t for t in TERMS if loss.wired(t)]
+    check_terms(terms, reads, teacher.paired, caches, loss.on_policy.lmbda > 0)

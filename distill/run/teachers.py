@@ -17,9 +17,10 @@ from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
 from distill.losses.mixture import mixture_logprobs, normalized
 from distill.quant.memory import teacher_bytes
+from distill.run.cross_teachers import member_metrics
 from distill.run.setup import autocast_dtype
 from distill.run.teacher import connect_teacher, resolve_teacher
-from distill.run.teachers_config import member_config, paired_teacher, several, tokenizer_vocab
+from distill.run.teachers_config import member_config, paired_teacher, several
 from distill.teacher.mixture import MixtureTeacher
 from distill.teacher.source import SEVERAL, TeacherSource
 
@@ -28,7 +29,8 @@ log = logging.getLogger(__name__)
 
 def resolve(cfg: DictConfig, dm, for_training: bool = True) -> TeacherSource:
     """The run's teacher(s). The first is resolved as the one teacher would be (loaded when it runs or
-    the student is cut from it); the others are loaded only when they run (live)."""
+    the student is cut from it); the others are loaded only when they run (live). Their tokenizers are
+    matched with the student's by the cross-tokenizer step (``distill.run.cross_teachers``)."""
     if not several(cfg):
         return resolve_teacher(cfg, dm, for_training)
     members = []
@@ -36,7 +38,6 @@ def resolve(cfg: DictConfig, dm, for_training: bool = True) -> TeacherSource:
         member = resolve_teacher(member_config(cfg, i), dm, for_training=for_training and i == 0)
         if for_training and member.live:
             member.load_weights()
-        check_tokenizer(member, i, dm.tokenizer)
         members.append(member)
     first = members[0]
     return TeacherSource(
@@ -47,21 +48,6 @@ def resolve(cfg: DictConfig, dm, for_training: bool = True) -> TeacherSource:
         members=members,
         weights=normalized([float(e.weight) for e in cfg.teachers]),
     )
-
-
-def check_tokenizer(member: TeacherSource, i: int, tokenizer) -> None:
-    """A live teacher's own tokenizer must be the student's (a cache is checked against it when opened)."""
-    if not member.live or member.path is None:
-        return
-    try:
-        vocab = tokenizer_vocab(member.path)
-    except Exception:  # noqa: BLE001 - a from-scratch teacher saved by this package always has one
-        return
-    if vocab != tokenizer.get_vocab():
-        raise DistillError(
-            f"teachers[{i}] ({member.path}) has a different tokenizer from the student's ({len(vocab)} vs "
-            f"{len(tokenizer)} tokens): several teachers must share the student's tokenizer; drop the entry"
-        )
 
 
 def connect(cfg: DictConfig, dm, source: TeacherSource, objective=None) -> TeacherSource:
@@ -121,7 +107,11 @@ def teachers_metrics(cfg: DictConfig, dm, vocab_size: int, source: TeacherSource
         out |= {prefix + "weight": source.weights[i], prefix + "source": member.kind}
         out[prefix + "name"] = entry.get("name") or str(i)
         out[prefix + "path"] = member.path if member.live else entry.get("cache_dir")
-        if member.live_model is not None:
+        reads = getattr(source.scorer, "reads", None)
+        if member.live_model is not None and reads is not None:  # teachers on rows of their own tokenizers
+            found = member_metrics(dm, reads[i], member.live_model.to(device), student, device, amp(cfg))
+            out |= {prefix + k: v for k, v in found.items()}
+        elif member.live_model is not None:
             out |= {
                 prefix + k: v
                 for k, v in measure_member(cfg, dm, vocab_size, member.live_model, student, device).items()
@@ -150,9 +140,15 @@ def mixture_metrics(cfg: DictConfig, dm, vocab_size: int, source: TeacherSource,
     top-1 agreement with it and KL(mixture ‖ student), the training target's own divergence."""
     if source.kind != SEVERAL or any(m.live_model is None for m in source.members):
         return {}
+    if getattr(source.scorer, "reads", None) is not None:  # several vocabularies: no per-token mixture to score
+        return {}
     mixture = MixtureModel([m.live_model for m in source.members], source.weights, vocab_size)
     found = measure_member(cfg, dm, vocab_size, mixture, student, device)
     return {f"teachers.mixture.{k}": v for k, v in found.items() if k != "params"}
+
+
+def amp(cfg: DictConfig):
+    return autocast_dtype(cfg.trainer.precision)
 
 
 def measure_member(cfg: DictConfig, dm, vocab_size: int, model, student, device) -> dict:
@@ -161,7 +157,7 @@ def measure_member(cfg: DictConfig, dm, vocab_size: int, model, student, device)
         dm.val_dataloader(),
         vocab_size,
         device=device,
-        autocast_dtype=autocast_dtype(cfg.trainer.precision),
+        autocast_dtype=amp(cfg),
     )
     return {
         "params": num_params(model),

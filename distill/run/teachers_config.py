@@ -35,7 +35,7 @@ def place_teachers(cfg: DictConfig, check_dirs: bool = True) -> None:
     entries = resolved_entries(cfg)
     check_entries(entries)
     if check_dirs:
-        check_entry_dirs(entries, cfg.data.get("seq_len"))
+        check_entry_dirs(entries, cfg.data.get("seq_len"), cfg.get("teachers_mix", "mixture"))
     with open_dict(cfg):
         cfg.teachers = entries
         cfg.teacher = teacher_config(entries[0])
@@ -95,10 +95,10 @@ def check_entries(entries: list[dict]) -> None:
         raise DistillError(f"teachers: two entries share a name ({names}): give each a name of its own")
 
 
-def check_entry_dirs(entries: list[dict], seq_len: int | None) -> None:
-    """Each live teacher's directory (as ``teacher.path`` is checked), and one tokenizer for all of them:
-    every teacher must score the student's tokens (across tokenizers, each teacher would need its own
-    alignment, which several teachers do not have yet)."""
+def check_entry_dirs(entries: list[dict], seq_len: int | None, mix: str = "mixture") -> None:
+    """Each live teacher's directory (as ``teacher.path`` is checked); under ``teachers_mix=mixture`` one
+    tokenizer for all of them (a mixture of distributions needs one vocabulary; under ``sum`` each teacher
+    is aligned with the student on its own: ``distill.run.cross_teachers``)."""
     first = None
     for i, e in enumerate(entries):
         if e["backend"] != "live" or not e.get("path"):
@@ -110,12 +110,13 @@ def check_entry_dirs(entries: list[dict], seq_len: int | None) -> None:
         vocab = tokenizer_vocab(e["path"])
         if first is None:
             first = (i, vocab)
-        elif vocab != first[1]:
+        elif vocab != first[1] and mix == "mixture":
             differ = len(set(vocab.items()) ^ set(first[1].items()))
             raise DistillError(
                 f"teachers[{i}].path has a different tokenizer from teachers[{first[0]}]'s ({len(vocab)} vs "
-                f"{len(first[1])} tokens, {differ} entries differ): several teachers must share the student's "
-                "tokenizer; drop the entry or distill from it alone with a cross-tokenizer objective (loss=gold)"
+                f"{len(first[1])} tokens, {differ} entries differ): teachers_mix=mixture mixes distributions over one "
+                "vocabulary; use teachers_mix=sum with a cross-tokenizer term (loss.weights.gold=1), which aligns each "
+                "teacher with the student on its own"
             )
 
 
@@ -165,13 +166,6 @@ def check_teachers(cfg: DictConfig, loss) -> None:
     """Combinations several teachers cannot serve, each refused in one line before any data work."""
     entries = cfg.teachers
     cached = [i for i, e in enumerate(entries) if e.get("backend") == "cache"]
-    own_tokenizer = cfg.student.get("tokenizer") or cfg.student.get("vocab_size")
-    if loss.aligned_terms or own_tokenizer:
-        what = f"loss.weights.{loss.aligned_terms[0]}" if loss.aligned_terms else "a student tokenizer of its own"
-        raise DistillError(
-            f"teachers=[...] with {what}: each teacher would need its own alignment to the student's tokens, "
-            "which several teachers do not have yet; distill from one teacher (teacher.*)"
-        )
     if cfg.seq_kd.get("enabled"):
         raise DistillError("seq_kd.enabled=true generates with one teacher: use teacher.* instead of teachers=[...]")
     spec = cfg.trainer.get("strategy")

@@ -60,7 +60,7 @@ def train(cfg: DictConfig) -> float:
     connect(cfg, dm, teacher, loss)
     if cfg.seq_kd.enabled:
         dm = sequence_kd_data(cfg, dm, teacher)
-    dm = cross_tokenizer_data(cfg, dm, loss)  # a student with its own tokenizer: its rows of the same text
+    dm = cross_tokenizer_data(cfg, dm, loss, teacher)  # a student (or teachers) with its own tokenizer
     teacher_vocab_size, vocab_size = vocab_size, len(dm.tokenizer)
     student = build_student(cfg, teacher.model, vocab_size, dm)
     save_pruning_report(student, out)

@@ -21,6 +21,12 @@ the student with:
 Hidden-state and attention terms pair the student with one teacher, ``paired`` (``loss.hidden.teacher``):
 only that teacher returns its internals; the others return logits alone. Under ``mixture`` teachers of
 weight 0 are not run (the paired one always is).
+
+Teachers with tokenizers of their own (``distill.data.cross``: a student with its own tokenizer, or
+teachers that differ) each read the rows of their tokenizer: ``read_feeds`` says which (``"student"``:
+the student's rows, ``"teacher"``: the first teacher's, ``j``: view ``j``), and each member's outputs
+carry the alignment of its rows to the student's (``Outputs.aligned``; none on the student's rows), so
+the objective compares each on its own (``teachers_mix=sum``; a mixture needs one vocabulary).
 """
 
 from __future__ import annotations
@@ -46,8 +52,21 @@ class MixtureTeacher(nn.Module):
         # live teachers as registered children: ``DistillationModule._apply`` moves this module, and them with it
         self.live = nn.ModuleList([s for s in scorers if isinstance(s, nn.Module)])
         self.weights, self.mix, self.paired = normalized(weights), mix, paired
+        self.reads: list | None = None  # which rows each teacher reads (``read_feeds``); None: all the batch's
+        self.vocab_sizes: list[int] | None = None
         if mix == "mixture":
             refuse_sampled_in_mixture(self.scorers)
+
+    def read_feeds(self, reads: list, vocab_sizes: list[int]) -> MixtureTeacher:
+        """Teacher ``i`` reads the rows ``reads[i]`` names (see the module's doc) in its vocabulary of
+        ``vocab_sizes[i]`` tokens."""
+        if self.mix == "mixture" and len(set(reads)) > 1:
+            raise DistillError(
+                "teachers_mix=mixture mixes distributions over one vocabulary, but these teachers tokenize differently "
+                f"({reads}): use teachers_mix=sum (each teacher aligned with the student on its own)"
+            )
+        self.reads, self.vocab_sizes = list(reads), list(vocab_sizes)
+        return self
 
     def train(self, mode: bool = True) -> MixtureTeacher:
         return super().train(False)  # teachers never leave eval mode
@@ -67,8 +86,10 @@ class MixtureTeacher(nn.Module):
         return [i for i, w in enumerate(self.weights) if w > 0 or i == self.paired or self.mix == "sum"]
 
     @torch.no_grad()
-    def scores(self, input_ids, rows, objective, vocab_size: int, position_ids=None) -> Outputs:
-        outs = {i: self._member(i, input_ids, rows, objective, vocab_size, position_ids) for i in self.running()}
+    def scores(self, input_ids, rows, objective, vocab_size: int, position_ids=None, feeds=None) -> Outputs:
+        """``feeds``: ``{"student" | "teacher" | j: (inputs, AlignedBatch or None)}``, the rows each
+        teacher may read (``read_feeds``); without it every teacher reads ``input_ids``."""
+        outs = {i: self._fed(i, input_ids, rows, objective, vocab_size, position_ids, feeds) for i in self.running()}
         paired = outs[self.paired]
         internals = dict(hidden_states=paired.hidden_states, attentions=paired.attentions, vocab_size=vocab_size)
         if self.mix == "sum":
@@ -82,6 +103,15 @@ class MixtureTeacher(nn.Module):
             return Outputs(logits=sparse_mixture(sparse, weights), **internals)
         mixed = mixture_logprobs(logits, weights, objective.temperature)
         return Outputs(logits=as_logits(mixed, objective.temperature), **internals)
+
+    def _fed(self, i: int, input_ids, rows, objective, vocab_size, position_ids, feeds) -> Outputs:
+        if feeds is None or self.reads is None:
+            return self._member(i, input_ids, rows, objective, vocab_size, position_ids)
+        ids, aligned = feeds[self.reads[i]]
+        positions = position_ids if self.reads[i] == "student" else None
+        out = self._member(i, ids, rows, objective, self.vocab_sizes[i], positions)
+        out.aligned = aligned if self.reads[i] != "student" else None
+        return out
 
     def _member(self, i: int, input_ids, rows, objective, vocab_size, position_ids) -> Outputs:
         """Teacher ``i``'s outputs: the objective's full request for the paired teacher, logits for the others."""
