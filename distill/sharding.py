@@ -3,7 +3,7 @@
 Every transformer block of the student is its own ``fully_shard`` unit and the rest (embeddings,
 final norm, head) the root unit; the objective's trainable projections, if any, are one unit more. The
 frozen teacher is either replicated (default: each rank holds it whole, as under DDP) or sharded
-with its own ``fully_shard`` (``trainer.strategy.shard_teacher=true``). A sharded teacher still
+with its own ``fully_shard`` (``trainer.strategy.shard_teacher=true``; several teachers: each one). A sharded teacher still
 never gathers gradients: its parameters have ``requires_grad=False``, it is outside
 ``parameters()`` of the LightningModule (so outside the optimizer and checkpoints), and its forward
 runs under ``no_grad``, so no autograd graph reaches it and FSDP's post-backward reduce-scatter
@@ -90,17 +90,28 @@ def shard_distillation_module(module, mesh, shard_teacher: bool = False) -> None
         # hidden-state projections train with the student: as a unit of their own their gradients
         # are reduce-scattered like the student's (a plain parameter would drift apart per rank)
         fully_shard(module.loss, mesh=dp_mesh)
-    teacher = getattr(module.teacher, "model", None)  # a live teacher's weights (a cache has none)
-    if shard_teacher and teacher is not None:
+    teachers = live_teacher_models(module.teacher) if shard_teacher else []
+    for teacher in teachers:
         teacher.requires_grad_(False)
         # reshard the root after forward too: there is never a backward to keep it gathered for
         shard_model(
             teacher, dp_mesh, reshard_root=True, what="the teacher", fix="set trainer.strategy.shard_teacher=false"
         )
-        log.info("FSDP2: teacher sharded over %d ranks (inference only, no gradients)", dp_mesh.size())
+    if teachers:
+        log.info(
+            "FSDP2: %d teacher(s) sharded over %d ranks (inference only, no gradients)", len(teachers), dp_mesh.size()
+        )
     log.info(
         "FSDP2: student sharded over %d ranks (%s)", dp_mesh.size(), ", ".join(sorted(block_classes(module.student)))
     )
+
+
+def live_teacher_models(teacher) -> list[nn.Module]:
+    """The weights of every live teacher behind the module's scorer: one ``Teacher``'s, or each of several
+    (``MixtureTeacher.live``); a cache has none. Several teachers run one after another, each gathered only
+    during its own forward, so sharding each one divides all of their weights by the ranks."""
+    scorers = list(getattr(teacher, "live", None) or [teacher])
+    return [m for m in (getattr(s, "model", None) for s in scorers) if m is not None]
 
 
 def weightless_clone(model: nn.Module) -> nn.Module:

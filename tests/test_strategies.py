@@ -103,6 +103,26 @@ def test_sharded_teacher_is_frozen_and_outside_the_optimizer(mesh):
     sharding.shard_distillation_module(module, mesh, shard_teacher=True)  # a second configure_model: no-op
 
 
+def test_several_teachers_are_each_sharded_and_gather_back(mesh):
+    from torch.distributed.fsdp import FSDPModule
+
+    from distill.teacher.mixture import MixtureTeacher
+
+    first, second = tiny_llama(seed=1), tiny_llama(seed=2)
+    reference = tiny_llama(seed=2)
+    mixture = MixtureTeacher([Teacher(first), Teacher(second)], [1, 1], mix="sum")
+    module = DistillationModule(tiny_llama(), ce_only(), 64, teacher=mixture)
+    sharding.shard_distillation_module(module, mesh, shard_teacher=True)
+    assert isinstance(first, FSDPModule) and isinstance(second, FSDPModule)
+    assert not any(p.requires_grad for m in (first, second) for p in m.parameters())
+    optimized = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert optimized and not optimized & {id(p) for m in (first, second) for p in m.parameters()}
+    ids = torch.randint(0, 64, (1, 8))
+    with torch.no_grad():
+        torch.testing.assert_close(second(input_ids=ids).logits, reference(input_ids=ids).logits)
+    torch.testing.assert_close(sharding.unsharded(second).state_dict(), reference.state_dict())
+
+
 def test_replicated_teacher_stays_plain(mesh):
     from torch.distributed.fsdp import FSDPModule
 

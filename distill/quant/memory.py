@@ -232,9 +232,14 @@ def fsdp_gathered(student: nn.Module, sharded_teacher: nn.Module | None, setup: 
     b = param_bytes(student)
     total = (root + 2 * block) * b + (root + block) * b  # weights: root + two blocks; gradients: root + one
     if sharded_teacher is not None:
-        t_block, t_root = block_and_root_params(sharded_teacher)
-        total += (t_root + 2 * t_block) * teacher_bytes_per_param(sharded_teacher, setup.teacher_load_in)
+        total += fsdp_gathered_teacher(sharded_teacher, setup.teacher_load_in)
     return float(total)
+
+
+def fsdp_gathered_teacher(teacher: nn.Module, load_in: str | None) -> float:
+    """A sharded teacher's root and two blocks, gathered during its forward."""
+    t_block, t_root = block_and_root_params(teacher)
+    return float((t_root + 2 * t_block) * teacher_bytes_per_param(teacher, load_in))
 
 
 def teacher_bytes_per_param(teacher: nn.Module, load_in: str | None) -> float:

@@ -16,11 +16,12 @@ from torch import nn
 from distill.errors import DistillError
 from distill.eval.metrics import evaluate, num_params
 from distill.losses.mixture import mixture_logprobs, normalized
-from distill.quant.memory import teacher_bytes
+from distill.quant.memory import fsdp_gathered_teacher, teacher_bytes
 from distill.run.cross_teachers import member_metrics
 from distill.run.setup import autocast_dtype
 from distill.run.teacher import connect_teacher, resolve_teacher
 from distill.run.teachers_config import member_config, paired_teacher, several
+from distill.sharding import unsharded
 from distill.teacher.mixture import MixtureTeacher
 from distill.teacher.source import SEVERAL, TeacherSource
 
@@ -69,6 +70,14 @@ def connect(cfg: DictConfig, dm, source: TeacherSource, objective=None) -> Teach
     return source
 
 
+def unshard_teachers(source: TeacherSource) -> None:
+    """Each teacher FSDP2 sharded in place (``trainer.strategy.shard_teacher=true``), as a plain model with
+    its full weights again, to measure it (every rank takes part)."""
+    for member in source.members:
+        member.model = unsharded(member.model)
+    source.model = source.members[0].model if source.members else unsharded(source.model)
+
+
 def add_teachers(estimate: dict, cfg: DictConfig, source: TeacherSource, setup) -> dict:
     """The memory estimate (``distill.quant.memory.estimate_memory``, which counted the first teacher) with
     every other live teacher: its weights (at its ``load_in``), and per batch its logits and their float32
@@ -86,9 +95,12 @@ def with_more_teachers(estimate: dict, teachers: list[tuple], setup) -> dict:
     """``estimate`` plus live teachers given as (model, load_in) (weightless ones too: ``plan=true``)."""
     out = dict(estimate)
     logits = 8.0 * setup.batch_size * setup.seq_len * setup.vocab_size
+    sharded = setup.strategy == "fsdp" and setup.shard_teacher and setup.world_size > 1
     for model, load_in in teachers:
-        out["teacher weights"] += teacher_bytes(model, load_in)
+        out["teacher weights"] += teacher_bytes(model, load_in) / (setup.world_size if sharded else 1)
         out["loss buffers"] += logits
+        if sharded:  # its root and two blocks gathered: an upper bound (the teachers run one after another)
+            out["fsdp gathered"] += fsdp_gathered_teacher(model, load_in)
     held = out["student weights"] + out["teacher weights"] + out["optimizer"] + out["fsdp gathered"]
     transient = max(out["activations"] + out["loss buffers"], out["optimizer step"])
     out["total"] = held + out["gradients"] + transient  # as estimate_memory sums its parts

@@ -168,12 +168,6 @@ def check_teachers(cfg: DictConfig, loss) -> None:
     cached = [i for i, e in enumerate(entries) if e.get("backend") == "cache"]
     if cfg.seq_kd.get("enabled"):
         raise DistillError("seq_kd.enabled=true generates with one teacher: use teacher.* instead of teachers=[...]")
-    spec = cfg.trainer.get("strategy")
-    if hasattr(spec, "get") and spec.get("shard_teacher"):
-        raise DistillError(
-            "trainer.strategy.shard_teacher=true shards one teacher; with teachers=[...] each teacher is replicated: "
-            "set trainer.strategy.shard_teacher=false"
-        )
     if cfg.get("teachers_mix", "mixture") == "mixture" and loss.fused_linear and len(cached) < len(entries):
         raise DistillError(
             "teachers_mix=mixture mixes the live teachers' logits, which loss.fused_linear=true never builds: "

@@ -34,7 +34,14 @@ from distill.run.student import (
     student_spec,
     use_eager_attention,
 )
-from distill.run.teachers import connect, first_cached_metrics, forward_cost, resolve, teachers_metrics
+from distill.run.teachers import (
+    connect,
+    first_cached_metrics,
+    forward_cost,
+    resolve,
+    teachers_metrics,
+    unshard_teachers,
+)
 from distill.sharding import unsharded
 from distill.student.lora import apply_lora
 
@@ -91,7 +98,8 @@ def train(cfg: DictConfig) -> float:
     trainer, meter, history = fit(cfg, module, dm, role="student", plugin=plugin)
     baseline, baseline_history = train_control(cfg, control_config, vocab_size, dm, teacher)
     # FSDP2 sharded these in place: gather their full weights (every rank takes part) to evaluate and export
-    student, baseline, teacher.model = unsharded(student), unsharded(baseline), unsharded(teacher.model)
+    student, baseline = unsharded(student), unsharded(baseline)
+    unshard_teachers(teacher)
     if not trainer.is_global_zero:
         return float("nan")
 

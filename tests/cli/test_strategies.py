@@ -132,3 +132,14 @@ def test_ddp_in_a_local_multirun_runs_each_job_once(tmp_path, cache_dir):
         assert (tmp_path / job / "metrics.json").exists() and (tmp_path / job / "train_ddp_process_1.log").exists()
         hashes.append(replicas["hashes"][0])
     assert hashes[0] != hashes[1]  # two learning rates, two students
+
+
+def test_fsdp_shards_each_of_several_teachers(tmp_path, cache_dir):
+    out = tmp_path / "run"
+    teachers = "teachers=[{weight: 3}, {scratch: {num_layers: 3}, weight: 1, name: deep}]"
+    args = ["trainer=fsdp", "trainer.strategy.shard_teacher=true", teachers, "teachers_mix=sum", *TWO_CPU]
+    proc = run_ok([*args, f"hydra.run.dir={out}"], cache_dir)
+    assert "2 teacher(s) sharded over 2 ranks" in proc.stderr + proc.stdout
+    metrics = assert_one_run_written_by_rank_zero(out)
+    # measured after training from the gathered (unsharded) weights of each
+    assert metrics["teachers.1.params"] > metrics["teachers.0.params"] > 0 and metrics["teachers.1.val_ppl"] > 1

@@ -99,3 +99,52 @@ def test_a_student_tokenizer_without_offsets_is_refused_in_one_line(cross):
 
     with pytest.raises(DistillError, match="slow tokenizer without character offsets"):
         CrossTokenizerData(cross.base, Slow(), "slow")
+
+
+# ---------------------------------------------------------------- several teachers: views of the same text
+
+
+@pytest.fixture(scope="module")
+def viewed(cross, tmp_path_factory):
+    """The same teacher rows with a third tokenizer's view (BPE 650), the student's own (BPE 900) or the teacher's."""
+    tmp = tmp_path_factory.mktemp("view")
+    train_bpe([d.text for d in cross.base.train_docs], 650, tmp / "third")
+    third = load_tokenizer(tmp / "third")
+    own = CrossTokenizerData(cross.base, cross.tokenizer, "student-900", views=[("third-650", third)])
+    shared = CrossTokenizerData(cross.base, None, "unused", views=[("third-650", third)])
+    own.setup(), shared.setup()
+    return own, shared, third
+
+
+def test_a_view_holds_its_tokens_of_the_row_text_and_aligns_them_with_the_students(viewed):
+    own, _, third = viewed
+    data = own.datasets["train"]
+    checked = 0
+    for i in range(0, len(data), max(1, len(data) // 10)):
+        teacher, student = data.rows(i)
+        [view] = data.view_rows(i)
+        inputs, _, _, extras = data[i]
+        [(view_ids, a)] = extras["views"]
+        assert torch.equal(view_ids[: len(view.ids)], torch.as_tensor(view.ids))
+        # the view's tokens lie inside the teacher row's characters, as the student's do
+        assert view.offsets[:, 0].min() >= teacher.offsets[:, 0].min()
+        assert view.offsets[:, 1].max() <= teacher.offsets[:, 1].max()
+        for k in range(len(a)):  # each span's tokens decode to one text on both sides
+            v_ids = [view.ids[a.teacher.rows[k] + 1], *a.teacher.extra_ids[a.teacher.extra_span == k]]
+            s_ids = [student.ids[a.student.rows[k] + 1], *a.student.extra_ids[a.student.extra_span == k]]
+            assert third.decode(v_ids) == own.tokenizer.decode(s_ids)
+            checked += 1
+    assert checked > 100
+    assert own.stats["alignment"]["val"]["views"][0]["spans"] > 0  # each view's alignment is counted
+
+
+def test_a_student_sharing_the_first_teachers_tokenizer_reads_the_packed_rows_exactly(viewed, cross):
+    _, shared, _ = viewed
+    assert shared.tokenizer is cross.base.tokenizer and shared.student_len == cross.seq_len
+    loader = shared.train_dataloader()
+    inputs, targets, rows, extras = next(iter(loader))
+    blocks = torch.as_tensor(cross.base.train_blocks[rows.numpy()])
+    assert torch.equal(inputs, blocks[:, :-1]) and torch.equal(targets, blocks[:, 1:])
+    [(view_ids, aligned)] = extras["views"]
+    assert view_ids.shape[0] == inputs.shape[0] and aligned.student.rows.max() < inputs.numel()
+    assert aligned.teacher.rows.max() < view_ids.numel()

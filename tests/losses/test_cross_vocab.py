@@ -304,3 +304,26 @@ def test_a_student_with_its_own_tokenizer_learns_from_the_teacher_through_real_a
         opt.step()
         losses.append(loss.item())
     assert min(losses[-3:]) < 0.8 * losses[0], losses  # measured: ULD 0.90 -> 0.44, GOLD 0.55 -> 0.37
+
+
+def test_several_teachers_each_on_its_own_rows_sum_to_the_weighted_terms():
+    """``teachers_mix=sum`` (``Objective._per_teacher_terms``): a teacher on the student's tokens gets the
+    exact divergence, one on rows of another tokenizer GOLD on its own alignment and vocabulary mapping."""
+    from distill.losses.divergences import chunked_logit_loss
+    from distill.losses.objective import Objective, Outputs
+
+    rows, (s, t) = _rows(4), _logits(4, torch.float32)
+    batch = collate([a for a, *_ in rows], LT, LS)
+    same = torch.randn(B, LS, VS, generator=torch.Generator().manual_seed(5))
+    labels = torch.randint(0, VS, (B, LS), generator=torch.Generator().manual_seed(6))
+    obj = Objective(weights={"ce": 0.5, "forward_kl": 1.0, "gold": 2.0})
+    obj.member_mappings = [None, MAPPING]
+    members = (Outputs(logits=same, vocab_size=VS), Outputs(logits=t, vocab_size=VT, aligned=batch))
+    terms = obj(Outputs(logits=s, vocab_size=VS), Outputs(members=members, member_weights=(0.7, 0.3)), labels)
+    kl, _ = chunked_logit_loss(s, same, labels, None, weights={"forward_kl": 1.0})
+    ce, _ = chunked_logit_loss(s, None, labels, None, weights={"ce": 1.0})
+    gold, _ = cross_vocab_loss(s, t, batch, weights={"gold": 1.0}, mapping=MAPPING)
+    torch.testing.assert_close(terms["loss"], 0.5 * ce + 0.7 * kl + 0.3 * 2.0 * gold)
+    torch.testing.assert_close(terms["gold.teacher1"], gold)
+    torch.testing.assert_close(terms["forward_kl.teacher0"], kl)
+    assert "gold.teacher0" not in terms and "forward_kl.teacher1" not in terms

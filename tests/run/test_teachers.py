@@ -156,6 +156,22 @@ def test_hidden_states_come_from_the_paired_teacher_only():
     assert len(out.hidden_states) == 4  # the deep teacher's embeddings + 3 layers
 
 
+def test_each_teacher_reads_the_rows_of_its_tokenizer_and_carries_their_alignment():
+    """Teachers of different tokenizers (``distill.run.cross_teachers``): one on the student's rows, one on a view."""
+    same, other = llama(1, 0), llama(2, 1, vocab=48)
+    ids = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(0))
+    view = torch.randint(0, 48, (2, 6), generator=torch.Generator().manual_seed(1))
+    feeds = {"student": (ids, None), "teacher": (ids, "first teacher's alignment"), 0: (view, "view 0's alignment")}
+    mix = MixtureTeacher([Teacher(same), Teacher(other)], [1, 1], mix="sum").read_feeds(["student", 0], [V, 48])
+    out = mix.scores(ids, None, _objective(), V, feeds=feeds)
+    first, second = out.members
+    torch.testing.assert_close(first.logits, same(ids).logits)
+    torch.testing.assert_close(second.logits, other(view).logits[..., :48])
+    assert first.aligned is None and second.aligned == "view 0's alignment" and second.vocab_size == 48
+    with pytest.raises(DistillError, match="teachers_mix=mixture mixes distributions over one vocabulary"):
+        MixtureTeacher([Teacher(same), Teacher(other)], [1, 1]).read_feeds(["student", 0], [V, 48])
+
+
 def test_sum_mode_is_the_weighted_sum_of_per_teacher_losses_and_trains_like_the_mixture_for_forward_kl():
     small, deep, student = llama(1, 0), llama(3, 1), llama(1, 2)
     ids = torch.randint(0, V, (2, 8), generator=torch.Generator().manual_seed(0))
@@ -252,6 +268,12 @@ def test_the_memory_estimate_counts_every_live_teacher():
     both = add_teachers(one, cfg, source, setup)
     assert both["teacher weights"] == one["teacher weights"] + teacher_bytes(second, None)
     assert both["total"] >= one["total"] + teacher_bytes(second, None)
+    # sharded over 4 ranks (trainer.strategy.shard_teacher=true): each teacher's quarter, and its gathered blocks
+    fsdp = Setup(batch_size=2, seq_len=16, vocab_size=V, strategy="fsdp", world_size=4, shard_teacher=True)
+    one = estimate_memory(student, first, fsdp)
+    both = add_teachers(one, cfg, source, fsdp)
+    assert both["teacher weights"] == one["teacher weights"] + teacher_bytes(second, None) / 4
+    assert both["fsdp gathered"] > one["fsdp gathered"] and both["total"] > one["total"]
 
 
 # ---------------------------------------------------------------- a real run
