@@ -12,13 +12,7 @@ OUT=${1:-/tmp/cross_teachers}
 STEPS=${STEPS:-400}
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline DISTILL_CACHE_DIR=${DISTILL_CACHE_DIR:-$HOME/.cache/distill}
 mkdir -p "$OUT"
-run() {  # run <name> <overrides...>
-    local name=$1; shift
-    [ -f "$OUT/$name/metrics.json" ] && return 0
-    local start=$(date +%s)
-    nice -n 10 distill-train control=false hydra.run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
-    echo $(( $(date +%s) - start )) > "$OUT/$name.wall"
-}
+source "$(dirname "$0")/run_lib.sh"   # run <name> <overrides...>
 run teacherC_prep data.vocab_size=8192 trainer.max_steps=1   # trains and caches teacher C only
 C=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['teacher.path'])" "$OUT/teacherC_prep/metrics.json")
 BOTH=(teachers_mix=sum loss=gold loss.weights.forward_kl=1.0)

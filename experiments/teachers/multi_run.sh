@@ -12,13 +12,7 @@ STEPS=${STEPS:-400}
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline DISTILL_CACHE_DIR=${DISTILL_CACHE_DIR:-$HOME/.cache/distill}
 mkdir -p "$OUT"
 B='{scratch: {num_layers: 6}'
-run() {  # run <name> <overrides...>
-    local name=$1; shift
-    [ -f "$OUT/$name/metrics.json" ] && return 0
-    local start=$(date +%s)
-    nice -n 10 distill-train control=false hydra.run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
-    echo $(( $(date +%s) - start )) > "$OUT/$name.wall"
-}
+source "$(dirname "$0")/run_lib.sh"   # run <name> <overrides...>
 run teacherB_prep teacher.scratch.num_layers=6 trainer.max_steps=1   # trains and caches teacher B only
 run single_A trainer.max_steps=$STEPS                                                      # KD from A alone
 run mix_A_B trainer.max_steps=$STEPS "teachers=[{weight: 0.5}, $B, weight: 0.5, name: B}]"  # 0.5 A + 0.5 B

@@ -17,8 +17,9 @@ RUNS = {  # run -> what its student distilled from (the student is pruned from t
 }
 
 
-def load(out: Path, run: str) -> dict | None:
-    fresh, kept = out / run / "metrics.json", HERE / f"multi_{run}.json"
+def load(out: Path, run: str, prefix: str = "multi") -> dict | None:
+    """``OUT/<run>/metrics.json`` if a fresh run wrote one (copied here as ``<prefix>_<run>.json``), else the copy here."""
+    fresh, kept = out / run / "metrics.json", HERE / f"{prefix}_{run}.json"
     if fresh.exists():
         shutil.copyfile(fresh, kept)
     return json.loads(kept.read_text()) if kept.exists() else None

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Q4_0: QAT against PTQ over more seeds than run_full.sh's one. For each seed: the quickstart student trained
+# 400 steps in full precision (fp_s<S>: exported F16 and, as PTQ, Q4_0) and the same 400 steps with
+# quant=qat_q4_0 from the same pruned init (qat_q4_0_s<S>), then measure.py on that seed's validation split.
+# seed=S moves data.seed (the train/validation split and the batch order); the teacher is the same quickstart
+# teacher in every seed (TEACHER: its dir, the "teacher:" line of a quickstart run's train.log).
+# Usage: TEACHER=<dir> SEEDS="1 2" bash experiments/deploy/seeds.sh [OUT]   Needs llama-cpp-python.
+set -euo pipefail
+OUT=${1:-/tmp/deploy_seeds}
+TEACHER=${TEACHER:?set TEACHER=<the quickstart teacher dir>}
+SEEDS=${SEEDS:-1 2}
+export HF_HUB_OFFLINE=1 WANDB_MODE=offline DISTILL_CACHE_DIR=${DISTILL_CACHE_DIR:-$HOME/.cache/distill}
+mkdir -p "$OUT"
+train() {  # name, overrides...
+    local name=$1; shift
+    [ -f "$OUT/$name/metrics.json" ] && return 0
+    /usr/bin/time -f "WALL %e s" nice -n 10 distill-train experiment=quickstart control=false teacher.path="$TEACHER" \
+        hydra.run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
+}
+for s in $SEEDS; do
+    train "fp_s$s" seed="$s"
+    train "qat_q4_0_s$s" seed="$s" quant=qat_q4_0
+    for t in f16 q4_0; do [ -f "$OUT/fp_s$s/student.$t.gguf" ] || distill-export run_dir="$OUT/fp_s$s" export.gguf=$t; done
+    [ -f "$OUT/results_s$s.json" ] || python experiments/deploy/measure.py "$OUT/fp_s$s" "$OUT/qat_q4_0_s$s" --seed "$s" \
+        --out "$OUT/results_s$s.json"
+done
