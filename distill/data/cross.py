@@ -95,9 +95,9 @@ def cut(stream: Encoded, lo: int, hi: int) -> Encoded:
     return Encoded(stream.ids[lo:hi], stream.offsets[lo:hi], stream.special[lo:hi])
 
 
-def padded(ids: np.ndarray, length: int, pad_id: int, fill: int | None = None) -> torch.Tensor:
-    """``ids`` right-padded (or cut) to ``length``."""
-    row = torch.full((length,), pad_id if fill is None else fill, dtype=torch.long)
+def padded(ids: np.ndarray, length: int, pad_id: int) -> torch.Tensor:
+    """``ids`` right-padded with ``pad_id`` (or cut) to ``length``."""
+    row = torch.full((length,), pad_id, dtype=torch.long)
     row[: min(length, len(ids))] = torch.from_numpy(ids[:length].astype(np.int64))
     return row
 
@@ -128,10 +128,8 @@ class AlignedRows(Dataset):
 
     def rows(self, i: int) -> tuple[Encoded, Encoded]:
         lo, hi = self.ranges[i]
-        teacher = cut(self.teacher, i * self.width, (i + 1) * self.width)
-        return teacher, cut(
-            self.student, lo, min(hi, lo + self.student_len + 1)
-        )  # a longer row is cut (tail unaligned)
+        hi = min(hi, lo + self.student_len + 1)  # a longer row is cut (its tail is unaligned)
+        return cut(self.teacher, i * self.width, (i + 1) * self.width), cut(self.student, lo, hi)
 
     def view_rows(self, i: int) -> list[Encoded]:
         """Each view's tokens of row ``i``'s text (cut to its length: the tail is unaligned)."""

@@ -127,6 +127,4 @@ def check_several(cfg: DictConfig, loss: Objective, teacher, reads: list) -> Non
             "teachers_mix=mixture mixes distributions over one vocabulary, but these teachers read different "
             f"tokenizers' rows ({reads}): use teachers_mix=sum (each teacher aligned with the student on its own)"
         )
-    caches = [i for i, m in enumerate(teacher.members) if m.kind == "cache"]
-    terms = [t for t in TERMS if loss.wired(t)]
-    check_terms(terms, reads, teacher.paired, caches, loss.on_policy.lmbda > 0)
+    check_terms([t for t in TERMS if loss.wired(t)], reads, teacher.paired, loss.on_policy.lmbda > 0)

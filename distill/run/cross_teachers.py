@@ -12,8 +12,8 @@ teacher then reads one of three kinds of rows (``MixtureTeacher.read_feeds``):
   like ``"teacher"`` on its own alignment and vocabulary mapping.
 
 Teachers on different rows are compared each on its own (``teachers_mix=sum``): a mixture of
-distributions needs one vocabulary. Only a live teacher can read a view (a cache holds the rows of the
-first teacher's packing, and is checked against its tokenizer when opened).
+distributions needs one vocabulary. Only a live teacher can read a view: a cache holds the rows of the
+first teacher's packing, and one written with another tokenizer is refused when it is opened.
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def teacher_reads(tokenizers: list, teacher_tokenizer, student_tokenizer) -> tup
     return reads, views
 
 
-def check_terms(terms: list[str], reads: list, paired: int, caches: list[int], on_policy: bool) -> None:
+def check_terms(terms: list[str], reads: list, paired: int, on_policy: bool) -> None:
     """Each teacher must have a term that can compare it with the student, on its rows; one line otherwise."""
     exact = [t for t in terms if t in DIVERGENCES]
     cross = [t for t in terms if t in CROSS_VOCAB_TERMS]
@@ -68,11 +68,6 @@ def check_terms(terms: list[str], reads: list, paired: int, caches: list[int], o
             raise DistillError(
                 f"teachers[{i}] tokenizes differently from the student, but no loss term compares two vocabularies "
                 f"({', '.join(terms)}): add loss.weights.gold=1 (or uld, projected_kl)"
-            )
-        if read not in (STUDENT, TEACHER) and i in caches:
-            raise DistillError(
-                f"teachers[{i}] is a cache in a tokenizer other than teachers[0]'s: a cache holds the rows of its "
-                "own packing, not this run's; run it live (teachers[i].backend=live) or list it first"
             )
     if representation and reads[paired] != STUDENT:
         raise DistillError(
