@@ -1,7 +1,8 @@
 """BPE tokenizers trained on the training split, saved in Hugging Face format.
 
-Two styles, the two that today's model families ship: byte-level BPE (GPT-2, Llama 3, Qwen; the
-default) and SentencePiece-style BPE with byte fallback (Llama 2, Mistral, Gemma), which a student
+Three styles, as today's model families ship them: byte-level BPE split by GPT-2's pattern (the
+default), byte-level BPE split by Llama 3's pattern (Llama 3; Qwen2 differs only in splitting digits
+one by one), and SentencePiece-style BPE with byte fallback (Llama 2, Mistral, Gemma), which a student
 from such a family brings to cross-tokenizer distillation. `tokenizers` does the training (seconds on
 the stdlib); we only wrap it so that the exported student loads with ``AutoTokenizer.from_pretrained``.
 """
@@ -17,13 +18,29 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 from distill.safety import pretrained_kwargs
 
 EOS = "<|endoftext|>"
-STYLES = ("byte_level", "sentencepiece")
+STYLES = ("byte_level", "llama3", "sentencepiece")
+# Llama 3's pre-tokenizer pattern (its tokenizer.json, as tiktoken's cl100k_base): English contractions,
+# a letter run with one leading non-letter, digits in groups of up to 3, punctuation runs with the
+# newlines after them, newline runs with the spaces before them, then spaces
+LLAMA3_PATTERN = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 
 
-def train_bpe(texts: list[str], vocab_size: int, out_dir: Path, special_tokens: list[str] | None = None) -> None:
-    """``special_tokens`` (e.g. a chat template's ``<|im_start|>``) are kept whole, never merged or split."""
+def train_bpe(
+    texts: list[str],
+    vocab_size: int,
+    out_dir: Path,
+    special_tokens: list[str] | None = None,
+    pattern: str | None = None,
+) -> None:
+    """``special_tokens`` (e.g. a chat template's ``<|im_start|>``) are kept whole, never merged or split.
+    ``pattern``: the pre-tokenizer's split instead of GPT-2's (``LLAMA3_PATTERN``), before the bytes."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if pattern is not None:
+        split = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [split, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(
@@ -35,6 +52,11 @@ def train_bpe(texts: list[str], vocab_size: int, out_dir: Path, special_tokens: 
     tok.train_from_iterator(texts, trainer=trainer)
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=EOS)
     hf.save_pretrained(str(out_dir))
+
+
+def train_llama3_bpe(texts, vocab_size: int, out_dir: Path) -> None:
+    """Byte-level BPE split as Llama 3 splits text (``LLAMA3_PATTERN``)."""
+    train_bpe(texts, vocab_size, out_dir, pattern=LLAMA3_PATTERN)
 
 
 def train_sentencepiece_bpe(texts, vocab_size: int, out_dir: Path) -> None:

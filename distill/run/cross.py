@@ -1,7 +1,7 @@
 """The cross-tokenizer step: a student with its own tokenizer gets its own rows of the teacher's text.
 
 ``student.tokenizer=<dir>`` (a fast tokenizer), ``student.vocab_size=N`` (a BPE trained on the
-training split, cached; ``student.tokenizer_style``: byte-level or SentencePiece-style) or a ``student=pretrained`` whose directory holds another tokenizer:
+training split, cached; ``student.tokenizer_style``: byte-level split as GPT-2 or as Llama 3, or SentencePiece-style) or a ``student=pretrained`` whose directory holds another tokenizer:
 then the run trains on ``distill.data.cross.CrossTokenizerData`` and distills with the objectives
 across vocabularies (``loss=uld``, ``loss=gold``). A same-vocabulary term between two tokenizers,
 or a cross-vocabulary term between two alike, is refused in one line (``distill.align.checks``).
@@ -18,7 +18,7 @@ from distill.cache import cached_dir, fingerprint
 from distill.data.cross import CrossTokenizerData
 from distill.data.datamodule import TextDataModule
 from distill.data.seqkd_text import seqkd_as_text
-from distill.data.tokenizer import STYLES, load_tokenizer, train_bpe, train_sentencepiece_bpe
+from distill.data.tokenizer import STYLES, load_tokenizer, train_bpe, train_llama3_bpe, train_sentencepiece_bpe
 from distill.errors import DistillError
 from distill.losses.objective import Objective
 from distill.losses.terms import TERMS
@@ -50,7 +50,11 @@ def own_tokenizer(
 
 # the BPE trainers and the cache keys of their tokenizers ("bpe-v1": the key data modules train theirs under,
 # so the teacher's size and style give back the teacher's own tokenizer)
-TRAINERS = {"byte_level": ("bpe-v1", train_bpe), "sentencepiece": ("sp-bpe-v1", train_sentencepiece_bpe)}
+TRAINERS = {
+    "byte_level": ("bpe-v1", train_bpe),
+    "llama3": ("llama3-bpe-v1", train_llama3_bpe),
+    "sentencepiece": ("sp-bpe-v1", train_sentencepiece_bpe),
+}
 
 
 def student_tokenizer_path(cfg: DictConfig, dm) -> str | None:

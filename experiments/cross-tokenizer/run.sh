@@ -8,15 +8,23 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-experiments/cross-tokenizer/runs}
-run() { name=$1; shift; [ -f "$OUT/$name/metrics.json" ] || distill-train experiment=quickstart student=scratch "$@" hydra.run.dir="$OUT/$name"; }
+# ONLY="<run> ...": those runs alone; a run whose metrics.json exists is skipped
+run() {
+    name=$1; shift
+    [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $name "* ]] || return 0
+    [ -f "$OUT/$name/metrics.json" ] || distill-train experiment=quickstart student=scratch "$@" hydra.run.dir="$OUT/$name"
+}
 run same_tokenizer_kd control=false                     # forward KL + 0.5 CE, the teacher's BPE 4,096
 # its control: CE only, the teacher's tokenizer, the same architecture, steps and rows (teacher=none)
 run same_tokenizer_control teacher=none loss.weights.forward_kl=0 loss.weights.ce=1 control=false
 # another family's tokenizer of the teacher's size: SentencePiece-style BPE ('▁' spaces, byte fallback)
 run gold_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=gold
+# another byte-level family of the teacher's size: split by Llama 3's pattern (digits in threes, punctuation
+# with the newline after it), as Llama 3 and Qwen2 split text
+run gold_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=gold
 run gold_8192 student.vocab_size=8192 loss=gold         # GOLD + 0.5 CE, its own BPE 8,192
 run gold_1024 student.vocab_size=1024 loss=gold         # a much smaller vocabulary
 # the projection (loss=projected_kl + 0.5 CE) where GOLD's shared strings are fewest; its control is the
 # GOLD run's (the same tokenizer, architecture, steps and text; a run is deterministic)
 run projected_kl_1024 student.vocab_size=1024 loss=projected_kl control=false
-python experiments/cross-tokenizer/summarize.py "$OUT"
+python experiments/cross-tokenizer/summarize.py "$OUT" ${SUMMARIZE_FLAGS:-}

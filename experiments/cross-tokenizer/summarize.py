@@ -3,6 +3,7 @@
 python experiments/cross-tokenizer/summarize.py experiments/cross-tokenizer/runs   # copy each run's metrics here, then write
 python experiments/cross-tokenizer/summarize.py                                    # write from the committed metrics
 python experiments/cross-tokenizer/summarize.py --check                            # exit 1 if the README's block is stale
+python experiments/cross-tokenizer/summarize.py /tmp/xtok_bf16 --bf16               # the bf16 set (this machine), its own block
 """
 
 from __future__ import annotations
@@ -16,21 +17,35 @@ sys.path.insert(0, str(HERE.parent))  # experiments/: the README-block helper th
 import readme_block  # noqa: E402
 
 README = HERE / "README.md"
-BEGIN, END = "<!-- results:begin (summarize.py) -->", "<!-- results:end -->"
-RUNS = ["same_tokenizer_control", "same_tokenizer_kd", "gold_4096_sp", "gold_8192", "gold_1024", "projected_kl_1024"]
-CROSS = ["gold_4096_sp", "gold_8192", "gold_1024", "projected_kl_1024"]
+# two sets of runs: fp32 on an earlier machine (metrics_<run>.json), bf16 autocast on a later one (--bf16)
+BF16 = "--bf16" in sys.argv
+PREFIX = "metrics_bf16_" if BF16 else "metrics_"
+BEGIN = "<!-- results-bf16:begin (summarize.py --bf16) -->" if BF16 else "<!-- results:begin (summarize.py) -->"
+END = "<!-- results-bf16:end -->" if BF16 else "<!-- results:end -->"
+RUNS = [
+    "same_tokenizer_control",
+    "same_tokenizer_kd",
+    "gold_4096_sp",
+    "gold_4096_llama3",
+    "gold_8192",
+    "gold_1024",
+    "projected_kl_1024",
+]
+CROSS = ["gold_4096_sp", "gold_4096_llama3", "gold_8192", "gold_1024", "projected_kl_1024"]
 # the run that trained each cross run's CE-only control with its tokenizer (GOLD runs train their own)
 CONTROL = {"projected_kl_1024": "gold_1024"}
 VOCAB = {
     "same_tokenizer_control": "4,096",
     "same_tokenizer_kd": "4,096",
     "gold_4096_sp": "4,096 SentencePiece-style",
+    "gold_4096_llama3": "4,096 Llama 3-style",
     "gold_8192": "8,192",
     "gold_1024": "1,024",
     "projected_kl_1024": "1,024",
 }
 LABELS = {
     "gold_4096_sp": "cross-tokenizer KD: GOLD + 0.5 CE",
+    "gold_4096_llama3": "cross-tokenizer KD: GOLD + 0.5 CE",
     "same_tokenizer_control": "control: CE only, the teacher's tokenizer",
     "same_tokenizer_kd": "KD with the teacher's tokenizer: forward KL + 0.5 CE",
     "gold_8192": "cross-tokenizer KD: GOLD + 0.5 CE",
@@ -43,11 +58,11 @@ TERM = {name: "projected KL" if name.startswith("projected") else "GOLD" for nam
 def collect(runs_dir: Path) -> None:
     for name in RUNS:
         if (runs_dir / name / "metrics.json").exists():
-            (HERE / f"metrics_{name}.json").write_text((runs_dir / name / "metrics.json").read_text())
+            (HERE / f"{PREFIX}{name}.json").write_text((runs_dir / name / "metrics.json").read_text())
 
 
 def load() -> dict[str, dict]:
-    found = {n: HERE / f"metrics_{n}.json" for n in RUNS}
+    found = {n: HERE / f"{PREFIX}{n}.json" for n in RUNS}
     return {n: json.loads(p.read_text()) for n, p in found.items() if p.exists()}
 
 

@@ -42,7 +42,7 @@ def test_one_tokenizer_of_a_usable_size():
         own_tokenizer("/a/tokenizer", 1024)
     with pytest.raises(DistillError, match="student.vocab_size must be >= 260"):
         own_tokenizer(vocab_size=100)
-    with pytest.raises(DistillError, match="tokenizer_style must be one of byte_level, sentencepiece, got 'wordpiece'"):
+    with pytest.raises(DistillError, match="tokenizer_style must be one of byte_level, llama3, sentencepiece, got 'wordpiece'"):
         own_tokenizer(vocab_size=1024, tokenizer_style="wordpiece")
     with pytest.raises(DistillError, match="the style of the BPE trained at student.vocab_size=N: give both"):
         own_tokenizer("/a/tokenizer", tokenizer_style="sentencepiece")
@@ -70,6 +70,19 @@ def test_a_sentencepiece_style_student_of_the_teachers_size_is_another_tokenizer
         "<0xA5>",
     ]
     assert any("\u2581" in piece for piece in tok.convert_ids_to_tokens(tok("def f(x): return x")["input_ids"]))
+    assert student_tokenizer_path(cfg, dm) != student_tokenizer_path(config(tmp_path, vocab_size=400), dm)
+
+
+def test_a_llama3_style_student_splits_as_llama_3_and_reads_the_same_text(dm, tmp_path):
+    """Byte-level like the teacher's, split by Llama 3's pattern: digits in threes, punctuation with the
+    newline after it; another vocabulary of the teacher's size, aligned on the same text."""
+    cfg = config(tmp_path, vocab_size=400, tokenizer_style="llama3")
+    cross = cross_tokenizer_data(cfg, dm, Objective({"gold": 1.0, "ce": 0.5}))
+    tok = cross.tokenizer
+    words = [w for w, _ in tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str("x = 12345):\n")]
+    assert words == ["x", "Ġ=", "Ġ", "123", "45", "):Ċ"]  # what BPE may merge within (GPT-2's: 'Ġ12345', '):', 'Ċ')
+    assert tok.decode(tok("def f(x):\n    return 'é 日'\n")["input_ids"]) == "def f(x):\n    return 'é 日'\n"
+    assert tok.get_vocab() != dm.tokenizer.get_vocab() and len(tok) == 400
     assert student_tokenizer_path(cfg, dm) != student_tokenizer_path(config(tmp_path, vocab_size=400), dm)
 
 
