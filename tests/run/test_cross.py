@@ -42,7 +42,9 @@ def test_one_tokenizer_of_a_usable_size():
         own_tokenizer("/a/tokenizer", 1024)
     with pytest.raises(DistillError, match="student.vocab_size must be >= 260"):
         own_tokenizer(vocab_size=100)
-    with pytest.raises(DistillError, match="tokenizer_style must be one of byte_level, llama3, sentencepiece, got 'wordpiece'"):
+    with pytest.raises(
+        DistillError, match="tokenizer_style must be one of byte_level, llama3, sentencepiece, got 'wordpiece'"
+    ):
         own_tokenizer(vocab_size=1024, tokenizer_style="wordpiece")
     with pytest.raises(DistillError, match="the style of the BPE trained at student.vocab_size=N: give both"):
         own_tokenizer("/a/tokenizer", tokenizer_style="sentencepiece")
