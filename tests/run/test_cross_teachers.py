@@ -79,3 +79,18 @@ def test_a_tiny_run_with_a_teacher_of_another_tokenizer(out_dir, tokenizers, tmp
         assert curves["train/gold.teacher0"] and "train/forward_kl.teacher0" not in curves
     assert metrics["teachers.1.bits_per_byte"] > 0 and 0 <= metrics["teachers.1.student_top1_agreement"] <= 1
     assert metrics["teachers.1.params"] > 0 and metrics["teachers.0.bits_per_byte"] > 0
+
+
+@pytest.mark.cli
+def test_the_cli_refuses_a_teacher_no_term_can_compare_in_one_line(tokenizers, tmp_path, cache_dir):
+    """A teacher of another tokenizer under forward KL alone: one line naming the teacher and the fix."""
+    from tests.cli.helpers import save_random_model
+    from tests.conftest import run_cli
+
+    other = save_random_model(tmp_path / "other", "llama", tokenizers[1] / "b")
+    args = ["experiment=smoke", f"teachers=[{{weight: 1}}, {{path: {other}}}]", "teachers_mix=sum"]
+    proc = run_cli([*args, "control=false", f"hydra.run.dir={tmp_path / 'run'}"], cache_dir)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("distill-train: error:")]
+    assert proc.returncode != 0 and len(errors) == 1, proc.stderr[-2000:]
+    assert "teachers[1] tokenizes differently from the student" in errors[0] and "loss.weights.gold=1" in errors[0]
+    assert not (tmp_path / "run" / "metrics.json").exists()
