@@ -24,7 +24,13 @@ Terms (names as in ``loss.weights``):
            share of the teacher's vocabulary (TRL's adaptive weight) or ``matched_weight``.
            (TRL applies its generalized JSD to the shared tokens' probabilities as they are,
            unnormalized; the bucket keeps both sides proper distributions, on which KL is a
-           divergence, and forward KL is the repo's default term.)
+           divergence, and forward KL is the repo's default term.) ``spans="one_to_one"``: GOLD on
+           the spans of one token on each side only. In a longer span the two first tokens are
+           different strings ('):' + 'ĊĠĠĠ' against '):Ċ' + 'ĠĠĠ' where one tokenizer keeps the
+           newline with the punctuation), so the exact KL on shared strings pulls the student toward
+           its own '):', a token its tokenizer never emits before a newline, against its CE; measured
+           in experiments/cross-tokenizer (why: GOLD's first-token merge compares alternatives of the
+           first token, which mean different texts when the segmentations differ).
 - ``projected_kl``  forward KL from the teacher's distribution projected onto the student's
            vocabulary, each teacher token's mass on the student token its text begins with, on the
            span's first rows (``distill.losses.projected``).
@@ -57,6 +63,7 @@ from distill.teacher.outputs import SparseTeacher
 
 TERMS = ("uld", "gold", "projected_kl")
 MAPPED = ("gold", "projected_kl")  # the terms that read the vocabulary mapping
+GOLD_SPANS = ("all", "one_to_one")  # the spans GOLD compares (loss.gold.spans)
 
 
 def sorted_l1(p: Tensor, q: Tensor, p_len: int, q_len: int, want_grad: bool) -> tuple[Tensor, Tensor | None]:
@@ -226,6 +233,7 @@ def cross_vocab_loss(
     matched_weight: float | None = None,
     chunk_size: int = 256,
     teacher_vocab_size: int | None = None,
+    gold_spans: str = "all",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ_term weights[term] · term, each averaged over the aligned spans by ``aligned.weight``;
     returns (loss, {term: detached value}).
@@ -235,6 +243,7 @@ def cross_vocab_loss(
     teacher's own positions (see ``logit_rows``; its vocabulary size from ``teacher_vocab_size`` or
     the mapping); ``aligned`` indexes their flattened rows
     (``distill.align.batch.collate``). ``gold`` and ``projected_kl`` need ``mapping`` (``distill.align.vocab``).
+    ``gold_spans``: ``all`` or ``one_to_one`` (GOLD averaged over the spans of one token a side only).
     Settings are trusted (terms of ``TERMS``, weights >= 0, temperature > 0, chunk_size >= 1)."""
     s2 = student_logits.reshape(-1, student_logits.shape[-1])
     if isinstance(teacher_logits, SparseTeacher):
@@ -249,7 +258,13 @@ def cross_vocab_loss(
     if mapped:
         _check_mapping(mapped[0], mapping, s2.shape[-1], t2.width if isinstance(t2, CachedRows) else t2.shape[-1])
     shared = Shared(mapping, s2.device, matched_weight) if mapped else None
-    loss, parts = _CrossVocabLoss.apply(s2, t2, aligned, weights, shared, float(temperature), int(chunk_size))
+    span_w = aligned.weight.to(s2.device, torch.float32)
+    span_weights = {term: span_w for term in weights}
+    if "gold" in weights and gold_spans == "one_to_one":
+        span_weights["gold"] = span_w * aligned.one_to_one.to(s2.device)
+    loss, parts = _CrossVocabLoss.apply(
+        s2, t2, aligned, weights, span_weights, shared, float(temperature), int(chunk_size)
+    )
     return loss, dict(zip(weights, parts.unbind()))
 
 
@@ -271,10 +286,11 @@ _PER_SPAN = {"uld": uld_per_span, "gold": gold_per_span, "projected_kl": project
 
 class _CrossVocabLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s2, t2, aligned, weights, shared, T, chunk):
+    def forward(ctx, s2, t2, aligned, weights, span_weights, shared, T, chunk):
+        """``span_weights``: each term's weight per span (the batch's, or GOLD's one-to-one spans),
+        its average's denominator their sum."""
         K = len(aligned)
-        span_w = aligned.weight.to(s2.device, torch.float32)
-        denom = float(span_w.sum()) or 1.0
+        denoms = {term: float(span_weights[term].sum()) or 1.0 for term in weights}
         off_s = merged_offsets(s2, aligned.student, K, T, chunk)
         off_t = merged_offsets(t2, aligned.teacher, K, T, chunk)
         want_grad = s2.requires_grad
@@ -289,9 +305,10 @@ class _CrossVocabLoss(torch.autograd.Function):
             g_lv, g_off = None, torch.zeros_like(off_s[c])
             for term, w in weights.items():
                 value, g, g_o = _PER_SPAN[term](lv_s, lv_t, shared, off_s[c], off_t[c], want_grad)
-                sums[term] += (value * span_w[c]).sum() * T**2
+                span_w = span_weights[term][c]
+                sums[term] += (value * span_w).sum() * T**2
                 if want_grad:
-                    scale = span_w[c] * (T**2 * w / denom)
+                    scale = span_w * (T**2 * w / denoms[term])
                     g_lv = g.mul_(scale.unsqueeze(-1)) if g_lv is None else g_lv.addcmul_(g, scale.unsqueeze(-1))
                     g_off += 0 if g_o is None else g_o * scale
             if want_grad and g_lv is not None:
@@ -301,7 +318,7 @@ class _CrossVocabLoss(torch.autograd.Function):
                 grad_off[c] = total + g_off
         if want_grad:
             _merged_backward(grad, s2, aligned.student, grad_off, T, chunk)
-        parts = torch.stack([sums[term] / denom for term in weights])
+        parts = torch.stack([sums[term] / denoms[term] for term in weights])
         loss = sum(w * parts[i] for i, w in enumerate(weights.values()))
         ctx.save_for_backward(grad if grad is not None else s2.new_empty(0))
         ctx.dtype = s2.dtype
@@ -311,7 +328,7 @@ class _CrossVocabLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_parts):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).to(ctx.dtype), *([None] * 6)
+        return (grad * grad_loss).to(ctx.dtype), *([None] * 7)
 
 
 def _merged_backward(grad: Tensor, s2: Tensor, side: SideIndex, grad_off: Tensor, T: float, chunk: int) -> None:

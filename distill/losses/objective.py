@@ -269,6 +269,7 @@ class Objective(nn.Module):
             temperature=self.temperature,
             mapping=self.mapping if mapping is None else mapping,
             matched_weight=self.gold_spec["matched_weight"],
+            gold_spans=self.gold_spec["spans"],
             chunk_size=self.chunk_size,
             teacher_vocab_size=teacher.vocab_size,
         )

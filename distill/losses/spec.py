@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from distill.errors import DistillError
+from distill.losses.cross_vocab import GOLD_SPANS
 from distill.losses.representation import HIDDEN_METRICS, parse_pairs
 from distill.losses.terms import REGISTRY, TERMS, block_settings, nearest, nearest_term
 from distill.teacher.outputs import TAIL_MODES
@@ -35,7 +36,8 @@ BLOCK_DEFAULTS = {
     # teacher: with several teachers (``teachers=``), the one the term pairs with (a name or an index); None: the first
     "hidden": {"pairs": "auto", "metric": "mse", "teacher": None},
     "attention": {"pairs": "auto", "teacher": None},
-    "gold": {"matched_weight": None},  # None: TRL's adaptive weight (the shared share of the teacher's vocabulary)
+    # matched_weight None: TRL's adaptive weight (the shared share of the teacher's vocabulary); spans: GOLD_SPANS
+    "gold": {"matched_weight": None, "spans": "all"},
 }
 
 
@@ -146,6 +148,7 @@ _BLOCK_CHECKS = {
     "teacher": _teacher_name,
     "metric": lambda key, value: _choice(key, value, HIDDEN_METRICS),
     "matched_weight": _share,
+    "spans": lambda key, value: _choice(key, value, GOLD_SPANS),
 }
 
 

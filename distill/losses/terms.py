@@ -117,7 +117,7 @@ REGISTRY: dict[str, Term] = {
             ALIGNED,
             True,
             LOGITS,
-            ("gold.matched_weight", *_ALIGNED_SETTINGS),
+            ("gold.matched_weight", "gold.spans", *_ALIGNED_SETTINGS),
             aliases=("gold_loss",),
         ),
         Term(

@@ -181,6 +181,25 @@ def test_both_terms_together_and_gold_fixed_weight():
     assert set(parts) == {"uld", "gold"}
 
 
+def test_gold_on_one_to_one_spans_is_the_reference_over_those_spans_alone():
+    """``loss.gold.spans=one_to_one``: GOLD averaged over the spans of one token a side (value and
+    gradient as the reference weighted by that mask); ULD beside it keeps every span."""
+    rows, (s, t) = _rows(5), _logits(5)
+    weights = {"uld": 0.5, "gold": 1.0}
+    (((loss, parts), batch), g) = _value_and_grad(
+        lambda x: _kernel(x.float(), t.float(), rows, weights, gold_spans="one_to_one", chunk_size=4), s
+    )
+    ones, single = torch.ones(len(batch)), batch.one_to_one.double()
+    assert 0 < single.sum() < len(batch)  # both kinds of span are present
+    ref, g_ref = _value_and_grad(
+        lambda x: 0.5 * reference("uld", x, t, rows, ones, 1.0) + reference("gold", x, t, rows, single, 1.0), s
+    )
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
+    every, _ = _kernel(s.float(), t.float(), rows, {"gold": 1.0})[0]
+    assert abs(parts["gold"].item() - every.item()) > 1e-4  # the longer spans did count by default
+
+
 def _same_model_batch():
     """One vocabulary and one tokenization on both sides: every span is one token each."""
     off = _offsets(list(range(0, 11)))

@@ -24,6 +24,10 @@ OK = {"forward_kl": 1.0, "ce": 0.5}
         (dict(weights={"ce": float("nan")}), "got loss.weights.ce=nan"),
         (dict(weights={"ce": float("inf")}), "got loss.weights.ce=inf"),
         (dict(weights={"ce": "high"}), "got loss.weights.ce='high'"),
+        (
+            dict(weights={"gold": 1.0}, gold={"spans": "one"}),
+            "loss.gold.spans must be one of all, one_to_one, got 'one'",
+        ),
         (dict(weights={"forward_kl": 0.0, "ce": 0.0}), "loss weights are all 0"),
         (dict(weights={}), "loss weights are all 0 (no term)"),
         (dict(weights=1.0), "loss.weights must map terms to weights"),

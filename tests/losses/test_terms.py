@@ -38,7 +38,7 @@ def test_term_settings_blocks_match_the_spec_defaults():
         assert set(BLOCK_DEFAULTS[block]) == set(block_settings(block))
     assert block_settings("hidden") == ("pairs", "metric", "teacher")
     assert block_settings("attention") == ("pairs", "teacher")
-    assert block_settings("gold") == ("matched_weight",) and block_settings("uld") == ()
+    assert block_settings("gold") == ("matched_weight", "spans") and block_settings("uld") == ()
 
 
 def _yaml_keys(path: Path) -> set[str]:
