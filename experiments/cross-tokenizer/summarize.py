@@ -26,19 +26,27 @@ RUNS = [
     "same_tokenizer_control",
     "same_tokenizer_kd",
     "gold_4096_sp",
+    "gold_4096_sp_o2o",
     "gold_4096_llama3",
+    "gold_4096_llama3_o2o",
     "gold_8192",
     "gold_1024",
     "projected_kl_1024",
 ]
-CROSS = ["gold_4096_sp", "gold_4096_llama3", "gold_8192", "gold_1024", "projected_kl_1024"]
+CROSS = [n for n in RUNS if not n.startswith("same_")]
 # the run that trained each cross run's CE-only control with its tokenizer (GOLD runs train their own)
-CONTROL = {"projected_kl_1024": "gold_1024"}
+CONTROL = {
+    "projected_kl_1024": "gold_1024",
+    "gold_4096_sp_o2o": "gold_4096_sp",
+    "gold_4096_llama3_o2o": "gold_4096_llama3",
+}
 VOCAB = {
     "same_tokenizer_control": "4,096",
     "same_tokenizer_kd": "4,096",
     "gold_4096_sp": "4,096 SentencePiece-style",
     "gold_4096_llama3": "4,096 Llama 3-style",
+    "gold_4096_sp_o2o": "4,096 SentencePiece-style",
+    "gold_4096_llama3_o2o": "4,096 Llama 3-style",
     "gold_8192": "8,192",
     "gold_1024": "1,024",
     "projected_kl_1024": "1,024",
@@ -46,13 +54,18 @@ VOCAB = {
 LABELS = {
     "gold_4096_sp": "cross-tokenizer KD: GOLD + 0.5 CE",
     "gold_4096_llama3": "cross-tokenizer KD: GOLD + 0.5 CE",
+    "gold_4096_sp_o2o": "cross-tokenizer KD: GOLD on one-to-one spans + 0.5 CE",
+    "gold_4096_llama3_o2o": "cross-tokenizer KD: GOLD on one-to-one spans + 0.5 CE",
     "same_tokenizer_control": "control: CE only, the teacher's tokenizer",
     "same_tokenizer_kd": "KD with the teacher's tokenizer: forward KL + 0.5 CE",
     "gold_8192": "cross-tokenizer KD: GOLD + 0.5 CE",
     "gold_1024": "cross-tokenizer KD: GOLD + 0.5 CE",
     "projected_kl_1024": "cross-tokenizer KD: projected KL + 0.5 CE",
 }
-TERM = {name: "projected KL" if name.startswith("projected") else "GOLD" for name in CROSS}
+TERM = {
+    n: "projected KL" if n.startswith("projected") else "GOLD (one-to-one)" if n.endswith("o2o") else "GOLD"
+    for n in CROSS
+}
 
 
 def collect(runs_dir: Path) -> None:
