@@ -28,9 +28,9 @@ log = logging.getLogger("deploy")
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
-def validation(experiment: str, max_blocks: int | None, seed: int = 0):
-    """The validation loader of ``experiment`` at ``seed`` (the runs' data split, from the cache) and the
-    tokenizer size."""
+def validation(experiment: str, max_blocks: int | None, seed: int = 0, overrides: list[str] = ()):
+    """The validation loader of ``experiment`` at ``seed`` with the runs' other ``overrides`` (their data
+    split and tokenizer, from the cache) and the tokenizer size."""
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
 
@@ -41,7 +41,12 @@ def validation(experiment: str, max_blocks: int | None, seed: int = 0):
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(
             "train",
-            overrides=[f"experiment={experiment}", f"seed={seed}", "hydra.runtime.output_dir=/tmp/deploy_measure"],
+            overrides=[
+                f"experiment={experiment}",
+                f"seed={seed}",
+                *overrides,
+                "hydra.runtime.output_dir=/tmp/deploy_measure",
+            ],
             return_hydra_config=True,
         )
     HydraConfig.instance().set_config(cfg)
@@ -91,10 +96,17 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--fallback", default=None, help="the export.fallback the files were written with")
     parser.add_argument("--seed", type=int, default=0, help="the runs' seed=, which splits the data")
+    parser.add_argument(
+        "--override",
+        action="append",
+        default=[],
+        help="another of the runs' overrides that shapes their data "
+        "(teacher.path=DIR: its tokenizer, as the runs had it); repeatable",
+    )
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    batches, vocab, seq_len = validation(args.experiment, args.max_blocks, args.seed)
+    batches, vocab, seq_len = validation(args.experiment, args.max_blocks, args.seed, args.override)
     rows = {}
     targets = [(run / "student", gguf, run.name) for run in args.runs for gguf in sorted(run.glob("student.*.gguf"))]
     if args.teacher:
