@@ -225,6 +225,7 @@ def test_loss_presets_compose_and_instantiate(name, out_dir):
         "uld": "uld",
         "gold": "gold",
         "projected_kl": "projected_kl",
+        "alm": "alm",
     }[name]  # a new preset: name its own term here
     cfg = compose_train(out_dir, f"loss={name}", "loss.temperature=2.0")
     loss = instantiate(cfg.loss)

@@ -58,10 +58,11 @@ from distill.align.batch import AlignedBatch, SideIndex
 from distill.align.vocab import VocabMapping
 from distill.errors import DistillError
 from distill.losses.divergences import TAIL_EPS
+from distill.losses.likelihood import alm_loss
 from distill.losses.projected import Projection, projected_per_span
 from distill.teacher.outputs import SparseTeacher
 
-TERMS = ("uld", "gold", "projected_kl")
+TERMS = ("uld", "gold", "projected_kl", "alm")
 MAPPED = ("gold", "projected_kl")  # the terms that read the vocabulary mapping
 GOLD_SPANS = ("all", "one_to_one")  # the spans GOLD compares (loss.gold.spans)
 
@@ -258,14 +259,22 @@ def cross_vocab_loss(
     if mapped:
         _check_mapping(mapped[0], mapping, s2.shape[-1], t2.width if isinstance(t2, CachedRows) else t2.shape[-1])
     shared = Shared(mapping, s2.device, matched_weight) if mapped else None
-    span_w = aligned.weight.to(s2.device, torch.float32)
-    span_weights = {term: span_w for term in weights}
-    if "gold" in weights and gold_spans == "one_to_one":
-        span_weights["gold"] = span_w * aligned.one_to_one.to(s2.device)
-    loss, parts = _CrossVocabLoss.apply(
-        s2, t2, aligned, weights, span_weights, shared, float(temperature), int(chunk_size)
-    )
-    return loss, dict(zip(weights, parts.unbind()))
+    out = {}
+    if "alm" in weights:  # one likelihood per span: plain autograd (distill.losses.likelihood)
+        out["alm"] = alm_loss(lambda r: s2[r], lambda r: logit_rows(t2, r), aligned, float(temperature))
+    rest = {term: w for term, w in weights.items() if term != "alm"}
+    loss = weights.get("alm", 0.0) * out["alm"] if out else None
+    if rest:
+        span_w = aligned.weight.to(s2.device, torch.float32)
+        span_weights = {term: span_w for term in rest}
+        if "gold" in rest and gold_spans == "one_to_one":
+            span_weights["gold"] = span_w * aligned.one_to_one.to(s2.device)
+        value, parts = _CrossVocabLoss.apply(
+            s2, t2, aligned, rest, span_weights, shared, float(temperature), int(chunk_size)
+        )
+        out |= dict(zip(rest, parts.unbind()))
+        loss = value if loss is None else loss + value
+    return loss, {term: out[term].detach() for term in weights}
 
 
 def _check_mapping(term: str, mapping: VocabMapping | None, student_width: int, teacher_width: int) -> None:

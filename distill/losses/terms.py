@@ -130,6 +130,15 @@ REGISTRY: dict[str, Term] = {
             aliases=("projected", "first_piece_kl"),
         ),
         Term(
+            "alm",
+            "approximate likelihood matching of each aligned span's text across vocabularies",
+            ALIGNED,
+            True,
+            LOGITS,
+            ("temperature",),
+            aliases=("likelihood_matching",),
+        ),
+        Term(
             "hidden",
             "hidden-state distillation",
             REPRESENTATION,

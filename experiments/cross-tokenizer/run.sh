@@ -25,6 +25,9 @@ run gold_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss
 # GOLD on the one-to-one spans only (loss.gold.spans=one_to_one); the controls are the GOLD runs' (same tokenizer)
 run gold_4096_llama3_o2o student.vocab_size=4096 student.tokenizer_style=llama3 loss=gold loss.gold.spans=one_to_one control=false
 run gold_4096_sp_o2o student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=gold loss.gold.spans=one_to_one control=false
+# ALM (the likelihood of each aligned span's text, loss=alm) in GOLD's place; the controls are the GOLD runs'
+run alm_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=alm control=false
+run alm_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=alm control=false
 run gold_8192 student.vocab_size=8192 loss=gold         # GOLD + 0.5 CE, its own BPE 8,192
 run gold_1024 student.vocab_size=1024 loss=gold         # a much smaller vocabulary
 # the projection (loss=projected_kl + 0.5 CE) where GOLD's shared strings are fewest; its control is the

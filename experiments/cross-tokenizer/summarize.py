@@ -29,6 +29,8 @@ RUNS = [
     "gold_4096_sp_o2o",
     "gold_4096_llama3",
     "gold_4096_llama3_o2o",
+    "alm_4096_sp",
+    "alm_4096_llama3",
     "gold_8192",
     "gold_1024",
     "projected_kl_1024",
@@ -47,6 +49,8 @@ VOCAB = {
     "gold_4096_llama3": "4,096 Llama 3-style",
     "gold_4096_sp_o2o": "4,096 SentencePiece-style",
     "gold_4096_llama3_o2o": "4,096 Llama 3-style",
+    "alm_4096_sp": "4,096 SentencePiece-style",
+    "alm_4096_llama3": "4,096 Llama 3-style",
     "gold_8192": "8,192",
     "gold_1024": "1,024",
     "projected_kl_1024": "1,024",
@@ -56,6 +60,8 @@ LABELS = {
     "gold_4096_llama3": "cross-tokenizer KD: GOLD + 0.5 CE",
     "gold_4096_sp_o2o": "cross-tokenizer KD: GOLD on one-to-one spans + 0.5 CE",
     "gold_4096_llama3_o2o": "cross-tokenizer KD: GOLD on one-to-one spans + 0.5 CE",
+    "alm_4096_sp": "cross-tokenizer KD: ALM + 0.5 CE",
+    "alm_4096_llama3": "cross-tokenizer KD: ALM + 0.5 CE",
     "same_tokenizer_control": "control: CE only, the teacher's tokenizer",
     "same_tokenizer_kd": "KD with the teacher's tokenizer: forward KL + 0.5 CE",
     "gold_8192": "cross-tokenizer KD: GOLD + 0.5 CE",
@@ -63,7 +69,13 @@ LABELS = {
     "projected_kl_1024": "cross-tokenizer KD: projected KL + 0.5 CE",
 }
 TERM = {
-    n: "projected KL" if n.startswith("projected") else "GOLD (one-to-one)" if n.endswith("o2o") else "GOLD"
+    n: "projected KL"
+    if n.startswith("projected")
+    else "ALM"
+    if n.startswith("alm")
+    else "GOLD (one-to-one)"
+    if n.endswith("o2o")
+    else "GOLD"
     for n in CROSS
 }
 

@@ -25,7 +25,9 @@ LOSS_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "loss"
 
 def test_every_distribution_term_has_a_kernel_and_a_reference():
     assert set(DISTRIBUTION_TERMS) == set(divergences.TERMS)
-    assert set(ALIGNED_TERMS) == set(cross_vocab.TERMS) == set(cross_vocab._PER_SPAN)  # the span kernels
+    assert (
+        set(ALIGNED_TERMS) == set(cross_vocab.TERMS) == {*cross_vocab._PER_SPAN, "alm"}
+    )  # span kernels; alm: autograd
     assert set(DISTRIBUTION_TERMS) | set(REPRESENTATION_TERMS) | set(ALIGNED_TERMS) == set(TERMS)
     assert set(DIVERGENCES) == set(divergences._PER_TOKEN) == set(DISTRIBUTION_TERMS) - {"ce"}
     s, t = torch.randn(2, 3, 11), torch.randn(2, 3, 11)
