@@ -15,9 +15,10 @@ observed text as likely as the teacher does. It says nothing about the alternati
 ℓ is divided by the binarization temperature 1 (the paper's τ, not exposed) and kept ≤ −``EPS`` so that
 log(1 − e^ℓ) stays finite when a model is certain.
 
-Written with torch autograd over the gathered rows (one [spans, V] float32 block per side, which the
-cross-vocabulary engine's chunking does not need here: one log-softmax row per token of each span);
-tested against a plain per-span reference in ``tests/losses/test_likelihood.py``.
+Written with torch autograd over the gathered rows, chunked in the forward only: autograd keeps every
+chunk's float32 rows for the backward, [spans + later tokens, V] × 4 bytes in all (32 MiB at 2k spans of a
+4k vocabulary; at a 128k vocabulary a hand-written backward as in the engine would be needed). Tested against a plain per-span reference in ``tests/losses/test_cross_vocab.py`` (with the other
+cross-vocabulary terms, whose fixtures it shares).
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ RUNS = [
     "same_tokenizer_kd",
     "gold_4096_sp",
     "gold_4096_sp_o2o",
+    "alm_4096_sp",
     "gold_4096_llama3",
     "gold_4096_llama3_o2o",
-    "alm_4096_sp",
     "alm_4096_llama3",
     "gold_8192",
     "gold_1024",
@@ -41,6 +41,8 @@ CONTROL = {
     "projected_kl_1024": "gold_1024",
     "gold_4096_sp_o2o": "gold_4096_sp",
     "gold_4096_llama3_o2o": "gold_4096_llama3",
+    "alm_4096_sp": "gold_4096_sp",
+    "alm_4096_llama3": "gold_4096_llama3",
 }
 VOCAB = {
     "same_tokenizer_control": "4,096",
