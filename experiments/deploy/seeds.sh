@@ -22,5 +22,5 @@ for s in $SEEDS; do
     train "qat_q4_0_s$s" seed="$s" quant=qat_q4_0
     for t in f16 q4_0; do [ -f "$OUT/fp_s$s/student.$t.gguf" ] || distill-export run_dir="$OUT/fp_s$s" export.gguf=$t; done
     [ -f "$OUT/results_s$s.json" ] || python experiments/deploy/measure.py "$OUT/fp_s$s" "$OUT/qat_q4_0_s$s" --seed "$s" \
-        --out "$OUT/results_s$s.json"
+        --override teacher.path="$TEACHER" --out "$OUT/results_s$s.json"   # the runs' tokenizer is the teacher's
 done
