@@ -12,6 +12,7 @@ from distill.student.scratch import build_llama
 from distill.teacher.cache import CachedTeacher
 from distill.teacher.module import Teacher
 from distill.teacher.outputs import SparseTeacher
+from tests.trainers import quiet_trainer
 
 
 def _quiet(module):
@@ -104,22 +105,13 @@ def test_moe_student_adds_its_load_balancing_loss():
 
 def _fit_clipped(module_class, rows: int, steps: int, **trainer_kwargs):
     """A tiny live-teacher run with gradient clipping: (module, trainer) after ``steps`` optimizer steps."""
-    import lightning as L
     from torch.utils.data import DataLoader
 
     teacher, student = _models()
     module = module_class(student, Objective({"forward_kl": 1.0, "ce": 0.5}), 60, teacher=Teacher(teacher))
     data = torch.randint(0, 60, (rows, 9), generator=torch.Generator().manual_seed(1))
     loader = DataLoader([(r[:-1], r[1:], torch.tensor(i)) for i, r in enumerate(data)], batch_size=2)
-    trainer = L.Trainer(
-        max_steps=steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **trainer_kwargs,
-    )
+    trainer = quiet_trainer(max_steps=steps, **trainer_kwargs)
     trainer.fit(module, loader)
     return module, trainer
 

@@ -9,6 +9,7 @@ from distill.distillation import DistillationModule
 from distill.errors import DistillError
 from distill.losses.objective import ce_only
 from distill.student.scratch import build_llama
+from tests.trainers import quiet_trainer
 
 VOCAB = 50
 
@@ -46,15 +47,7 @@ def _fit(module, batches: int, max_steps: int, callbacks=()):
     torch.manual_seed(0)
     data = torch.randint(0, VOCAB, (batches * 2, 9))
     loader = DataLoader([(row[:-1], row[1:]) for row in data], batch_size=2)
-    trainer = L.Trainer(
-        max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=list(callbacks),
-    )
+    trainer = quiet_trainer(max_steps=max_steps, callbacks=list(callbacks))
     trainer.fit(module, loader)
     return trainer
 

@@ -16,6 +16,7 @@ from distill.callbacks.throughput import Throughput
 from distill.distillation import DistillationModule
 from distill.losses.objective import ce_only
 from distill.student.scratch import build_llama
+from tests.trainers import quiet_trainer
 
 VOCAB = 50
 
@@ -27,12 +28,9 @@ def _fit(bar, max_steps: int, batches_per_epoch: int = 2, accumulate: int = 1) -
     loader = DataLoader([(row[:-1], row[1:]) for row in data], batch_size=2)
     student = build_llama(vocab_size=VOCAB, hidden_size=32, num_layers=1, num_heads=2, eos_token_id=0)
     module = DistillationModule(student, ce_only(), VOCAB, max_steps=max_steps)
-    trainer = L.Trainer(
+    trainer = quiet_trainer(
+        enable_progress_bar=True,
         max_steps=max_steps,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
         accumulate_grad_batches=accumulate,
         limit_val_batches=0,
         callbacks=[Throughput(), bar],
@@ -86,15 +84,7 @@ def test_a_fit_bounded_by_epochs_keeps_counting_batches(rich_output):
     data = torch.randint(0, VOCAB, (6, 9))
     loader = DataLoader([(row[:-1], row[1:]) for row in data], batch_size=2)
     student = build_llama(vocab_size=VOCAB, hidden_size=32, num_layers=1, num_heads=2, eos_token_id=0)
-    trainer = L.Trainer(
-        max_epochs=2,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        callbacks=[bar],
-    )
+    trainer = quiet_trainer(enable_progress_bar=True, max_epochs=2, limit_val_batches=0, callbacks=[bar])
     trainer.fit(DistillationModule(student, ce_only(), VOCAB, max_steps=6), loader)
     task = next(t for t in bar.progress.tasks if t.id == bar.train_progress_bar_id)
     assert (task.description, task.completed, task.total) == ("student · epoch 1", 3, 3)

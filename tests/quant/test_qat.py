@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 
-import lightning as L
 import pytest
 import torch
 from torch.utils.data import DataLoader
@@ -20,6 +19,7 @@ from distill.quant.qat import PRESETS, QATPlugin
 from distill.student.scratch import build_llama
 from distill.teacher.module import Teacher
 from tests.student.tiny_models import VOCAB, tiny_model
+from tests.trainers import quiet_trainer
 
 
 def linears(model, head=False):
@@ -112,15 +112,7 @@ def _fit_tiny(plugin=None):
     objective = lambda: module.loss(module.student_outputs(x), module.teacher_outputs(x, None), y)["loss"].item()  # noqa: E731
     before = objective()
     precision = {"plugins": [plugin]} if plugin is not None else {"precision": "bf16-mixed"}
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_steps=40,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        **precision,
-    )
+    trainer = quiet_trainer(max_steps=40, **precision)
     trainer.fit(module, data)
     student.eval()
     return student, x, before, objective()

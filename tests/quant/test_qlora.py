@@ -19,6 +19,7 @@ from distill.quant.qlora import QLoRAPlugin, dequantize, to_linear, to_linear4bi
 from distill.student.lora import apply_lora
 from distill.teacher.module import Teacher
 from tests.student.tiny_models import VOCAB, tiny_model
+from tests.trainers import quiet_trainer
 
 # Every linear a multiple of 64: hidden 64, 4 KV heads x 16 (no GQA shrinking k/v to 32), MLP 128.
 LLAMA = dict(num_key_value_heads=4, intermediate_size=128)
@@ -191,17 +192,8 @@ def fitted():
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     plugin = QLoRAPlugin("32-true", compute_dtype="float32", export="adapters")
-    trainer = L.Trainer(
-        plugins=[plugin],
-        accelerator="cpu",
-        max_steps=30,
-        val_check_interval=10,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    trainer = quiet_trainer(
+        plugins=[plugin], max_steps=30, val_check_interval=10, check_val_every_n_epoch=None, num_sanity_val_steps=1
     )
     # Validation runs every 10 steps: eval passes in between training steps, as in a real run.
     packed = {}
@@ -260,16 +252,7 @@ def test_a_checkpoint_resumes_into_a_quantized_student(fitted, tmp_path):
     module = DistillationModule(model, Objective({"ce": 1.0}), VOCAB, lr=1e-2, max_steps=30)
     plugin = QLoRAPlugin("32-true", compute_dtype="float32")
     plugin.convert_module(module)
-    trainer = L.Trainer(
-        plugins=[plugin],
-        accelerator="cpu",
-        max_steps=30,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(plugins=[plugin], max_steps=30, limit_val_batches=0)
     trainer.fit(module, DataLoader(fitted["data"], batch_size=2), ckpt_path=path)  # at max_steps: restore only
     assert trainer.global_step == 30
     restored, trained = model.state_dict(), fitted["model"].state_dict()

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from distill.callbacks import preemption
+from tests.trainers import quiet_trainer
 
 FAKE_SCONTROL = """#!/bin/sh
 echo "$@" >> "$FAKE_SLURM_CALLS"
@@ -105,15 +106,7 @@ def test_signal_mid_step_checkpoints_after_the_step_then_requeues(fake_slurm, tm
     ckpt = tmp_path / "checkpoints" / preemption.CKPT_NAME
     watcher = preemption.Preemption(ckpt)
     watcher.install()  # as preemption.watch() does at the start of the run
-    trainer = L.Trainer(
-        max_steps=10,
-        callbacks=[watcher],
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(max_steps=10, callbacks=[watcher])
     module = SignalsItself(signum, at=3)
     with pytest.raises(SystemExit) as exit_:
         trainer.fit(module)

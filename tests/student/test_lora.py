@@ -18,6 +18,7 @@ from distill.student.lora import (
 )
 from distill.student.scratch import build_llama
 from tests.student.tiny_models import VOCAB, tiny_model
+from tests.trainers import quiet_trainer
 
 
 def llama():
@@ -179,16 +180,7 @@ class Tiny(L.LightningModule):
 def fit(student, steps, accumulate=1):
     data = DataLoader(TensorDataset(batch(0, n=4 * steps * accumulate)), batch_size=4)
     allocator = AdaLoraAllocator()
-    trainer = L.Trainer(
-        max_steps=steps,
-        accumulate_grad_batches=accumulate,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[allocator],
-    )
+    trainer = quiet_trainer(max_steps=steps, accumulate_grad_batches=accumulate, callbacks=[allocator])
     trainer.fit(Tiny(student), data)
     return allocator
 
@@ -264,15 +256,7 @@ def test_adalora_resumes_from_a_checkpoint_after_the_final_allocation(tmp_path):
         return apply_lora(llama(), type="adalora", init_r=4, target_r=2, total_steps=8, tinit=1, tfinal=2)
 
     def trainer(steps, allocator):
-        return L.Trainer(
-            max_steps=steps,
-            accelerator="cpu",
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            callbacks=[allocator],
-        )
+        return quiet_trainer(max_steps=steps, callbacks=[allocator])
 
     data = DataLoader(TensorDataset(batch(0, n=32)), batch_size=4)
     first = AdaLoraAllocator()
