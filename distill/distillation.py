@@ -119,7 +119,7 @@ class DistillationModule(L.LightningModule):
         """``feeds``: several teachers reading rows of their own tokenizers (``MixtureTeacher.read_feeds``)."""
         if self.teacher is None:
             return None
-        more = {"feeds": feeds} if feeds is not None and getattr(self.teacher, "reads", None) else {}
+        more = {} if feeds is None else {"feeds": feeds}
         return self.teacher.scores(input_ids, rows, self.loss, self.teacher_vocab_size, position_ids, **more)
 
     def training_step(self, batch, batch_idx):
@@ -139,11 +139,13 @@ class DistillationModule(L.LightningModule):
             if self.aligner is not None:  # the teacher reads what the student wrote, in its own tokens
                 teacher_inputs, aligned = on_policy.realign(self.aligner, inputs, mask)
         student = self.student_outputs(inputs, positions)
-        feeds = {
-            "student": (inputs, None),
-            "teacher": (teacher_inputs, aligned),
-            **dict(enumerate(extras.get("views", []))),
-        }
+        feeds = None
+        if getattr(self.teacher, "reads", None):  # several teachers, each on its own tokenizer's rows
+            feeds = {
+                "student": (inputs, None),
+                "teacher": (teacher_inputs, aligned),
+                **dict(enumerate(extras.get("views", []))),
+            }
         teacher = self.teacher_outputs(inputs if teacher_inputs is None else teacher_inputs, rows, positions, feeds)
         terms = self.loss(student, teacher, targets, mask, aligned)
         if not torch.isfinite(terms["loss"].detach()) and self.trainer.world_size == 1:

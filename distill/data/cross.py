@@ -33,7 +33,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from distill.align.batch import collate
-from distill.align.encode import Encoded, TextAligner, align_encoded, encode_documents
+from distill.align.encode import Encoded, TextAligner, align_encoded, encode_documents, require_eos, require_offsets
 from distill.align.spans import AlignmentStats
 from distill.cache import cached_dir, fingerprint
 from distill.data.sampler import data_shard, eval_loader, train_loader
@@ -183,8 +183,9 @@ class CrossTokenizerData(L.LightningDataModule):
         self.base, self.tokenizer = base, base.tokenizer if self.shared else student_tokenizer
         self.tokenizer_key = base.tokenizer_key if self.shared else student_key
         self.aligner = TextAligner(base.tokenizer, self.tokenizer)  # fast tokenizers with EOS, or one line
-        for _, tokenizer in views:
-            TextAligner(tokenizer, self.tokenizer)
+        for _, tokenizer in views:  # each view's tokenizer too
+            require_offsets(tokenizer, "teacher")
+            require_eos(tokenizer, "teacher")
         self.view_specs = list(views)
         self.seq_len, self.batch_size, self.seed = base.seq_len, base.batch_size, base.seed
         self.num_workers = base.num_workers
