@@ -53,6 +53,10 @@ class QuantPlugin(Precision):
         """The model to evaluate and export after training (e.g. adapters merged, weights converted)."""
         return student
 
+    def callbacks(self) -> list:
+        """Lightning callbacks the student's fit needs for this plugin (e.g. a step to start quantizing at)."""
+        return []
+
     def export_extra(self, student: torch.nn.Module, out_dir: Path) -> dict:
         """Write any extra artefacts (e.g. a packed low-bit checkpoint) next to the HF export;
         returns metrics to add to metrics.json (sizes, skipped layers ...)."""

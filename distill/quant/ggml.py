@@ -179,25 +179,30 @@ def fake_quantize_ste(w: torch.Tensor, qtype: str) -> torch.Tensor:
     return _FakeQuantSTE.apply(w, qtype)
 
 
-def activation_hook(qtype: str):
-    """A forward pre-hook quantizing a layer's input as llama.cpp does for a ``qtype`` weight (STE)."""
+class ActivationQuantizer:
+    """A forward pre-hook quantizing a layer's input as llama.cpp does for a ``qtype`` weight (STE);
+    ``enabled`` False passes the input through (before ``quant.start_step``)."""
 
-    def hook(module, args):
-        return (_FakeQuantSTE.apply(args[0], qtype, True), *args[1:])
+    def __init__(self, qtype: str, enabled: bool = True):
+        self.qtype, self.enabled = check_type(qtype), enabled
 
-    return hook
+    def __call__(self, module, args):
+        if not self.enabled:
+            return None  # a pre-hook returning None leaves the inputs as they are
+        return (_FakeQuantSTE.apply(args[0], self.qtype, True), *args[1:])
 
 
 class FakeQuantize(torch.nn.Module):
     """A parametrization (``torch.nn.utils.parametrize``): the module's weight, as seen by its
-    forward, is the ggml-quantized value; the optimizer keeps the full-precision original."""
+    forward, is the ggml-quantized value; the optimizer keeps the full-precision original.
+    ``enabled`` False shows the original instead (the full-precision phase before ``quant.start_step``)."""
 
-    def __init__(self, qtype: str):
+    def __init__(self, qtype: str, enabled: bool = True):
         super().__init__()
-        self.qtype = check_type(qtype)
+        self.qtype, self.enabled = check_type(qtype), enabled
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return fake_quantize_ste(w, self.qtype)
+        return fake_quantize_ste(w, self.qtype) if self.enabled else w
 
     def extra_repr(self) -> str:
-        return self.qtype
+        return self.qtype if self.enabled else f"{self.qtype}, disabled"

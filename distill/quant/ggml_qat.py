@@ -24,12 +24,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.nn.utils import parametrize
 
 from distill.errors import DistillError
 from distill.quant.base import QuantPlugin
-from distill.quant.ggml import BLOCK_SIZE, TYPES, FakeQuantize, activation_hook, fake_quantize
+from distill.quant.ggml import BLOCK_SIZE, TYPES, ActivationQuantizer, FakeQuantize, fake_quantize
 from distill.quant.qat import unsupported_weights
 
 log = logging.getLogger(__name__)
@@ -101,25 +102,28 @@ def fallen(model: nn.Module, types: dict[str, str], weights: str) -> list[str]:
     return sorted(n for n, m in model.named_modules() if n in types and m not in special and types[n] != weights)
 
 
-def attach(model: nn.Module, types: dict[str, str]) -> None:
-    """Fake quantization on every planned weight, in place."""
+def attach(model: nn.Module, types: dict[str, str], enabled: bool = True) -> list[FakeQuantize]:
+    """Fake quantization on every planned weight, in place; returns the parametrizations."""
     modules = dict(model.named_modules())
+    attached = []
     for name, qtype in types.items():
         if qtype != "f32":  # a tied head and embedding: both parametrized, one original parameter
-            parametrize.register_parametrization(modules[name], "weight", FakeQuantize(qtype), unsafe=True)
+            attached.append(FakeQuantize(qtype, enabled))
+            parametrize.register_parametrization(modules[name], "weight", attached[-1], unsafe=True)
+    return attached
 
 
-def quantize_inputs(model: nn.Module, types: dict[str, str]) -> int:
+def quantize_inputs(model: nn.Module, types: dict[str, str], enabled: bool = True) -> list[ActivationQuantizer]:
     """Activations as llama.cpp's CPU kernels quantize them (``ggml.fake_quantize_activations``): a
     forward pre-hook on every planned matmul (the embedding is a lookup); the hooks stay on the baked
-    model, so distill's evaluation runs what llama.cpp runs. Returns the number of hooked layers."""
+    model, so distill's evaluation runs what llama.cpp runs. Returns the hooks."""
     embed = model.get_input_embeddings()
-    hooked = 0
+    hooks = []
     for name, module in model.named_modules():
         if name in types and module is not embed and types[name] != "f32":
-            module.register_forward_pre_hook(activation_hook(types[name]))
-            hooked += 1
-    return hooked
+            hooks.append(ActivationQuantizer(types[name], enabled))
+            module.register_forward_pre_hook(hooks[-1])
+    return hooks
 
 
 def bake(model: nn.Module) -> nn.Module:
@@ -161,9 +165,14 @@ class GGMLQATPlugin(QuantPlugin):
         embeddings: str = "f16",
         activations: bool = False,
         fallback: str | None = None,
+        start_step: int = 0,
     ):
         super().__init__(precision, device)
         self.fallback = fallback
+        if not isinstance(start_step, int) or isinstance(start_step, bool) or start_step < 0:
+            raise DistillError(f"quant.start_step must be a non-negative integer, got {start_step!r}")
+        self.start_step = start_step
+        self.quantizers: list = []  # the parametrizations and activation hooks, switched on at start_step
         self.activations = bool(activations)
         if weights not in WEIGHT_TYPES:
             raise DistillError(f"quant.weights must be one of {', '.join(WEIGHT_TYPES)}, got {weights!r}")
@@ -179,14 +188,16 @@ class GGMLQATPlugin(QuantPlugin):
     def quantize(self, student: nn.Module) -> None:
         self.types = plan(student, self.weights, self.embeddings, self.fallback)
         self.fallen = fallen(student, self.types, self.weights)
-        attach(student, self.types)
+        on = self.start_step == 0
+        self.quantizers = attach(student, self.types, on)
         if self.activations:
-            quantize_inputs(student, self.types)
+            self.quantizers += quantize_inputs(student, self.types, on)
         log.info(
-            "QAT %s: %d linear layer(s) trained through ggml's %s quantizer, embeddings/head in %s%s",
+            "QAT %s: %d linear layer(s) trained through ggml's %s quantizer%s, embeddings/head in %s%s",
             self.name,
             sum(t == self.weights for t in self.types.values()),
             self.weights,
+            f" from optimizer step {self.start_step} (full precision before)" if self.start_step else "",
             self.embeddings,
             ", activations as llama.cpp's CPU kernels quantize them" if self.activations else "",
         )
@@ -194,9 +205,17 @@ class GGMLQATPlugin(QuantPlugin):
     def finalize(self, student: nn.Module) -> nn.Module:
         if self.types is None:
             raise RuntimeError(f"{type(self).__name__}.finalize before quantize")
+        self.switch(True)  # what is baked and evaluated is the quantized model, whatever step training stopped at
         student = bake(student)
         student.config.update({CONFIG_KEY: self.record()})
         return student.eval()
+
+    def switch(self, on: bool) -> None:
+        for quantizer in self.quantizers:
+            quantizer.enabled = on
+
+    def callbacks(self) -> list:
+        return [QuantizeFrom(self)] if self.start_step else []
 
     def export_extra(self, student: nn.Module, out_dir: Path) -> dict:
         return {}  # the GGUF export (distill.export) is the packed form, written by the run's export step
@@ -213,7 +232,28 @@ class GGMLQATPlugin(QuantPlugin):
             "quantized_layers": sum(t == self.weights for t in types.values()),
             "activations": "llama.cpp CPU" if self.activations else None,
             "fallback_layers": self.fallen,
+            "start_step": self.start_step,
         }
+
+
+class QuantizeFrom(Callback):
+    """``quant.start_step=N``: full-precision training for the first N optimizer steps, fake
+    quantization from step N on (torchtune's ``fake_quant_after_n_steps``; QAT as the last phase of
+    training, at the schedule's lower learning rates). Set from ``trainer.global_step`` before every
+    batch, so a resumed run is in the phase its step says."""
+
+    def __init__(self, plugin: GGMLQATPlugin):
+        self.plugin = plugin
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.max_steps is not None and 0 <= trainer.max_steps <= self.plugin.start_step:
+            raise DistillError(
+                f"quant.start_step={self.plugin.start_step} is not before trainer.max_steps={trainer.max_steps}: "
+                f"the student would never train through the quantizer (that is PTQ: quant=ptq_{NAMES[self.plugin.weights]})"
+            )
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.plugin.switch(trainer.global_step >= self.plugin.start_step)
 
 
 class GGMLPTQPlugin(GGMLQATPlugin):

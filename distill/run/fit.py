@@ -46,6 +46,7 @@ def fit(cfg: DictConfig, module, dm, role: str, max_steps: int | None = None, pl
         extra.update(logger=False, enable_checkpointing=False)
     if plugin is not None:
         extra.update(plugins=[*extra.get("plugins", []), plugin], precision=None)
+        callbacks += plugin.callbacks()
     if preemption.under_slurm():  # Lightning's own hpc save/requeue off in every fit: ours, main run only
         extra["plugins"] = [*extra.get("plugins", []), preemption.slurm_environment()]
     for c in callbacks:

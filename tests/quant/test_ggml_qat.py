@@ -133,3 +133,59 @@ def test_activations_are_quantized_in_training_and_after_finalize():
     plain = plugin.finalize(model)
     assert torch.equal(logits(plain, x), before)  # the hooks stay: evaluation runs what llama.cpp runs
     assert plugin.report()["activations"] == "llama.cpp CPU"
+
+
+def test_start_step_trains_in_full_precision_until_switched_on():
+    model = tiny_model("llama")
+    plain = copy.deepcopy(model)
+    plugin = GGMLQATPlugin(weights="q4_0", activations=True, start_step=3)
+    plugin.quantize(model)
+    x = torch.randint(0, VOCAB, (2, 16))
+    assert torch.equal(logits(model, x), logits(plain, x))  # weights and inputs as they are before the start
+    plugin.switch(True)
+    quantized = logits(model, x)
+    assert not torch.equal(quantized, logits(plain, x))
+    plugin.switch(False)
+    finished = plugin.finalize(model)  # baked quantized even where training stopped before the start
+    assert torch.equal(logits(finished, x), quantized)
+    assert plugin.report()["start_step"] == 3
+
+
+def test_quantize_from_switches_at_the_optimizer_step_and_refuses_a_start_after_the_end():
+    import lightning as L
+
+    from distill.quant.ggml_qat import QuantizeFrom
+    from tests.trainers import quiet_trainer
+
+    class Module(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.student = tiny_model("llama")
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            layer = self.student.model.layers[0].mlp.down_proj
+            self.seen.append(layer.parametrizations.weight[0].enabled)
+            return self.student(input_ids=batch, labels=batch).loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    def fit(start_step: int, max_steps: int, accumulate: int = 1) -> list[bool]:
+        module = Module()
+        plugin = GGMLQATPlugin(weights="q4_0", start_step=start_step)
+        plugin.quantize(module.student)
+        data = torch.utils.data.DataLoader(torch.randint(0, VOCAB, (16, 8)), batch_size=2)
+        trainer = quiet_trainer(max_steps=max_steps, accumulate_grad_batches=accumulate, callbacks=plugin.callbacks())
+        trainer.fit(module, data)
+        return module.seen
+
+    assert fit(start_step=2, max_steps=4) == [False, False, True, True]
+    # counted in optimizer steps: two batches per step
+    assert fit(start_step=1, max_steps=3, accumulate=2) == [False, False, True, True, True, True]
+    with pytest.raises(DistillError, match="start_step=4 is not before trainer.max_steps=4.*ptq_q4_0"):
+        fit(start_step=4, max_steps=4)
+    assert GGMLQATPlugin(weights="q4_0").callbacks() == []
+    assert isinstance(GGMLQATPlugin(weights="q4_0", start_step=1).callbacks()[0], QuantizeFrom)
+    with pytest.raises(DistillError, match="quant.start_step must be a non-negative integer"):
+        GGMLQATPlugin(weights="q4_0", start_step=-1)
