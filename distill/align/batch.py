@@ -25,6 +25,8 @@ class SideIndex:
     extra_rows: Tensor  # [E] long
     extra_ids: Tensor  # [E] long
     extra_span: Tensor  # [E] long
+    end_rows: Tensor  # [K] long
+    last_ids: Tensor  # [K] long
 
     def to(self, device) -> SideIndex:
         return SideIndex(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -59,6 +61,8 @@ def _side_index(sides: list[Side], row_len: int) -> SideIndex:
         extra_rows=cat([s.extra_rows + off for s, off in zip(sides, shift)]),
         extra_ids=cat([s.extra_ids for s in sides]),
         extra_span=cat([s.extra_span + c for s, c in zip(sides, counts[:-1])]),
+        end_rows=cat([s.end_rows + off for s, off in zip(sides, shift)]),
+        last_ids=cat([s.last_ids for s in sides]),
     )
 
 

@@ -70,6 +70,8 @@ class Side:
     extra_rows: np.ndarray  # [E] int64: rows predicting each span's later tokens (their log-probs are summed)
     extra_ids: np.ndarray  # [E] int64: those later tokens
     extra_span: np.ndarray  # [E] int64: the span each belongs to
+    end_rows: np.ndarray  # [K] int64: each span's last token's position (the row predicting what follows the span)
+    last_ids: np.ndarray  # [K] int64: each span's last token id
 
 
 @dataclass(frozen=True)
@@ -183,12 +185,15 @@ def _side(ids, pos, spans, first, keep) -> Side:
     span_of = new_index[spans]
     extra = np.flatnonzero(later & (span_of >= 0))
     extra_pos = pos[extra]
+    last_pos = pos[np.searchsorted(spans, kept, side="right") - 1]
     return Side(
         rows=first_pos - 1,
         first_ids=ids[first_pos].astype(np.int64),
         extra_rows=extra_pos - 1,
         extra_ids=ids[extra_pos].astype(np.int64),
         extra_span=span_of[extra],
+        end_rows=last_pos,
+        last_ids=ids[last_pos].astype(np.int64),
     )
 
 

@@ -86,6 +86,19 @@ def vocabulary_text(tokenizer) -> dict[bytes, list[int]]:
     return table
 
 
+def space_flags(tokenizer) -> tuple[np.ndarray, np.ndarray]:
+    """([V] bool, [V] bool): the tokens whose text begins with a space, and those whose text ends in
+    whitespace, however the vocabulary spells them (special tokens: neither). What ALM's word chunks
+    read (``distill.losses.likelihood.word_chunks``)."""
+    kind, special = spelling(tokenizer), set(tokenizer.all_special_ids)
+    starts, ends_white = np.zeros(_size(tokenizer), bool), np.zeros(_size(tokenizer), bool)
+    for token, i in tokenizer.get_vocab().items():
+        text = None if i in special else token_text(token, kind)
+        if text:
+            starts[i], ends_white[i] = text[:1] == b" ", text[-1:] in (b" ", b"\t", b"\n", b"\r")
+    return starts, ends_white
+
+
 @dataclass(frozen=True)
 class VocabMapping:
     """Matched pairs (teacher id, student id), one-to-one, and what could not be matched."""

@@ -235,6 +235,8 @@ def cross_vocab_loss(
     chunk_size: int = 256,
     teacher_vocab_size: int | None = None,
     gold_spans: str = "all",
+    alm_breaks=None,
+    alm_binarization: float = 1.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ_term weights[term] · term, each averaged over the aligned spans by ``aligned.weight``;
     returns (loss, {term: detached value}).
@@ -245,6 +247,8 @@ def cross_vocab_loss(
     the mapping); ``aligned`` indexes their flattened rows
     (``distill.align.batch.collate``). ``gold`` and ``projected_kl`` need ``mapping`` (``distill.align.vocab``).
     ``gold_spans``: ``all`` or ``one_to_one`` (GOLD averaged over the spans of one token a side only).
+    ``alm_breaks``: ALM over word chunks (``distill.losses.likelihood.WordBreaks``); None: over the spans.
+    ``alm_binarization``: ALM's τ.
     Settings are trusted (terms of ``TERMS``, weights >= 0, temperature > 0, chunk_size >= 1)."""
     s2 = student_logits.reshape(-1, student_logits.shape[-1])
     if isinstance(teacher_logits, SparseTeacher):
@@ -261,7 +265,9 @@ def cross_vocab_loss(
     shared = Shared(mapping, s2.device, matched_weight) if mapped else None
     out = {}
     if "alm" in weights:  # one likelihood per span: plain autograd (distill.losses.likelihood)
-        out["alm"] = alm_loss(lambda r: s2[r], lambda r: logit_rows(t2, r), aligned, float(temperature))
+        out["alm"] = alm_loss(
+            lambda r: s2[r], lambda r: logit_rows(t2, r), aligned, float(temperature), alm_breaks, alm_binarization
+        )
     rest = {term: w for term, w in weights.items() if term != "alm"}
     loss = weights.get("alm", 0.0) * out["alm"] if out else None
     if rest:

@@ -25,6 +25,7 @@ from distill.losses.compiled import COMPILE_FROM_VOCAB, chunk_kernel
 from distill.losses.cross_vocab import cross_vocab_loss
 from distill.losses.divergences import chunked_logit_loss
 from distill.losses.fused_linear import fused_chunk, fused_linear_loss
+from distill.losses.likelihood import WordBreaks
 from distill.losses.representation import AttentionLoss, HiddenStateLoss, layer_pairs
 from distill.losses.spec import OnPolicy, loss_spec
 from distill.losses.terms import (
@@ -78,6 +79,7 @@ class Objective(nn.Module):
         attention: dict | None = None,
         on_policy: dict | None = None,
         gold: dict | None = None,
+        alm: dict | None = None,
     ):
         super().__init__()
         spec = loss_spec(
@@ -92,17 +94,20 @@ class Objective(nn.Module):
             attention=attention,
             on_policy=on_policy,
             gold=gold,
+            alm=alm,
         )
         self.weights = dict(spec.weights)  # loss schedules change weights and temperature between steps
         self.temperature, self.beta, self.tail = spec.temperature, spec.beta, spec.tail
         self.chunk_size, self.fused_linear, self.compile = spec.chunk_size, spec.fused_linear, spec.compile
         self.hidden_spec, self.attention_spec = spec.hidden, spec.attention
         self.on_policy: OnPolicy = spec.on_policy
-        self.gold_spec = spec.gold
+        self.gold_spec, self.alm_spec = spec.gold, spec.alm
         self.hidden_loss: nn.Module | None = None
         self.attention_loss: nn.Module | None = None
         self.mapping = None  # GOLD's shared tokens of the two vocabularies (``bind_vocabularies``)
         self.member_mappings: list = []  # several teachers: each one's with the student (``bind_vocabularies``)
+        self.breaks = None  # ALM's word chunks: the two vocabularies' space flags (``bind_vocabularies``)
+        self.member_breaks: list = []
         if self.fused_linear and self.aligned_terms:
             raise DistillError(
                 f"loss.fused_linear cannot serve loss.weights.{self.aligned_terms[0]}: cross-vocabulary terms read "
@@ -189,14 +194,16 @@ class Objective(nn.Module):
         if self.uses("gold") or self.uses("projected_kl"):
             from distill.align.vocab import vocab_mapping
 
-            def mapping(tokenizer):
-                return vocab_mapping(tokenizer, student_tokenizer, projection=self.uses("projected_kl"))
-
-            self.mapping = mapping(teacher_tokenizer)
-            self.member_mappings = [
-                self.mapping if t is teacher_tokenizer else None if t is student_tokenizer else mapping(t)
-                for t in members or []
-            ]
+            self.mapping, self.member_mappings = _per_teacher(
+                lambda t: vocab_mapping(t, student_tokenizer, projection=self.uses("projected_kl")),
+                teacher_tokenizer,
+                student_tokenizer,
+                members,
+            )
+        if self.uses("alm") and self.alm_spec["chunks"] == "words":
+            self.breaks, self.member_breaks = _per_teacher(
+                lambda t: WordBreaks.of(t, student_tokenizer), teacher_tokenizer, student_tokenizer, members
+            )
         return self
 
     # -- the loss ----------------------------------------------------------------------
@@ -244,7 +251,8 @@ class Objective(nn.Module):
         for i, (member, share) in enumerate(zip(teacher.members, teacher.member_weights)):
             if member.aligned is not None:
                 mapping = self.member_mappings[i] if self.member_mappings else self.mapping
-                value, terms = self._aligned_terms(student, member, member.aligned, mapping)
+                breaks = self.member_breaks[i] if self.member_breaks else self.breaks
+                value, terms = self._aligned_terms(student, member, member.aligned, mapping, breaks)
             elif divergences:
                 value, terms = self._logit_terms(student, member, labels, mask, divergences)
             else:
@@ -255,7 +263,9 @@ class Objective(nn.Module):
                 parts[f"{term}.teacher{i}"] = v
         return loss, parts
 
-    def _aligned_terms(self, student: Outputs, teacher: Outputs, aligned, mapping=None) -> tuple[Tensor, dict]:
+    def _aligned_terms(
+        self, student: Outputs, teacher: Outputs, aligned, mapping=None, breaks=None
+    ) -> tuple[Tensor, dict]:
         if aligned is None:
             raise DistillError(
                 f"loss.weights.{self.aligned_terms[0]} compares two vocabularies on aligned text, but the batch has "
@@ -270,6 +280,8 @@ class Objective(nn.Module):
             mapping=self.mapping if mapping is None else mapping,
             matched_weight=self.gold_spec["matched_weight"],
             gold_spans=self.gold_spec["spans"],
+            alm_breaks=self.breaks if breaks is None else breaks,
+            alm_binarization=self.alm_spec["binarization"],
             chunk_size=self.chunk_size,
             teacher_vocab_size=teacher.vocab_size,
         )
@@ -312,6 +324,14 @@ class Objective(nn.Module):
         if vocab is None:  # Outputs built without it: the logits' last dimension, or the LM head's rows
             vocab = student.logits.shape[-1] if student.logits is not None else student.head_weight.shape[0]
         return chunk_kernel if vocab >= COMPILE_FROM_VOCAB else None
+
+
+def _per_teacher(build, teacher_tokenizer, student_tokenizer, members) -> tuple:
+    """(``build(teacher_tokenizer)``, one for each of several teachers' tokenizers: the first's again for
+    the first teacher's, None for a teacher that reads the student's tokens), built once per tokenizer."""
+    first = build(teacher_tokenizer)
+    each = [first if t is teacher_tokenizer else None if t is student_tokenizer else build(t) for t in members or []]
+    return first, each
 
 
 def ce_only() -> Objective:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from distill.errors import DistillError
 from distill.losses.cross_vocab import GOLD_SPANS
+from distill.losses.likelihood import CHUNKS
 from distill.losses.representation import HIDDEN_METRICS, parse_pairs
 from distill.losses.terms import REGISTRY, TERMS, block_settings, nearest, nearest_term
 from distill.teacher.outputs import TAIL_MODES
@@ -38,6 +39,9 @@ BLOCK_DEFAULTS = {
     "attention": {"pairs": "auto", "teacher": None},
     # matched_weight None: TRL's adaptive weight (the shared share of the teacher's vocabulary); spans: GOLD_SPANS
     "gold": {"matched_weight": None, "spans": "all"},
+    # chunks: CHUNKS (likelihood.py): ALM over aligned spans, or over word chunks each followed by a space
+    # binarization: ALM's τ (ℓ / τ before the binary KL; tokenkit's default is 100)
+    "alm": {"chunks": "spans", "binarization": 1.0},
 }
 
 
@@ -55,6 +59,7 @@ class LossSpec:
     hidden: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["hidden"]))
     attention: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["attention"]))
     gold: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["gold"]))
+    alm: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["alm"]))
     on_policy: OnPolicy = field(default_factory=OnPolicy)
 
 
@@ -70,6 +75,7 @@ def loss_spec(
     attention=None,
     on_policy=None,
     gold=None,
+    alm=None,
 ) -> LossSpec:
     """The one validation of the loss settings (arguments as in ``configs/loss/forward_kl.yaml``)."""
     return LossSpec(
@@ -83,6 +89,7 @@ def loss_spec(
         hidden=_block("hidden", hidden),
         attention=_block("attention", attention),
         gold=_block("gold", gold),
+        alm=_block("alm", alm),
         on_policy=_on_policy(on_policy),
     )
 
@@ -149,6 +156,8 @@ _BLOCK_CHECKS = {
     "metric": lambda key, value: _choice(key, value, HIDDEN_METRICS),
     "matched_weight": _share,
     "spans": lambda key, value: _choice(key, value, GOLD_SPANS),
+    "chunks": lambda key, value: _choice(key, value, CHUNKS),
+    "binarization": lambda key, value: _number(key, value, lambda v: v > 0, "must be > 0"),
 }
 
 

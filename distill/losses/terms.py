@@ -135,7 +135,7 @@ REGISTRY: dict[str, Term] = {
             ALIGNED,
             True,
             LOGITS,
-            ("temperature",),
+            ("alm.chunks", "alm.binarization", "temperature"),
             aliases=("likelihood_matching",),
         ),
         Term(

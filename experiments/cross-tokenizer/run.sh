@@ -28,6 +28,12 @@ run gold_4096_sp_o2o student.vocab_size=4096 student.tokenizer_style=sentencepie
 # ALM (the likelihood of each aligned span's text, loss=alm) in GOLD's place; the controls are the GOLD runs'
 run alm_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=alm control=false
 run alm_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=alm control=false
+# ALM over word chunks, each scored with the space after it (loss.alm.chunks=words: one event for both models)
+run alm_words_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=alm loss.alm.chunks=words control=false
+run alm_words_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=alm loss.alm.chunks=words control=false
+# ALM at tokenkit's binarization temperature (τ = 100: the binary KL of ℓ/τ, near the log-ratio of the two likelihoods)
+run alm_tau100_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=alm loss.alm.binarization=100 control=false
+run alm_words_tau100_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=alm loss.alm.chunks=words loss.alm.binarization=100 control=false
 run gold_8192 student.vocab_size=8192 loss=gold         # GOLD + 0.5 CE, its own BPE 8,192
 run gold_1024 student.vocab_size=1024 loss=gold         # a much smaller vocabulary
 # the projection (loss=projected_kl + 0.5 CE) where GOLD's shared strings are fewest; its control is the
