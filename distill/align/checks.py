@@ -13,7 +13,7 @@ import json
 
 from distill.errors import DistillError
 
-CROSS_VOCAB_TERMS = ("uld", "gold", "projected_kl", "alm")
+CROSS_VOCAB_TERMS = ("uld", "gold", "projected_kl", "prefix_kl", "alm")
 
 
 def tokenization(tokenizer) -> tuple:

@@ -111,6 +111,11 @@ class VocabMapping:
     # [teacher_size] int64: the student token each teacher token's text begins with, −1 where none
     # (``first_pieces``; the ``projected_kl`` term). None: not asked for, or a mapping written by hand.
     first_piece: np.ndarray | None = None
+    # [teacher_size] / [student_size] int64: the class of each token for ``prefix_kl``: the longest string
+    # both vocabularies hold that begins its text (``prefix_classes``); ``prefix_count`` = the catch-all class
+    teacher_prefix: np.ndarray | None = None
+    student_prefix: np.ndarray | None = None
+    prefix_count: int = 0
 
     @property
     def teacher_to_student(self) -> np.ndarray:
@@ -127,7 +132,9 @@ class VocabMapping:
         )
 
 
-def vocab_mapping(teacher_tokenizer, student_tokenizer, projection: bool = False) -> VocabMapping:
+def vocab_mapping(
+    teacher_tokenizer, student_tokenizer, projection: bool = False, prefixes: bool = False
+) -> VocabMapping:
     """The tokens two vocabularies share (see the module doc), built once per pair of tokenizers;
     with ``projection``, also each teacher token's first student piece (``first_pieces``: only the
     ``projected_kl`` term reads it, and it walks every teacher token)."""
@@ -146,7 +153,43 @@ def vocab_mapping(teacher_tokenizer, student_tokenizer, projection: bool = False
     assert max(Counter(t.tolist()).values(), default=1) == 1 and max(Counter(s.tolist()).values(), default=1) == 1
     sizes = _size(teacher_tokenizer), _size(student_tokenizer)
     first = first_pieces(teacher_tokenizer, student_tokenizer, dict(pairs)) if projection else None
-    return VocabMapping(t, s, *sizes, ambiguous, first)
+    if not prefixes:
+        return VocabMapping(t, s, *sizes, ambiguous, first)
+    t_prefix, s_prefix, count = prefix_classes(teacher_tokenizer, student_tokenizer)
+    return VocabMapping(t, s, *sizes, ambiguous, first, t_prefix, s_prefix, count)
+
+
+def prefix_classes(teacher_tokenizer, student_tokenizer) -> tuple[np.ndarray, np.ndarray, int]:
+    """(teacher [Vt], student [Vs], C): each token's class, the longest string of text both vocabularies
+    hold (as a token each) that its text begins with; C for a token that begins with none of them. EOS
+    and BOS are classes of their own on both sides (by role); other special tokens go to C.
+
+    Why: where two tokenizers split the same text differently, one string is not one event (a
+    Llama 3-style '.append' is one token, a GPT-2-style split cuts it as '.' + 'append', so that
+    teacher's '.' means "'.' then anything" where the student's '.' means "'.' not followed by a
+    letter"). Counting every token under the longest shared string it begins with makes both models'
+    classes the same event, "the next token's text begins with this string", as far as the shared
+    strings go."""
+    t_text, s_text = vocabulary_text(teacher_tokenizer), vocabulary_text(student_tokenizer)
+    shared = sorted(set(t_text) & set(s_text))
+    index = {text: i for i, text in enumerate(shared)}
+    longest = max(map(len, shared), default=0)
+    count = len(shared) + 2  # + EOS and BOS
+    out = []
+    for tokenizer, table in ((teacher_tokenizer, t_text), (student_tokenizer, s_text)):
+        classes = np.full(_size(tokenizer), count, np.int64)
+        for text, ids in table.items():
+            for cut in range(min(len(text), longest), 0, -1):
+                if text[:cut] in index:
+                    classes[ids] = index[text[:cut]]
+                    break
+        eos, bos = getattr(tokenizer, "eos_token_id", None), getattr(tokenizer, "bos_token_id", None)
+        if bos is not None and bos != eos:  # one token for both (GPT-2's <|endoftext|>): the EOS class
+            classes[bos] = len(shared) + 1
+        if eos is not None:
+            classes[eos] = len(shared)
+        out.append(classes)
+    return out[0], out[1], count
 
 
 def first_pieces(teacher_tokenizer, student_tokenizer, matched: dict[int, int]) -> np.ndarray:

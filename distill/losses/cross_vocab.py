@@ -34,6 +34,9 @@ Terms (names as in ``loss.weights``):
 - ``projected_kl``  forward KL from the teacher's distribution projected onto the student's
            vocabulary, each teacher token's mass on the student token its text begins with, on the
            span's first rows (``distill.losses.projected``).
+- ``prefix_kl``  forward KL between both distributions summed over prefix classes (the longest
+           string both vocabularies hold that a token's text begins with), on the span's first rows
+           (``distill.losses.projected``).
 
 Both are scaled by T² like every divergence here (Hinton's convention, so weights stay
 comparable across temperatures) and averaged over spans weighted by ``AlignedBatch.weight``.
@@ -59,11 +62,11 @@ from distill.align.vocab import VocabMapping
 from distill.errors import DistillError
 from distill.losses.divergences import TAIL_EPS
 from distill.losses.likelihood import alm_loss
-from distill.losses.projected import Projection, projected_per_span
+from distill.losses.projected import Prefixes, Projection, prefix_per_span, projected_per_span
 from distill.teacher.outputs import SparseTeacher
 
-TERMS = ("uld", "gold", "projected_kl", "alm")
-MAPPED = ("gold", "projected_kl")  # the terms that read the vocabulary mapping
+TERMS = ("uld", "gold", "projected_kl", "prefix_kl", "alm")
+MAPPED = ("gold", "projected_kl", "prefix_kl")  # the terms that read the vocabulary mapping
 GOLD_SPANS = ("all", "one_to_one")  # the spans GOLD compares (loss.gold.spans)
 
 
@@ -167,6 +170,7 @@ class Shared:
         adaptive = len(mapping.teacher_ids) / max(1, mapping.teacher_size)  # TRL's default
         self.weight = adaptive if matched_weight is None else float(matched_weight)
         self.projection = None if mapping.first_piece is None else Projection(mapping.first_piece, device)
+        self.prefixes = None if mapping.teacher_prefix is None else Prefixes(mapping, device)
 
 
 def _mask(ids: Tensor, size: int, device) -> Tensor:
@@ -285,7 +289,11 @@ def cross_vocab_loss(
 
 def _check_mapping(term: str, mapping: VocabMapping | None, student_width: int, teacher_width: int) -> None:
     """GOLD and the projection read the logits through the mapping: both must describe the same vocabularies."""
-    if mapping is None or (term == "projected_kl" and mapping.first_piece is None):
+    if (
+        mapping is None
+        or (term == "projected_kl" and mapping.first_piece is None)
+        or (term == "prefix_kl" and mapping.teacher_prefix is None)
+    ):
         raise DistillError(
             f"loss term {term!r} needs the vocabulary mapping of the two tokenizers (distill.align.vocab)"
         )
@@ -296,7 +304,12 @@ def _check_mapping(term: str, mapping: VocabMapping | None, student_width: int, 
         )
 
 
-_PER_SPAN = {"uld": uld_per_span, "gold": gold_per_span, "projected_kl": projected_per_span}
+_PER_SPAN = {
+    "uld": uld_per_span,
+    "gold": gold_per_span,
+    "projected_kl": projected_per_span,
+    "prefix_kl": prefix_per_span,
+}
 
 
 class _CrossVocabLoss(torch.autograd.Function):

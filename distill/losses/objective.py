@@ -191,11 +191,13 @@ class Objective(nn.Module):
         """The mapping of the tokens whose strings both vocabularies hold, and of each teacher token to
         the student token its text begins with (built once; read by ``gold`` and ``projected_kl``).
         ``members``: several teachers' tokenizers, a mapping for each (none where it is the student's)."""
-        if self.uses("gold") or self.uses("projected_kl"):
+        if self.uses("gold") or self.uses("projected_kl") or self.uses("prefix_kl"):
             from distill.align.vocab import vocab_mapping
 
             self.mapping, self.member_mappings = _per_teacher(
-                lambda t: vocab_mapping(t, student_tokenizer, projection=self.uses("projected_kl")),
+                lambda t: vocab_mapping(
+                    t, student_tokenizer, projection=self.uses("projected_kl"), prefixes=self.uses("prefix_kl")
+                ),
                 teacher_tokenizer,
                 student_tokenizer,
                 members,

@@ -1,4 +1,6 @@
-"""The teacher's next-token distribution projected onto the student's vocabulary (``projected_kl``).
+"""Next-token distributions compared across vocabularies by projection: the teacher's onto the
+student's vocabulary (``projected_kl``), or both onto the strings the two vocabularies share
+(``prefix_kl``, at the end).
 
 ULD compares sorted probabilities, blind to which token is which; GOLD compares exactly only the
 tokens whose strings both vocabularies hold, which are few when the student's vocabulary is much
@@ -41,6 +43,37 @@ def projected_target(log_p: Tensor, projection: Projection, student_size: int) -
     p = log_p.exp()[:, projection.teacher]
     target = torch.zeros(len(p), student_size, device=p.device).index_add_(1, projection.student, p)
     return target / target.sum(-1, keepdim=True).clamp_min(TAIL_EPS)
+
+
+class Prefixes:
+    """Each token's prefix class (``distill.align.vocab.prefix_classes``) on the logits' device."""
+
+    def __init__(self, mapping, device):
+        self.teacher = torch.as_tensor(mapping.teacher_prefix, dtype=torch.long, device=device)
+        self.student = torch.as_tensor(mapping.student_prefix, dtype=torch.long, device=device)
+        self.count = mapping.prefix_count + 1  # the catch-all class too
+
+
+def class_probs(log_p: Tensor, classes: Tensor, count: int) -> Tensor:
+    """[c, count] each class's probability: the sum over the tokens in it."""
+    return torch.zeros(len(log_p), count, device=log_p.device).index_add_(1, classes, log_p.exp())
+
+
+def prefix_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad):
+    """``prefix_kl``: KL(P || Q) on the span's first rows, P and Q the two models' next-token
+    distributions summed by prefix class: the class of a token is the longest string both vocabularies
+    hold that its text begins with, so a class is the same event on both sides ("the next token begins
+    with this string"), where one string, as a token, is not (``prefix_classes``). Both sides floored at
+    TAIL_EPS like the other divergences' buckets. d/d log q_s = −P_c(s) q_s / Q_c(s)."""
+    pre = vocab.prefixes
+    p = class_probs(lv_t - off_t.unsqueeze(-1), pre.teacher, pre.count)
+    log_q = lv_s - off_s.unsqueeze(-1)
+    q = class_probs(log_q, pre.student, pre.count).clamp_min_(TAIL_EPS)
+    value = (torch.xlogy(p, p) - p * q.log()).sum(-1)
+    if not want_grad:
+        return value, None, None
+    g = (p / q)[:, pre.student].mul_(log_q.exp()).neg_()
+    return value, g, g.sum(-1).neg()
 
 
 def projected_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad):

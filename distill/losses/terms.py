@@ -130,6 +130,15 @@ REGISTRY: dict[str, Term] = {
             aliases=("projected", "first_piece_kl"),
         ),
         Term(
+            "prefix_kl",
+            "forward KL between both distributions summed by the shared string each token begins with",
+            ALIGNED,
+            True,
+            LOGITS,
+            _ALIGNED_SETTINGS,
+            aliases=("shared_prefix_kl",),
+        ),
+        Term(
             "alm",
             "approximate likelihood matching of each aligned span's text across vocabularies",
             ALIGNED,

@@ -83,3 +83,30 @@ def test_each_teacher_token_projects_to_the_longest_student_token_its_text_begin
             continue
         n, agree = n + 1, agree + (encoded[0] == first[ids[0]])
     assert agree / n > 0.9
+
+
+@pytest.mark.parametrize(("teacher", "student"), [("bpe4096", "bpe300"), ("bpe4096", "byte_fallback")])
+def test_each_token_falls_in_the_class_of_the_longest_shared_string_it_begins_with(teacher, student):
+    """``prefix_kl``'s classes: one per string both vocabularies hold, EOS and BOS by role, one catch-all."""
+    from distill.align.vocab import prefix_classes
+
+    t, s = FAMILIES[teacher](), FAMILIES[student]()
+    assert vocab_mapping(t, s).teacher_prefix is None  # built only for the term that reads it
+    t_classes, s_classes, count = prefix_classes(t, s)
+    t_text, s_text = vocabulary_text(t), vocabulary_text(s)
+    shared = sorted(set(t_text) & set(s_text))
+    strings = set(shared)
+    assert count == len(shared) + 2
+    for tokenizer, table, classes in ((t, t_text, t_classes), (s, s_text, s_classes)):
+        for text, ids in table.items():
+            c = classes[ids[0]]
+            assert (classes[ids] == c).all()
+            if c == count:  # none of the shared strings begins it
+                assert not any(text[:cut] in strings for cut in range(1, len(text) + 1))
+                continue
+            assert text.startswith(shared[c]) and not any(
+                text[:cut] in strings for cut in range(len(shared[c]) + 1, len(text) + 1)
+            )
+        assert classes[tokenizer.eos_token_id] == len(shared)
+    for text in shared:  # a shared string's own tokens: one class on both sides
+        assert t_classes[t_text[text][0]] == s_classes[s_text[text][0]]

@@ -14,7 +14,12 @@ from distill.teacher.outputs import SparseTeacher
 B, LT, LS, VT, VS = 2, 14, 11, 17, 13
 # the shared tokens map to their own; others to a student token their text would begin with; 3 and 16: to none
 FIRST = np.array([1, 5, 3, -1, 6, 4, 6, 9, 12, 2, 5, 0, 12, 8, 2, 7, -1])
-MAPPING = VocabMapping(np.array([0, 2, 5, 7, 11]), np.array([1, 3, 4, 9, 0]), VT, VS, ambiguous=0, first_piece=FIRST)
+# prefix classes (0-5; 6 the catch-all): the longest shared string each token begins with, here at random
+T_PREFIX = np.array([0, 3, 1, 6, 2, 2, 5, 3, 4, 0, 1, 4, 5, 6, 0, 3, 1])
+S_PREFIX = np.array([4, 0, 1, 3, 2, 5, 1, 0, 3, 2, 6, 4, 5])
+MAPPING = VocabMapping(
+    np.array([0, 2, 5, 7, 11]), np.array([1, 3, 4, 9, 0]), VT, VS, 0, FIRST, T_PREFIX, S_PREFIX, prefix_count=6
+)
 
 
 def _offsets(cuts):
@@ -94,6 +99,16 @@ def projected_reference(p_first, q_first, first):
     return sum(x * (x.log() - q) for x, q in zip(target, q_first.log()) if x > 0)
 
 
+def prefix_reference(p_first, q_first, t_classes, s_classes, count):
+    """Both first-token distributions summed by class, then KL (the student's classes floored at TAIL_EPS)."""
+    p, q = torch.zeros(count + 1, dtype=p_first.dtype), torch.zeros(count + 1, dtype=q_first.dtype)
+    for token, c in enumerate(t_classes.tolist()):
+        p = p + torch.nn.functional.one_hot(torch.tensor(c), count + 1) * p_first[token]
+    for token, c in enumerate(s_classes.tolist()):
+        q = q + torch.nn.functional.one_hot(torch.tensor(c), count + 1) * q_first[token]
+    return sum(x * (x.log() - y.clamp_min(TAIL_EPS).log()) for x, y in zip(p, q) if x > 0)
+
+
 def reference(term, s, t, rows, weights, T, matched_weight=None):
     """Mean over spans (by weight) of the term between the merged distributions, × T²."""
     total, k_all = 0.0, 0
@@ -108,6 +123,10 @@ def reference(term, s, t, rows, weights, T, matched_weight=None):
             elif term == "alm":  # the binary KL of the two models' probability of the span's text
                 pt, ps = p[t_group[0][1]], q[s_group[0][1]]
                 value = pt * torch.log(pt / ps) + (1 - pt) * torch.log((1 - pt) / (1 - ps))
+            elif term == "prefix_kl":  # the span's first rows only
+                value = prefix_reference(
+                    merged_probs(t[b], t_group[:1], T), merged_probs(s[b], s_group[:1], T), T_PREFIX, S_PREFIX, 6
+                )
             else:  # the span's first rows only
                 value = projected_reference(
                     merged_probs(t[b], t_group[:1], T), merged_probs(s[b], s_group[:1], T), FIRST
@@ -135,7 +154,7 @@ def _value_and_grad(fn, s):
 
 @pytest.mark.parametrize("chunk_size", [1, 3, 256])
 @pytest.mark.parametrize("T", [1.0, 2.5])
-@pytest.mark.parametrize("term", ["uld", "gold", "projected_kl", "alm"])
+@pytest.mark.parametrize("term", ["uld", "gold", "projected_kl", "prefix_kl", "alm"])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_kernel_matches_reference_value_and_grad(term, T, chunk_size, seed):
     rows = _rows(seed)
@@ -150,7 +169,7 @@ def test_kernel_matches_reference_value_and_grad(term, T, chunk_size, seed):
     torch.testing.assert_close(parts[term], loss)
     extra_only = sorted(set(batch.student.extra_rows.tolist()) - set(batch.student.rows.tolist()))
     learn = g.reshape(-1, VS)[extra_only].abs().sum(-1)
-    if term == "projected_kl":  # the span's later tokens do not enter the projection
+    if term in ("projected_kl", "prefix_kl"):  # the span's later tokens do not enter the projections
         assert learn.max() < 1e-6
     else:
         assert extra_only and (learn > 0).all()  # merged rows learn too
@@ -207,11 +226,11 @@ def _same_model_batch():
     """One vocabulary and one tokenization on both sides: every span is one token each."""
     off = _offsets(list(range(0, 11)))
     ids = np.arange(len(off)) % VS
-    identity = VocabMapping(np.arange(VS), np.arange(VS), VS, VS, ambiguous=0, first_piece=np.arange(VS))
+    identity = VocabMapping(np.arange(VS), np.arange(VS), VS, VS, 0, np.arange(VS), np.arange(VS), np.arange(VS), VS)
     return collate([align_offsets(ids, off, ids, off)], len(off), len(off)), identity, len(off)
 
 
-@pytest.mark.parametrize("term", ["uld", "gold", "projected_kl", "alm"])
+@pytest.mark.parametrize("term", ["uld", "gold", "projected_kl", "prefix_kl", "alm"])
 def test_identical_models_have_zero_loss(term):
     batch, identity, n = _same_model_batch()
     z = torch.randn(1, n, VS, requires_grad=True)
@@ -261,7 +280,7 @@ def _dense_from_cache(cache, width):
 
 
 @pytest.mark.parametrize("k", [VT, 5])
-@pytest.mark.parametrize("term", ["uld", "gold", "alm"])
+@pytest.mark.parametrize("term", ["uld", "gold", "prefix_kl", "alm"])
 def test_a_cached_top_k_teacher_equals_its_dense_completion(term, k):
     rows, (s, t) = _rows(6), _logits(6, torch.float32)
     cache = _cached(t, k)
