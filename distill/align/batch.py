@@ -27,6 +27,7 @@ class SideIndex:
     extra_span: Tensor  # [E] long
     end_rows: Tensor  # [K] long
     last_ids: Tensor  # [K] long
+    row_ids: Tensor  # [K] long
 
     def to(self, device) -> SideIndex:
         return SideIndex(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -63,6 +64,7 @@ def _side_index(sides: list[Side], row_len: int) -> SideIndex:
         extra_span=cat([s.extra_span + c for s, c in zip(sides, counts[:-1])]),
         end_rows=cat([s.end_rows + off for s, off in zip(sides, shift)]),
         last_ids=cat([s.last_ids for s in sides]),
+        row_ids=cat([s.row_ids for s in sides]),
     )
 
 

@@ -72,6 +72,7 @@ class Side:
     extra_span: np.ndarray  # [E] int64: the span each belongs to
     end_rows: np.ndarray  # [K] int64: each span's last token's position (the row predicting what follows the span)
     last_ids: np.ndarray  # [K] int64: each span's last token id
+    row_ids: np.ndarray  # [K] int64: the token at each predicting row (the one before the span)
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,7 @@ def _side(ids, pos, spans, first, keep) -> Side:
         extra_span=span_of[extra],
         end_rows=last_pos,
         last_ids=ids[last_pos].astype(np.int64),
+        row_ids=ids[first_pos - 1].astype(np.int64),
     )
 
 

@@ -116,6 +116,12 @@ class VocabMapping:
     teacher_prefix: np.ndarray | None = None
     student_prefix: np.ndarray | None = None
     prefix_count: int = 0
+    # where both tokenizers cut (``both_cut``): [7, 7] bool over (class of the character before a boundary,
+    # class of the one after it); the class of each teacher token's last character and of each prefix
+    # class's first character (CHAR_CLASSES; NO_CLASS for special tokens, EOS/BOS and the catch-all)
+    cuts: np.ndarray | None = None
+    teacher_last_char: np.ndarray | None = None
+    prefix_first_char: np.ndarray | None = None
 
     @property
     def teacher_to_student(self) -> np.ndarray:
@@ -156,7 +162,53 @@ def vocab_mapping(
     if not prefixes:
         return VocabMapping(t, s, *sizes, ambiguous, first)
     t_prefix, s_prefix, count = prefix_classes(teacher_tokenizer, student_tokenizer)
-    return VocabMapping(t, s, *sizes, ambiguous, first, t_prefix, s_prefix, count)
+    t_text, s_text = vocabulary_text(teacher_tokenizer), vocabulary_text(student_tokenizer)
+    shared = sorted(set(t_text) & set(s_text))
+    last = np.full(sizes[0], NO_CLASS, np.int64)
+    for text, ids in t_text.items():
+        last[ids] = char_class(text[-1])
+    first_char = np.array([char_class(text[0]) for text in shared] + [NO_CLASS] * 3, np.int64)
+    cuts = both_cut(teacher_tokenizer, student_tokenizer)
+    return VocabMapping(t, s, *sizes, ambiguous, first, t_prefix, s_prefix, count, cuts, last, first_char)
+
+
+# The character classes split patterns tell apart (GPT-2's and Llama 3's regexes, SentencePiece's '▁'
+# split), each with the character that stands for it in a probe; NO_CLASS: a special token or none.
+CHAR_CLASSES = {"letter": "a", "digit": "1", "space": " ", "newline": "\n", "tab": "\t", "punct": "."}
+NO_CLASS = len(CHAR_CLASSES)
+
+
+def char_class(byte: int) -> int:
+    """The class of a character from its first (or only) byte; bytes of a multi-byte character count as letters."""
+    if byte >= 0x80 or chr(byte).isalpha():
+        return 0
+    return {**dict.fromkeys(b"0123456789", 1), 32: 2, 10: 3, 13: 3, 9: 4}.get(byte, 5)
+
+
+def pre_token_cuts(tokenizer, text: str) -> set[int]:
+    """Character positions where the tokenizer's normalizer and pre-tokenizer end a piece of ``text``."""
+    backend = tokenizer.backend_tokenizer
+    normal = backend.normalizer.normalize_str(text) if backend.normalizer else text
+    shift = len(normal) - len(text)  # a prepended '▁'
+    if backend.pre_tokenizer is None:
+        return set()
+    return {end - shift for _, (_, end) in backend.pre_tokenizer.pre_tokenize_str(normal)}
+
+
+def both_cut(teacher_tokenizer, student_tokenizer) -> np.ndarray:
+    """[7, 7] bool: whether both tokenizers' splits cut between a character of one class and one of another
+    (probed on 'x' + a + b + 'y' with each class's stand-in; NO_CLASS row and column: always).
+
+    Why ``prefix_kl`` reads it: at a boundary both tokenizers share, each model's next-token distribution is
+    conditioned on its own tokenizer cutting there. Llama 3's split keeps a newline with the punctuation
+    before it, GPT-2's does not; so after ')' GPT-2's model may well go on with a newline, Llama 3's (at a
+    cut) may not. Classes that only one tokenizer could cut before are left out of both distributions."""
+    cuts = np.ones((NO_CLASS + 1, NO_CLASS + 1), bool)
+    stand_in = list(CHAR_CLASSES.values())
+    for i, a in enumerate(stand_in):
+        for j, b in enumerate(stand_in):
+            cuts[i, j] = all(2 in pre_token_cuts(tok, f"x{a}{b}y") for tok in (teacher_tokenizer, student_tokenizer))
+    return cuts
 
 
 def prefix_classes(teacher_tokenizer, student_tokenizer) -> tuple[np.ndarray, np.ndarray, int]:

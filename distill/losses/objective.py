@@ -80,6 +80,7 @@ class Objective(nn.Module):
         on_policy: dict | None = None,
         gold: dict | None = None,
         alm: dict | None = None,
+        prefix_kl: dict | None = None,
     ):
         super().__init__()
         spec = loss_spec(
@@ -95,13 +96,14 @@ class Objective(nn.Module):
             on_policy=on_policy,
             gold=gold,
             alm=alm,
+            prefix_kl=prefix_kl,
         )
         self.weights = dict(spec.weights)  # loss schedules change weights and temperature between steps
         self.temperature, self.beta, self.tail = spec.temperature, spec.beta, spec.tail
         self.chunk_size, self.fused_linear, self.compile = spec.chunk_size, spec.fused_linear, spec.compile
         self.hidden_spec, self.attention_spec = spec.hidden, spec.attention
         self.on_policy: OnPolicy = spec.on_policy
-        self.gold_spec, self.alm_spec = spec.gold, spec.alm
+        self.gold_spec, self.alm_spec, self.prefix_spec = spec.gold, spec.alm, spec.prefix_kl
         self.hidden_loss: nn.Module | None = None
         self.attention_loss: nn.Module | None = None
         self.mapping = None  # GOLD's shared tokens of the two vocabularies (``bind_vocabularies``)
@@ -284,6 +286,7 @@ class Objective(nn.Module):
             gold_spans=self.gold_spec["spans"],
             alm_breaks=self.breaks if breaks is None else breaks,
             alm_binarization=self.alm_spec["binarization"],
+            prefix_both_cut=self.prefix_spec["both_cut"],
             chunk_size=self.chunk_size,
             teacher_vocab_size=teacher.vocab_size,
         )

@@ -52,6 +52,18 @@ class Prefixes:
         self.teacher = torch.as_tensor(mapping.teacher_prefix, dtype=torch.long, device=device)
         self.student = torch.as_tensor(mapping.student_prefix, dtype=torch.long, device=device)
         self.count = mapping.prefix_count + 1  # the catch-all class too
+        as_tensor = lambda a: None if a is None else torch.as_tensor(a, device=device)
+        self.cuts = as_tensor(mapping.cuts)
+        self.last_char, self.first_char = as_tensor(mapping.teacher_last_char), as_tensor(mapping.prefix_first_char)
+        self.both_cut = False  # set by the loss (loss.prefix_kl.both_cut)
+
+    def before(self, aligned) -> Tensor:
+        """[K] the class of the character before each span (the teacher's token at its predicting row)."""
+        return self.last_char[aligned.teacher.row_ids.to(self.last_char.device)]
+
+    def admits(self, before: Tensor) -> Tensor:
+        """[c, count] bool: the prefix classes both tokenizers could cut before, after that character."""
+        return self.cuts[before][:, self.first_char]
 
 
 def class_probs(log_p: Tensor, classes: Tensor, count: int) -> Tensor:
@@ -59,7 +71,7 @@ def class_probs(log_p: Tensor, classes: Tensor, count: int) -> Tensor:
     return torch.zeros(len(log_p), count, device=log_p.device).index_add_(1, classes, log_p.exp())
 
 
-def prefix_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad):
+def prefix_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad, before=None):
     """``prefix_kl``: KL(P || Q) on the span's first rows, P and Q the two models' next-token
     distributions summed by prefix class: the class of a token is the longest string both vocabularies
     hold that its text begins with, so a class is the same event on both sides ("the next token begins
@@ -68,15 +80,27 @@ def prefix_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad):
     pre = vocab.prefixes
     p = class_probs(lv_t - off_t.unsqueeze(-1), pre.teacher, pre.count)
     log_q = lv_s - off_s.unsqueeze(-1)
-    q = class_probs(log_q, pre.student, pre.count).clamp_min_(TAIL_EPS)
+    q = class_probs(log_q, pre.student, pre.count)
+    z = None
+    if before is not None:  # both restricted to the classes both tokenizers could cut before, renormalized
+        admits = pre.admits(before)
+        p = p * admits
+        p = p / p.sum(-1, keepdim=True).clamp_min(TAIL_EPS)
+        q = q * admits
+        z = q.sum(-1, keepdim=True).clamp_min(TAIL_EPS)
+        q = q / z
+    q = q.clamp_min(TAIL_EPS)
     value = (torch.xlogy(p, p) - p * q.log()).sum(-1)
     if not want_grad:
         return value, None, None
-    g = (p / q)[:, pre.student].mul_(log_q.exp()).neg_()
+    ratio = p / q
+    if z is not None:  # d/d log q_s of −Σ p log(Q_c / Z) = q_s (1/Z − p_c / Q_c) on admitted classes
+        ratio = (ratio - 1).mul_(admits) / z
+    g = ratio[:, pre.student].mul_(log_q.exp()).neg_()
     return value, g, g.sum(-1).neg()
 
 
-def projected_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad):
+def projected_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad, before=None):
     """KL(p̃ || q) on the span's first rows: the merged vectors less their offsets (the later tokens'
     log-probabilities do not enter). d/d log q = −p̃; the offset's own gradient cancels the one the
     chunk loop gives it through lv_s (the term does not depend on the offset)."""

@@ -42,6 +42,8 @@ BLOCK_DEFAULTS = {
     # chunks: CHUNKS (likelihood.py): ALM over aligned spans, or over word chunks each followed by a space
     # binarization: ALM's τ (ℓ / τ before the binary KL; tokenkit's default is 100)
     "alm": {"chunks": "spans", "binarization": 1.0},
+    # both_cut: prefix_kl on the classes both tokenizers could cut before (distill/losses/projected.py)
+    "prefix_kl": {"both_cut": False},
 }
 
 
@@ -60,6 +62,7 @@ class LossSpec:
     attention: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["attention"]))
     gold: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["gold"]))
     alm: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["alm"]))
+    prefix_kl: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["prefix_kl"]))
     on_policy: OnPolicy = field(default_factory=OnPolicy)
 
 
@@ -76,6 +79,7 @@ def loss_spec(
     on_policy=None,
     gold=None,
     alm=None,
+    prefix_kl=None,
 ) -> LossSpec:
     """The one validation of the loss settings (arguments as in ``configs/loss/forward_kl.yaml``)."""
     return LossSpec(
@@ -90,6 +94,7 @@ def loss_spec(
         attention=_block("attention", attention),
         gold=_block("gold", gold),
         alm=_block("alm", alm),
+        prefix_kl=_block("prefix_kl", prefix_kl),
         on_policy=_on_policy(on_policy),
     )
 
@@ -158,6 +163,7 @@ _BLOCK_CHECKS = {
     "spans": lambda key, value: _choice(key, value, GOLD_SPANS),
     "chunks": lambda key, value: _choice(key, value, CHUNKS),
     "binarization": lambda key, value: _number(key, value, lambda v: v > 0, "must be > 0"),
+    "both_cut": lambda key, value: _flag(key, value),
 }
 
 

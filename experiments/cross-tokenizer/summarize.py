@@ -22,64 +22,46 @@ BF16 = "--bf16" in sys.argv
 PREFIX = "metrics_bf16_" if BF16 else "metrics_"
 BEGIN = "<!-- results-bf16:begin (summarize.py --bf16) -->" if BF16 else "<!-- results:begin (summarize.py) -->"
 END = "<!-- results-bf16:end -->" if BF16 else "<!-- results:end -->"
-RUNS = [
-    "same_tokenizer_control",
-    "same_tokenizer_kd",
-    "gold_4096_sp",
-    "gold_4096_sp_o2o",
-    "alm_4096_sp",
-    "gold_4096_llama3",
-    "gold_4096_llama3_o2o",
-    "alm_4096_llama3",
-    "gold_8192",
-    "gold_1024",
-    "projected_kl_1024",
-]
+SP, L3 = "4,096 SentencePiece-style", "4,096 Llama 3-style"
+KD = "cross-tokenizer KD:"
+# each run: (the student's vocabulary, its row's label, the term's short name, the run that trained its CE-only
+# control with that tokenizer: GOLD runs train their own, None; the same-tokenizer runs have neither)
+SPECS = {
+    "same_tokenizer_control": ("4,096", "control: CE only, the teacher's tokenizer", None, None),
+    "same_tokenizer_kd": ("4,096", "KD with the teacher's tokenizer: forward KL + 0.5 CE", None, None),
+    "gold_4096_sp": (SP, f"{KD} GOLD + 0.5 CE", "GOLD", None),
+    "gold_4096_sp_o2o": (SP, f"{KD} GOLD on one-to-one spans + 0.5 CE", "GOLD (one-to-one)", "gold_4096_sp"),
+    "alm_4096_sp": (SP, f"{KD} ALM + 0.5 CE", "ALM", "gold_4096_sp"),
+    "alm_words_4096_sp": (SP, f"{KD} ALM on word chunks + 0.5 CE", "ALM (word chunks)", "gold_4096_sp"),
+    "prefix_kl_4096_sp": (SP, f"{KD} prefix KL + 0.5 CE", "prefix KL", "gold_4096_sp"),
+    "gold_4096_llama3": (L3, f"{KD} GOLD + 0.5 CE", "GOLD", None),
+    "gold_4096_llama3_o2o": (L3, f"{KD} GOLD on one-to-one spans + 0.5 CE", "GOLD (one-to-one)", "gold_4096_llama3"),
+    "alm_4096_llama3": (L3, f"{KD} ALM + 0.5 CE", "ALM", "gold_4096_llama3"),
+    "alm_tau100_4096_llama3": (L3, f"{KD} ALM, τ = 100 + 0.5 CE", "ALM (τ = 100)", "gold_4096_llama3"),
+    "alm_words_4096_llama3": (L3, f"{KD} ALM on word chunks + 0.5 CE", "ALM (word chunks)", "gold_4096_llama3"),
+    "alm_words_tau100_4096_llama3": (
+        L3,
+        f"{KD} ALM on word chunks, τ = 100 + 0.5 CE",
+        "ALM (word chunks, τ = 100)",
+        "gold_4096_llama3",
+    ),
+    "prefix_kl_4096_llama3": (L3, f"{KD} prefix KL + 0.5 CE", "prefix KL", "gold_4096_llama3"),
+    "prefix_kl_cut_4096_llama3": (
+        L3,
+        f"{KD} prefix KL where both cut + 0.5 CE",
+        "prefix KL (both cut)",
+        "gold_4096_llama3",
+    ),
+    "gold_8192": ("8,192", f"{KD} GOLD + 0.5 CE", "GOLD", None),
+    "gold_1024": ("1,024", f"{KD} GOLD + 0.5 CE", "GOLD", None),
+    "projected_kl_1024": ("1,024", f"{KD} projected KL + 0.5 CE", "projected KL", "gold_1024"),
+}
+RUNS = list(SPECS)
 CROSS = [n for n in RUNS if not n.startswith("same_")]
-# the run that trained each cross run's CE-only control with its tokenizer (GOLD runs train their own)
-CONTROL = {
-    "projected_kl_1024": "gold_1024",
-    "gold_4096_sp_o2o": "gold_4096_sp",
-    "gold_4096_llama3_o2o": "gold_4096_llama3",
-    "alm_4096_sp": "gold_4096_sp",
-    "alm_4096_llama3": "gold_4096_llama3",
-}
-VOCAB = {
-    "same_tokenizer_control": "4,096",
-    "same_tokenizer_kd": "4,096",
-    "gold_4096_sp": "4,096 SentencePiece-style",
-    "gold_4096_llama3": "4,096 Llama 3-style",
-    "gold_4096_sp_o2o": "4,096 SentencePiece-style",
-    "gold_4096_llama3_o2o": "4,096 Llama 3-style",
-    "alm_4096_sp": "4,096 SentencePiece-style",
-    "alm_4096_llama3": "4,096 Llama 3-style",
-    "gold_8192": "8,192",
-    "gold_1024": "1,024",
-    "projected_kl_1024": "1,024",
-}
-LABELS = {
-    "gold_4096_sp": "cross-tokenizer KD: GOLD + 0.5 CE",
-    "gold_4096_llama3": "cross-tokenizer KD: GOLD + 0.5 CE",
-    "gold_4096_sp_o2o": "cross-tokenizer KD: GOLD on one-to-one spans + 0.5 CE",
-    "gold_4096_llama3_o2o": "cross-tokenizer KD: GOLD on one-to-one spans + 0.5 CE",
-    "alm_4096_sp": "cross-tokenizer KD: ALM + 0.5 CE",
-    "alm_4096_llama3": "cross-tokenizer KD: ALM + 0.5 CE",
-    "same_tokenizer_control": "control: CE only, the teacher's tokenizer",
-    "same_tokenizer_kd": "KD with the teacher's tokenizer: forward KL + 0.5 CE",
-    "gold_8192": "cross-tokenizer KD: GOLD + 0.5 CE",
-    "gold_1024": "cross-tokenizer KD: GOLD + 0.5 CE",
-    "projected_kl_1024": "cross-tokenizer KD: projected KL + 0.5 CE",
-}
-TERM = {
-    n: "projected KL"
-    if n.startswith("projected")
-    else "ALM"
-    if n.startswith("alm")
-    else "GOLD (one-to-one)"
-    if n.endswith("o2o")
-    else "GOLD"
-    for n in CROSS
-}
+VOCAB = {n: spec[0] for n, spec in SPECS.items()}
+LABELS = {n: spec[1] for n, spec in SPECS.items()}
+TERM = {n: spec[2] for n, spec in SPECS.items()}
+CONTROL = {n: spec[3] for n, spec in SPECS.items() if spec[3]}
 
 
 def collect(runs_dir: Path) -> None:

@@ -110,3 +110,20 @@ def test_each_token_falls_in_the_class_of_the_longest_shared_string_it_begins_wi
         assert classes[tokenizer.eos_token_id] == len(shared)
     for text in shared:  # a shared string's own tokens: one class on both sides
         assert t_classes[t_text[text][0]] == s_classes[s_text[text][0]]
+
+
+def test_both_cut_reads_each_split_pattern():
+    """GPT-2's pattern cuts between letters and punctuation both ways; the SentencePiece-style split cuts
+    only before a space, so with it the two cut together before a space alone (and always around a special)."""
+    from distill.align.vocab import CHAR_CLASSES, NO_CLASS, both_cut, char_class
+
+    assert [char_class(ord(c)) for c in CHAR_CLASSES.values()] == list(range(NO_CLASS))
+    assert char_class("é".encode()[0]) == 0 and char_class(ord("_")) == char_class(ord(")")) == 5
+    gpt2, sp = FAMILIES["bpe4096"](), FAMILIES["byte_fallback"]()
+    letter, digit, space, newline, tab, punct = range(NO_CLASS)
+    alone = both_cut(gpt2, gpt2)
+    assert alone[letter, punct] and alone[punct, letter] and alone[letter, space] and alone[punct, newline]
+    assert not alone[letter, letter] and not alone[punct, punct] and not alone[space, letter]
+    with_sp = both_cut(gpt2, sp)
+    assert with_sp[:NO_CLASS, space].all() and not with_sp[:NO_CLASS, [letter, digit, newline, punct]].any()
+    assert with_sp[NO_CLASS].all() and with_sp[:, NO_CLASS].all()

@@ -17,8 +17,14 @@ FIRST = np.array([1, 5, 3, -1, 6, 4, 6, 9, 12, 2, 5, 0, 12, 8, 2, 7, -1])
 # prefix classes (0-5; 6 the catch-all): the longest shared string each token begins with, here at random
 T_PREFIX = np.array([0, 3, 1, 6, 2, 2, 5, 3, 4, 0, 1, 4, 5, 6, 0, 3, 1])
 S_PREFIX = np.array([4, 0, 1, 3, 2, 5, 1, 0, 3, 2, 6, 4, 5])
+# prefix_kl.both_cut: the class of each teacher token's last character, of each prefix class's first (7:
+# none), and where both tokenizers cut between two character classes
+T_LAST = np.array([0, 1, 2, 3, 5, 0, 0, 1, 4, 5, 2, 0, 3, 1, 5, 0, 6])
+CLASS_FIRST = np.array([0, 2, 5, 1, 3, 0, 6])
+CUTS = np.random.default_rng(0).random((7, 7)) < 0.6
+CUTS[6, :] = CUTS[:, 6] = True
 MAPPING = VocabMapping(
-    np.array([0, 2, 5, 7, 11]), np.array([1, 3, 4, 9, 0]), VT, VS, 0, FIRST, T_PREFIX, S_PREFIX, prefix_count=6
+    np.array([0, 2, 5, 7, 11]), np.array([1, 3, 4, 9, 0]), VT, VS, 0, FIRST, T_PREFIX, S_PREFIX, 6, CUTS, T_LAST, CLASS_FIRST
 )
 
 
@@ -99,13 +105,17 @@ def projected_reference(p_first, q_first, first):
     return sum(x * (x.log() - q) for x, q in zip(target, q_first.log()) if x > 0)
 
 
-def prefix_reference(p_first, q_first, t_classes, s_classes, count):
-    """Both first-token distributions summed by class, then KL (the student's classes floored at TAIL_EPS)."""
+def prefix_reference(p_first, q_first, t_classes, s_classes, count, admits=None):
+    """Both first-token distributions summed by class (with ``admits``: only those classes, each side
+    renormalized over them), then KL (the student's classes floored at TAIL_EPS)."""
     p, q = torch.zeros(count + 1, dtype=p_first.dtype), torch.zeros(count + 1, dtype=q_first.dtype)
     for token, c in enumerate(t_classes.tolist()):
         p = p + torch.nn.functional.one_hot(torch.tensor(c), count + 1) * p_first[token]
     for token, c in enumerate(s_classes.tolist()):
         q = q + torch.nn.functional.one_hot(torch.tensor(c), count + 1) * q_first[token]
+    if admits is not None:
+        p, q = p * admits, q * admits
+        p, q = p / p.sum(), q / q.sum()
     return sum(x * (x.log() - y.clamp_min(TAIL_EPS).log()) for x, y in zip(p, q) if x > 0)
 
 
@@ -220,6 +230,37 @@ def test_gold_on_one_to_one_spans_is_the_reference_over_those_spans_alone():
     torch.testing.assert_close(g, g_ref, rtol=1e-6, atol=1e-6)
     every, _ = _kernel(s.float(), t.float(), rows, {"gold": 1.0})[0]
     assert abs(parts["gold"].item() - every.item()) > 1e-4  # the longer spans did count by default
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_prefix_kl_on_the_classes_both_tokenizers_cut_before(seed):
+    """``prefix_kl.both_cut``: after the character before a span (the class of the teacher's token at its
+    predicting row), only the classes both splits could cut before, both sides renormalized over them; a
+    span whose own next class is not one of them is left out."""
+    rows, (s, t) = _rows(seed), _logits(seed)
+    (((loss, _), batch), g) = _value_and_grad(
+        lambda x: _kernel(x.float(), t.float(), rows, {"prefix_kl": 1.0}, temperature=1.5, prefix_both_cut=True), s
+    )
+
+    def ref(x):
+        total, weight = 0.0, 0.0
+        for b, (a, t_ids, s_ids) in enumerate(rows):
+            for k in range(len(a)):
+                t_group, s_group = _groups(a.teacher, k, t_ids), _groups(a.student, k, s_ids)
+                before = T_LAST[t_ids[t_group[0][0]]]
+                w = float(CUTS[before, CLASS_FIRST[T_PREFIX[t_group[0][1]]]])
+                admits = torch.as_tensor(CUTS[before][CLASS_FIRST], dtype=torch.float64)
+                p, q = merged_probs(t[b], t_group[:1], 1.5), merged_probs(x[b], s_group[:1], 1.5)
+                total = total + w * prefix_reference(p, q, T_PREFIX, S_PREFIX, 6, admits)
+                weight += w
+        return total / weight * 1.5**2
+
+    value, g_ref = _value_and_grad(ref, s)
+    assert 0 < float(batch.weight.sum()) and value.item() > 0
+    torch.testing.assert_close(loss.double(), value, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(g.double(), g_ref, rtol=1e-6, atol=1e-6)
+    every, _ = _kernel(s.float(), t.float(), rows, {"prefix_kl": 1.0}, temperature=1.5)[0]
+    assert abs(every.item() - loss.item()) > 1e-4  # the restriction changes the term
 
 
 def _same_model_batch():
@@ -368,3 +409,13 @@ def test_several_teachers_each_on_its_own_rows_sum_to_the_weighted_terms():
     torch.testing.assert_close(terms["gold.teacher1"], gold)
     torch.testing.assert_close(terms["forward_kl.teacher0"], kl)
     assert "gold.teacher0" not in terms and "forward_kl.teacher1" not in terms
+
+
+def test_prefix_kl_setting_is_checked():
+    from distill.losses.objective import Objective
+
+    assert Objective({"prefix_kl": 1.0}).prefix_spec == {"both_cut": False}
+    with pytest.raises(DistillError, match="loss.prefix_kl.both_cut must be true or false"):
+        Objective({"prefix_kl": 1.0}, prefix_kl={"both_cut": "yes"})
+    with pytest.raises(DistillError, match="loss.prefix_kl has no setting 'cuts'"):
+        Objective({"prefix_kl": 1.0}, prefix_kl={"cuts": True})
