@@ -111,7 +111,7 @@ def _argsort_desc(x: Tensor) -> Tensor:
 # references in the tests check them.
 
 
-def uld_per_span(lv_s, lv_t, shared, off_s, off_t, want_grad, before=None):
+def uld_per_span(lv_s, lv_t, shared, off_s, off_t, want_grad, context=None):
     q = lv_s.exp()
     value, g_q = sorted_l1(lv_t.exp(), q, lv_t.shape[-1], q.shape[-1], want_grad)
     return value, (g_q.mul_(q) if want_grad else None), None
@@ -131,7 +131,7 @@ def bucket_log(lv: Tensor, offset: Tensor, matched: Tensor, matched_mask: Tensor
     return torch.log_softmax(logs, dim=-1), rest, unmatched
 
 
-def gold_per_span(lv_s, lv_t, shared, off_s, off_t, want_grad, before=None):
+def gold_per_span(lv_s, lv_t, shared, off_s, off_t, want_grad, context=None):
     """w·KL(p || q) on the shared tokens and the bucket + (1 − w)·ULD on the unshared tokens.
 
     KL's gradient w.r.t. the bucketed logits is q̂ − p (q̂: the student's bucketed distribution);
@@ -241,7 +241,7 @@ def cross_vocab_loss(
     gold_spans: str = "all",
     alm_breaks=None,
     alm_binarization: float = 1.0,
-    prefix_both_cut: bool = False,
+    prefix_cuts: str = "any",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ_term weights[term] · term, each averaged over the aligned spans by ``aligned.weight``;
     returns (loss, {term: detached value}).
@@ -253,8 +253,9 @@ def cross_vocab_loss(
     (``distill.align.batch.collate``). ``gold`` and ``projected_kl`` need ``mapping`` (``distill.align.vocab``).
     ``gold_spans``: ``all`` or ``one_to_one`` (GOLD averaged over the spans of one token a side only).
     ``alm_breaks``: ALM over word chunks (``distill.losses.likelihood.WordBreaks``); None: over the spans.
-    ``alm_binarization``: ALM's τ. ``prefix_both_cut``: ``prefix_kl`` on the classes both tokenizers could
-    cut before (``distill.losses.projected.prefix_per_span``), at spans whose own first token is one.
+    ``alm_binarization``: ALM's τ. ``prefix_cuts``: ``any``, or ``prefix_kl`` on the classes both
+    tokenizers could cut before (``both``: spans whose own next class is not one left out; ``observed``:
+    with the class of character the text goes on with; ``distill.losses.projected``).
     Settings are trusted (terms of ``TERMS``, weights >= 0, temperature > 0, chunk_size >= 1)."""
     s2 = student_logits.reshape(-1, student_logits.shape[-1])
     if isinstance(teacher_logits, SparseTeacher):
@@ -270,7 +271,7 @@ def cross_vocab_loss(
         _check_mapping(mapped[0], mapping, s2.shape[-1], t2.width if isinstance(t2, CachedRows) else t2.shape[-1])
     shared = Shared(mapping, s2.device, matched_weight) if mapped else None
     if "prefix_kl" in weights:
-        shared.prefixes.both_cut = bool(prefix_both_cut)
+        shared.prefixes.cuts_mode = prefix_cuts
     out = {}
     if "alm" in weights:  # one likelihood per span: plain autograd (distill.losses.likelihood)
         out["alm"] = alm_loss(
@@ -283,10 +284,9 @@ def cross_vocab_loss(
         span_weights = {term: span_w for term in rest}
         if "gold" in rest and gold_spans == "one_to_one":
             span_weights["gold"] = span_w * aligned.one_to_one.to(s2.device)
-        if "prefix_kl" in rest and prefix_both_cut:  # a span whose own next class one side could not cut before
-            pre = shared.prefixes
-            actual = pre.first_char[pre.teacher[aligned.teacher.first_ids.to(s2.device)]]
-            span_weights["prefix_kl"] = span_w * pre.cuts[pre.before(aligned), actual]
+        if "prefix_kl" in rest and prefix_cuts == "both":  # a span whose own next class one side could not cut before
+            context = shared.prefixes.context(aligned)
+            span_weights["prefix_kl"] = span_w * shared.prefixes.cuts[context[:, 0], context[:, 1]]
         value, parts = _CrossVocabLoss.apply(
             s2, t2, aligned, rest, span_weights, shared, float(temperature), int(chunk_size)
         )
@@ -334,7 +334,7 @@ class _CrossVocabLoss(torch.autograd.Function):
         grad_off = torch.zeros(K, device=s2.device)
         sums = {term: torch.zeros((), device=s2.device) for term in weights}
         pre = shared.prefixes if shared is not None else None
-        before = pre.before(aligned) if "prefix_kl" in weights and pre.both_cut else None
+        context = pre.context(aligned) if "prefix_kl" in weights and pre.cuts_mode != "any" else None
         for i in range(0, K, chunk):
             c = slice(i, i + chunk)
             log_sm = torch.log_softmax(s2[aligned.student.rows[c]].float() / T, dim=-1)
@@ -342,7 +342,7 @@ class _CrossVocabLoss(torch.autograd.Function):
             lv_t = torch.log_softmax(logit_rows(t2, aligned.teacher.rows[c]) / T, dim=-1) + off_t[c].unsqueeze(-1)
             g_lv, g_off = None, torch.zeros_like(off_s[c])
             for term, w in weights.items():
-                at = before[c] if before is not None and term == "prefix_kl" else None
+                at = context[c] if context is not None and term == "prefix_kl" else None
                 value, g, g_o = _PER_SPAN[term](lv_s, lv_t, shared, off_s[c], off_t[c], want_grad, at)
                 span_w = span_weights[term][c]
                 sums[term] += (value * span_w).sum() * T**2

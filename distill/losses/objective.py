@@ -286,7 +286,7 @@ class Objective(nn.Module):
             gold_spans=self.gold_spec["spans"],
             alm_breaks=self.breaks if breaks is None else breaks,
             alm_binarization=self.alm_spec["binarization"],
-            prefix_both_cut=self.prefix_spec["both_cut"],
+            prefix_cuts=self.prefix_spec["cuts"],
             chunk_size=self.chunk_size,
             teacher_vocab_size=teacher.vocab_size,
         )

@@ -45,6 +45,9 @@ def projected_target(log_p: Tensor, projection: Projection, student_size: int) -
     return target / target.sum(-1, keepdim=True).clamp_min(TAIL_EPS)
 
 
+PREFIX_CUTS = ("any", "both", "observed")  # loss.prefix_kl.cuts
+
+
 class Prefixes:
     """Each token's prefix class (``distill.align.vocab.prefix_classes``) on the logits' device."""
 
@@ -55,15 +58,22 @@ class Prefixes:
         as_tensor = lambda a: None if a is None else torch.as_tensor(a, device=device)
         self.cuts = as_tensor(mapping.cuts)
         self.last_char, self.first_char = as_tensor(mapping.teacher_last_char), as_tensor(mapping.prefix_first_char)
-        self.both_cut = False  # set by the loss (loss.prefix_kl.both_cut)
+        self.cuts_mode = "any"  # set by the loss (loss.prefix_kl.cuts)
 
-    def before(self, aligned) -> Tensor:
-        """[K] the class of the character before each span (the teacher's token at its predicting row)."""
-        return self.last_char[aligned.teacher.row_ids.to(self.last_char.device)]
+    def context(self, aligned) -> Tensor:
+        """[K, 2]: the character class before each span (the teacher's token at its predicting row) and that
+        of the span's own first class (the text goes on with it: both tokenizers did cut before it)."""
+        before = self.last_char[aligned.teacher.row_ids.to(self.last_char.device)]
+        seen = self.first_char[self.teacher[aligned.teacher.first_ids.to(self.teacher.device)]]
+        return torch.stack([before, seen], -1)
 
-    def admits(self, before: Tensor) -> Tensor:
-        """[c, count] bool: the prefix classes both tokenizers could cut before, after that character."""
-        return self.cuts[before][:, self.first_char]
+    def admits(self, context: Tensor) -> Tensor:
+        """[c, count] bool: the prefix classes both tokenizers could cut before after that character, and
+        (``cuts=observed``) those of the character class the text goes on with."""
+        admits = self.cuts[context[:, 0]][:, self.first_char]
+        if self.cuts_mode == "observed":
+            admits |= self.first_char == context[:, 1:]
+        return admits
 
 
 def class_probs(log_p: Tensor, classes: Tensor, count: int) -> Tensor:
@@ -71,7 +81,7 @@ def class_probs(log_p: Tensor, classes: Tensor, count: int) -> Tensor:
     return torch.zeros(len(log_p), count, device=log_p.device).index_add_(1, classes, log_p.exp())
 
 
-def prefix_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad, before=None):
+def prefix_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad, context=None):
     """``prefix_kl``: KL(P || Q) on the span's first rows, P and Q the two models' next-token
     distributions summed by prefix class: the class of a token is the longest string both vocabularies
     hold that its text begins with, so a class is the same event on both sides ("the next token begins
@@ -82,8 +92,8 @@ def prefix_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad, before=None):
     log_q = lv_s - off_s.unsqueeze(-1)
     q = class_probs(log_q, pre.student, pre.count)
     z = None
-    if before is not None:  # both restricted to the classes both tokenizers could cut before, renormalized
-        admits = pre.admits(before)
+    if context is not None:  # both restricted to the classes both tokenizers could cut before, renormalized
+        admits = pre.admits(context)
         p = p * admits
         p = p / p.sum(-1, keepdim=True).clamp_min(TAIL_EPS)
         q = q * admits
@@ -100,7 +110,7 @@ def prefix_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad, before=None):
     return value, g, g.sum(-1).neg()
 
 
-def projected_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad, before=None):
+def projected_per_span(lv_s, lv_t, vocab, off_s, off_t, want_grad, context=None):
     """KL(p̃ || q) on the span's first rows: the merged vectors less their offsets (the later tokens'
     log-probabilities do not enter). d/d log q = −p̃; the offset's own gradient cancels the one the
     chunk loop gives it through lv_s (the term does not depend on the offset)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from distill.errors import DistillError
 from distill.losses.cross_vocab import GOLD_SPANS
 from distill.losses.likelihood import CHUNKS
+from distill.losses.projected import PREFIX_CUTS
 from distill.losses.representation import HIDDEN_METRICS, parse_pairs
 from distill.losses.terms import REGISTRY, TERMS, block_settings, nearest, nearest_term
 from distill.teacher.outputs import TAIL_MODES
@@ -42,8 +43,8 @@ BLOCK_DEFAULTS = {
     # chunks: CHUNKS (likelihood.py): ALM over aligned spans, or over word chunks each followed by a space
     # binarization: ALM's τ (ℓ / τ before the binary KL; tokenkit's default is 100)
     "alm": {"chunks": "spans", "binarization": 1.0},
-    # both_cut: prefix_kl on the classes both tokenizers could cut before (distill/losses/projected.py)
-    "prefix_kl": {"both_cut": False},
+    # cuts: PREFIX_CUTS, which classes prefix_kl compares (distill/losses/projected.py)
+    "prefix_kl": {"cuts": "any"},
 }
 
 
@@ -163,7 +164,7 @@ _BLOCK_CHECKS = {
     "spans": lambda key, value: _choice(key, value, GOLD_SPANS),
     "chunks": lambda key, value: _choice(key, value, CHUNKS),
     "binarization": lambda key, value: _number(key, value, lambda v: v > 0, "must be > 0"),
-    "both_cut": lambda key, value: _flag(key, value),
+    "cuts": lambda key, value: _choice(key, value, PREFIX_CUTS),
 }
 
 

@@ -24,7 +24,18 @@ CLASS_FIRST = np.array([0, 2, 5, 1, 3, 0, 6])
 CUTS = np.random.default_rng(0).random((7, 7)) < 0.6
 CUTS[6, :] = CUTS[:, 6] = True
 MAPPING = VocabMapping(
-    np.array([0, 2, 5, 7, 11]), np.array([1, 3, 4, 9, 0]), VT, VS, 0, FIRST, T_PREFIX, S_PREFIX, 6, CUTS, T_LAST, CLASS_FIRST
+    np.array([0, 2, 5, 7, 11]),
+    np.array([1, 3, 4, 9, 0]),
+    VT,
+    VS,
+    0,
+    FIRST,
+    T_PREFIX,
+    S_PREFIX,
+    6,
+    CUTS,
+    T_LAST,
+    CLASS_FIRST,
 )
 
 
@@ -232,14 +243,16 @@ def test_gold_on_one_to_one_spans_is_the_reference_over_those_spans_alone():
     assert abs(parts["gold"].item() - every.item()) > 1e-4  # the longer spans did count by default
 
 
+@pytest.mark.parametrize("cuts", ["both", "observed"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_prefix_kl_on_the_classes_both_tokenizers_cut_before(seed):
-    """``prefix_kl.both_cut``: after the character before a span (the class of the teacher's token at its
-    predicting row), only the classes both splits could cut before, both sides renormalized over them; a
-    span whose own next class is not one of them is left out."""
+def test_prefix_kl_on_the_classes_both_tokenizers_cut_before(seed, cuts):
+    """``prefix_kl.cuts``: after the character before a span (the class of the teacher's token at its
+    predicting row), only the classes both splits could cut before, both sides renormalized over them;
+    ``both``: a span whose own next class is not one of them is left out; ``observed``: the classes of its
+    character class are admitted too."""
     rows, (s, t) = _rows(seed), _logits(seed)
     (((loss, _), batch), g) = _value_and_grad(
-        lambda x: _kernel(x.float(), t.float(), rows, {"prefix_kl": 1.0}, temperature=1.5, prefix_both_cut=True), s
+        lambda x: _kernel(x.float(), t.float(), rows, {"prefix_kl": 1.0}, temperature=1.5, prefix_cuts=cuts), s
     )
 
     def ref(x):
@@ -247,9 +260,10 @@ def test_prefix_kl_on_the_classes_both_tokenizers_cut_before(seed):
         for b, (a, t_ids, s_ids) in enumerate(rows):
             for k in range(len(a)):
                 t_group, s_group = _groups(a.teacher, k, t_ids), _groups(a.student, k, s_ids)
-                before = T_LAST[t_ids[t_group[0][0]]]
-                w = float(CUTS[before, CLASS_FIRST[T_PREFIX[t_group[0][1]]]])
-                admits = torch.as_tensor(CUTS[before][CLASS_FIRST], dtype=torch.float64)
+                before, seen = T_LAST[t_ids[t_group[0][0]]], CLASS_FIRST[T_PREFIX[t_group[0][1]]]
+                w = float(CUTS[before, seen]) if cuts == "both" else 1.0
+                admitted = CUTS[before][CLASS_FIRST] | ((CLASS_FIRST == seen) if cuts == "observed" else False)
+                admits = torch.as_tensor(admitted, dtype=torch.float64)
                 p, q = merged_probs(t[b], t_group[:1], 1.5), merged_probs(x[b], s_group[:1], 1.5)
                 total = total + w * prefix_reference(p, q, T_PREFIX, S_PREFIX, 6, admits)
                 weight += w
@@ -414,8 +428,8 @@ def test_several_teachers_each_on_its_own_rows_sum_to_the_weighted_terms():
 def test_prefix_kl_setting_is_checked():
     from distill.losses.objective import Objective
 
-    assert Objective({"prefix_kl": 1.0}).prefix_spec == {"both_cut": False}
-    with pytest.raises(DistillError, match="loss.prefix_kl.both_cut must be true or false"):
-        Objective({"prefix_kl": 1.0}, prefix_kl={"both_cut": "yes"})
-    with pytest.raises(DistillError, match="loss.prefix_kl has no setting 'cuts'"):
-        Objective({"prefix_kl": 1.0}, prefix_kl={"cuts": True})
+    assert Objective({"prefix_kl": 1.0}).prefix_spec == {"cuts": "any"}
+    with pytest.raises(DistillError, match="loss.prefix_kl.cuts must be one of any, both, observed"):
+        Objective({"prefix_kl": 1.0}, prefix_kl={"cuts": "yes"})
+    with pytest.raises(DistillError, match="loss.prefix_kl has no setting 'both_cut'"):
+        Objective({"prefix_kl": 1.0}, prefix_kl={"both_cut": True})
