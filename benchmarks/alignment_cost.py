@@ -123,26 +123,35 @@ def main() -> None:
     align_only = lambda: [align_encoded(t, truncate(s, args.seq_len)) for t, s in encoded_docs]
     s_logits = torch.randn(args.batch, max(len(s.ids) for _, s in pairs), len(student_tok), requires_grad=True)
     t_logits = torch.randn(args.batch, max(len(t.ids) for t, _ in pairs), len(teacher_tok))
-    mapping = vocab_mapping(teacher_tok, student_tok)
+    mapping = vocab_mapping(teacher_tok, student_tok, projection=True, prefixes=True)
+    # each loss as it runs: the term, with its settings (prefix_kl with cuts=both restricts its classes)
+    terms = {
+        "uld": ("uld", {}),
+        "gold": ("gold", {}),
+        "projected_kl": ("projected_kl", {}),
+        "prefix_kl": ("prefix_kl", {}),
+        "prefix_kl_both": ("prefix_kl", {"prefix_cuts": "both"}),
+        "alm": ("alm", {}),
+    }
 
-    def loss(term):
-        value, _ = cross_vocab_loss(s_logits, t_logits, batch, weights={term: 1.0}, mapping=mapping)
+    def loss(name):
+        term, settings = terms[name]
+        value, _ = cross_vocab_loss(s_logits, t_logits, batch, weights={term: 1.0}, mapping=mapping, **settings)
         value.backward()
 
     step(), step()  # warm up
-    results = {"step": [], "alignment": [], "align_only": [], "uld": [], "gold": [], "projected_kl": []}
+    results = {"step": [], "alignment": [], "align_only": [], **{name: [] for name in terms}}
     for _ in range(args.rounds):  # interleaved, so machine noise hits every row alike
         results["step"].append(timed(step, args.steps))
         results["alignment"].append(timed(lambda: align_batch(aligner, rows, args.seq_len), args.steps))
         results["align_only"].append(timed(align_only, args.steps))
-        results["uld"].append(timed(lambda: loss("uld"), 2))
-        results["gold"].append(timed(lambda: loss("gold"), 2))
-        results["projected_kl"].append(timed(lambda: loss("projected_kl"), 2))
+        for name in terms:
+            results[name].append(timed(lambda name=name: loss(name), 2))
     med = {k: statistics.median(v) for k, v in results.items()}
     for name, seconds in med.items():
         print(f"{name:>10}: {seconds * 1e3:8.1f} ms")
     print(f"RATIO align_only/step {med['align_only'] / med['step']:.3f}")
-    losses = "  ".join(f"{term}_loss/step {med[term] / med['step']:.3f}" for term in ("uld", "gold", "projected_kl"))
+    losses = "  ".join(f"{name}_loss/step {med[name] / med['step']:.3f}" for name in terms)
     print(f"RATIO {losses}")
     print(f"RATIO alignment/step {med['alignment'] / med['step']:.3f}  (goal <= 0.15)")
 

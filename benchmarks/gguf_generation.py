@@ -3,7 +3,10 @@
 Each file is loaded once and warmed up; then rounds interleave the files (noise from other processes
 hits all alike), each round a greedy generation of ``--new-tokens`` after a fixed prompt from an empty
 cache; medians of time to first token and tokens/s (after the first) are printed with the ratio to the
-first file (the reference, e.g. the F16 teacher). Needs llama-cpp-python (``pip install -e ".[deploy]"``).
+first file (the reference, e.g. the F16 teacher). Two rates: the wall clock of llama-cpp-python's
+generate loop (Python sampling and the per-token copy of the logits included), and llama.cpp's own
+decode time per generated token (``llama_perf_context``: ``t_eval_ms / n_eval``, what llama-cli and
+llama-bench report as eval tokens/s). Needs llama-cpp-python (``pip install -e ".[deploy]"``).
 
     python benchmarks/gguf_generation.py teacher/student.f16.gguf run/student.f16.gguf run/student.q4_0.gguf
 """
@@ -18,8 +21,11 @@ from pathlib import Path
 from distill.export import llama_cpp as runtime
 
 
-def one_round(llm, prompt: list[int], n: int) -> tuple[float, float]:
+def one_round(llm, prompt: list[int], n: int) -> tuple[float, float, float]:
+    """(time to first token s, tokens/s after it by the wall clock, tokens/s of llama.cpp's decode calls)."""
+    lib = runtime.require()
     llm.reset()
+    lib.llama_perf_context_reset(llm.ctx)
     start = time.perf_counter()
     first = None
     for count, _ in enumerate(llm.generate(prompt, top_k=1, temp=0.0, repeat_penalty=1.0), start=1):
@@ -27,7 +33,9 @@ def one_round(llm, prompt: list[int], n: int) -> tuple[float, float]:
             first = time.perf_counter()
         if count == n + 1:
             break
-    return first - start, n / (time.perf_counter() - first)
+    wall = n / (time.perf_counter() - first)
+    perf = lib.llama_perf_context(llm.ctx)
+    return first - start, wall, perf.n_eval / (perf.t_eval_ms / 1e3)
 
 
 def main() -> None:
@@ -47,12 +55,16 @@ def main() -> None:
         for f, llm in models.items():
             times[f].append(one_round(llm, prompt, args.new_tokens))
     ref = None
-    print(f"{'file':60s} {'MB':>7s} {'TTFT ms':>8s} {'tok/s':>8s} {'x ref':>6s}")
+    print(f"{'file':60s} {'MB':>7s} {'TTFT ms':>8s} {'tok/s':>8s} {'x ref':>6s} {'decode tok/s':>12s} {'x ref':>6s}")
     for f, rows in times.items():
-        ttft = statistics.median(t for t, _ in rows)
-        rate = statistics.median(r for _, r in rows)
-        ref = ref or rate
-        print(f"{str(f):60s} {f.stat().st_size / 1e6:7.2f} {ttft * 1e3:8.1f} {rate:8.1f} {rate / ref:6.2f}")
+        ttft = statistics.median(t for t, _, _ in rows)
+        rate = statistics.median(r for _, r, _ in rows)
+        decode = statistics.median(d for _, _, d in rows)
+        ref = ref or (rate, decode)
+        print(
+            f"{str(f):60s} {f.stat().st_size / 1e6:7.2f} {ttft * 1e3:8.1f} {rate:8.1f} {rate / ref[0]:6.2f}"
+            f" {decode:12.1f} {decode / ref[1]:6.2f}"
+        )
 
 
 if __name__ == "__main__":

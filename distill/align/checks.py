@@ -4,7 +4,7 @@ Same-vocabulary objectives (forward KL, JSD, ... in ``distill.losses.divergences
 two models token by token, which only means something when both tokenize every text the same
 way: the same vocabulary (token -> id), the same special tokens and the same pipeline around the
 model (normalizer, pre-tokenizer), since one vocabulary can split text differently. Otherwise the
-cross-tokenizer objectives (``uld``, ``gold``, ``projected_kl``) are needed, on aligned spans.
+cross-tokenizer objectives (``uld``, ``gold``, ``projected_kl``, ``prefix_kl``, ``alm``) are needed, on aligned spans.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def check_objective(terms, teacher_tokenizer, student_tokenizer) -> None:
     if not same and exact:
         raise DistillError(
             f"the student's tokenizer differs from the teacher's, so loss term {exact[0]!r} (same vocabulary, "
-            f"token by token) cannot compare them; use a cross-tokenizer objective: loss=gold, loss=projected_kl or loss=uld"
+            f"token by token) cannot compare them; use a cross-tokenizer objective: loss=gold, loss=prefix_kl, loss=projected_kl or loss=uld"
         )
     if same and cross:
         raise DistillError(

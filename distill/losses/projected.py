@@ -45,7 +45,7 @@ def projected_target(log_p: Tensor, projection: Projection, student_size: int) -
     return target / target.sum(-1, keepdim=True).clamp_min(TAIL_EPS)
 
 
-PREFIX_CUTS = ("any", "both", "observed")  # loss.prefix_kl.cuts
+PREFIX_CUTS = ("any", "both", "observed", "within")  # loss.prefix_kl.cuts
 
 
 class Prefixes:
@@ -68,11 +68,17 @@ class Prefixes:
         return torch.stack([before, seen], -1)
 
     def admits(self, context: Tensor) -> Tensor:
-        """[c, count] bool: the prefix classes both tokenizers could cut before after that character, and
-        (``cuts=observed``) those of the character class the text goes on with."""
+        """[c, count] bool: the prefix classes both tokenizers could cut before after that character;
+        ``cuts=observed``: and those of the character class the text goes on with; ``cuts=within``: at a
+        span whose next character class the table does not admit (both cut where their splits would not:
+        a cut BPE made inside a piece), the classes of that character class alone."""
         admits = self.cuts[context[:, 0]][:, self.first_char]
+        seen = self.first_char == context[:, 1:]
         if self.cuts_mode == "observed":
-            admits |= self.first_char == context[:, 1:]
+            admits |= seen
+        elif self.cuts_mode == "within":
+            admitted = self.cuts[context[:, 0], context[:, 1]].unsqueeze(-1)
+            admits = torch.where(admitted, admits, seen)
         return admits
 
 

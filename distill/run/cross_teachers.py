@@ -6,7 +6,7 @@ teacher then reads one of three kinds of rows (``MixtureTeacher.read_feeds``):
 - ``"student"``: it shares the student's tokenizer, reads the student's rows and is compared with the
   same-vocabulary terms (``forward_kl``, ...; hidden states too, position by position);
 - ``"teacher"``: it shares the first teacher's tokenizer (the student has another), reads the first
-  teacher's rows and is compared with the cross-vocabulary terms (``gold``, ``uld``, ``projected_kl``) on
+  teacher's rows and is compared with the cross-vocabulary terms (``gold``, ``prefix_kl``, ``uld``, ``projected_kl``) on
   their alignment with the student's;
 - ``j``: a tokenizer of its own, read as view ``j`` of the same text (``distill.data.cross``), compared
   like ``"teacher"`` on its own alignment and vocabulary mapping.
@@ -67,7 +67,7 @@ def check_terms(terms: list[str], reads: list, paired: int, on_policy: bool) -> 
         if read != STUDENT and not cross:
             raise DistillError(
                 f"teachers[{i}] tokenizes differently from the student, but no loss term compares two vocabularies "
-                f"({', '.join(terms)}): add loss.weights.gold=1 (or uld, projected_kl)"
+                f"({', '.join(terms)}): add loss.weights.gold=1 (or prefix_kl, uld, projected_kl)"
             )
     if representation and reads[paired] != STUDENT:
         raise DistillError(

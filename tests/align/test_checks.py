@@ -25,7 +25,7 @@ def test_a_same_vocabulary_term_across_tokenizers_is_refused_naming_the_cross_te
     assert (
         "\n" not in str(err.value)
         and "'forward_kl'" in str(err.value)
-        and "loss=gold, loss=projected_kl or loss=uld" in str(err.value)
+        and "loss=gold, loss=prefix_kl, loss=projected_kl or loss=uld" in str(err.value)
     )
     check_objective(["gold", "uld", "ce"], t, s)  # the cross-tokenizer terms (and CE on the student's labels) fit
 

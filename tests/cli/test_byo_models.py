@@ -105,7 +105,7 @@ def test_pretrained_student_with_another_tokenizer(byo, cache_dir, tmp_path):
     # forward KL compares token by token: the one-line refusal names the cross-tokenizer objectives
     assert (
         "student's tokenizer differs from the teacher's" in errors[0]
-        and "loss=gold, loss=projected_kl or loss=uld" in errors[0]
+        and "loss=gold, loss=prefix_kl, loss=projected_kl or loss=uld" in errors[0]
     )
     assert "Trainer.fit" not in proc.stdout + proc.stderr
     assert not (out / "metrics.json").exists()

@@ -68,5 +68,5 @@ def test_a_teacher_cache_written_without_the_student_serves_its_own_tokenizer(ca
 def test_a_same_vocabulary_term_with_its_own_tokenizer_is_refused_before_training(cache_dir, tmp_path):
     proc = run_cli([*SMOKE, *OWN, f"hydra.run.dir={tmp_path}"], cache_dir)  # loss: forward KL (the default)
     error = one_line_error(proc)
-    assert "'forward_kl'" in error and "loss=gold, loss=projected_kl or loss=uld" in error
+    assert "'forward_kl'" in error and "loss=gold, loss=prefix_kl, loss=projected_kl or loss=uld" in error
     assert "Trainer.fit" not in proc.stdout + proc.stderr and not (tmp_path / "metrics.json").exists()

@@ -243,13 +243,13 @@ def test_gold_on_one_to_one_spans_is_the_reference_over_those_spans_alone():
     assert abs(parts["gold"].item() - every.item()) > 1e-4  # the longer spans did count by default
 
 
-@pytest.mark.parametrize("cuts", ["both", "observed"])
+@pytest.mark.parametrize("cuts", ["both", "observed", "within"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_prefix_kl_on_the_classes_both_tokenizers_cut_before(seed, cuts):
     """``prefix_kl.cuts``: after the character before a span (the class of the teacher's token at its
     predicting row), only the classes both splits could cut before, both sides renormalized over them;
     ``both``: a span whose own next class is not one of them is left out; ``observed``: the classes of its
-    character class are admitted too."""
+    character class are admitted too; ``within``: at such a span, those classes alone."""
     rows, (s, t) = _rows(seed), _logits(seed)
     (((loss, _), batch), g) = _value_and_grad(
         lambda x: _kernel(x.float(), t.float(), rows, {"prefix_kl": 1.0}, temperature=1.5, prefix_cuts=cuts), s
@@ -263,6 +263,8 @@ def test_prefix_kl_on_the_classes_both_tokenizers_cut_before(seed, cuts):
                 before, seen = T_LAST[t_ids[t_group[0][0]]], CLASS_FIRST[T_PREFIX[t_group[0][1]]]
                 w = float(CUTS[before, seen]) if cuts == "both" else 1.0
                 admitted = CUTS[before][CLASS_FIRST] | ((CLASS_FIRST == seen) if cuts == "observed" else False)
+                if cuts == "within" and not CUTS[before, seen]:
+                    admitted = CLASS_FIRST == seen
                 admits = torch.as_tensor(admitted, dtype=torch.float64)
                 p, q = merged_probs(t[b], t_group[:1], 1.5), merged_probs(x[b], s_group[:1], 1.5)
                 total = total + w * prefix_reference(p, q, T_PREFIX, S_PREFIX, 6, admits)
@@ -429,7 +431,7 @@ def test_prefix_kl_setting_is_checked():
     from distill.losses.objective import Objective
 
     assert Objective({"prefix_kl": 1.0}).prefix_spec == {"cuts": "any"}
-    with pytest.raises(DistillError, match="loss.prefix_kl.cuts must be one of any, both, observed"):
+    with pytest.raises(DistillError, match="loss.prefix_kl.cuts must be one of any, both, observed, within"):
         Objective({"prefix_kl": 1.0}, prefix_kl={"cuts": "yes"})
     with pytest.raises(DistillError, match="loss.prefix_kl has no setting 'both_cut'"):
         Objective({"prefix_kl": 1.0}, prefix_kl={"both_cut": True})
