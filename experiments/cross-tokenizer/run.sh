@@ -34,6 +34,16 @@ run alm_words_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepi
 # ALM at tokenkit's binarization temperature (τ = 100: the binary KL of ℓ/τ, near the log-ratio of the two likelihoods)
 run alm_tau100_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=alm loss.alm.binarization=100 control=false
 run alm_words_tau100_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=alm loss.alm.chunks=words loss.alm.binarization=100 control=false
+# prefix KL: both distributions summed by the longest shared string each token begins with (loss=prefix_kl)
+run prefix_kl_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl control=false
+run prefix_kl_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=prefix_kl control=false
+run prefix_kl_cut_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both control=false
+run prefix_kl_cut_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=prefix_kl loss.prefix_kl.cuts=both control=false
+run prefix_kl2_cut_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.weights.prefix_kl=2 control=false
+run prefix_kl_obs_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=observed control=false
+run prefix_kl05_cut_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.weights.prefix_kl=0.5 control=false
+run prefix_kl_cut_t2_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.temperature=2 control=false
+run prefix_kl_within_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=within control=false
 run gold_8192 student.vocab_size=8192 loss=gold         # GOLD + 0.5 CE, its own BPE 8,192
 run gold_1024 student.vocab_size=1024 loss=gold         # a much smaller vocabulary
 # the projection (loss=projected_kl + 0.5 CE) where GOLD's shared strings are fewest; its control is the

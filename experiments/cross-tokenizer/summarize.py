@@ -59,6 +59,12 @@ SPECS = {
         "prefix KL (cuts=observed)",
         "gold_4096_llama3",
     ),
+    "prefix_kl_within_4096_llama3": (
+        L3,
+        f"{KD} prefix KL, cuts=within + 0.5 CE",
+        "prefix KL (cuts=within)",
+        "gold_4096_llama3",
+    ),
     "prefix_kl05_cut_4096_llama3": (
         L3,
         f"{KD} 0.5 × prefix KL, cuts=both + 0.5 CE",
@@ -90,9 +96,23 @@ CONTROL = {n: spec[3] for n, spec in SPECS.items() if spec[3]}
 
 
 def collect(runs_dir: Path) -> None:
-    for name in RUNS:
-        if (runs_dir / name / "metrics.json").exists():
-            (HERE / f"{PREFIX}{name}.json").write_text((runs_dir / name / "metrics.json").read_text())
+    """Copy each run's metrics beside this script, refusing (before copying any) runs of the other precision:
+    the two sets are two machines' runs and must not mix (bf16 runs go to the --bf16 set only)."""
+    found = [name for name in RUNS if (runs_dir / name / "metrics.json").exists()]
+    for name in found:
+        info = runs_dir / name / "run_info.json"
+        precision = json.loads(info.read_text())["config"]["trainer"]["precision"] if info.exists() else None
+        if (precision == "bf16-mixed") != BF16:
+            sys.exit(
+                f"summarize.py: {runs_dir / name} ran in {precision}; "
+                + (
+                    "pass --bf16 for bf16 runs"
+                    if precision == "bf16-mixed"
+                    else "the --bf16 set takes bf16-mixed runs only"
+                )
+            )
+    for name in found:
+        (HERE / f"{PREFIX}{name}.json").write_text((runs_dir / name / "metrics.json").read_text())
 
 
 def load() -> dict[str, dict]:
