@@ -161,14 +161,13 @@ def vocab_mapping(
     first = first_pieces(teacher_tokenizer, student_tokenizer, dict(pairs)) if projection else None
     if not prefixes:
         return VocabMapping(t, s, *sizes, ambiguous, first)
-    t_prefix, s_prefix, count = prefix_classes(teacher_tokenizer, student_tokenizer)
-    t_text, s_text = vocabulary_text(teacher_tokenizer), vocabulary_text(student_tokenizer)
-    shared = sorted(set(t_text) & set(s_text))
-    last = np.full(sizes[0], NO_CLASS, np.int64)
-    for text, ids in t_text.items():
+    t_prefix, s_prefix, shared = prefix_classes(teacher_tokenizer, student_tokenizer)
+    last = np.full(sizes[0], NO_CLASS, np.int64)  # each teacher token's last character's class
+    for text, ids in vocabulary_text(teacher_tokenizer).items():
         last[ids] = char_class(text[-1])
     first_char = np.array([char_class(text[0]) for text in shared] + [NO_CLASS] * 3, np.int64)
     cuts = both_cut(teacher_tokenizer, student_tokenizer)
+    count = len(shared) + 2
     return VocabMapping(t, s, *sizes, ambiguous, first, t_prefix, s_prefix, count, cuts, last, first_char)
 
 
@@ -211,10 +210,11 @@ def both_cut(teacher_tokenizer, student_tokenizer) -> np.ndarray:
     return cuts
 
 
-def prefix_classes(teacher_tokenizer, student_tokenizer) -> tuple[np.ndarray, np.ndarray, int]:
-    """(teacher [Vt], student [Vs], C): each token's class, the longest string of text both vocabularies
-    hold (as a token each) that its text begins with; C for a token that begins with none of them. EOS
-    and BOS are classes of their own on both sides (by role); other special tokens go to C.
+def prefix_classes(teacher_tokenizer, student_tokenizer) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+    """(teacher [Vt], student [Vs], the shared strings): each token's class, the index of the longest
+    string of text both vocabularies hold (as a token each) that its text begins with; EOS and BOS are
+    classes of their own on both sides (by role: indices S and S + 1, S shared strings), and C = S + 2
+    takes a token that begins with none of them and the other special tokens.
 
     Why: where two tokenizers split the same text differently, one string is not one event (a
     Llama 3-style '.append' is one token, a GPT-2-style split cuts it as '.' + 'append', so that
@@ -241,7 +241,7 @@ def prefix_classes(teacher_tokenizer, student_tokenizer) -> tuple[np.ndarray, np
         if eos is not None:
             classes[eos] = len(shared)
         out.append(classes)
-    return out[0], out[1], count
+    return out[0], out[1], shared
 
 
 def first_pieces(teacher_tokenizer, student_tokenizer, matched: dict[int, int]) -> np.ndarray:

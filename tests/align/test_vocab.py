@@ -92,11 +92,11 @@ def test_each_token_falls_in_the_class_of_the_longest_shared_string_it_begins_wi
 
     t, s = FAMILIES[teacher](), FAMILIES[student]()
     assert vocab_mapping(t, s).teacher_prefix is None  # built only for the term that reads it
-    t_classes, s_classes, count = prefix_classes(t, s)
+    t_classes, s_classes, shared = prefix_classes(t, s)
     t_text, s_text = vocabulary_text(t), vocabulary_text(s)
-    shared = sorted(set(t_text) & set(s_text))
-    strings = set(shared)
-    assert count == len(shared) + 2
+    assert shared == sorted(set(t_text) & set(s_text))
+    strings, count = set(shared), len(shared) + 2
+    assert vocab_mapping(t, s, prefixes=True).prefix_count == count
     for tokenizer, table, classes in ((t, t_text, t_classes), (s, s_text, s_classes)):
         for text, ids in table.items():
             c = classes[ids[0]]
