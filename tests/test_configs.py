@@ -225,6 +225,7 @@ def test_loss_presets_compose_and_instantiate(name, out_dir):
         "uld": "uld",
         "gold": "gold",
         "projected_kl": "projected_kl",
+        "prefix_kl": "prefix_kl",
         "alm": "alm",
     }[name]  # a new preset: name its own term here
     cfg = compose_train(out_dir, f"loss={name}", "loss.temperature=2.0")
@@ -243,7 +244,10 @@ def test_loss_presets_compose_and_instantiate(name, out_dir):
     if loss.aligned_terms:  # across vocabularies; here one tokenization on both sides, aligned token by token
         offsets = np.stack([np.arange(8), np.arange(1, 9)], -1)
         aligned = collate([align_offsets(row, offsets, row, offsets) for row in x.numpy()], 8, 8)
-        loss.mapping = VocabMapping(np.arange(128), np.arange(128), 128, 128, ambiguous=0, first_piece=np.arange(128))
+        same = np.arange(128)  # every token its own string, its own first piece and its own prefix class
+        loss.mapping = VocabMapping(
+            same, same, 128, 128, 0, same, teacher_prefix=same, student_prefix=same, prefix_count=128
+        )
     with torch.no_grad():
         terms = loss(model_outputs(student, x, 128, loss), model_outputs(teacher, x, 128, loss), x, None, aligned)
     assert torch.isfinite(terms["loss"]) and terms[own] > 0

@@ -69,4 +69,5 @@ def test_a_same_vocabulary_term_with_its_own_tokenizer_is_refused_before_trainin
     proc = run_cli([*SMOKE, *OWN, f"hydra.run.dir={tmp_path}"], cache_dir)  # loss: forward KL (the default)
     error = one_line_error(proc)
     assert "'forward_kl'" in error and "loss=gold, loss=prefix_kl, loss=projected_kl or loss=uld" in error
-    assert "Trainer.fit" not in proc.stdout + proc.stderr and not (tmp_path / "metrics.json").exists()
+    # the student never trains (a teacher from scratch may, when no earlier test on this worker cached it)
+    assert "student (distilled)" not in proc.stdout + proc.stderr and not (tmp_path / "metrics.json").exists()
