@@ -65,6 +65,24 @@ SPECS = {
         "prefix KL (cuts=within)",
         "gold_4096_llama3",
     ),
+    "prefix_kl_cut_gold_4096_llama3": (
+        L3,
+        f"{KD} prefix KL, cuts=both + 0.5 × GOLD one-to-one + 0.5 CE",
+        "prefix KL (cuts=both) + GOLD (one-to-one)",
+        "gold_4096_llama3",
+    ),
+    "prefix_kl_cut_gold1_4096_llama3": (
+        L3,
+        f"{KD} prefix KL, cuts=both + 1 × GOLD one-to-one + 0.5 CE",
+        "prefix KL (cuts=both) + 1 × GOLD (one-to-one)",
+        "gold_4096_llama3",
+    ),
+    "prefix_kl_cut_goldall_4096_llama3": (
+        L3,
+        f"{KD} prefix KL, cuts=both + 0.5 × GOLD + 0.5 CE",
+        "prefix KL (cuts=both) + GOLD (all spans)",
+        "gold_4096_llama3",
+    ),
     "prefix_kl05_cut_4096_llama3": (
         L3,
         f"{KD} 0.5 × prefix KL, cuts=both + 0.5 CE",
