@@ -44,20 +44,27 @@ def _offsets(cuts):
     return np.array([(0, 0), *zip(cuts, cuts[1:])])
 
 
-def _rows(seed):
-    """Two rows with ragged alignments: a few shared ends, the rest on one side only, so spans have
-    1-4 tokens on either side; and a tail with no shared end (unaligned)."""
+def ragged_rows(seed, lengths, characters: int, shared: int):
+    """Rows (one per (teacher, student) length) with ragged alignments over ``characters`` characters:
+    ``shared`` ends on both sides, the rest on one side only, so spans have 1-4 tokens on either side;
+    and a tail with no shared end (unaligned)."""
     rng = np.random.default_rng(seed)
     alignments = []
-    for t_len, s_len in ((LT, LS), (LT - 3, LS - 2)):
-        pool = rng.permutation(np.arange(1, 40))
-        shared, rest = pool[:4], pool[4:]
-        t_cuts = np.sort(np.concatenate([shared, rest[: t_len - 5]]))
-        s_cuts = np.sort(np.concatenate([shared, rest[t_len - 5 : t_len - 5 + s_len - 5]]))
+    for t_len, s_len in lengths:
+        pool = rng.permutation(np.arange(1, characters))
+        both, rest = pool[:shared], pool[shared:]
+        t_own, s_own = t_len - shared - 1, s_len - shared - 1  # cuts of one side only (the context token aside)
+        t_cuts = np.sort(np.concatenate([both, rest[:t_own]]))
+        s_cuts = np.sort(np.concatenate([both, rest[t_own : t_own + s_own]]))
         t_off, s_off = _offsets([0, *t_cuts]), _offsets([0, *s_cuts])
         t_ids, s_ids = rng.integers(0, VT, len(t_off)), rng.integers(0, VS, len(s_off))
         alignments.append((align_offsets(t_ids, t_off, s_ids, s_off), t_ids, s_ids))
     return alignments
+
+
+def _rows(seed):
+    """Two rows of a few shared ends each."""
+    return ragged_rows(seed, ((LT, LS), (LT - 3, LS - 2)), characters=40, shared=4)
 
 
 def _logits(seed, dtype=torch.float64):

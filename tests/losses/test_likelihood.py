@@ -11,28 +11,17 @@ import pytest
 import torch
 
 from distill.align.batch import collate
-from distill.align.spans import align_offsets
 from distill.errors import DistillError
 from distill.losses.cross_vocab import cross_vocab_loss
 from distill.losses.likelihood import WordBreaks, word_chunks
-from tests.losses.test_cross_vocab import VS, VT, _groups, _offsets
+from tests.losses.test_cross_vocab import VS, VT, _groups, ragged_rows
 
 LT, LS = 30, 26  # longer rows than test_cross_vocab's: a dozen shared ends each, so several chunks close
 
 
 def _rows(seed):
     """Two rows of ragged spans (1-4 tokens a side) over 60 characters, a tail unaligned."""
-    rng = np.random.default_rng(seed)
-    alignments = []
-    for t_len, s_len in ((LT, LS), (LT - 5, LS - 3)):
-        pool = rng.permutation(np.arange(1, 60))
-        shared, rest = pool[:12], pool[12:]
-        t_cuts = np.sort(np.concatenate([shared, rest[: t_len - 13]]))
-        s_cuts = np.sort(np.concatenate([shared, rest[t_len - 13 : t_len - 13 + s_len - 13]]))
-        t_off, s_off = _offsets([0, *t_cuts]), _offsets([0, *s_cuts])
-        t_ids, s_ids = rng.integers(0, VT, len(t_off)), rng.integers(0, VS, len(s_off))
-        alignments.append((align_offsets(t_ids, t_off, s_ids, s_off), t_ids, s_ids))
-    return alignments
+    return ragged_rows(seed, ((LT, LS), (LT - 5, LS - 3)), characters=60, shared=12)
 
 
 def _logits(seed):
