@@ -12,13 +12,16 @@ It compares one number per span, which no tokenizer's split changes: where GOLD 
 distributions over a span's first token by string (and two tokenizers that split text differently give
 one string different meanings: ``experiments/cross-tokenizer``), ALM only asks the student to find the
 observed text as likely as the teacher does. It says nothing about the alternatives; that is its price.
-ℓ is divided by the binarization temperature 1 (the paper's τ, not exposed) and kept ≤ −``EPS`` so that
-log(1 − e^ℓ) stays finite when a model is certain.
+ℓ is divided by the binarization temperature τ (``loss.alm.binarization``, 1 by default; tokenkit's is
+100) and kept ≤ −``EPS`` so that log(1 − e^ℓ) stays finite when a model is certain. ``loss.alm.chunks=words``
+compares chunks between spaces instead of spans, each with the space after it (``word_chunks``: the
+paper's debiasing, in the form of tokenkit's ``append_space`` chunks).
 
 Written with torch autograd over the gathered rows, chunked in the forward only: autograd keeps every
 chunk's float32 rows for the backward, [spans + later tokens, V] × 4 bytes in all (32 MiB at 2k spans of a
-4k vocabulary; at a 128k vocabulary a hand-written backward as in the engine would be needed). Tested against a plain per-span reference in ``tests/losses/test_cross_vocab.py`` (with the other
-cross-vocabulary terms, whose fixtures it shares).
+4k vocabulary; at a 128k vocabulary a hand-written backward as in the engine would be needed). Tested
+against a plain per-span reference in ``tests/losses/test_cross_vocab.py`` (with the other
+cross-vocabulary terms, whose fixtures it shares), word chunks in ``tests/losses/test_likelihood.py``.
 """
 
 from __future__ import annotations
@@ -48,9 +51,6 @@ class WordBreaks:
 
         (t_space, t_white), (s_space, _) = space_flags(teacher_tokenizer), space_flags(student_tokenizer)
         return cls(torch.from_numpy(t_space), torch.from_numpy(t_white), torch.from_numpy(s_space))
-
-    def to(self, device) -> WordBreaks:
-        return WordBreaks(*(t.to(device) for t in (self.teacher_space, self.teacher_white_end, self.student_space)))
 
 
 def span_logprobs(rows_of, side: SideIndex, temperature: float, chunk: int = 1024) -> Tensor:
