@@ -57,6 +57,9 @@ class QuantPlugin(Precision):
         """Lightning callbacks the student's fit needs for this plugin (e.g. a step to start quantizing at)."""
         return []
 
+    def check_steps(self, max_steps: int | None) -> None:
+        """Refuse (DistillError) a plugin setting that ``trainer.max_steps`` makes meaningless."""
+
     def export_extra(self, student: torch.nn.Module, out_dir: Path) -> dict:
         """Write any extra artefacts (e.g. a packed low-bit checkpoint) next to the HF export;
         returns metrics to add to metrics.json (sizes, skipped layers ...)."""

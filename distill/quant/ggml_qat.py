@@ -217,6 +217,13 @@ class GGMLQATPlugin(QuantPlugin):
     def callbacks(self) -> list:
         return [QuantizeFrom(self)] if self.start_step else []
 
+    def check_steps(self, max_steps: int | None) -> None:
+        if self.start_step and max_steps is not None and 0 <= max_steps <= self.start_step:
+            raise DistillError(
+                f"quant.start_step={self.start_step} is not before trainer.max_steps={max_steps}: the student "
+                f"would never train through the quantizer (that is PTQ: quant=ptq_{NAMES[self.weights]})"
+            )
+
     def export_extra(self, student: nn.Module, out_dir: Path) -> dict:
         return {}  # the GGUF export (distill.export) is the packed form, written by the run's export step
 
@@ -246,11 +253,7 @@ class QuantizeFrom(Callback):
         self.plugin = plugin
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.max_steps is not None and 0 <= trainer.max_steps <= self.plugin.start_step:
-            raise DistillError(
-                f"quant.start_step={self.plugin.start_step} is not before trainer.max_steps={trainer.max_steps}: "
-                f"the student would never train through the quantizer (that is PTQ: quant=ptq_{NAMES[self.plugin.weights]})"
-            )
+        self.plugin.check_steps(trainer.max_steps)  # the run checks it before training; a direct fit here
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         self.plugin.switch(trainer.global_step >= self.plugin.start_step)

@@ -20,6 +20,8 @@ def prepare_quantization(cfg: DictConfig, student, teacher: TeacherSource, dm, v
     memory model ``plan=true`` prints (``distill.run.memory.memory_setup``), for this device."""
     precision, load_in = cfg.trainer.get("precision"), cfg.teacher.get("load_in")
     plugin = quant_plugin(cfg.get("quant"), precision, device_of(cfg))
+    if plugin is not None:
+        plugin.check_steps(cfg.trainer.get("max_steps"))
     setup = memory_setup(cfg, vocab_size, batch_size=dm.batch_size, seq_len=dm.seq_len, plugin=plugin, loss=loss)
     # several teachers: the first counted as the one teacher, the other live ones added
     estimate = add_teachers(log_memory_estimate(student, teacher.live_model, setup, load_in), cfg, teacher, setup)

@@ -46,6 +46,15 @@ def qat_run(cache_dir, tmp_path_factory):
     return out
 
 
+def test_a_quantization_start_at_or_after_the_last_step_is_refused_before_training(cache_dir, tmp_path):
+    proc = run_cli(
+        [*SMOKE, "quant=qat_q4_0", "quant.start_step=4", "trainer.max_steps=4", f"hydra.run.dir={tmp_path}"], cache_dir
+    )
+    error = one_line_error(proc, "distill-train")
+    assert "quant.start_step=4 is not before trainer.max_steps=4" in error and "quant=ptq_q4_0" in error
+    assert "student (distilled)" not in proc.stdout + proc.stderr and not (tmp_path / "student").exists()
+
+
 def test_qat_run_writes_the_gguf_of_the_weights_it_evaluated(qat_run):
     metrics = json.loads((qat_run / "metrics.json").read_text())
     assert metrics["gguf.type"] == "q4_0" and metrics["gguf.file"] == "student.q4_0.gguf"
