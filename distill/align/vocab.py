@@ -161,9 +161,9 @@ def vocab_mapping(
     first = first_pieces(teacher_tokenizer, student_tokenizer, dict(pairs)) if projection else None
     if not prefixes:
         return VocabMapping(t, s, *sizes, ambiguous, first)
-    t_prefix, s_prefix, shared = prefix_classes(teacher_tokenizer, student_tokenizer)
+    t_prefix, s_prefix, shared = prefix_classes(teacher_tokenizer, student_tokenizer, (t_text, s_text))
     last = np.full(sizes[0], NO_CLASS, np.int64)  # each teacher token's last character's class
-    for text, ids in vocabulary_text(teacher_tokenizer).items():
+    for text, ids in t_text.items():
         last[ids] = char_class(text[-1])
     first_char = np.array([char_class(text[0]) for text in shared] + [NO_CLASS] * 3, np.int64)
     cuts = both_cut(teacher_tokenizer, student_tokenizer)
@@ -210,7 +210,9 @@ def both_cut(teacher_tokenizer, student_tokenizer) -> np.ndarray:
     return cuts
 
 
-def prefix_classes(teacher_tokenizer, student_tokenizer) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
+def prefix_classes(
+    teacher_tokenizer, student_tokenizer, texts: tuple[dict, dict] | None = None
+) -> tuple[np.ndarray, np.ndarray, list[bytes]]:
     """(teacher [Vt], student [Vs], the shared strings): each token's class, the index of the longest
     string of text both vocabularies hold (as a token each) that its text begins with; EOS and BOS are
     classes of their own on both sides (by role: indices S and S + 1, S shared strings), and C = S + 2
@@ -221,8 +223,8 @@ def prefix_classes(teacher_tokenizer, student_tokenizer) -> tuple[np.ndarray, np
     teacher's '.' means "'.' then anything" where the student's '.' means "'.' not followed by a
     letter"). Counting every token under the longest shared string it begins with makes both models'
     classes the same event, "the next token's text begins with this string", as far as the shared
-    strings go."""
-    t_text, s_text = vocabulary_text(teacher_tokenizer), vocabulary_text(student_tokenizer)
+    strings go. ``texts``: the two ``vocabulary_text`` tables, where the caller has them already."""
+    t_text, s_text = texts or (vocabulary_text(teacher_tokenizer), vocabulary_text(student_tokenizer))
     shared = sorted(set(t_text) & set(s_text))
     index = {text: i for i, text in enumerate(shared)}
     longest = max(map(len, shared), default=0)

@@ -199,11 +199,12 @@ def cross_vocab_loss(
         span_weights = {term: span_w for term in rest}
         if "gold" in rest and gold_spans == "one_to_one":
             span_weights["gold"] = span_w * aligned.one_to_one.to(s2.device)
+        # prefix_kl's classes restricted by where the tokenizers cut: each span's context, read once per batch
+        context = shared.prefixes.context(aligned) if "prefix_kl" in rest and prefix_cuts != "any" else None
         if "prefix_kl" in rest and prefix_cuts == "both":  # a span whose own next class one side could not cut before
-            context = shared.prefixes.context(aligned)
             span_weights["prefix_kl"] = span_w * shared.prefixes.cuts[context[:, 0], context[:, 1]]
         value, parts = _CrossVocabLoss.apply(
-            s2, t2, aligned, rest, span_weights, shared, float(temperature), int(chunk_size)
+            s2, t2, aligned, rest, span_weights, shared, float(temperature), int(chunk_size), context
         )
         out |= dict(zip(rest, parts.unbind()))
         loss = value if loss is None else loss + value
@@ -239,9 +240,10 @@ _PER_SPAN = {
 
 class _CrossVocabLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, s2, t2, aligned, weights, span_weights, shared, T, chunk):
+    def forward(ctx, s2, t2, aligned, weights, span_weights, shared, T, chunk, context):
         """``span_weights``: each term's weight per span (the batch's, or GOLD's one-to-one spans),
-        its average's denominator their sum."""
+        its average's denominator their sum. ``context``: [K, 2] prefix_kl's per span (``Prefixes.context``)
+        or None."""
         K = len(aligned)
         denoms = {term: float(span_weights[term].sum()) or 1.0 for term in weights}
         off_s = merged_offsets(s2, aligned.student, K, T, chunk)
@@ -250,8 +252,6 @@ class _CrossVocabLoss(torch.autograd.Function):
         grad = torch.zeros(s2.shape, device=s2.device) if want_grad else None
         grad_off = torch.zeros(K, device=s2.device)
         sums = {term: torch.zeros((), device=s2.device) for term in weights}
-        pre = shared.prefixes if shared is not None else None
-        context = pre.context(aligned) if "prefix_kl" in weights and pre.cuts_mode != "any" else None
         for i in range(0, K, chunk):
             c = slice(i, i + chunk)
             log_sm = torch.log_softmax(s2[aligned.student.rows[c]].float() / T, dim=-1)
@@ -284,7 +284,7 @@ class _CrossVocabLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss, _grad_parts):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_loss).to(ctx.dtype), *([None] * 7)
+        return (grad * grad_loss).to(ctx.dtype), *([None] * 8)
 
 
 def _merged_backward(grad: Tensor, s2: Tensor, side: SideIndex, grad_off: Tensor, T: float, chunk: int) -> None:
