@@ -23,6 +23,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from distill.align.within import WithinClasses, within_classes
+
 BYTE_PIECE = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")  # SentencePiece byte fallback
 
 
@@ -122,6 +124,8 @@ class VocabMapping:
     cuts: np.ndarray | None = None
     teacher_last_char: np.ndarray | None = None
     prefix_first_char: np.ndarray | None = None
+    # the subclasses inside each prefix class, for loss.prefix_kl.within (``distill.align.within``)
+    within: WithinClasses | None = None
 
     @property
     def teacher_to_student(self) -> np.ndarray:
@@ -168,7 +172,8 @@ def vocab_mapping(
     first_char = np.array([char_class(text[0]) for text in shared] + [NO_CLASS] * 3, np.int64)
     cuts = both_cut(teacher_tokenizer, student_tokenizer)
     count = len(shared) + 2
-    return VocabMapping(t, s, *sizes, ambiguous, first, t_prefix, s_prefix, count, cuts, last, first_char)
+    within = within_classes(shared, t_text, s_text, t_prefix, s_prefix)
+    return VocabMapping(t, s, *sizes, ambiguous, first, t_prefix, s_prefix, count, cuts, last, first_char, within)
 
 
 # The character classes split patterns tell apart (GPT-2's and Llama 3's regexes, SentencePiece's '▁'

@@ -63,6 +63,7 @@ from distill.losses.divergences import TAIL_EPS
 from distill.losses.likelihood import alm_loss
 from distill.losses.projected import Prefixes, Projection, prefix_per_span, projected_per_span
 from distill.losses.sorted import gold_per_span, uld_per_span
+from distill.losses.within import Within, within_loss
 from distill.teacher.outputs import SparseTeacher
 
 TERMS = ("uld", "gold", "projected_kl", "prefix_kl", "alm")
@@ -158,6 +159,7 @@ def cross_vocab_loss(
     alm_breaks=None,
     alm_binarization: float = 1.0,
     prefix_cuts: str = "any",
+    prefix_within: float = 0.0,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ_term weights[term] · term, each averaged over the aligned spans by ``aligned.weight``;
     returns (loss, {term: detached value}).
@@ -171,6 +173,8 @@ def cross_vocab_loss(
     ``alm_breaks``: ALM over word chunks (``distill.losses.likelihood.WordBreaks``); None: over the spans.
     ``alm_binarization``: ALM's τ. ``prefix_cuts``: ``any``, or ``prefix_kl`` on the classes both
     tokenizers could cut before (``both``, ``observed``, ``within``: ``distill.losses.projected.Prefixes``).
+    ``prefix_within``: with ``prefix_kl``, that term's weight times this on the KL inside each span's
+    class (``distill.losses.within``), reported as ``prefix_kl.within``.
     Settings are trusted (terms of ``TERMS``, weights >= 0, temperature > 0, chunk_size >= 1)."""
     s2 = student_logits.reshape(-1, student_logits.shape[-1])
     if isinstance(teacher_logits, SparseTeacher):
@@ -208,7 +212,18 @@ def cross_vocab_loss(
         )
         out |= dict(zip(rest, parts.unbind()))
         loss = value if loss is None else loss + value
-    return loss, {term: out[term].detach() for term in weights}
+        if "prefix_kl" in rest and prefix_within > 0:
+            if mapping.within is None:
+                raise DistillError("loss.prefix_kl.within needs the subclass tables of vocab_mapping(prefixes=True)")
+            within = Within(mapping.within, shared.prefixes.teacher, s2.device)
+            span_w = span_weights["prefix_kl"]
+            T, chunk = float(temperature), int(chunk_size)
+            t = teacher_logits.logprobs if isinstance(teacher_logits, SparseTeacher) else teacher_logits
+            t_len = t.shape[1] if t.ndim == 3 else t.shape[0]  # the teacher's rows per sequence
+            reader = lambda r: logit_rows(t2, r)
+            out["prefix_kl.within"] = within_loss(s2, reader, aligned, span_w, within, T, chunk, t_len)
+            loss = loss + weights["prefix_kl"] * prefix_within * out["prefix_kl.within"]
+    return loss, {term: out[term].detach() for term in (*weights, *(k for k in out if k not in weights))}
 
 
 def _check_mapping(term: str, mapping: VocabMapping | None, student_width: int, teacher_width: int) -> None:

@@ -287,6 +287,7 @@ class Objective(nn.Module):
             alm_breaks=self.breaks if breaks is None else breaks,
             alm_binarization=self.alm_spec["binarization"],
             prefix_cuts=self.prefix_spec["cuts"],
+            prefix_within=self.prefix_spec["within"],
             chunk_size=self.chunk_size,
             teacher_vocab_size=teacher.vocab_size,
         )

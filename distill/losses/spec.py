@@ -44,7 +44,8 @@ BLOCK_DEFAULTS = {
     # binarization: ALM's τ (ℓ / τ before the binary KL; tokenkit's default is 100)
     "alm": {"chunks": "spans", "binarization": 1.0},
     # cuts: PREFIX_CUTS, which classes prefix_kl compares (distill/losses/projected.py)
-    "prefix_kl": {"cuts": "any"},
+    # within: the weight, relative to prefix_kl's, of the KL inside each span's class (distill/losses/within.py)
+    "prefix_kl": {"cuts": "any", "within": 0.0},
 }
 
 
@@ -165,6 +166,7 @@ _BLOCK_CHECKS = {
     "chunks": lambda key, value: _choice(key, value, CHUNKS),
     "binarization": lambda key, value: _number(key, value, lambda v: v > 0, "must be > 0"),
     "cuts": lambda key, value: _choice(key, value, PREFIX_CUTS),
+    "within": lambda key, value: _number(key, value, lambda v: v >= 0, "must be >= 0"),
 }
 
 
