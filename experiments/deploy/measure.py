@@ -66,9 +66,20 @@ def as_file_holds(model, types: FileTypes):
     return model
 
 
+def embedding_type(gguf_path: Path) -> str:
+    """The type the file holds its token embedding (and tied head) in: a PTQ file may have been written
+    with any ``export.embeddings``, which its name does not say."""
+    import gguf
+
+    tensor = next(t for t in gguf.GGUFReader(gguf_path).tensors if t.name == "token_embd.weight")
+    return tensor.tensor_type.name.lower()
+
+
 def measure(student_dir: Path, gguf: Path, batches, vocab: int, n_ctx: int, threads: int, fallback=None) -> dict:
     model = load_student(student_dir)
-    types = resolve_types(gguf.name.split(".")[-2], None, trained_types(model.config), fallback)
+    qtype = gguf.name.split(".")[-2]
+    embeddings = embedding_type(gguf) if qtype not in ("f16", "bf16", "f32") else None
+    types = resolve_types(qtype, embeddings, trained_types(model.config), fallback)
     model = as_file_holds(model, types)
     torch_ppl = evaluate({"m": model}, batches, vocab, reference="m")["m"]["val_ppl"]
     llm = runtime.load(gguf, n_ctx=n_ctx, threads=threads)
@@ -78,6 +89,7 @@ def measure(student_dir: Path, gguf: Path, batches, vocab: int, n_ctx: int, thre
     return {
         "file": str(gguf),
         "type": types.qtype,
+        "embeddings": types.embeddings,
         "bytes": gguf.stat().st_size,
         "torch_val_ppl": torch_ppl,
         "llama_cpp_val_ppl": cpp["val_ppl"],
