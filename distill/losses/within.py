@@ -9,11 +9,14 @@ what follows c, so both sides have a distribution over c's subclasses (``distill
     Q(k) ∝ Σ_{s in c, sub(s) = k} q(s)
 
 p₁ the teacher's row that predicts the span (the one ``prefix_kl`` reads), p₂ its next row (after c),
-q the student's row; the loss is KL(P || Q), averaged over those spans by the spans' weights and scaled
-by T² like the other divergences. Only the class the text goes on with is split (the teacher's next
-row is read after the token it wrote), so this is a sampled estimate of the within-class part of the
-KL between the two models' distributions one level finer than the classes. Plain autograd: a few
-hundred spans per batch, over G subclasses and the student's vocabulary.
+q the student's row. The KL over a partition finer than the classes, c split into its subclasses,
+is the KL over the classes plus P(c) · KL(P || Q) (the chain rule of the KL; P(c) the teacher's
+probability of the class), so this term is P(c) · KL(P || Q), averaged over *all* of ``prefix_kl``'s
+spans by their weights (0 where c does not split) and scaled by T², and ``prefix_kl`` + this term is
+the forward KL over that finer partition (without ``cuts``; the tests check it). Only the class the
+text goes on with can be split (the teacher's next row is read after the token it wrote). Measured
+without the P(c) factor (each split span at full weight): worse than ``prefix_kl`` alone.
+Plain autograd: a few hundred spans per batch, over G subclasses and the student's vocabulary.
 """
 
 from __future__ import annotations
@@ -44,8 +47,8 @@ class Within:
 
 
 def within_kl(log_q: Tensor, log_p1: Tensor, log_p2: Tensor, first_ids: Tensor, within: Within) -> Tensor:
-    """[c] KL(P || Q) inside each span's class: the student's [c, Vs] and the teacher's two [c, Vt] rows
-    (log-probabilities at T), for spans that ``Within.spans`` admits."""
+    """[c] P(c) · KL(P || Q) inside each span's class c: the student's [c, Vs] and the teacher's two
+    [c, Vt] rows (log-probabilities at T), for spans that ``Within.spans`` admits."""
     G = within.count
     cls = within.teacher_prefix[first_ids]
     p1 = log_p1.exp()
@@ -55,22 +58,24 @@ def within_kl(log_q: Tensor, log_p1: Tensor, log_p2: Tensor, first_ids: Tensor, 
     q = log_q.new_zeros(len(log_q), G + 1).index_add_(1, within.student, log_q.exp())
     own = within.owner[None, :] == cls[:, None]  # [c, G] the subclasses of each span's class
     p = p[:, :G] * own
-    p = p / p.sum(-1, keepdim=True).clamp_min(TAIL_EPS)
+    mass = p.sum(-1, keepdim=True)  # P(c): the teacher's tokens of the class, its own c's next row summing to 1
+    p = p / mass.clamp_min(TAIL_EPS)
     q = q[:, :G] * own
     q = (q / q.sum(-1, keepdim=True).clamp_min(TAIL_EPS)).clamp_min(TAIL_EPS)
-    return (torch.xlogy(p, p) - p * q.log()).sum(-1)
+    return mass.squeeze(-1) * (torch.xlogy(p, p) - p * q.log()).sum(-1)
 
 
 def within_loss(
     s2: Tensor, teacher_rows, aligned, span_w: Tensor, within: Within, T: float, chunk: int, teacher_len: int
 ) -> Tensor:
-    """Σ over admitted spans of span_w · T² · ``within_kl`` / Σ their span_w (0 where none).
+    """Σ over admitted spans of span_w · T² · ``within_kl`` / Σ span_w over every span (prefix_kl's
+    denominator).
     ``teacher_rows(rows)``: the teacher's [n, Vt] float32 logits of those flattened rows, ``teacher_len``
     rows per sequence (a span whose teacher token is the last one with a row has no next row: left out)."""
     first = aligned.teacher.first_ids.to(s2.device)
     has_next = (aligned.teacher.rows.to(s2.device) % teacher_len) + 1 < teacher_len
     keep = (within.spans(first) & has_next & (span_w > 0)).nonzero().squeeze(-1)
-    total, weight = s2.new_zeros((), dtype=torch.float32), span_w[keep].sum()
+    total, weight = s2.new_zeros((), dtype=torch.float32), span_w.sum()
     for i in range(0, len(keep), chunk):
         k = keep[i : i + chunk]
         t_rows = aligned.teacher.rows.to(s2.device)[k]

@@ -42,7 +42,7 @@ def within_reference(q, p1, p2, first: int):
     """Inside the class c of the teacher's token ``first`` (its text is c): the subclasses are '' and every
     remainder of a student token of c that is a teacher token; each remainder or next token in the longest
     of them it begins with. P: the teacher's other tokens of c by their remainders, and p1(c) spread by p2
-    over what follows; Q: the student's tokens of c. KL(P || Q), Q floored at TAIL_EPS."""
+    over what follows; Q: the student's tokens of c. P(c) · KL(P || Q), Q floored at TAIL_EPS."""
     c = TEACHER[first]
     members, subs = subclasses(c)
     sub = lambda rest: max((k for k in subs if rest.startswith(k)), key=len)
@@ -54,9 +54,29 @@ def within_reference(q, p1, p2, first: int):
     for s in members:
         Q[sub(STUDENT[s][len(c) :])] = Q[sub(STUDENT[s][len(c) :])] + q[s]
     p_sum, q_sum = sum(P.values()), sum(Q.values())
-    return sum(
-        P[k] / p_sum * ((P[k] / p_sum).log() - (Q[k] / q_sum).clamp_min(TAIL_EPS).log()) for k in subs if P[k] > 0
-    )
+    kl = sum(P[k] / p_sum * ((P[k] / p_sum).log() - (Q[k] / q_sum).clamp_min(TAIL_EPS).log()) for k in subs if P[k] > 0)
+    return p_sum * kl
+
+
+def refined_reference(q, p1, p2, first: int):
+    """The forward KL over the prefix classes with the class of ``first`` (a teacher token that is its class's
+    string) split into its subclasses: each token's event written out, then KL over the events."""
+    c = TEACHER[first]
+    split = class_of(c) == c and len(subclasses(c)[1]) > 1
+    subs = subclasses(c)[1] if split else [""]
+    sub = lambda rest: max((k for k in subs if rest.startswith(k)), key=len)
+    event = lambda text: (c, sub(text[len(c) :])) if split and class_of(text) == c else (class_of(text), "")
+    P, Q = {}, {}
+    for t in range(VT):
+        if split and TEACHER[t] == c:
+            for u in range(VT):
+                P[(c, sub(TEACHER[u]))] = P.get((c, sub(TEACHER[u])), 0.0) + p1[t] * p2[u]
+        else:
+            P[event(TEACHER[t])] = P.get(event(TEACHER[t]), 0.0) + p1[t]
+    for s_id in range(VS):
+        Q[event(STUDENT[s_id])] = Q.get(event(STUDENT[s_id]), 0.0) + q[s_id]
+    zero = torch.zeros((), dtype=q.dtype)
+    return sum(P[e] * (P[e].log() - Q.get(e, zero).clamp_min(TAIL_EPS).log()) for e in P if P[e] > 0)
 
 
 def test_within_kl_matches_the_reference_values_and_gradients():
@@ -111,12 +131,27 @@ def _batch(seed: int, length: int = 12):
     return [a for a, _ in alignments], [ids for _, ids in alignments], t_len, s_len
 
 
+def _spans(alignments, t_len):
+    """(row, span, teacher row, its first token, whether the within term reads it) of every span."""
+    for b, a in enumerate(alignments):
+        for k in range(len(a.teacher.rows)):
+            row, first = int(a.teacher.rows[k]), int(a.teacher.first_ids[k])
+            split = TEACHER[first] == class_of(TEACHER[first]) and len(subclasses(TEACHER[first])[1]) > 1
+            yield b, k, row, first, split and row + 1 < t_len
+
+
+def _rows3(s, t, b, a, k, row, T):
+    """The student's row of span k, the teacher's row that predicts it and the next (the last one's: itself)."""
+    after = min(row + 1, t.shape[1] - 1)
+    return (s[b, a.student.rows[k]] / T).softmax(-1), (t[b, row] / T).softmax(-1), (t[b, after] / T).softmax(-1)
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_cross_vocab_loss_adds_the_within_term_over_the_spans_it_applies_to(seed):
-    """prefix_kl + w · within, where within averages the reference over the spans whose teacher token is its
-    class's string (in a class that splits) and has a next row; same gradient as the sum of the two."""
+    """prefix_kl + w · within, where within sums the reference over the spans whose teacher token is its
+    class's string (in a class that splits) and has a next row, divided by the count of all spans; same
+    gradient as the sum of the two."""
     alignments, t_ids, t_len, s_len = _batch(seed)
-    t_len = max(len(ids) for ids in t_ids) - 1  # the rows that predict a token: the last token has none
     batch = collate(alignments, t_len, s_len)
     g = torch.Generator().manual_seed(seed)
     s = torch.randn(2, s_len, VS, generator=g, dtype=torch.float64).mul(2).requires_grad_()
@@ -124,29 +159,38 @@ def test_cross_vocab_loss_adds_the_within_term_over_the_spans_it_applies_to(seed
     m, T = mapping(), 1.5
     loss, parts = cross_vocab_loss(s, t, batch, weights={"prefix_kl": 2.0}, mapping=m, temperature=T, prefix_within=0.7)
     alone, _ = cross_vocab_loss(s, t, batch, weights={"prefix_kl": 2.0}, mapping=m, temperature=T)
-    total, count, last = 0.0, 0, 0
-    for b, a in enumerate(alignments):
-        for k in range(len(a.teacher.rows)):
-            row, first = int(a.teacher.rows[k]), int(a.teacher.first_ids[k])
-            exact = TEACHER[first] == class_of(TEACHER[first])
-            if not exact or len(subclasses(TEACHER[first])[1]) < 2:
-                continue
-            if row + 1 >= t_len:
-                last += 1
-                continue
-            q, p1, p2 = (
-                (s[b, a.student.rows[k]] / T).softmax(-1),
-                (t[b, row] / T).softmax(-1),
-                (t[b, row + 1] / T).softmax(-1),
-            )
-            total, count = total + within_reference(q, p1, p2, first), count + 1
-    assert count > 0 and last == (seed == 2)  # seed 2: a span at the last row (its next row: none), left out
-    within = total / count * T**2
+    spans = list(_spans(alignments, t_len))
+    read = [(b, k, row, first) for b, k, row, first, used in spans if used]
+    last = sum(1 for b, k, row, first, _ in spans if row + 1 >= t_len and TEACHER[first] in (".", ")"))
+    assert read and last == (seed == 2)  # seed 2: a split span at the last row (its next row: none), left out
+    total = sum(within_reference(*_rows3(s, t, b, alignments[b], k, row, T), first) for b, k, row, first in read)
+    within = total / len(spans) * T**2
     torch.testing.assert_close(parts["prefix_kl.within"].double(), within.detach(), rtol=1e-6, atol=1e-7)
     torch.testing.assert_close(loss.double(), (alone + 2.0 * 0.7 * within).double(), rtol=1e-6, atol=1e-7)
     (grad,) = torch.autograd.grad(loss, s)
     (grad_ref,) = torch.autograd.grad(alone + 2.0 * 0.7 * within, s)
     torch.testing.assert_close(grad.double(), grad_ref.double(), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("seed", [0, 2])
+def test_prefix_kl_plus_within_is_the_kl_over_the_finer_partition(seed):
+    """The chain rule: at each span, the class KL + P(c) · the KL inside c is the KL over the classes with c
+    split into its subclasses, written out token by token (``refined_reference``), values and gradients."""
+    alignments, _, t_len, s_len = _batch(seed)
+    batch = collate(alignments, t_len, s_len)
+    g = torch.Generator().manual_seed(seed)
+    s = torch.randn(2, s_len, VS, generator=g, dtype=torch.float64).mul(2).requires_grad_()
+    t = torch.randn(2, t_len, VT, generator=g, dtype=torch.float64).mul(2)
+    loss, _ = cross_vocab_loss(s, t, batch, weights={"prefix_kl": 1.0}, mapping=mapping(), prefix_within=1.0)
+    spans = list(_spans(alignments, t_len))
+    ref = 0.0
+    for b, k, row, first, used in spans:
+        q, p1, p2 = _rows3(s, t, b, alignments[b], k, row, 1.0)
+        ref = ref + refined_reference(q, p1, p2, first if used else TEACHER.index("a"))  # 'a': a class not split
+    ref = ref / len(spans)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-6, atol=1e-8)
+    (grad,), (grad_ref,) = torch.autograd.grad(loss, s), torch.autograd.grad(ref, s)
+    torch.testing.assert_close(grad.double(), grad_ref, rtol=1e-5, atol=1e-8)
 
 
 def test_the_setting_is_checked_and_needs_the_tables():
