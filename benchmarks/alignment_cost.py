@@ -124,13 +124,15 @@ def main() -> None:
     s_logits = torch.randn(args.batch, max(len(s.ids) for _, s in pairs), len(student_tok), requires_grad=True)
     t_logits = torch.randn(args.batch, max(len(t.ids) for t, _ in pairs), len(teacher_tok))
     mapping = vocab_mapping(teacher_tok, student_tok, projection=True, prefixes=True)
-    # each loss as it runs: the term, with its settings (prefix_kl with cuts=both restricts its classes)
+    # each loss as it runs: the term, with its settings (prefix_kl with cuts=both restricts its classes; within
+    # adds the KL inside the class, distill/losses/within.py)
     terms = {
         "uld": ("uld", {}),
         "gold": ("gold", {}),
         "projected_kl": ("projected_kl", {}),
         "prefix_kl": ("prefix_kl", {}),
         "prefix_kl_both": ("prefix_kl", {"prefix_cuts": "both"}),
+        "prefix_kl_within": ("prefix_kl", {"prefix_cuts": "both", "prefix_within": 1.0}),
         "alm": ("alm", {}),
     }
 

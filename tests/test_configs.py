@@ -79,7 +79,8 @@ def test_experiment_composes_and_instantiates(name, out_dir, tiny_teacher):
 
     make_student = instantiate(student_spec(cfg)[0])
     assert isinstance(make_student, functools.partial)
-    student = make_student(teacher=tiny_teacher, vocab_size=128, train_blocks=None)
+    blocks = np.random.default_rng(0).integers(0, 128, (8, 17))  # calibration rows for the pruned students
+    student = make_student(teacher=tiny_teacher, vocab_size=128, train_blocks=blocks)
     assert student.config.num_hidden_layers < tiny_teacher.config.num_hidden_layers
 
     callbacks = [instantiate(c) for c in cfg.callbacks.values() if c is not None]
