@@ -124,8 +124,10 @@ class VocabMapping:
     cuts: np.ndarray | None = None
     teacher_last_char: np.ndarray | None = None
     prefix_first_char: np.ndarray | None = None
-    # the subclasses inside each prefix class, for loss.prefix_kl.within (``distill.align.within``)
+    # the subclasses inside each prefix class, for loss.prefix_kl.within (``distill.align.within``): split by
+    # the teacher's next row (the student's tokens in them), and by the student's (the teacher's tokens in them)
     within: WithinClasses | None = None
+    within_student: WithinClasses | None = None
 
     @property
     def teacher_to_student(self) -> np.ndarray:
@@ -172,8 +174,11 @@ def vocab_mapping(
     first_char = np.array([char_class(text[0]) for text in shared] + [NO_CLASS] * 3, np.int64)
     cuts = both_cut(teacher_tokenizer, student_tokenizer)
     count = len(shared) + 2
-    within = within_classes(shared, t_text, s_text, t_prefix, s_prefix)
-    return VocabMapping(t, s, *sizes, ambiguous, first, t_prefix, s_prefix, count, cuts, last, first_char, within)
+    within = (
+        within_classes(shared, t_text, s_text, t_prefix, s_prefix),
+        within_classes(shared, s_text, t_text, s_prefix, t_prefix),
+    )
+    return VocabMapping(t, s, *sizes, ambiguous, first, t_prefix, s_prefix, count, cuts, last, first_char, *within)
 
 
 # The character classes split patterns tell apart (GPT-2's and Llama 3's regexes, SentencePiece's '▁'

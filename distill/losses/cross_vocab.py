@@ -160,6 +160,7 @@ def cross_vocab_loss(
     alm_binarization: float = 1.0,
     prefix_cuts: str = "any",
     prefix_within: float = 0.0,
+    prefix_within_rows: str = "teacher",
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ_term weights[term] · term, each averaged over the aligned spans by ``aligned.weight``;
     returns (loss, {term: detached value}).
@@ -174,7 +175,8 @@ def cross_vocab_loss(
     ``alm_binarization``: ALM's τ. ``prefix_cuts``: ``any``, or ``prefix_kl`` on the classes both
     tokenizers could cut before (``both``, ``observed``, ``within``: ``distill.losses.projected.Prefixes``).
     ``prefix_within``: with ``prefix_kl``, that term's weight times this on the KL inside each span's
-    class (``distill.losses.within``), reported as ``prefix_kl.within``.
+    class (``distill.losses.within``), reported as ``prefix_kl.within``; ``prefix_within_rows``: whose next
+    row splits the classes (``teacher`` or ``both``).
     Settings are trusted (terms of ``TERMS``, weights >= 0, temperature > 0, chunk_size >= 1)."""
     s2 = student_logits.reshape(-1, student_logits.shape[-1])
     if isinstance(teacher_logits, SparseTeacher):
@@ -197,6 +199,7 @@ def cross_vocab_loss(
             lambda r: s2[r], lambda r: logit_rows(t2, r), aligned, float(temperature), alm_breaks, alm_binarization
         )
     rest = {term: w for term, w in weights.items() if term != "alm"}
+    within_args = dict(rows=prefix_within_rows, T=float(temperature), chunk=int(chunk_size))
     loss = weights.get("alm", 0.0) * out["alm"] if out else None
     if rest:
         span_w = aligned.weight.to(s2.device, torch.float32)
@@ -213,17 +216,27 @@ def cross_vocab_loss(
         out |= dict(zip(rest, parts.unbind()))
         loss = value if loss is None else loss + value
         if "prefix_kl" in rest and prefix_within > 0:
-            if mapping.within is None:
-                raise DistillError("loss.prefix_kl.within needs the subclass tables of vocab_mapping(prefixes=True)")
-            within = Within(mapping.within, shared.prefixes.teacher, s2.device)
+            lens = {"teacher": _per_sequence(teacher_logits), "student": _per_sequence(student_logits)}
             span_w = span_weights["prefix_kl"]
-            T, chunk = float(temperature), int(chunk_size)
-            t = teacher_logits.logprobs if isinstance(teacher_logits, SparseTeacher) else teacher_logits
-            t_len = t.shape[1] if t.ndim == 3 else t.shape[0]  # the teacher's rows per sequence
-            reader = lambda r: logit_rows(t2, r)
-            out["prefix_kl.within"] = within_loss(s2, reader, aligned, span_w, within, T, chunk, t_len)
+            out["prefix_kl.within"] = _within(s2, t2, aligned, span_w, shared, mapping, lens, **within_args)
             loss = loss + weights["prefix_kl"] * prefix_within * out["prefix_kl.within"]
     return loss, {term: out[term].detach() for term in (*weights, *(k for k in out if k not in weights))}
+
+
+def _per_sequence(logits) -> int:
+    """Rows per sequence of [B, L, V] logits (or a cache's [B, L, k]); [N, V]: one sequence."""
+    x = logits.logprobs if isinstance(logits, SparseTeacher) else logits
+    return x.shape[1] if x.ndim == 3 else x.shape[0]
+
+
+def _within(s2, t2, aligned, span_w, shared, mapping, lens, rows: str, T: float, chunk: int) -> Tensor:
+    """``prefix_kl.within``: the KL inside the classes split by the teacher's next row (and the student's)."""
+    if mapping.within is None or (rows == "both" and mapping.within_student is None):
+        raise DistillError("loss.prefix_kl.within needs the subclass tables of vocab_mapping(prefixes=True)")
+    splits = {"teacher": Within(mapping.within, shared.prefixes.teacher, s2.device)}
+    if rows == "both":
+        splits["student"] = Within(mapping.within_student, shared.prefixes.student, s2.device)
+    return within_loss(s2, lambda r: logit_rows(t2, r), aligned, span_w, splits, T, chunk, lens)
 
 
 def _check_mapping(term: str, mapping: VocabMapping | None, student_width: int, teacher_width: int) -> None:

@@ -288,6 +288,7 @@ class Objective(nn.Module):
             alm_binarization=self.alm_spec["binarization"],
             prefix_cuts=self.prefix_spec["cuts"],
             prefix_within=self.prefix_spec["within"],
+            prefix_within_rows=self.prefix_spec["within_rows"],
             chunk_size=self.chunk_size,
             teacher_vocab_size=teacher.vocab_size,
         )

@@ -19,6 +19,7 @@ from distill.losses.likelihood import CHUNKS
 from distill.losses.projected import PREFIX_CUTS
 from distill.losses.representation import HIDDEN_METRICS, parse_pairs
 from distill.losses.terms import REGISTRY, TERMS, block_settings, nearest, nearest_term
+from distill.losses.within import WITHIN_ROWS
 from distill.teacher.outputs import TAIL_MODES
 
 
@@ -45,7 +46,8 @@ BLOCK_DEFAULTS = {
     "alm": {"chunks": "spans", "binarization": 1.0},
     # cuts: PREFIX_CUTS, which classes prefix_kl compares (distill/losses/projected.py)
     # within: the weight, relative to prefix_kl's, of the KL inside each span's class (distill/losses/within.py)
-    "prefix_kl": {"cuts": "any", "within": 0.0},
+    # within_rows: WITHIN_ROWS, whose next row splits the classes (distill/losses/within.py)
+    "prefix_kl": {"cuts": "any", "within": 0.0, "within_rows": "teacher"},
 }
 
 
@@ -167,6 +169,7 @@ _BLOCK_CHECKS = {
     "binarization": lambda key, value: _number(key, value, lambda v: v > 0, "must be > 0"),
     "cuts": lambda key, value: _choice(key, value, PREFIX_CUTS),
     "within": lambda key, value: _number(key, value, lambda v: v >= 0, "must be >= 0"),
+    "within_rows": lambda key, value: _choice(key, value, WITHIN_ROWS),
 }
 
 

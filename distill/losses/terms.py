@@ -135,7 +135,7 @@ REGISTRY: dict[str, Term] = {
             ALIGNED,
             True,
             LOGITS,
-            ("prefix_kl.cuts", "prefix_kl.within", *_ALIGNED_SETTINGS),
+            ("prefix_kl.cuts", "prefix_kl.within", "prefix_kl.within_rows", *_ALIGNED_SETTINGS),
             aliases=("shared_prefix_kl",),
         ),
         Term(

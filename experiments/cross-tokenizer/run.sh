@@ -47,6 +47,11 @@ run prefix_kl_within_4096_llama3 student.vocab_size=4096 student.tokenizer_style
 run prefix_kl_cut_gold_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both +loss.weights.gold=0.5 loss.gold.spans=one_to_one control=false
 run prefix_kl_cut_gold1_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both +loss.weights.gold=1 loss.gold.spans=one_to_one control=false
 run prefix_kl_cut_goldall_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both +loss.weights.gold=0.5 control=false
+# and the KL inside the class of the text's next token, the teacher's class split by its next row (loss.prefix_kl.within)
+run prefix_kl_cut_split_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 control=false
+run prefix_kl_cut_split_both_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 loss.prefix_kl.within_rows=both control=false
+run prefix_kl_cut_split2_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=2 control=false
+run prefix_kl_split_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=prefix_kl loss.prefix_kl.within=1 control=false
 run gold_8192 student.vocab_size=8192 loss=gold         # GOLD + 0.5 CE, its own BPE 8,192
 run gold_1024 student.vocab_size=1024 loss=gold         # a much smaller vocabulary
 # the projection (loss=projected_kl + 0.5 CE) where GOLD's shared strings are fewest; its control is the

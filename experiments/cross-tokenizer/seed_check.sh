@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Llama 3-style comparison again at another initialisation: the same data split, teacher and tokenizers
 # (data.seed=0, the cached quickstart teacher), only the run seed changed (the students' initial weights and
-# what else the run seed draws). Four runs: the same-tokenizer KD student and control (the gap's two ends
-# need both), the control with the Llama 3-style tokenizer, and the two best cross-tokenizer objectives.
+# what else the run seed draws). The runs: the same-tokenizer KD student and control (the gap's two ends
+# need both), the control with the Llama 3-style tokenizer, and the best cross-tokenizer objectives.
 # Usage: TEACHER=<the quickstart teacher dir> SEED=1 bash experiments/cross-tokenizer/seed_check.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -22,6 +22,9 @@ run same_tokenizer_control teacher=none loss.weights.forward_kl=0 loss.weights.c
 run prefix_kl_cut_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both   # trains the Llama 3-style control too
 run prefix_kl_cut_gold_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both +loss.weights.gold=0.5 \
     loss.gold.spans=one_to_one control=false
+run prefix_kl_cut_split_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 control=false
+run prefix_kl_cut_split_both_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 \
+    loss.prefix_kl.within_rows=both control=false
 python - "$OUT" "$SEED" <<'PY'
 import json, sys
 out, seed = sys.argv[1], sys.argv[2]
@@ -29,7 +32,8 @@ bpb = lambda name, who="student": json.load(open(f"{out}/s{seed}_{name}/metrics.
 same, same_control = bpb("same_tokenizer_kd"), bpb("same_tokenizer_control")
 control = bpb("prefix_kl_cut_4096_llama3", "baseline")
 print(f"seed {seed}: same-tokenizer KD {same:.4f} (its control {same_control:.4f}); Llama 3-style control {control:.4f}")
-for name in ("prefix_kl_cut_4096_llama3", "prefix_kl_cut_gold_4096_llama3"):
+for name in ("prefix_kl_cut_4096_llama3", "prefix_kl_cut_gold_4096_llama3", "prefix_kl_cut_split_4096_llama3",
+             "prefix_kl_cut_split_both_4096_llama3"):
     s = bpb(name)
     print(f"  {name}: {s:.4f}, closes {(control - s) / (control - same):.2f} of the gap (goal >= 0.5)")
 PY

@@ -7,8 +7,8 @@ import pytest
 from distill.align.within import longest_in, within_classes
 from tests.align.helpers import FAMILIES, corpus
 
-TEACHER = [".", "append", "app", "end", "items", "(", "(s", "x", "\n", ")", "a"]
-STUDENT = [".", ".append", ".items", ".ap", "(", "(self", "x", ")", ")\n", "\n", ".x"]
+TEACHER = [".", "append", "app", "end", "items", "(", "(s", "x", "\n", ")", "a", "\n  "]
+STUDENT = [".", ".append", ".items", ".ap", "(", "(self", "x", ")", ")\n", "\n", ".x", "  "]
 
 
 def toy():
@@ -33,19 +33,33 @@ def test_a_small_case_written_out():
     # ')': '', '\n'; '(' does not split ('self' is no teacher token)
     assert w.count == 6 and sorted(w.owner.tolist()) == sorted([dot] * 4 + [close] * 2)
     assert w.split_row[paren] == -1 and w.split_row[dot] >= 0 and w.split_row[close] >= 0
-    sub = lambda c, k: next(g for g in range(w.count) if w.owner[g] == c and w.student[STUDENT.index(k)] == g)
+    sub = lambda c, k: next(g for g in range(w.count) if w.owner[g] == c and w.one_row[STUDENT.index(k)] == g)
     empty, append, items, x = sub(dot, "."), sub(dot, ".append"), sub(dot, ".items"), sub(dot, ".x")
     assert len({empty, append, items, x}) == 4
-    assert w.student[STUDENT.index(".ap")] == empty  # 'ap' is no subclass: with '.' alone
-    assert w.student[STUDENT.index("(self")] == w.count and w.student[STUDENT.index("(")] == w.count
-    assert w.student[STUDENT.index(")\n")] != w.student[STUDENT.index(")")]
+    assert w.one_row[STUDENT.index(".ap")] == empty  # 'ap' is no subclass: with '.' alone
+    assert w.one_row[STUDENT.index("(self")] == w.count and w.one_row[STUDENT.index("(")] == w.count
+    assert w.one_row[STUDENT.index(")\n")] != w.one_row[STUDENT.index(")")]
     row = w.next_map[w.split_row[dot]]  # what follows a teacher's '.'
     assert row[TEACHER.index("append")] == append and row[TEACHER.index("items")] == items
     assert row[TEACHER.index("x")] == x
     assert row[TEACHER.index("app")] == row[TEACHER.index("end")] == row[TEACHER.index("(")] == empty
-    assert w.teacher_exact.tolist() == [t.encode() in shared for t in TEACHER]
-    assert w.teacher_rest[TEACHER.index("(s")] == w.count  # longer than '(', but '(' does not split
-    assert (w.teacher_rest[[i for i, t in enumerate(TEACHER) if t != "(s"]] == w.count).all()
+    assert w.exact.tolist() == [t.encode() in shared for t in TEACHER]
+    assert w.rest[TEACHER.index("(s")] == w.count  # longer than '(', but '(' does not split
+    assert (w.rest[[i for i, t in enumerate(TEACHER) if t != "(s"]] == w.count).all()
+
+
+def test_the_other_way_the_students_next_row_splits_the_teachers_longer_tokens():
+    """(student, teacher) as (two-row, one-row) sides: the teacher's '\n  ' is '\n' then '  ', a student token,
+    so class '\n' splits into '' and '  '; what the student writes after its '\n' falls in one of them."""
+    shared, t_text, s_text, t_prefix, s_prefix = toy()
+    w = within_classes(shared, s_text, t_text, s_prefix, t_prefix)
+    newline = shared.index(b"\n")
+    assert w.count == 2 and (w.owner == newline).all() and (w.split_row >= 0).sum() == 1
+    empty, spaces = w.one_row[TEACHER.index("\n")], w.one_row[TEACHER.index("\n  ")]
+    assert {int(empty), int(spaces)} == {0, 1}
+    row = w.next_map[w.split_row[newline]]  # the student's next token after its '\n'
+    assert row[STUDENT.index("  ")] == spaces and row[STUDENT.index("x")] == row[STUDENT.index(".")] == empty
+    assert w.exact[STUDENT.index("\n")] and not w.exact[STUDENT.index(".append")]
 
 
 def test_longest_in_picks_the_longest_string_a_text_begins_with():
@@ -76,7 +90,7 @@ def test_on_real_tokenizers_each_subclass_is_a_string_its_members_begin_with(stu
     assert w.count > 0 and w.next_map.shape == (int((w.split_row >= 0).sum()), mapping.teacher_size)
     strings = {}  # each subclass's string, read back from the student tokens in it
     for text, ids in s_text.items():
-        g = w.student[ids[0]]
+        g = w.one_row[ids[0]]
         c = mapping.student_prefix[ids[0]]
         if g == w.count:
             assert c >= len(shared) or w.split_row[c] == -1
@@ -92,3 +106,6 @@ def test_on_real_tokenizers_each_subclass_is_a_string_its_members_begin_with(stu
         assert (w.owner[row] == row_class).all()
     if student == "llama3":  # GPT-2 cuts '.' from the word after it; Llama 3 does not
         assert w.split_row[shared.index(b".")] >= 0
+    back = mapping.within_student  # the other way: the student's next row, the teacher's tokens
+    assert back.next_map.shape == (int((back.split_row >= 0).sum()), mapping.student_size)
+    assert len(back.one_row) == mapping.teacher_size and len(back.exact) == mapping.student_size
