@@ -132,7 +132,7 @@ def main() -> None:
         "projected_kl": ("projected_kl", {}),
         "prefix_kl": ("prefix_kl", {}),
         "prefix_kl_both": ("prefix_kl", {"prefix_cuts": "both"}),
-        "prefix_kl_within": ("prefix_kl", {"prefix_cuts": "both", "prefix_within": 1.0}),
+        "prefix_kl_within": ("prefix_kl", {"prefix_cuts": "both", "prefix_within": 1.0, "prefix_within_rows": "both"}),
         "alm": ("alm", {}),
     }
 

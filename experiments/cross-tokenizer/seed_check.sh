@@ -3,7 +3,7 @@
 # (data.seed=0, the cached quickstart teacher), only the run seed changed (the students' initial weights and
 # what else the run seed draws). The runs: the same-tokenizer KD student and control (the gap's two ends
 # need both), the control with the Llama 3-style tokenizer, and the best cross-tokenizer objectives.
-# Usage: TEACHER=<the quickstart teacher dir> SEED=1 bash experiments/cross-tokenizer/seed_check.sh [OUT]
+# Usage: TEACHER=<the quickstart teacher dir> SEED=1 [BEST_ONLY=1] bash experiments/cross-tokenizer/seed_check.sh [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${1:-/tmp/xtok_seeds}
@@ -20,11 +20,13 @@ L3="student.vocab_size=4096 student.tokenizer_style=llama3"
 run same_tokenizer_kd control=false
 run same_tokenizer_control teacher=none loss.weights.forward_kl=0 loss.weights.ce=1 control=false
 run prefix_kl_cut_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both   # trains the Llama 3-style control too
-run prefix_kl_cut_gold_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both +loss.weights.gold=0.5 \
-    loss.gold.spans=one_to_one control=false
 run prefix_kl_cut_split_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 control=false
-run prefix_kl_cut_split_both_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 \
-    loss.prefix_kl.within_rows=both control=false
+if [ -z "${BEST_ONLY:-}" ]; then  # BEST_ONLY=1: the rows above alone (seeds 3 and 4)
+    run prefix_kl_cut_gold_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both +loss.weights.gold=0.5 \
+        loss.gold.spans=one_to_one control=false
+    run prefix_kl_cut_split_both_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 \
+        loss.prefix_kl.within_rows=both control=false
+fi
 python - "$OUT" "$SEED" <<'PY'
 import json, sys
 out, seed = sys.argv[1], sys.argv[2]
@@ -34,6 +36,9 @@ control = bpb("prefix_kl_cut_4096_llama3", "baseline")
 print(f"seed {seed}: same-tokenizer KD {same:.4f} (its control {same_control:.4f}); Llama 3-style control {control:.4f}")
 for name in ("prefix_kl_cut_4096_llama3", "prefix_kl_cut_gold_4096_llama3", "prefix_kl_cut_split_4096_llama3",
              "prefix_kl_cut_split_both_4096_llama3"):
-    s = bpb(name)
+    try:
+        s = bpb(name)
+    except FileNotFoundError:  # not run (BEST_ONLY)
+        continue
     print(f"  {name}: {s:.4f}, closes {(control - s) / (control - same):.2f} of the gap (goal >= 0.5)")
 PY
