@@ -199,7 +199,6 @@ def cross_vocab_loss(
             lambda r: s2[r], lambda r: logit_rows(t2, r), aligned, float(temperature), alm_breaks, alm_binarization
         )
     rest = {term: w for term, w in weights.items() if term != "alm"}
-    within_args = dict(rows=prefix_within_rows, T=float(temperature), chunk=int(chunk_size))
     loss = weights.get("alm", 0.0) * out["alm"] if out else None
     if rest:
         span_w = aligned.weight.to(s2.device, torch.float32)
@@ -217,8 +216,8 @@ def cross_vocab_loss(
         loss = value if loss is None else loss + value
         if "prefix_kl" in rest and prefix_within > 0:
             lens = {"teacher": _per_sequence(teacher_logits), "student": _per_sequence(student_logits)}
-            span_w = span_weights["prefix_kl"]
-            out["prefix_kl.within"] = _within(s2, t2, aligned, span_w, shared, mapping, lens, **within_args)
+            args = (s2, t2, aligned, span_weights["prefix_kl"], shared, mapping, lens, prefix_within_rows)
+            out["prefix_kl.within"] = _within(*args, float(temperature), int(chunk_size))
             loss = loss + weights["prefix_kl"] * prefix_within * out["prefix_kl.within"]
     return loss, {term: out[term].detach() for term in (*weights, *(k for k in out if k not in weights))}
 
