@@ -51,6 +51,7 @@ run prefix_kl_cut_goldall_4096_llama3 student.vocab_size=4096 student.tokenizer_
 run prefix_kl_cut_split_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 control=false
 run prefix_kl_cut_split_both_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 loss.prefix_kl.within_rows=both control=false
 run prefix_kl_cut_split2_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=2 control=false
+run prefix_kl_split_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=prefix_kl loss.prefix_kl.within=1 control=false
 run prefix_kl_split_both_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=prefix_kl loss.prefix_kl.within=1 loss.prefix_kl.within_rows=both control=false
 run gold_8192 student.vocab_size=8192 loss=gold         # GOLD + 0.5 CE, its own BPE 8,192
 run gold_1024 student.vocab_size=1024 loss=gold         # a much smaller vocabulary

@@ -119,6 +119,12 @@ SPECS = {
         "prefix KL (cuts=both) + 2 × the KL inside the class",
         "gold_4096_llama3",
     ),
+    "prefix_kl_split_4096_sp": (
+        SP,
+        f"{KD} prefix KL, within = 1 + 0.5 CE",
+        "prefix KL + the KL inside the class",
+        "gold_4096_sp",
+    ),
     "prefix_kl_split_both_4096_sp": (
         SP,
         f"{KD} prefix KL, within = 1, both models' next rows + 0.5 CE",
