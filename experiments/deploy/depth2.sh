@@ -17,21 +17,17 @@ EMBS=${EMBS:-q8_0 q4_0}
 FROM=${FROM:-300}
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline DISTILL_CACHE_DIR=${DISTILL_CACHE_DIR:-$HOME/.cache/distill}
 mkdir -p "$OUT"
-train() {  # name, overrides...
-    local name=$1; shift
-    [ -f "$OUT/$name/metrics.json" ] && return 0
-    /usr/bin/time -f "WALL %e s" nice -n 10 distill-train experiment=quickstart control=false teacher.path="$TEACHER" \
-        student=depth student.num_layers=2 hydra.run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
-}
+source "$(dirname "$0")/train.sh"  # train NAME OVERRIDES...
+D2="student=depth student.num_layers=2"  # every run of this study
 for s in $SEEDS; do
-    train "d2_fp_s$s" seed="$s"
+    train "d2_fp_s$s" $D2 seed="$s"
     [ -f "$OUT/d2_fp_s$s/student.f16.gguf" ] || distill-export run_dir="$OUT/d2_fp_s$s" export.gguf=f16
     runs=("$OUT/d2_fp_s$s")
     for e in $EMBS; do
         ptq="$OUT/d2_ptq_e${e}_s$s"
         mkdir -p "$ptq" && ln -sfn "../d2_fp_s$s/student" "$ptq/student"
         [ -f "$ptq/student.q4_0.gguf" ] || distill-export run_dir="$ptq" export.gguf=q4_0 export.embeddings="$e"
-        train "d2_qat_e${e}_s$s" seed="$s" quant=qat_q4_0 quant.start_step="$FROM" quant.embeddings="$e"
+        train "d2_qat_e${e}_s$s" $D2 seed="$s" quant=qat_q4_0 quant.start_step="$FROM" quant.embeddings="$e"
         runs+=("$ptq" "$OUT/d2_qat_e${e}_s$s")
     done
     [ -f "$OUT/results_d2_s$s.json" ] || python experiments/deploy/measure.py "${runs[@]}" --seed "$s" \

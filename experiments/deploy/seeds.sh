@@ -14,12 +14,7 @@ SEEDS=${SEEDS:-1 2}
 FROM=${FROM:-}
 export HF_HUB_OFFLINE=1 WANDB_MODE=offline DISTILL_CACHE_DIR=${DISTILL_CACHE_DIR:-$HOME/.cache/distill}
 mkdir -p "$OUT"
-train() {  # name, overrides...
-    local name=$1; shift
-    [ -f "$OUT/$name/metrics.json" ] && return 0
-    /usr/bin/time -f "WALL %e s" nice -n 10 distill-train experiment=quickstart control=false teacher.path="$TEACHER" \
-        hydra.run.dir="$OUT/$name" "$@" > "$OUT/$name.log" 2>&1
-}
+source "$(dirname "$0")/train.sh"  # train NAME OVERRIDES...
 for s in $SEEDS; do
     train "fp_s$s" seed="$s"
     train "qat_q4_0_s$s" seed="$s" quant=qat_q4_0
