@@ -45,6 +45,7 @@ def model_outputs(
     # Embedding rows past the tokenizer (padding to a round size) are never targets.
     return Outputs(
         logits=out.logits[..., :vocab_size],
+        head_weight=model.get_output_embeddings().weight if objective.needs_heads else None,
         hidden_states=out.hidden_states,
         attentions=out.attentions,
         vocab_size=vocab_size,

@@ -228,6 +228,7 @@ def test_loss_presets_compose_and_instantiate(name, out_dir):
         "projected_kl": "projected_kl",
         "prefix_kl": "prefix_kl",
         "alm": "alm",
+        "dual_space": "dual_space",
     }[name]  # a new preset: name its own term here
     cfg = compose_train(out_dir, f"loss={name}", "loss.temperature=2.0")
     loss = instantiate(cfg.loss)

@@ -4,7 +4,7 @@ Same-vocabulary objectives (forward KL, JSD, ... in ``distill.losses.divergences
 two models token by token, which only means something when both tokenize every text the same
 way: the same vocabulary (token -> id), the same special tokens and the same pipeline around the
 model (normalizer, pre-tokenizer), since one vocabulary can split text differently. Otherwise the
-cross-tokenizer objectives (``uld``, ``gold``, ``projected_kl``, ``prefix_kl``, ``alm``) are needed, on aligned spans.
+cross-tokenizer objectives (``uld``, ``gold``, ``projected_kl``, ``prefix_kl``, ``alm``, ``dual_space``) are needed, on aligned spans.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import json
 
 from distill.errors import DistillError
 
-CROSS_VOCAB_TERMS = ("uld", "gold", "projected_kl", "prefix_kl", "alm")
+CROSS_VOCAB_TERMS = ("uld", "gold", "projected_kl", "prefix_kl", "alm", "dual_space")
 
 
 def tokenization(tokenizer) -> tuple:

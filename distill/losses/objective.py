@@ -22,8 +22,10 @@ from torch import Tensor, nn
 
 from distill.errors import DistillError
 from distill.losses.compiled import COMPILE_FROM_VOCAB, chunk_kernel
+from distill.losses.cross_vocab import TERMS as SPAN_TERMS
 from distill.losses.cross_vocab import cross_vocab_loss
 from distill.losses.divergences import chunked_logit_loss
+from distill.losses.dual_space import DualSpace
 from distill.losses.fused_linear import fused_chunk, fused_linear_loss
 from distill.losses.likelihood import WordBreaks
 from distill.losses.representation import AttentionLoss, HiddenStateLoss, layer_pairs
@@ -49,7 +51,7 @@ class Outputs:
 
     logits: Tensor | SparseTeacher | None = None  # [B, T, V] (trimmed to the tokenizer) or the cache's top-k
     last_hidden: Tensor | None = None  # [B, T, H] final hidden state, for the fused LM-head loss
-    head_weight: Tensor | None = None  # [V_rows, H] the LM head, for the fused loss
+    head_weight: Tensor | None = None  # [V_rows, H] the LM head, for the fused loss and dual_space
     head_bias: Tensor | None = None
     hidden_states: tuple[Tensor, ...] | None = None  # HF output_hidden_states (embeddings first)
     attentions: tuple[Tensor, ...] | None = None  # HF output_attentions
@@ -81,6 +83,7 @@ class Objective(nn.Module):
         gold: dict | None = None,
         alm: dict | None = None,
         prefix_kl: dict | None = None,
+        dual_space: dict | None = None,
     ):
         super().__init__()
         spec = loss_spec(
@@ -97,6 +100,7 @@ class Objective(nn.Module):
             gold=gold,
             alm=alm,
             prefix_kl=prefix_kl,
+            dual_space=dual_space,
         )
         self.weights = dict(spec.weights)  # loss schedules change weights and temperature between steps
         self.temperature, self.beta, self.tail = spec.temperature, spec.beta, spec.tail
@@ -104,7 +108,9 @@ class Objective(nn.Module):
         self.hidden_spec, self.attention_spec = spec.hidden, spec.attention
         self.on_policy: OnPolicy = spec.on_policy
         self.gold_spec, self.alm_spec, self.prefix_spec = spec.gold, spec.alm, spec.prefix_kl
+        self.dual_space_spec = spec.dual_space
         self.hidden_loss: nn.Module | None = None
+        self.dual_space: nn.Module | None = None  # DSKD's projections (``bind``)
         self.attention_loss: nn.Module | None = None
         self.mapping = None  # GOLD's shared tokens of the two vocabularies (``bind_vocabularies``)
         self.member_mappings: list = []  # several teachers: each one's with the student (``bind_vocabularies``)
@@ -140,6 +146,16 @@ class Objective(nn.Module):
     def aligned_terms(self) -> tuple[str, ...]:
         """The active cross-vocabulary terms (a student with its own tokenizer)."""
         return tuple(term for term in ALIGNED_TERMS if self.uses(term))
+
+    @property
+    def span_terms(self) -> tuple[str, ...]:
+        """The active terms on both output distributions per span (``distill.losses.cross_vocab``)."""
+        return tuple(term for term in self.aligned_terms if term in SPAN_TERMS)
+
+    @property
+    def needs_heads(self) -> bool:
+        """Both models must hand over their LM heads (``dual_space`` reads each model's with the other's state)."""
+        return self.uses("dual_space")
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -187,6 +203,8 @@ class Objective(nn.Module):
         if self.needs_attentions:
             pairs = layer_pairs(self.attention_spec["pairs"], t_cfg.num_hidden_layers, s_cfg.num_hidden_layers)
             self.attention_loss = AttentionLoss(pairs)
+        if self.wired("dual_space"):
+            self.dual_space = DualSpace(s_cfg.hidden_size, t_cfg.hidden_size, self.dual_space_spec["spaces"])
         return self
 
     def bind_vocabularies(self, teacher_tokenizer, student_tokenizer, members: list | None = None) -> Objective:
@@ -227,10 +245,16 @@ class Objective(nn.Module):
             loss, parts = self._per_teacher_terms(student, teacher, labels, mask, weights)
         else:
             loss, parts = self._logit_terms(student, teacher, labels, mask, weights) if weights else (None, {})
-        if teacher is not None and self.aligned_terms and not teacher.members:
+        if teacher is not None and self.span_terms and not teacher.members:
             value, terms = self._aligned_terms(student, teacher, aligned)
             loss = value if loss is None else loss + value
             parts.update(terms)
+        if teacher is not None and self.dual_space is not None and self.uses("dual_space"):
+            value, terms = self.dual_space(
+                student, teacher, self._alignment(aligned), self.temperature, self.chunk_size
+            )
+            loss = self.weights["dual_space"] * value if loss is None else loss + self.weights["dual_space"] * value
+            parts.update({"dual_space": value.detach(), **terms})
         if teacher is not None:
             token_mask = mask if mask is not None else labels != -100
             for name, module in (("hidden", self.hidden_loss), ("attention", self.attention_loss)):
@@ -270,16 +294,11 @@ class Objective(nn.Module):
     def _aligned_terms(
         self, student: Outputs, teacher: Outputs, aligned, mapping=None, breaks=None
     ) -> tuple[Tensor, dict]:
-        if aligned is None:
-            raise DistillError(
-                f"loss.weights.{self.aligned_terms[0]} compares two vocabularies on aligned text, but the batch has "
-                "no alignment: give the student its own tokenizer (student.tokenizer=<dir> or student.vocab_size=N)"
-            )
         return cross_vocab_loss(
             student.logits,
             teacher.logits,
-            aligned,
-            weights={t: self.weights[t] for t in self.aligned_terms},
+            self._alignment(aligned),
+            weights={t: self.weights[t] for t in self.span_terms},
             temperature=self.temperature,
             mapping=self.mapping if mapping is None else mapping,
             matched_weight=self.gold_spec["matched_weight"],
@@ -292,6 +311,14 @@ class Objective(nn.Module):
             chunk_size=self.chunk_size,
             teacher_vocab_size=teacher.vocab_size,
         )
+
+    def _alignment(self, aligned):
+        if aligned is None:
+            raise DistillError(
+                f"loss.weights.{self.aligned_terms[0]} compares two vocabularies on aligned text, but the batch has "
+                "no alignment: give the student its own tokenizer (student.tokenizer=<dir> or student.vocab_size=N)"
+            )
+        return aligned
 
     def _logit_terms(self, student, teacher, labels, mask, weights):
         if not any(term in DIVERGENCES for term in weights):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from distill.errors import DistillError
 from distill.losses.cross_vocab import GOLD_SPANS
+from distill.losses.dual_space import SPACES
 from distill.losses.likelihood import CHUNKS
 from distill.losses.projected import PREFIX_CUTS
 from distill.losses.representation import HIDDEN_METRICS, parse_pairs
@@ -48,6 +49,8 @@ BLOCK_DEFAULTS = {
     # within: the weight, relative to prefix_kl's, of the KL inside each span's class (distill/losses/within.py)
     # within_rows: WITHIN_ROWS, whose next row splits the classes (distill/losses/within.py)
     "prefix_kl": {"cuts": "any", "within": 0.0, "within_rows": "teacher"},
+    # spaces: SPACES (dual_space.py): DSKD's two halves, or one of them
+    "dual_space": {"spaces": "both"},
 }
 
 
@@ -67,6 +70,7 @@ class LossSpec:
     gold: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["gold"]))
     alm: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["alm"]))
     prefix_kl: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["prefix_kl"]))
+    dual_space: dict = field(default_factory=lambda: dict(BLOCK_DEFAULTS["dual_space"]))
     on_policy: OnPolicy = field(default_factory=OnPolicy)
 
 
@@ -84,6 +88,7 @@ def loss_spec(
     gold=None,
     alm=None,
     prefix_kl=None,
+    dual_space=None,
 ) -> LossSpec:
     """The one validation of the loss settings (arguments as in ``configs/loss/forward_kl.yaml``)."""
     return LossSpec(
@@ -99,6 +104,7 @@ def loss_spec(
         gold=_block("gold", gold),
         alm=_block("alm", alm),
         prefix_kl=_block("prefix_kl", prefix_kl),
+        dual_space=_block("dual_space", dual_space),
         on_policy=_on_policy(on_policy),
     )
 
@@ -170,6 +176,7 @@ _BLOCK_CHECKS = {
     "cuts": lambda key, value: _choice(key, value, PREFIX_CUTS),
     "within": lambda key, value: _number(key, value, lambda v: v >= 0, "must be >= 0"),
     "within_rows": lambda key, value: _choice(key, value, WITHIN_ROWS),
+    "spaces": lambda key, value: _choice(key, value, SPACES),
 }
 
 

@@ -148,6 +148,15 @@ REGISTRY: dict[str, Term] = {
             aliases=("likelihood_matching",),
         ),
         Term(
+            "dual_space",
+            "dual-space KD (DSKD)",
+            ALIGNED,
+            True,
+            HIDDEN_STATES,
+            ("dual_space.spaces", "temperature", "chunk_size"),
+            aliases=("dskd", "dual_space_kd"),
+        ),
+        Term(
             "hidden",
             "hidden-state distillation",
             REPRESENTATION,

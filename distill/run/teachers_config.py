@@ -178,6 +178,11 @@ def check_teachers(cfg: DictConfig, loss) -> None:
             f"on-policy sampling (loss.on_policy.lmbda > 0) needs every teacher live, but teachers[{cached[0]}] is a "
             "cache (it knows only the rows it was written for)"
         )
+    if loss.wired("dual_space"):  # its projections and heads are sized to one teacher (distill/losses/dual_space.py)
+        raise DistillError(
+            "loss.weights.dual_space reads one teacher's final hidden state and LM head: use teacher.* instead of "
+            "teachers=[...], or another cross-tokenizer term (loss=prefix_kl, loss=gold)"
+        )
     paired = paired_teacher(cfg, loss)
     if paired in cached and (loss.needs_hidden_states or loss.needs_attentions):
         raise DistillError(

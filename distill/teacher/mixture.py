@@ -138,6 +138,7 @@ def _logits_only(objective) -> SimpleNamespace:
     return SimpleNamespace(
         needs_hidden_states=False,
         needs_attentions=False,
+        needs_heads=False,
         fused_linear=objective.fused_linear,
         weights=objective.weights,
         temperature=objective.temperature,

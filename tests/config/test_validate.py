@@ -265,7 +265,7 @@ MISSPELT = [
         ["+loss.weights.forwrd_kl=1"],
         (
             "loss.weights.forwrd_kl: unknown key, not one of forward_kl, reverse_kl, "
-            "jsd, tvd, ce, uld, gold, projected_kl, prefix_kl, alm, hidden, attention; did you mean loss.weights.forward_kl?"
+            "jsd, tvd, ce, uld, gold, projected_kl, prefix_kl, alm, dual_space, hidden, attention; did you mean loss.weights.forward_kl?"
         ),
     ),
     (
@@ -324,7 +324,7 @@ def test_a_key_outside_a_known_list_of_names(compose_app):
     assert (
         problem(compose_app, "+loss.weights.kd=1")
         == "loss.weights.kd: unknown key, not one of forward_kl, reverse_kl, jsd, tvd, ce, uld, gold, projected_kl, prefix_kl, "
-        "alm, hidden, attention"
+        "alm, dual_space, hidden, attention"
     )
 
 

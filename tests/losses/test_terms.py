@@ -25,9 +25,8 @@ LOSS_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "loss"
 
 def test_every_distribution_term_has_a_kernel_and_a_reference():
     assert set(DISTRIBUTION_TERMS) == set(divergences.TERMS)
-    assert (
-        set(ALIGNED_TERMS) == set(cross_vocab.TERMS) == {*cross_vocab._PER_SPAN, "alm"}
-    )  # span kernels; alm: autograd
+    # span kernels; alm: autograd; dual_space: the models' hidden states through each other's heads (its own module)
+    assert set(ALIGNED_TERMS) - {"dual_space"} == set(cross_vocab.TERMS) == {*cross_vocab._PER_SPAN, "alm"}
     assert set(DISTRIBUTION_TERMS) | set(REPRESENTATION_TERMS) | set(ALIGNED_TERMS) == set(TERMS)
     assert set(DIVERGENCES) == set(divergences._PER_TOKEN) == set(DISTRIBUTION_TERMS) - {"ce"}
     s, t = torch.randn(2, 3, 11), torch.randn(2, 3, 11)
@@ -36,7 +35,7 @@ def test_every_distribution_term_has_a_kernel_and_a_reference():
 
 
 def test_term_settings_blocks_match_the_spec_defaults():
-    for block in (*REPRESENTATION_TERMS, "gold"):
+    for block in (*REPRESENTATION_TERMS, "gold", "alm", "prefix_kl", "dual_space"):
         assert set(BLOCK_DEFAULTS[block]) == set(block_settings(block))
     assert block_settings("hidden") == ("pairs", "metric", "teacher")
     assert block_settings("attention") == ("pairs", "teacher")
