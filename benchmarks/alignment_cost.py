@@ -34,6 +34,8 @@ from distill.align.vocab import vocab_mapping
 from distill.cli.resolvers import auto_precision
 from distill.data.tokenizer import train_bpe
 from distill.losses.cross_vocab import cross_vocab_loss
+from distill.losses.dual_space import DualSpace
+from distill.losses.objective import Outputs
 from distill.student.scratch import build_llama
 
 
@@ -134,10 +136,23 @@ def main() -> None:
         "prefix_kl_both": ("prefix_kl", {"prefix_cuts": "both"}),
         "prefix_kl_within": ("prefix_kl", {"prefix_cuts": "both", "prefix_within": 1.0, "prefix_within_rows": "both"}),
         "alm": ("alm", {}),
+        "dual_space": ("dual_space", {}),
     }
+    # dual_space reads both models' final hidden states and LM heads (distill/losses/dual_space.py)
+    dual = DualSpace(args.hidden, args.hidden)
+    hidden = lambda logits, grad: torch.randn(*logits.shape[:2], args.hidden, requires_grad=grad)
+    s_out = Outputs(
+        s_logits, hidden_states=(hidden(s_logits, True),), head_weight=torch.randn(len(student_tok), args.hidden)
+    )
+    t_out = Outputs(
+        t_logits, hidden_states=(hidden(t_logits, False),), head_weight=torch.randn(len(teacher_tok), args.hidden)
+    )
 
     def loss(name):
         term, settings = terms[name]
+        if term == "dual_space":
+            dual(s_out, t_out, batch, 1.0, 256)[0].backward()
+            return
         value, _ = cross_vocab_loss(s_logits, t_logits, batch, weights={term: 1.0}, mapping=mapping, **settings)
         value.backward()
 

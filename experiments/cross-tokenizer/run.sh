@@ -53,6 +53,15 @@ run prefix_kl_cut_split_both_4096_llama3 student.vocab_size=4096 student.tokeniz
 run prefix_kl_cut_split2_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=2 control=false
 run prefix_kl_split_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=prefix_kl loss.prefix_kl.within=1 control=false
 run prefix_kl_split_both_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=prefix_kl loss.prefix_kl.within=1 loss.prefix_kl.within_rows=both control=false
+# dual-space KD (loss=dual_space: each model's final hidden state read by the other's LM head), alone, in the
+# teacher's vocabulary only, and beside the prefix KL
+run dual_space_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=dual_space control=false
+run dual_space_t_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=dual_space loss.dual_space.spaces=teacher control=false
+run prefix_kl_cut_split_ds_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 +loss.weights.dual_space=1 control=false
+run prefix_kl_cut_split_dst_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 +loss.weights.dual_space=1 loss.dual_space.spaces=teacher control=false
+# the spans cut inside a piece kept (cuts=observed / within), every span at the weight cuts=both gives its admitted ones
+run prefix_kl_obs14_split_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=observed loss.prefix_kl.within=1 loss.weights.prefix_kl=1.4 control=false
+run prefix_kl_win14_split_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=within loss.prefix_kl.within=1 loss.weights.prefix_kl=1.4 control=false
 run gold_8192 student.vocab_size=8192 loss=gold         # GOLD + 0.5 CE, its own BPE 8,192
 run gold_1024 student.vocab_size=1024 loss=gold         # a much smaller vocabulary
 # the projection (loss=projected_kl + 0.5 CE) where GOLD's shared strings are fewest; its control is the

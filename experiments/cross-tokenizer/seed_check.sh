@@ -21,6 +21,10 @@ run same_tokenizer_kd control=false
 run same_tokenizer_control teacher=none loss.weights.forward_kl=0 loss.weights.ce=1 control=false
 run prefix_kl_cut_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both   # trains the Llama 3-style control too
 run prefix_kl_cut_split_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both loss.prefix_kl.within=1 control=false
+# spans cut inside a piece kept on the classes of their own character class (cuts=within), every span at the
+# weight cuts=both gives its admitted ones (1.4: 29% of the spans are inside a piece)
+run prefix_kl_win14_split_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=within loss.prefix_kl.within=1 \
+    loss.weights.prefix_kl=1.4 control=false
 if [ -z "${BEST_ONLY:-}" ]; then  # BEST_ONLY=1: the rows above alone (seeds 3 and 4)
     run prefix_kl_cut_gold_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both +loss.weights.gold=0.5 \
         loss.gold.spans=one_to_one control=false
@@ -35,7 +39,7 @@ same, same_control = bpb("same_tokenizer_kd"), bpb("same_tokenizer_control")
 control = bpb("prefix_kl_cut_4096_llama3", "baseline")
 print(f"seed {seed}: same-tokenizer KD {same:.4f} (its control {same_control:.4f}); Llama 3-style control {control:.4f}")
 for name in ("prefix_kl_cut_4096_llama3", "prefix_kl_cut_gold_4096_llama3", "prefix_kl_cut_split_4096_llama3",
-             "prefix_kl_cut_split_both_4096_llama3"):
+             "prefix_kl_cut_split_both_4096_llama3", "prefix_kl_win14_split_4096_llama3"):
     try:
         s = bpb(name)
     except FileNotFoundError:  # not run (BEST_ONLY)
