@@ -16,8 +16,6 @@ temperature are plain attributes so loss-schedule callbacks can change them betw
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
 from distill.errors import DistillError
@@ -28,6 +26,7 @@ from distill.losses.divergences import chunked_logit_loss
 from distill.losses.dual_space import DualSpace
 from distill.losses.fused_linear import fused_chunk, fused_linear_loss
 from distill.losses.likelihood import WordBreaks
+from distill.losses.outputs import Outputs
 from distill.losses.representation import AttentionLoss, HiddenStateLoss, layer_pairs
 from distill.losses.spec import OnPolicy, loss_spec
 from distill.losses.terms import (
@@ -43,26 +42,6 @@ from distill.losses.terms import (
 from distill.teacher.outputs import SparseTeacher
 
 __all__ = ["TERMS", "Objective", "OnPolicy", "Outputs", "ce_only"]
-
-
-@dataclass
-class Outputs:
-    """What one model produced for a batch; only what the objective asked for is filled."""
-
-    logits: Tensor | SparseTeacher | None = None  # [B, T, V] (trimmed to the tokenizer) or the cache's top-k
-    last_hidden: Tensor | None = None  # [B, T, H] final hidden state, for the fused LM-head loss
-    head_weight: Tensor | None = None  # [V_rows, H] the LM head, for the fused loss and dual_space
-    head_bias: Tensor | None = None
-    hidden_states: tuple[Tensor, ...] | None = None  # HF output_hidden_states (embeddings first)
-    attentions: tuple[Tensor, ...] | None = None  # HF output_attentions
-    vocab_size: int | None = None  # tokens of the tokenizer: LM-head rows past it are padding
-    router_aux: Tensor | None = None  # an MoE student's load-balancing loss, already × its router_aux_loss_coef
-    # several teachers, teachers_mix=sum (distill.teacher.mixture): each one's outputs and its weight; the
-    # distribution terms are computed against each and summed with the weights
-    members: tuple[Outputs, ...] | None = None
-    member_weights: tuple[float, ...] | None = None
-    # a member that reads rows in its own tokenizer: their ``AlignedBatch`` to the student's rows
-    aligned: object | None = None
 
 
 class Objective(nn.Module):
