@@ -39,6 +39,7 @@ from distill.losses.terms import (
     REPRESENTATION,
     TERMS,
 )
+from distill.losses.uncovered import uncovered_ce
 from distill.teacher.outputs import SparseTeacher
 
 __all__ = ["TERMS", "Objective", "OnPolicy", "Outputs", "ce_only"]
@@ -228,6 +229,11 @@ class Objective(nn.Module):
             value, terms = self._aligned_terms(student, teacher, aligned)
             loss = value if loss is None else loss + value
             parts.update(terms)
+            if self.uses("prefix_kl") and self.prefix_spec["uncovered_ce"] > 0:
+                covered = aligned.student.rows[aligned.weight > 0]
+                value = uncovered_ce(student.logits, labels, covered, self.chunk_size)
+                loss = loss + self.prefix_spec["uncovered_ce"] * value
+                parts["prefix_kl.uncovered_ce"] = value.detach()
         if teacher is not None and self.dual_space is not None and self.uses("dual_space"):
             value, terms = self.dual_space(
                 student, teacher, self._alignment(aligned), self.temperature, self.chunk_size

@@ -48,7 +48,8 @@ BLOCK_DEFAULTS = {
     # cuts: PREFIX_CUTS, which classes prefix_kl compares (distill/losses/projected.py)
     # within: the weight, relative to prefix_kl's, of the KL inside each span's class (distill/losses/within.py)
     # within_rows: WITHIN_ROWS, whose next row splits the classes (distill/losses/within.py)
-    "prefix_kl": {"cuts": "any", "within": 0.0, "within_rows": "teacher"},
+    # uncovered_ce: CE's extra weight on the student's rows no span's first row is (objective.py: uncovered_ce)
+    "prefix_kl": {"cuts": "any", "within": 0.0, "within_rows": "teacher", "uncovered_ce": 0.0},
     # spaces: SPACES (dual_space.py): DSKD's two halves, or one of them
     "dual_space": {"spaces": "both"},
 }
@@ -176,6 +177,7 @@ _BLOCK_CHECKS = {
     "cuts": lambda key, value: _choice(key, value, PREFIX_CUTS),
     "within": lambda key, value: _number(key, value, lambda v: v >= 0, "must be >= 0"),
     "within_rows": lambda key, value: _choice(key, value, WITHIN_ROWS),
+    "uncovered_ce": lambda key, value: _number(key, value, lambda v: v >= 0, "must be >= 0"),
     "spaces": lambda key, value: _choice(key, value, SPACES),
 }
 

@@ -135,7 +135,13 @@ REGISTRY: dict[str, Term] = {
             ALIGNED,
             True,
             LOGITS,
-            ("prefix_kl.cuts", "prefix_kl.within", "prefix_kl.within_rows", *_ALIGNED_SETTINGS),
+            (
+                "prefix_kl.cuts",
+                "prefix_kl.within",
+                "prefix_kl.within_rows",
+                "prefix_kl.uncovered_ce",
+                *_ALIGNED_SETTINGS,
+            ),
             aliases=("shared_prefix_kl",),
         ),
         Term(

@@ -183,6 +183,11 @@ def check_teachers(cfg: DictConfig, loss) -> None:
             "loss.weights.dual_space reads one teacher's final hidden state and LM head: use teacher.* instead of "
             "teachers=[...], or another cross-tokenizer term (loss=prefix_kl, loss=gold)"
         )
+    if loss.uses("prefix_kl") and loss.prefix_spec["uncovered_ce"] > 0:  # rows left by one teacher's alignment
+        raise DistillError(
+            "loss.prefix_kl.uncovered_ce weights the student's rows one teacher's spans leave out: use teacher.* "
+            "instead of teachers=[...], or set loss.prefix_kl.uncovered_ce=0"
+        )
     paired = paired_teacher(cfg, loss)
     if paired in cached and (loss.needs_hidden_states or loss.needs_attentions):
         raise DistillError(

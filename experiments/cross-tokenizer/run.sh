@@ -62,6 +62,10 @@ run prefix_kl_cut_split_dst_4096_llama3 student.vocab_size=4096 student.tokenize
 # the spans cut inside a piece kept (cuts=observed / within), every span at the weight cuts=both gives its admitted ones
 run prefix_kl_obs14_split_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=observed loss.prefix_kl.within=1 loss.weights.prefix_kl=1.4 control=false
 run prefix_kl_win14_split_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=within loss.prefix_kl.within=1 loss.weights.prefix_kl=1.4 control=false
+# the student's rows no span starts at (inside a span: the prefix KL never reads them) at the control's CE: 0.5 + 0.5;
+# and its ablation: the same CE added evenly (0.5 -> 0.56: 12.7% of the training rows are inside a span)
+run prefix_kl_win14_split_unc05_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=within loss.prefix_kl.within=1 loss.weights.prefix_kl=1.4 loss.prefix_kl.uncovered_ce=0.5 control=false
+run prefix_kl_win14_split_ce056_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=within loss.prefix_kl.within=1 loss.weights.prefix_kl=1.4 loss.weights.ce=0.56 control=false
 run gold_8192 student.vocab_size=8192 loss=gold         # GOLD + 0.5 CE, its own BPE 8,192
 run gold_1024 student.vocab_size=1024 loss=gold         # a much smaller vocabulary
 # the projection (loss=projected_kl + 0.5 CE) where GOLD's shared strings are fewest; its control is the

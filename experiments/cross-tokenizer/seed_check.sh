@@ -25,6 +25,9 @@ run prefix_kl_cut_split_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both 
 # weight cuts=both gives its admitted ones (1.4: 29% of the spans are inside a piece)
 run prefix_kl_win14_split_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=within loss.prefix_kl.within=1 \
     loss.weights.prefix_kl=1.4 control=false
+# and the rows no span starts at (the student's tokens inside a span) at the control's CE (uncovered_ce = 0.5)
+run prefix_kl_win14_split_unc05_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=within loss.prefix_kl.within=1 \
+    loss.weights.prefix_kl=1.4 loss.prefix_kl.uncovered_ce=0.5 control=false
 if [ -z "${BEST_ONLY:-}" ]; then  # BEST_ONLY=1: the rows above alone (seeds 3 and 4)
     run prefix_kl_cut_gold_4096_llama3 $L3 loss=prefix_kl loss.prefix_kl.cuts=both +loss.weights.gold=0.5 \
         loss.gold.spans=one_to_one control=false
@@ -39,7 +42,8 @@ same, same_control = bpb("same_tokenizer_kd"), bpb("same_tokenizer_control")
 control = bpb("prefix_kl_cut_4096_llama3", "baseline")
 print(f"seed {seed}: same-tokenizer KD {same:.4f} (its control {same_control:.4f}); Llama 3-style control {control:.4f}")
 for name in ("prefix_kl_cut_4096_llama3", "prefix_kl_cut_gold_4096_llama3", "prefix_kl_cut_split_4096_llama3",
-             "prefix_kl_cut_split_both_4096_llama3", "prefix_kl_win14_split_4096_llama3"):
+             "prefix_kl_cut_split_both_4096_llama3", "prefix_kl_win14_split_4096_llama3",
+             "prefix_kl_win14_split_unc05_4096_llama3"):
     try:
         s = bpb(name)
     except FileNotFoundError:  # not run (BEST_ONLY)

@@ -162,6 +162,18 @@ SPECS = {
         "1.4 × prefix KL (cuts=within) + the KL inside the class",
         "gold_4096_llama3",
     ),
+    "prefix_kl_win14_split_unc05_4096_llama3": (
+        L3,
+        f"{KD} 1.4 × prefix KL, cuts=within, within = 1 + 0.5 CE, + 0.5 CE on the rows inside a span",
+        "1.4 × prefix KL (cuts=within) + the KL inside the class + CE inside spans",
+        "gold_4096_llama3",
+    ),
+    "prefix_kl_win14_split_ce056_4096_llama3": (
+        L3,
+        f"{KD} 1.4 × prefix KL, cuts=within, within = 1 + 0.56 CE",
+        "1.4 × prefix KL (cuts=within) + the KL inside the class, CE 0.56",
+        "gold_4096_llama3",
+    ),
     "gold_8192": ("8,192", f"{KD} GOLD + 0.5 CE", "GOLD", None),
     "gold_1024": ("1,024", f"{KD} GOLD + 0.5 CE", "GOLD", None),
     "projected_kl_1024": ("1,024", f"{KD} projected KL + 0.5 CE", "projected KL", "gold_1024"),

@@ -437,7 +437,12 @@ def test_several_teachers_each_on_its_own_rows_sum_to_the_weighted_terms():
 def test_prefix_kl_setting_is_checked():
     from distill.losses.objective import Objective
 
-    assert Objective({"prefix_kl": 1.0}).prefix_spec == {"cuts": "any", "within": 0.0, "within_rows": "teacher"}
+    assert Objective({"prefix_kl": 1.0}).prefix_spec == {
+        "cuts": "any",
+        "within": 0.0,
+        "within_rows": "teacher",
+        "uncovered_ce": 0.0,
+    }
     with pytest.raises(DistillError, match="loss.prefix_kl.cuts must be one of any, both, observed, within"):
         Objective({"prefix_kl": 1.0}, prefix_kl={"cuts": "yes"})
     with pytest.raises(DistillError, match="loss.prefix_kl has no setting 'both_cut'"):

@@ -240,7 +240,12 @@ def test_prefix_kl_plus_within_is_the_kl_over_the_finer_partition(seed, rows):
 def test_the_setting_is_checked_and_needs_the_tables():
     from distill.losses.objective import Objective
 
-    assert Objective({"prefix_kl": 1.0}).prefix_spec == {"cuts": "any", "within": 0.0, "within_rows": "teacher"}
+    assert Objective({"prefix_kl": 1.0}).prefix_spec == {
+        "cuts": "any",
+        "within": 0.0,
+        "within_rows": "teacher",
+        "uncovered_ce": 0.0,
+    }
     with pytest.raises(DistillError, match="loss.prefix_kl.within must be >= 0"):
         Objective({"prefix_kl": 1.0}, prefix_kl={"within": -1})
     with pytest.raises(DistillError, match="loss.prefix_kl.within_rows must be one of teacher, both"):

@@ -98,6 +98,10 @@ def test_teachers_with_different_tokenizers_are_refused_in_a_mixture(out_dir, tm
         (["loss=hidden", "loss.hidden.teacher=big"], "loss.hidden.teacher='big' is not one of the teachers"),
         (["loss=hidden", "loss.hidden.teacher=5"], "loss.hidden.teacher=5 is not one of the teachers"),
         (["seq_kd.enabled=true"], "seq_kd.enabled=true generates with one teacher"),
+        (
+            ["loss=prefix_kl", "loss.prefix_kl.uncovered_ce=0.5"],
+            "loss.prefix_kl.uncovered_ce weights the student's rows one teacher's spans leave out",
+        ),
     ],
 )
 def test_combinations_several_teachers_cannot_serve(out_dir, overrides, message):

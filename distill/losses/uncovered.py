@@ -1,0 +1,37 @@
+"""``loss.prefix_kl.uncovered_ce``: CE's extra weight on the student's rows the prefix KL never reads.
+
+The prefix KL compares the two models at each aligned span's first row only (``distill.losses.projected``).
+Where the student's tokenizer cuts a span into several tokens (a Llama 3-style ``'):\\n'`` then the
+indentation, where GPT-2's split has ``'):'`` then ``'\\n'`` + indentation) the student's rows inside the
+span, and those outside every span, get no teacher signal: beside the KL they learn from CE alone, at CE's
+weight there (0.5 in ``loss=prefix_kl``), half of what the CE-only control gives every row. Measured in
+``experiments/cross-tokenizer``: the prefix-KL student modelled the indentation worse than its control.
+
+The term is the CE of those rows summed over them and divided by *all* rows with a label, so at weight w a
+row outside the KL's reach has CE weight ``ce + w`` and every other row keeps ``ce`` (``ce + w = 1``: the
+control's CE on the rows no teacher reaches). Hand-written because no library weights CE by row this way
+for a cross-tokenizer alignment; the CE itself is the repo's chunked one.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from distill.losses.divergences import IGNORE_INDEX, chunked_logit_loss
+
+
+def uncovered_rows(labels: Tensor, covered: Tensor) -> Tensor:
+    """``labels`` with IGNORE_INDEX at the flattened rows ``covered``: the labels of the rows left."""
+    left = labels.reshape(-1).clone()
+    left[covered] = IGNORE_INDEX
+    return left.view_as(labels)
+
+
+def uncovered_ce(logits: Tensor, labels: Tensor, covered: Tensor, chunk_size: int = 256) -> Tensor:
+    """Σ CE over the labelled rows not in ``covered`` / the number of labelled rows.
+
+    logits [B, L, V] (or [N, V]); labels [B, L] (IGNORE_INDEX: no CE); covered [K] long, flattened row
+    indices (the student's rows of the spans the KL reads, ``AlignedBatch.student.rows`` where weighted)."""
+    left = uncovered_rows(labels, covered)
+    mean, _ = chunked_logit_loss(logits, None, left, None, weights={"ce": 1.0}, chunk_size=chunk_size)
+    return mean * (left != IGNORE_INDEX).sum() / (labels != IGNORE_INDEX).sum().clamp_min(1)
