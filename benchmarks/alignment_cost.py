@@ -36,6 +36,7 @@ from distill.data.tokenizer import train_bpe
 from distill.losses.cross_vocab import cross_vocab_loss
 from distill.losses.dual_space import DualSpace
 from distill.losses.objective import Outputs
+from distill.losses.uncovered import uncovered_ce
 from distill.student.scratch import build_llama
 
 
@@ -125,6 +126,7 @@ def main() -> None:
     align_only = lambda: [align_encoded(t, truncate(s, args.seq_len)) for t, s in encoded_docs]
     s_logits = torch.randn(args.batch, max(len(s.ids) for _, s in pairs), len(student_tok), requires_grad=True)
     t_logits = torch.randn(args.batch, max(len(t.ids) for t, _ in pairs), len(teacher_tok))
+    labels = torch.randint(0, len(student_tok), s_logits.shape[:2])
     mapping = vocab_mapping(teacher_tok, student_tok, projection=True, prefixes=True)
     # each loss as it runs: the term, with its settings (prefix_kl with cuts=both restricts its classes; within
     # adds the KL inside the class, distill/losses/within.py)
@@ -137,6 +139,7 @@ def main() -> None:
         "prefix_kl_within": ("prefix_kl", {"prefix_cuts": "both", "prefix_within": 1.0, "prefix_within_rows": "both"}),
         "alm": ("alm", {}),
         "dual_space": ("dual_space", {}),
+        "uncovered_ce": ("uncovered_ce", {}),  # prefix_kl's CE on the rows no span starts at (losses/uncovered.py)
     }
     # dual_space reads both models' final hidden states and LM heads (distill/losses/dual_space.py)
     dual = DualSpace(args.hidden, args.hidden)
@@ -152,6 +155,9 @@ def main() -> None:
         term, settings = terms[name]
         if term == "dual_space":
             dual(s_out, t_out, batch, 1.0, 256)[0].backward()
+            return
+        if term == "uncovered_ce":
+            uncovered_ce(s_logits, labels, batch.student.rows[batch.weight > 0]).backward()
             return
         value, _ = cross_vocab_loss(s_logits, t_logits, batch, weights={term: 1.0}, mapping=mapping, **settings)
         value.backward()
