@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 
 from distill.align.batch import collate
 from distill.align.spans import align_offsets
-from distill.align.vocab import VocabMapping
+from distill.align.vocab import NO_CLASS, VocabMapping
+from distill.align.within import within_classes
 from distill.data.datamodule import TextDataModule
 from distill.losses.objective import Objective, Outputs
 from distill.run.student import student_spec
@@ -227,6 +228,7 @@ def test_loss_presets_compose_and_instantiate(name, out_dir):
         "gold": "gold",
         "projected_kl": "projected_kl",
         "prefix_kl": "prefix_kl",
+        "cross_tokenizer": "prefix_kl",
         "alm": "alm",
         "dual_space": "dual_space",
     }[name]  # a new preset: name its own term here
@@ -247,9 +249,14 @@ def test_loss_presets_compose_and_instantiate(name, out_dir):
         offsets = np.stack([np.arange(8), np.arange(1, 9)], -1)
         aligned = collate([align_offsets(row, offsets, row, offsets) for row in x.numpy()], 8, 8)
         same = np.arange(128)  # every token its own string, its own first piece and its own prefix class
+        texts = {f"<{i}>".encode(): [i] for i in range(128)}  # strings none of which begins another: no subclass
+        within = within_classes(list(texts), texts, texts, same, same)
+        cuts = np.ones((NO_CLASS + 1, NO_CLASS + 1), bool)  # every character class before every other: both cut
         loss.mapping = VocabMapping(
-            same, same, 128, 128, 0, same, teacher_prefix=same, student_prefix=same, prefix_count=128
-        )
+            same, same, 128, 128, 0, same, teacher_prefix=same, student_prefix=same, prefix_count=128,
+            cuts=cuts, teacher_last_char=np.zeros(128, np.int64), prefix_first_char=np.zeros(129, np.int64),
+            within=within, within_student=within,
+        )  # fmt: skip
     with torch.no_grad():
         terms = loss(model_outputs(student, x, 128, loss), model_outputs(teacher, x, 128, loss), x, None, aligned)
     assert torch.isfinite(terms["loss"]) and terms[own] > 0
