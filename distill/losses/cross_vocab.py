@@ -63,6 +63,7 @@ from distill.losses.divergences import TAIL_EPS
 from distill.losses.likelihood import alm_loss
 from distill.losses.projected import Prefixes, Projection, prefix_per_span, projected_per_span
 from distill.losses.sorted import gold_per_span, uld_per_span
+from distill.losses.uncovered import uncovered_ce
 from distill.losses.within import Within, within_loss
 from distill.teacher.outputs import SparseTeacher
 
@@ -161,6 +162,8 @@ def cross_vocab_loss(
     prefix_cuts: str = "any",
     prefix_within: float = 0.0,
     prefix_within_rows: str = "teacher",
+    prefix_uncovered_ce: float = 0.0,
+    labels: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Σ_term weights[term] · term, each averaged over the aligned spans by ``aligned.weight``;
     returns (loss, {term: detached value}).
@@ -176,7 +179,9 @@ def cross_vocab_loss(
     tokenizers could cut before (``both``, ``observed``, ``within``: ``distill.losses.projected.Prefixes``).
     ``prefix_within``: with ``prefix_kl``, that term's weight times this on the KL inside each span's
     class (``distill.losses.within``), reported as ``prefix_kl.within``; ``prefix_within_rows``: whose next
-    row splits the classes (``teacher`` or ``both``).
+    row splits the classes (``teacher`` or ``both``). ``prefix_uncovered_ce``: with ``prefix_kl``, this
+    weight (not relative to the term's) on the CE of the student's rows no span the term compares starts at
+    (``distill.losses.uncovered``), reported as ``prefix_kl.uncovered_ce``; it needs ``labels`` [B, Ls].
     Settings are trusted (terms of ``TERMS``, weights >= 0, temperature > 0, chunk_size >= 1)."""
     s2 = student_logits.reshape(-1, student_logits.shape[-1])
     if isinstance(teacher_logits, SparseTeacher):
@@ -219,7 +224,17 @@ def cross_vocab_loss(
             args = (s2, t2, aligned, span_weights["prefix_kl"], shared, mapping, lens, prefix_within_rows)
             out["prefix_kl.within"] = _within(*args, float(temperature), int(chunk_size))
             loss = loss + weights["prefix_kl"] * prefix_within * out["prefix_kl.within"]
+        if "prefix_kl" in rest and prefix_uncovered_ce > 0:
+            covered = aligned.student.rows.to(s2.device)[span_weights["prefix_kl"] > 0]
+            out["prefix_kl.uncovered_ce"] = _uncovered(student_logits, labels, covered, int(chunk_size))
+            loss = loss + prefix_uncovered_ce * out["prefix_kl.uncovered_ce"]
     return loss, {term: out[term].detach() for term in (*weights, *(k for k in out if k not in weights))}
+
+
+def _uncovered(student_logits: Tensor, labels: Tensor | None, covered: Tensor, chunk: int) -> Tensor:
+    if labels is None:
+        raise DistillError("loss.prefix_kl.uncovered_ce needs the student's labels (cross_vocab_loss(labels=...))")
+    return uncovered_ce(student_logits, labels, covered, chunk)
 
 
 def _per_sequence(logits) -> int:

@@ -39,7 +39,6 @@ from distill.losses.terms import (
     REPRESENTATION,
     TERMS,
 )
-from distill.losses.uncovered import uncovered_ce
 from distill.teacher.outputs import SparseTeacher
 
 __all__ = ["TERMS", "Objective", "OnPolicy", "Outputs", "ce_only"]
@@ -226,14 +225,9 @@ class Objective(nn.Module):
         else:
             loss, parts = self._logit_terms(student, teacher, labels, mask, weights) if weights else (None, {})
         if teacher is not None and self.span_terms and not teacher.members:
-            value, terms = self._aligned_terms(student, teacher, aligned)
+            value, terms = self._aligned_terms(student, teacher, aligned, labels=labels)
             loss = value if loss is None else loss + value
             parts.update(terms)
-            if self.uses("prefix_kl") and self.prefix_spec["uncovered_ce"] > 0:
-                covered = aligned.student.rows[aligned.weight > 0]
-                value = uncovered_ce(student.logits, labels, covered, self.chunk_size)
-                loss = loss + self.prefix_spec["uncovered_ce"] * value
-                parts["prefix_kl.uncovered_ce"] = value.detach()
         if teacher is not None and self.dual_space is not None and self.uses("dual_space"):
             value, terms = self.dual_space(
                 student, teacher, self._alignment(aligned), self.temperature, self.chunk_size
@@ -277,7 +271,7 @@ class Objective(nn.Module):
         return loss, parts
 
     def _aligned_terms(
-        self, student: Outputs, teacher: Outputs, aligned, mapping=None, breaks=None
+        self, student: Outputs, teacher: Outputs, aligned, mapping=None, breaks=None, labels=None
     ) -> tuple[Tensor, dict]:
         return cross_vocab_loss(
             student.logits,
@@ -293,6 +287,8 @@ class Objective(nn.Module):
             prefix_cuts=self.prefix_spec["cuts"],
             prefix_within=self.prefix_spec["within"],
             prefix_within_rows=self.prefix_spec["within_rows"],
+            prefix_uncovered_ce=self.prefix_spec["uncovered_ce"],
+            labels=labels,
             chunk_size=self.chunk_size,
             teacher_vocab_size=teacher.vocab_size,
         )

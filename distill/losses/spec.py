@@ -48,7 +48,7 @@ BLOCK_DEFAULTS = {
     # cuts: PREFIX_CUTS, which classes prefix_kl compares (distill/losses/projected.py)
     # within: the weight, relative to prefix_kl's, of the KL inside each span's class (distill/losses/within.py)
     # within_rows: WITHIN_ROWS, whose next row splits the classes (distill/losses/within.py)
-    # uncovered_ce: CE's extra weight on the student's rows no span's first row is (objective.py: uncovered_ce)
+    # uncovered_ce: CE's extra weight on the student's rows prefix_kl never reads (distill/losses/uncovered.py)
     "prefix_kl": {"cuts": "any", "within": 0.0, "within_rows": "teacher", "uncovered_ce": 0.0},
     # spaces: SPACES (dual_space.py): DSKD's two halves, or one of them
     "dual_space": {"spaces": "both"},

@@ -286,6 +286,32 @@ def test_prefix_kl_on_the_classes_both_tokenizers_cut_before(seed, cuts):
     assert abs(every.item() - loss.item()) > 1e-4  # the restriction changes the term
 
 
+@pytest.mark.parametrize("cuts", ["any", "both"])
+def test_uncovered_ce_reads_the_rows_of_the_spans_prefix_kl_leaves_out(cuts):
+    """``prefix_uncovered_ce``: CE on the student's rows that are no compared span's first row, over all
+    labelled rows (``distill.losses.uncovered``); ``cuts=both`` leaves spans out, and their first rows with them."""
+    from distill.losses.uncovered import uncovered_ce
+
+    rows, (s, t) = _rows(3), _logits(3, torch.float32)
+    labels = torch.randint(0, VS, (B, LS), generator=torch.Generator().manual_seed(3))
+    (loss, parts), batch = _kernel(
+        s, t, rows, {"prefix_kl": 1.0}, prefix_cuts=cuts, prefix_uncovered_ce=0.7, labels=labels
+    )
+    compared = []
+    for b, (a, t_ids, _) in enumerate(rows):
+        for k in range(len(a)):
+            before, seen = T_LAST[t_ids[int(a.teacher.rows[k])]], CLASS_FIRST[T_PREFIX[t_ids[a.teacher.rows[k] + 1]]]
+            if cuts == "any" or CUTS[before, seen]:
+                compared.append(b * LS + int(a.student.rows[k]))
+    assert 0 < len(compared) < len(batch) if cuts == "both" else len(compared) == len(batch)
+    expected = uncovered_ce(s, labels, torch.tensor(compared))
+    torch.testing.assert_close(parts["prefix_kl.uncovered_ce"], expected)
+    alone, _ = _kernel(s, t, rows, {"prefix_kl": 1.0}, prefix_cuts=cuts)[0]
+    torch.testing.assert_close(loss, alone + 0.7 * expected)
+    with pytest.raises(DistillError, match="loss.prefix_kl.uncovered_ce needs the student's labels"):
+        _kernel(s, t, rows, {"prefix_kl": 1.0}, prefix_uncovered_ce=0.7)
+
+
 def _same_model_batch():
     """One vocabulary and one tokenization on both sides: every span is one token each."""
     off = _offsets(list(range(0, 11)))
