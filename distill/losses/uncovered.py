@@ -23,17 +23,19 @@ from distill.losses.divergences import IGNORE_INDEX, chunked_logit_loss
 
 
 def uncovered_rows(labels: Tensor, covered: Tensor) -> Tensor:
-    """``labels`` with IGNORE_INDEX at the flattened rows ``covered``: the labels of the rows left."""
-    left = labels.reshape(-1).clone()
-    left[covered] = IGNORE_INDEX
-    return left.view_as(labels)
+    """[n] the flattened rows with a label that are not in ``covered``."""
+    left = labels.reshape(-1) != IGNORE_INDEX
+    left[covered] = False
+    return left.nonzero().squeeze(-1)
 
 
 def uncovered_ce(logits: Tensor, labels: Tensor, covered: Tensor, chunk_size: int = 256) -> Tensor:
     """Σ CE over the labelled rows not in ``covered`` / the number of labelled rows.
 
     logits [B, L, V] (or [N, V]); labels [B, L] (IGNORE_INDEX: no CE); covered [K] long, flattened row
-    indices (the student's first rows of the spans the KL compares: ``cross_vocab_loss``)."""
-    left = uncovered_rows(labels, covered)
-    mean, _ = chunked_logit_loss(logits, None, left, None, weights={"ce": 1.0}, chunk_size=chunk_size)
-    return mean * (left != IGNORE_INDEX).sum() / (labels != IGNORE_INDEX).sum().clamp_min(1)
+    indices (the student's first rows of the spans the KL compares: ``cross_vocab_loss``). Only the rows
+    left are read (a gather of 13-25% of the rows in experiments/cross-tokenizer), not the whole batch."""
+    rows, y = uncovered_rows(labels, covered), labels.reshape(-1)
+    flat = logits.reshape(-1, logits.shape[-1])
+    mean, _ = chunked_logit_loss(flat[rows], None, y[rows], None, weights={"ce": 1.0}, chunk_size=chunk_size)
+    return mean * len(rows) / (y != IGNORE_INDEX).sum().clamp_min(1)
