@@ -66,6 +66,12 @@ run prefix_kl_win14_split_4096_llama3 student.vocab_size=4096 student.tokenizer_
 # and its ablation: the same CE added evenly (0.5 -> 0.56: 12.7% of the training rows are inside a span)
 run prefix_kl_win14_split_unc05_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=within loss.prefix_kl.within=1 loss.weights.prefix_kl=1.4 loss.prefix_kl.uncovered_ce=0.5 control=false
 run prefix_kl_win14_split_ce056_4096_llama3 student.vocab_size=4096 student.tokenizer_style=llama3 loss=prefix_kl loss.prefix_kl.cuts=within loss.prefix_kl.within=1 loss.weights.prefix_kl=1.4 loss.weights.ce=0.56 control=false
+# that objective as the preset loss=cross_tokenizer, with the SentencePiece-style split and at 1,024 (one seed each;
+# their controls: prefix_kl_win14_split_1024 trains the 1,024 one, the SentencePiece-style one is gold_4096_sp's)
+run prefix_kl_win14_split_unc05_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=cross_tokenizer control=false
+run prefix_kl_split_unc05_4096_sp student.vocab_size=4096 student.tokenizer_style=sentencepiece loss=prefix_kl loss.prefix_kl.within=1 loss.prefix_kl.uncovered_ce=0.5 control=false
+run prefix_kl_win14_split_1024 student.vocab_size=1024 loss=prefix_kl loss.prefix_kl.cuts=within loss.prefix_kl.within=1 loss.weights.prefix_kl=1.4
+run prefix_kl_win14_split_unc05_1024 student.vocab_size=1024 loss=cross_tokenizer control=false
 run gold_8192 student.vocab_size=8192 loss=gold         # GOLD + 0.5 CE, its own BPE 8,192
 run gold_1024 student.vocab_size=1024 loss=gold         # a much smaller vocabulary
 # the projection (loss=projected_kl + 0.5 CE) where GOLD's shared strings are fewest; its control is the
