@@ -42,6 +42,24 @@ def test_gold_run_measures_every_model_per_byte_and_exports_the_students_tokeniz
     assert "bits/byte" in (out / "report.md").read_text()
 
 
+def test_the_cross_tokenizer_preset_trains_with_its_three_parts(cache_dir, tmp_path):
+    """loss=cross_tokenizer on a Llama 3-style student: the prefix KL, the KL inside the class and the CE on
+    the rows no span starts at are each logged, and the run trains."""
+    import csv
+
+    out = tmp_path / "run"
+    own = [*OWN, "student.tokenizer_style=llama3", "loss=cross_tokenizer", "control=false"]
+    proc = run_cli([*SMOKE, *own, f"hydra.run.dir={out}"], cache_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "0.5 × ce + 1.4 × prefix_kl" in proc.stderr + proc.stdout
+    rows = list(csv.DictReader((out / "csv" / "metrics.csv").open()))
+    logged = lambda key: [float(r[key]) for r in rows if r.get(key)]
+    for key in ("train/prefix_kl", "train/prefix_kl.within", "train/prefix_kl.uncovered_ce"):
+        assert logged(key) and all(v > 0 for v in logged(key)), key
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["student.val_ppl"] < metrics["student.val_ppl_start"]
+
+
 @pytest.mark.slow
 def test_a_teacher_cache_written_without_the_student_serves_its_own_tokenizer(cache_dir, tmp_path):
     where = tmp_path / "teacher-cache"
