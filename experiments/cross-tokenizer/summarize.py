@@ -165,7 +165,7 @@ SPECS = {
     "prefix_kl_win14_split_unc05_4096_llama3": (
         L3,
         f"{KD} 1.4 × prefix KL, cuts=within, within = 1 + 0.5 CE, + 0.5 CE on the rows no span starts at",
-        "1.4 × prefix KL (cuts=within) + the KL inside the class + CE on the rows no span starts at",
+        "1.4 × prefix KL (cuts=within) + the KL inside the class + CE where no span starts",
         "gold_4096_llama3",
     ),
     "prefix_kl_win14_split_ce056_4096_llama3": (
